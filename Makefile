@@ -1,0 +1,66 @@
+# mg3d — two commands: `make pipeline` and `make test`.
+# Every setup step is idempotent: it is skipped when its stamp file is newer than its inputs.
+
+SHELL := /bin/bash
+VENV  ?= .venv
+PY    := $(VENV)/bin/python
+PIP   := $(VENV)/bin/pip
+TORCH_VERSION := 2.11.0
+MG3D  := target/debug/mg3d
+PIPELINE ?= pipelines/demo.toml
+
+.PHONY: setup pipeline test bench build stage status fmt clippy clean-work
+
+## setup: project-local Python venv with torch (libtorch for tch) and the reference packages.
+setup: $(VENV)/.torch-$(TORCH_VERSION) $(VENV)/.requirements
+
+$(VENV)/bin/python:
+	python3 -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+$(VENV)/.torch-$(TORCH_VERSION): | $(VENV)/bin/python
+	@if $(PY) -c "import torch,sys; sys.exit(0 if torch.__version__.split('+')[0]=='$(TORCH_VERSION)' else 1)" 2>/dev/null; then \
+	  echo "torch $(TORCH_VERSION) already installed"; \
+	else \
+	  echo "installing torch==$(TORCH_VERSION) into $(VENV) (about 1 minute, 4.6 GB)"; \
+	  $(PIP) install --quiet torch==$(TORCH_VERSION); \
+	fi
+	@touch $@
+
+$(VENV)/.requirements: requirements.txt | $(VENV)/bin/python
+	$(PIP) install --quiet -r requirements.txt
+	@touch $@
+
+## build: the mg3d binary (debug profile; see Cargo.toml for why).
+build: setup
+	cargo build --workspace --bins
+
+## pipeline: run the demo pipeline end to end (synthetic corpus).
+pipeline: build
+	$(MG3D) run $(PIPELINE)
+	$(MG3D) status $(PIPELINE)
+
+## test: every test in the workspace (unit, engine, end-to-end, Python cross-checks).
+test: setup
+	cargo test --workspace --no-fail-fast
+
+## bench: the benchmarks (`mg3d bench`), in release mode.
+bench: setup
+	cargo build --release --workspace --bins
+	target/release/mg3d bench
+
+## stage: rerun one stage, e.g. `make stage STAGE=synth`.
+stage: build
+	$(MG3D) run $(PIPELINE) --stage $(STAGE) --force
+
+status: build
+	$(MG3D) status $(PIPELINE)
+
+fmt:
+	cargo fmt --all
+
+clippy:
+	cargo clippy --workspace --all-targets -- -D warnings
+
+clean-work:
+	rm -rf work

@@ -1,0 +1,24 @@
+//! mg3d-core: the stage engine every mg3d stage runs under.
+//!
+//! - [`pipeline`]: declarative pipeline files (TOML) with errors that name file, line and fix.
+//! - [`stage`]: the [`Stage`] trait, its parameter schema and the [`StageContext`] a run receives.
+//! - [`engine`]: stage keys, the lockfile, stale/fresh status with reasons, atomic output promotion.
+//! - [`items`]: per-item keys so a stage over many items resumes and processes only new items.
+//! - [`table`]: schema-checked Parquet tables (`schemas/*.json`), written with arrow-rs + parquet.
+//! - [`ids`]: keyed pseudonymous ids (no source identifier ever leaves ingest).
+
+pub mod engine;
+pub mod fsutil;
+pub mod ids;
+pub mod items;
+pub mod lock;
+pub mod pipeline;
+pub mod stage;
+pub mod table;
+
+pub use engine::{Engine, RunOptions, RunReport, StageState, StageStatus};
+pub use pipeline::{Pipeline, PipelineError, StageSpec};
+pub use stage::{
+    InputDecl, ParamDef, ParamType, Params, Stage, StageContext, StageError, StageRegistry,
+};
+pub use table::{TableError, TableSchema, TableWriter};

@@ -1,0 +1,341 @@
+//! The [`Stage`] trait, its declared parameters and inputs, and the context a run receives.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use crate::items::ItemStore;
+
+/// The type a declared parameter must have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamType {
+    /// A TOML integer.
+    Int,
+    /// A number (integers are accepted and stored as floats).
+    Float,
+    /// `true` / `false`.
+    Bool,
+    /// A string.
+    Str,
+    /// An array of any values.
+    List,
+    /// A table of any values.
+    Table,
+}
+
+/// One declared parameter of a stage kind.
+#[derive(Debug, Clone)]
+pub struct ParamDef {
+    /// Key in `[stages.NAME.params]`.
+    pub name: &'static str,
+    /// Required type.
+    pub ty: ParamType,
+    /// Default when absent; `None` makes the param required.
+    pub default: Option<Value>,
+    /// One-line meaning, shown by `mg3d stages`.
+    pub doc: &'static str,
+}
+
+impl ParamDef {
+    /// A param with a default.
+    pub fn new(name: &'static str, ty: ParamType, default: Value, doc: &'static str) -> Self {
+        ParamDef {
+            name,
+            ty,
+            default: Some(default),
+            doc,
+        }
+    }
+    /// A param the pipeline file must set.
+    pub fn required(name: &'static str, ty: ParamType, doc: &'static str) -> Self {
+        ParamDef {
+            name,
+            ty,
+            default: None,
+            doc,
+        }
+    }
+}
+
+/// An upstream stage kind a stage reads.
+#[derive(Debug, Clone)]
+pub struct InputDecl {
+    /// Kind of the upstream stage.
+    pub kind: &'static str,
+    /// Whether the pipeline must provide one.
+    pub required: bool,
+}
+
+/// Normalised stage params: every declared key, defaults filled, keys sorted (canonical JSON).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Params(Map<String, Value>);
+
+fn toml_to_json(v: &toml::Value) -> Value {
+    match v {
+        toml::Value::String(s) => Value::String(s.clone()),
+        toml::Value::Integer(i) => Value::from(*i),
+        toml::Value::Float(f) => serde_json::Number::from_f64(*f)
+            .map(Value::Number)
+            .unwrap_or(Value::Null),
+        toml::Value::Boolean(b) => Value::Bool(*b),
+        toml::Value::Datetime(d) => Value::String(d.to_string()),
+        toml::Value::Array(a) => Value::Array(a.iter().map(toml_to_json).collect()),
+        toml::Value::Table(t) => Value::Object(
+            t.iter()
+                .map(|(k, v)| (k.clone(), toml_to_json(v)))
+                .collect(),
+        ),
+    }
+}
+
+impl Params {
+    /// Checks `table` against `defs` and fills defaults. Errors give the offending key (if any) and a message.
+    pub fn resolve(
+        defs: Vec<ParamDef>,
+        table: &toml::Table,
+    ) -> Result<Params, (Option<String>, String)> {
+        let mut out = Map::new();
+        for (k, v) in table {
+            let Some(def) = defs.iter().find(|d| d.name == k) else {
+                return Err((Some(k.clone()), format!("unknown param {k:?}")));
+            };
+            let ok = matches!(
+                (def.ty, v),
+                (ParamType::Int, toml::Value::Integer(_))
+                    | (
+                        ParamType::Float,
+                        toml::Value::Integer(_) | toml::Value::Float(_)
+                    )
+                    | (ParamType::Bool, toml::Value::Boolean(_))
+                    | (ParamType::Str, toml::Value::String(_))
+                    | (ParamType::List, toml::Value::Array(_))
+                    | (ParamType::Table, toml::Value::Table(_))
+            );
+            if !ok {
+                return Err((
+                    Some(k.clone()),
+                    format!("param {k:?} must be {:?}, got {}", def.ty, v.type_str()),
+                ));
+            }
+            let j = match (def.ty, v) {
+                (ParamType::Float, toml::Value::Integer(i)) => Value::from(*i as f64),
+                _ => toml_to_json(v),
+            };
+            out.insert(k.clone(), j);
+        }
+        for d in &defs {
+            if !out.contains_key(d.name) {
+                match &d.default {
+                    Some(v) => {
+                        out.insert(d.name.to_string(), v.clone());
+                    }
+                    None => return Err((None, format!("missing required param {:?}", d.name))),
+                }
+            }
+        }
+        Ok(Params(out))
+    }
+
+    /// Builds params directly (tests, CLI commands that run a stage outside a pipeline).
+    pub fn from_json(map: Map<String, Value>) -> Params {
+        Params(map)
+    }
+
+    /// The canonical JSON text (sorted keys) that enters the stage key.
+    pub fn canonical(&self) -> String {
+        serde_json::to_string(&self.0).expect("json")
+    }
+
+    /// The params as a JSON map.
+    pub fn as_map(&self) -> &Map<String, Value> {
+        &self.0
+    }
+
+    /// Deserialises the params into a stage's typed struct.
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T, StageError> {
+        serde_json::from_value(Value::Object(self.0.clone()))
+            .map_err(|e| StageError::msg(format!("invalid params: {e}")))
+    }
+}
+
+/// Why a stage run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    /// The run was cancelled (Ctrl-C); nothing was promoted.
+    #[error("cancelled")]
+    Cancelled,
+    /// Anything else, with its context.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl StageError {
+    /// A failure with a message.
+    pub fn msg(m: impl Into<String>) -> Self {
+        StageError::Failed(m.into())
+    }
+    /// Wraps an error with what was being done.
+    pub fn ctx(what: impl std::fmt::Display, e: impl std::fmt::Display) -> Self {
+        StageError::Failed(format!("{what}: {e}"))
+    }
+}
+
+impl From<std::io::Error> for StageError {
+    fn from(e: std::io::Error) -> Self {
+        StageError::Failed(format!("i/o: {e}"))
+    }
+}
+impl From<crate::table::TableError> for StageError {
+    fn from(e: crate::table::TableError) -> Self {
+        StageError::Failed(e.to_string())
+    }
+}
+
+/// A stage kind: what the engine needs to validate, key and run it.
+pub trait Stage: Send + Sync {
+    /// Kind name used in pipeline files (`kind = "..."`).
+    fn kind(&self) -> &'static str;
+    /// Bump when the stage's outputs change for the same inputs and params: it reruns everywhere.
+    fn code_version(&self) -> &'static str;
+    /// One line describing what the stage does.
+    fn describe(&self) -> &'static str;
+    /// Declared params (unknown keys in a pipeline file are errors).
+    fn params(&self) -> Vec<ParamDef>;
+    /// Upstream kinds it reads.
+    fn inputs(&self) -> Vec<InputDecl> {
+        Vec::new()
+    }
+    /// A digest of external sources (files outside the work dir) named by params, if any.
+    /// It enters the stage key, so changed sources make the stage stale.
+    fn sources_fingerprint(&self, _params: &Params) -> Result<Option<String>, StageError> {
+        Ok(None)
+    }
+    /// The params that change a single item's result (see [`crate::items`]); `None` = all of them.
+    /// Params like a row limit or a thread count should be left out, so changing them reuses items.
+    fn item_params(&self) -> Option<Vec<&'static str>> {
+        None
+    }
+    /// Does the work, writing only under `ctx.out_dir`. Returns a JSON summary (counts).
+    fn run(&self, ctx: &StageContext) -> Result<Value, StageError>;
+}
+
+/// The stage kinds a binary knows.
+#[derive(Default, Clone)]
+pub struct StageRegistry {
+    kinds: BTreeMap<&'static str, Arc<dyn Stage>>,
+}
+
+impl StageRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Adds a stage kind (replacing one of the same name).
+    pub fn register(&mut self, stage: Arc<dyn Stage>) -> &mut Self {
+        self.kinds.insert(stage.kind(), stage);
+        self
+    }
+    /// The stage kind called `kind`.
+    pub fn get(&self, kind: &str) -> Option<&Arc<dyn Stage>> {
+        self.kinds.get(kind)
+    }
+    /// Known kinds, sorted.
+    pub fn kinds(&self) -> Vec<&'static str> {
+        self.kinds.keys().copied().collect()
+    }
+}
+
+/// A cancellation flag shared between the engine (e.g. a Ctrl-C handler) and running stages.
+#[derive(Clone, Default, Debug)]
+pub struct CancelFlag(Arc<AtomicBool>);
+
+impl CancelFlag {
+    /// Requests cancellation.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst)
+    }
+    /// Whether cancellation was requested.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// One upstream output available to a stage.
+#[derive(Debug, Clone)]
+pub struct StageInput {
+    /// Upstream stage name.
+    pub name: String,
+    /// Upstream kind.
+    pub kind: String,
+    /// Its promoted output directory.
+    pub dir: PathBuf,
+}
+
+/// What a running stage gets from the engine.
+pub struct StageContext<'a> {
+    /// The stage's name in the pipeline.
+    pub name: &'a str,
+    /// Validated params.
+    pub params: &'a Params,
+    /// Upstream outputs.
+    pub inputs: Vec<StageInput>,
+    /// Temporary output directory; promoted atomically on success.
+    pub out_dir: PathBuf,
+    /// Pipeline seed.
+    pub seed: u64,
+    pub(crate) salt: &'a str,
+    /// Thread pool for per-item parallel work.
+    pub pool: &'a rayon::ThreadPool,
+    pub(crate) progress: &'a MultiProgress,
+    pub(crate) cancel: &'a CancelFlag,
+    pub(crate) items: ItemStore,
+}
+
+impl<'a> StageContext<'a> {
+    /// The output directory of the (first) input of `kind`.
+    pub fn input(&self, kind: &str) -> Result<&Path, StageError> {
+        self.inputs
+            .iter()
+            .find(|i| i.kind == kind)
+            .map(|i| i.dir.as_path())
+            .ok_or_else(|| StageError::msg(format!("no input of kind {kind:?}")))
+    }
+    /// All inputs of `kind`.
+    pub fn inputs_of(&self, kind: &str) -> impl Iterator<Item = &StageInput> {
+        let kind = kind.to_string();
+        self.inputs.iter().filter(move |i| i.kind == kind)
+    }
+    /// A progress bar over `len` steps (hidden with `--quiet` or without a terminal).
+    pub fn progress_bar(&self, len: u64, what: &str) -> ProgressBar {
+        let pb = self.progress.add(ProgressBar::new(len));
+        pb.set_style(
+            ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} {msg} ({eta})")
+                .unwrap()
+                .progress_chars("=> "),
+        );
+        pb.set_prefix(self.name.to_string());
+        pb.set_message(what.to_string());
+        pb
+    }
+    /// Returns `Err(Cancelled)` once cancellation was requested; call between items.
+    pub fn check_cancelled(&self) -> Result<(), StageError> {
+        if self.cancel.is_cancelled() {
+            Err(StageError::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+    /// Keyed pseudonym for a source identifier (see [`crate::ids`]).
+    pub fn pseudonym(&self, namespace: &str, source_id: &str) -> String {
+        crate::ids::pseudonym(self.salt, namespace, source_id)
+    }
+    /// The per-item store of this stage (see [`crate::items`]).
+    pub fn items(&self) -> &ItemStore {
+        &self.items
+    }
+}
