@@ -1,0 +1,416 @@
+//! `mg3d`: run declarative pipelines, show what is stale and why, check tables, make synthetic data.
+//!
+//! Exit codes: 0 success; 1 a stage or command failed; 2 invalid command line or pipeline file;
+//! 3 `schema check` found a mismatch; 130 cancelled with Ctrl-C.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use mg3d_core::engine::{EngineError, StageState};
+use mg3d_core::table::{TableSchema, check_file};
+use mg3d_core::{Engine, Pipeline, RunOptions, StageRegistry};
+
+#[derive(Parser)]
+#[command(
+    name = "mg3d",
+    version,
+    about = "Curated, reproducible CT + report corpora and MG-3D pre-training"
+)]
+struct Cli {
+    /// Only warnings and errors; no progress bars.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    /// Machine-readable JSON on stdout.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the stale stages of a pipeline (or the selected ones).
+    Run {
+        /// Pipeline file (e.g. pipelines/demo.toml).
+        pipeline: PathBuf,
+        /// Run only this stage (always), against its inputs' current outputs.
+        #[arg(long, conflicts_with = "from")]
+        stage: Option<String>,
+        /// Rerun this stage and everything downstream of it.
+        #[arg(long)]
+        from: Option<String>,
+        /// Rerun the selected stages even if fresh.
+        #[arg(long)]
+        force: bool,
+        /// Show what would run and why; run nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Check outputs by content hash, not only by name and size.
+        #[arg(long)]
+        verify: bool,
+        /// Override the pipeline's work_dir.
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+    },
+    /// Show each stage as fresh, stale or missing, with the reasons.
+    Status {
+        /// Pipeline file.
+        pipeline: PathBuf,
+        /// Check outputs by content hash.
+        #[arg(long)]
+        verify: bool,
+        /// Override the pipeline's work_dir.
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+    },
+    /// List the stage kinds and their params.
+    Stages,
+    /// Table contracts (schemas/).
+    Schema {
+        #[command(subcommand)]
+        cmd: SchemaCmd,
+    },
+    /// Write a synthetic chest-CT corpus with ground truth.
+    Synth {
+        /// Number of patients.
+        #[arg(long, default_value_t = 20)]
+        patients: u32,
+        /// Seed (same seed, same bytes).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Output directory (created; must be empty or absent).
+        #[arg(long)]
+        out: PathBuf,
+        /// Also write the fault cases with their expected reject reasons.
+        #[arg(long)]
+        faults: bool,
+        /// Body width range in mm, "MIN,MAX" (adults 280-360; smaller is faster).
+        #[arg(long, value_parser = parse_range)]
+        body_width_mm: Option<[f64; 2]>,
+        /// Scanned length range in mm, "MIN,MAX".
+        #[arg(long, value_parser = parse_range)]
+        z_extent_mm: Option<[f64; 2]>,
+        /// In-plane spacing range in mm, "MIN,MAX".
+        #[arg(long, value_parser = parse_range)]
+        in_plane_spacing_mm: Option<[f64; 2]>,
+        /// Slice spacing range in mm, "MIN,MAX".
+        #[arg(long, value_parser = parse_range)]
+        slice_spacing_mm: Option<[f64; 2]>,
+        /// Share of patients written as DICOM.
+        #[arg(long)]
+        dicom_fraction: Option<f64>,
+        /// Prevalence of each drawn finding.
+        #[arg(long)]
+        prevalence: Option<f64>,
+        /// Report template file (default: the embedded configs/synth/reports.toml).
+        #[arg(long)]
+        templates: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum SchemaCmd {
+    /// Check a Parquet file against its table contract (from its metadata, or its file name).
+    Check {
+        /// The Parquet file.
+        file: PathBuf,
+        /// Table name, when the file does not say.
+        #[arg(long)]
+        table: Option<String>,
+    },
+    /// List the table contracts.
+    List,
+    /// Show one table contract.
+    Show {
+        /// Table name.
+        table: String,
+    },
+}
+
+fn parse_range(s: &str) -> Result<[f64; 2], String> {
+    let (a, b) = s.split_once(',').ok_or("expected MIN,MAX")?;
+    let p = |x: &str| x.trim().parse::<f64>().map_err(|e| format!("{x:?}: {e}"));
+    Ok([p(a)?, p(b)?])
+}
+
+fn registry() -> StageRegistry {
+    let mut r = StageRegistry::new();
+    r.register(Arc::new(mg3d_synth::SynthStage));
+    r
+}
+
+/// An error with the exit code it maps to.
+struct Fail(u8, anyhow::Error);
+
+impl<E: Into<anyhow::Error>> From<E> for Fail {
+    fn from(e: E) -> Self {
+        Fail(1, e.into())
+    }
+}
+
+fn load(path: &Path, reg: &StageRegistry, work_dir: Option<PathBuf>) -> Result<Pipeline, Fail> {
+    let mut p = Pipeline::load(path, reg).map_err(|e| Fail(2, e.into()))?;
+    if let Some(w) = work_dir {
+        p.work_dir = w;
+    }
+    Ok(p)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = if cli.quiet { "warn" } else { "info" };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Fail(code, e)) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Fail> {
+    let reg = registry();
+    match cli.cmd {
+        Cmd::Run {
+            pipeline,
+            stage,
+            from,
+            force,
+            dry_run,
+            verify,
+            work_dir,
+        } => {
+            let p = load(&pipeline, &reg, work_dir)?;
+            let engine = Engine::new(&reg);
+            let flag = engine.cancel_flag();
+            let _ = ctrlc::set_handler(move || {
+                eprintln!(
+                    "cancelling: the running stage stops at its next item; outputs stay as they were"
+                );
+                flag.cancel();
+            });
+            let opts = RunOptions {
+                only: stage,
+                from,
+                force,
+                dry_run,
+                quiet: cli.quiet || cli.json,
+                verify,
+            };
+            let t0 = Instant::now();
+            let report = engine.run(&p, &opts).map_err(|e| match e {
+                EngineError::Usage(_) => Fail(2, e.into()),
+                EngineError::Stage {
+                    source: mg3d_core::StageError::Cancelled,
+                    ..
+                } => Fail(130, e.into()),
+                e => Fail(1, e.into()),
+            })?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                for s in &report.stages {
+                    match s.action.as_str() {
+                        "ran" => println!(
+                            "{:<12} ran in {:.1}s ({})  {}",
+                            s.name,
+                            s.seconds,
+                            s.reasons.join("; "),
+                            s.summary
+                        ),
+                        "would-run" => {
+                            println!("{:<12} would run: {}", s.name, s.reasons.join("; "))
+                        }
+                        _ => println!("{:<12} fresh", s.name),
+                    }
+                }
+                println!(
+                    "pipeline {} done in {:.1}s; outputs in {}",
+                    p.name,
+                    t0.elapsed().as_secs_f64(),
+                    p.work_dir.display()
+                );
+            }
+        }
+        Cmd::Status {
+            pipeline,
+            verify,
+            work_dir,
+        } => {
+            let p = load(&pipeline, &reg, work_dir)?;
+            let st = Engine::new(&reg).status(&p, verify)?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+            } else {
+                for s in &st {
+                    let state = match s.state {
+                        StageState::Fresh => "fresh",
+                        StageState::Stale => "stale",
+                        StageState::Missing => "missing",
+                    };
+                    println!("{:<12} {:<8} {}", s.name, state, s.reasons.join("; "));
+                }
+            }
+        }
+        Cmd::Stages => {
+            for kind in reg.kinds() {
+                let s = reg.get(kind).unwrap();
+                println!(
+                    "{kind} (code version {}): {}",
+                    s.code_version(),
+                    s.describe()
+                );
+                for i in s.inputs() {
+                    println!(
+                        "  input  {} {}",
+                        i.kind,
+                        if i.required {
+                            "(required)"
+                        } else {
+                            "(optional)"
+                        }
+                    );
+                }
+                for d in s.params() {
+                    let def = d
+                        .default
+                        .map(|v| v.to_string())
+                        .unwrap_or_else(|| "(required)".into());
+                    println!("  param  {:<24} {:?} = {:<20} {}", d.name, d.ty, def, d.doc);
+                }
+            }
+        }
+        Cmd::Schema { cmd } => match cmd {
+            SchemaCmd::Check { file, table } => match check_file(&file, table.as_deref()) {
+                Ok((t, rows)) => {
+                    if cli.json {
+                        println!(
+                            "{}",
+                            serde_json::json!({"file": file, "table": t, "rows": rows, "ok": true})
+                        );
+                    } else {
+                        println!("{}: matches table {t} ({rows} rows)", file.display());
+                    }
+                }
+                Err(e) => {
+                    if cli.json {
+                        println!(
+                            "{}",
+                            serde_json::json!({"file": file, "ok": false, "error": e.to_string()})
+                        );
+                    }
+                    return Err(Fail(3, e.into()));
+                }
+            },
+            SchemaCmd::List => {
+                for n in TableSchema::names() {
+                    let s = TableSchema::get(n)?;
+                    println!("{:<20} v{}  {}", n, s.version, s.description);
+                }
+            }
+            SchemaCmd::Show { table } => {
+                let s = TableSchema::get(&table).map_err(|e| Fail(2, e.into()))?;
+                println!("{} (version {}): {}", s.name, s.version, s.description);
+                for c in &s.columns {
+                    println!(
+                        "  {:<20} {:<28} {:<9} {}",
+                        c.name,
+                        c.type_name,
+                        if c.nullable { "nullable" } else { "not null" },
+                        c.meaning
+                    );
+                }
+            }
+        },
+        Cmd::Synth {
+            patients,
+            seed,
+            out,
+            faults,
+            body_width_mm,
+            z_extent_mm,
+            in_plane_spacing_mm,
+            slice_spacing_mm,
+            dicom_fraction,
+            prevalence,
+            templates,
+        } => {
+            let mut cfg = mg3d_synth::SynthConfig {
+                patients,
+                seed,
+                faults,
+                ..Default::default()
+            };
+            if let Some(v) = body_width_mm {
+                cfg.body_width_mm = v;
+            }
+            if let Some(v) = z_extent_mm {
+                cfg.z_extent_mm = v;
+            }
+            if let Some(v) = in_plane_spacing_mm {
+                cfg.in_plane_spacing_mm = v;
+            }
+            if let Some(v) = slice_spacing_mm {
+                cfg.slice_spacing_mm = v;
+            }
+            if let Some(v) = dicom_fraction {
+                cfg.dicom_fraction = v;
+            }
+            if let Some(v) = prevalence {
+                cfg.prevalence = v;
+            }
+            let text = match &templates {
+                Some(p) => std::fs::read_to_string(p)
+                    .with_context(|| format!("reading templates {}", p.display()))?,
+                None => mg3d_synth::report::DEFAULT_TEMPLATES.to_string(),
+            };
+            let t = mg3d_synth::report::Templates::parse(&text)
+                .map_err(|e| Fail(2, anyhow::anyhow!("templates: {e}")))?;
+            if out.exists() && std::fs::read_dir(&out)?.next().is_some() {
+                return Err(Fail(
+                    2,
+                    anyhow::anyhow!(
+                        "{} is not empty; choose a new --out directory",
+                        out.display()
+                    ),
+                ));
+            }
+            std::fs::create_dir_all(&out)?;
+            let t0 = Instant::now();
+            let s = mg3d_synth::generate(&cfg, &t, &out).map_err(|e| Fail(1, e.into()))?;
+            let secs = t0.elapsed().as_secs_f64();
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"summary": s, "seconds": secs, "patients_per_second": s.patients as f64 / secs})
+                );
+            } else {
+                println!(
+                    "wrote {} patients ({} volumes: {} DICOM series / {} files, {} NIfTI; {} faults) to {} in {:.1}s ({:.2} patients/s, {:.1} Mvoxel/s)",
+                    s.patients,
+                    s.volumes,
+                    s.dicom_series,
+                    s.dicom_files,
+                    s.nifti_files,
+                    s.faults,
+                    out.display(),
+                    secs,
+                    s.patients as f64 / secs,
+                    s.voxels as f64 / 1e6 / secs
+                );
+            }
+        }
+    }
+    Ok(())
+}

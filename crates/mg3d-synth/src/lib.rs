@@ -1,0 +1,247 @@
+//! mg3d-synth: a synthetic chest-CT corpus with known truth.
+//!
+//! Per patient: a phantom in HU with findings drawn in ([`phantom`]), one or two reconstructions
+//! written either as a DICOM series ([`dicom_out`]) or as a CT-RATE-style NIfTI with a metadata CSV
+//! row ([`nifti_out`]), a CT-RATE-format report written from the truth ([`report`]), and the truth
+//! itself: labels, entity spans, geometry, and with `faults` the expected reject reason per bad input.
+//!
+//! Output layout (under the output directory):
+//! ```text
+//! dicom/<MRN>/<date>_<accession>/series_<n>/*.dcm   DICOM series (folder names carry PHI, as real archives do)
+//! nifti/train_<pid>_a_<recon>.nii.gz                CT-RATE-style volumes
+//! metadata/train_metadata.csv                       CT-RATE metadata for the NIfTI volumes
+//! reports/train_reports.csv                         CT-RATE reports (VolumeName, ClinicalInformation_EN, ...)
+//! reports/accession_map.csv                         RIS export: AccessionNumber, StudyInstanceUID, SeriesInstanceUID -> VolumeName
+//! labels/train_predicted_labels.csv                 VolumeName + the 18 CT-RATE labels (1 = drawn in the voxels)
+//! truth/entities.jsonl                              entity spans per report section
+//! truth/geometry.jsonl                              per volume: shape, spacing, RAS affine, encoding, HU digest
+//! truth/patients.jsonl                              the PHI-like source identifiers (to test that none leak)
+//! truth/faults.jsonl                                with faults: each bad input and the reason code ingest/reports should give
+//! truth/truth_findings.parquet                      table `truth_findings` (schemas/truth_findings.json)
+//! synth.json                                        summary and the config used
+//! ```
+
+pub mod catalog;
+pub mod dicom_out;
+mod faults;
+pub mod geometry;
+pub mod nifti_out;
+pub mod phantom;
+pub mod report;
+mod stage;
+mod writer;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+pub use stage::SynthStage;
+pub use writer::VolumeTruth;
+
+use crate::catalog::RENDERED;
+use crate::report::{Assertion, Statement, Templates};
+
+/// What to generate.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SynthConfig {
+    /// Number of patients.
+    pub patients: u32,
+    /// Seed: the same seed gives byte-identical output.
+    pub seed: u64,
+    /// Also write the fault cases (bad inputs with expected reject reasons).
+    pub faults: bool,
+    /// Share of patients written as DICOM series (the rest as NIfTI).
+    pub dicom_fraction: f64,
+    /// Prevalence of each drawn finding.
+    pub prevalence: f64,
+    /// Per-finding prevalence overrides (CT-RATE label -> probability).
+    #[serde(default)]
+    pub prevalence_by_finding: BTreeMap<String, f64>,
+    /// Share of scans with a second reconstruction (another slice spacing and kernel).
+    pub second_recon_fraction: f64,
+    /// In-plane pixel spacing range, mm.
+    pub in_plane_spacing_mm: [f64; 2],
+    /// Slice spacing range, mm.
+    pub slice_spacing_mm: [f64; 2],
+    /// Body width range, mm (adult chests are 280-360).
+    pub body_width_mm: [f64; 2],
+    /// Scanned length range, mm.
+    pub z_extent_mm: [f64; 2],
+}
+
+impl Default for SynthConfig {
+    fn default() -> Self {
+        SynthConfig {
+            patients: 20,
+            seed: 0,
+            faults: false,
+            dicom_fraction: 0.5,
+            prevalence: 0.25,
+            prevalence_by_finding: BTreeMap::new(),
+            second_recon_fraction: 0.2,
+            in_plane_spacing_mm: [0.5, 1.0],
+            slice_spacing_mm: [0.6, 5.0],
+            body_width_mm: [280.0, 360.0],
+            z_extent_mm: [250.0, 320.0],
+        }
+    }
+}
+
+impl SynthConfig {
+    /// Checks ranges; the message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        let range = |name: &str, r: [f64; 2], lo: f64, hi: f64| {
+            if !(r[0] > 0.0 && r[0] <= r[1] && r[0] >= lo && r[1] <= hi) {
+                Err(format!(
+                    "{name} must be [min, max] with {lo} <= min <= max <= {hi}, got {r:?}"
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        range("in_plane_spacing_mm", self.in_plane_spacing_mm, 0.1, 5.0)?;
+        range("slice_spacing_mm", self.slice_spacing_mm, 0.1, 10.0)?;
+        range("body_width_mm", self.body_width_mm, 40.0, 600.0)?;
+        range("z_extent_mm", self.z_extent_mm, 20.0, 800.0)?;
+        for (name, p) in [
+            ("dicom_fraction", self.dicom_fraction),
+            ("prevalence", self.prevalence),
+            ("second_recon_fraction", self.second_recon_fraction),
+        ]
+        .into_iter()
+        .chain(
+            self.prevalence_by_finding
+                .iter()
+                .map(|(k, v)| (k.as_str(), *v)),
+        ) {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(format!("{name} must be within [0, 1], got {p}"));
+            }
+        }
+        for k in self.prevalence_by_finding.keys() {
+            if !RENDERED.contains(&k.as_str()) {
+                return Err(format!(
+                    "prevalence_by_finding: {k:?} is not a drawn finding; use one of: {}",
+                    RENDERED.join(", ")
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Counts of what was generated.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct SynthSummary {
+    /// Patients.
+    pub patients: u32,
+    /// Volumes (reconstructions), faults excluded.
+    pub volumes: u32,
+    /// DICOM series.
+    pub dicom_series: u32,
+    /// DICOM files.
+    pub dicom_files: u32,
+    /// NIfTI files.
+    pub nifti_files: u32,
+    /// Report rows.
+    pub reports: u32,
+    /// Fault cases written.
+    pub faults: u32,
+    /// Voxels rendered.
+    pub voxels: u64,
+    /// Present findings drawn, per label.
+    pub findings: BTreeMap<String, u32>,
+}
+
+/// Synth errors.
+#[derive(Debug, thiserror::Error)]
+pub enum SynthError {
+    /// Invalid configuration.
+    #[error("invalid synth config: {0}")]
+    Config(String),
+    /// Templates could not be parsed or filled.
+    #[error("report templates: {0}")]
+    Templates(String),
+    /// Writing failed.
+    #[error("{0}")]
+    Write(String),
+}
+
+impl From<std::io::Error> for SynthError {
+    fn from(e: std::io::Error) -> Self {
+        SynthError::Write(e.to_string())
+    }
+}
+
+/// A seeded RNG for one purpose, independent of the order things are generated in.
+pub(crate) fn rng_for(seed: u64, what: &str, i: u64) -> ChaCha8Rng {
+    let mut h = blake3::Hasher::new();
+    h.update(&seed.to_le_bytes());
+    h.update(what.as_bytes());
+    h.update(&i.to_le_bytes());
+    ChaCha8Rng::from_seed(*h.finalize().as_bytes())
+}
+
+/// Decides what each report says about each drawn label, given which were drawn and how subtly.
+pub(crate) fn statements_for(
+    drawn: &[phantom::RenderedFinding],
+    rng: &mut ChaCha8Rng,
+) -> Vec<Statement> {
+    let mut out = Vec::new();
+    for label in RENDERED {
+        if let Some(f) = drawn.iter().find(|f| f.label == label) {
+            let hedge = f.subtle && rng.random_bool(0.7);
+            out.push(Statement {
+                label: label.to_string(),
+                assertion: if hedge {
+                    Assertion::Uncertain
+                } else {
+                    Assertion::Present
+                },
+                finding: Some(f.clone()),
+            });
+        } else {
+            let r: f64 = rng.random();
+            if r < 0.5 {
+                out.push(Statement {
+                    label: label.to_string(),
+                    assertion: Assertion::Absent,
+                    finding: None,
+                });
+            } else if r < 0.56 {
+                out.push(Statement {
+                    label: label.to_string(),
+                    assertion: Assertion::Uncertain,
+                    finding: None,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Generates the corpus into `out` (which must exist and be empty).
+pub fn generate(
+    cfg: &SynthConfig,
+    templates: &Templates,
+    out: &Path,
+) -> Result<SynthSummary, SynthError> {
+    cfg.validate().map_err(SynthError::Config)?;
+    let mut w = writer::CorpusWriter::new(out)?;
+    let patients: Vec<writer::PatientOutput> = (1..=cfg.patients)
+        .into_par_iter()
+        .map(|pid| writer::make_patient(cfg, templates, out, pid))
+        .collect::<Result<_, _>>()?;
+    for p in patients {
+        w.add(p);
+    }
+    if cfg.faults {
+        faults::write_faults(cfg, templates, out, &mut w)?;
+    }
+    w.finish(cfg)
+}

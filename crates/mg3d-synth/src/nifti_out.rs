@@ -1,0 +1,178 @@
+//! Writing NIfTI-1 volumes (.nii.gz) with the nifti crate, sform and qform both set.
+
+use std::path::Path;
+
+use ndarray::{Array3, ShapeBuilder};
+use nifti::writer::WriterOptions;
+use nifti::{NiftiHeader, NiftiType};
+
+/// Quaternion parameters (b, c, d, qfac) of the rotation part of `m` (columns scaled by spacing),
+/// as nifti_mat44_to_quatern computes them.
+pub fn quatern(m: &[[f64; 4]; 4], spacing: [f64; 3]) -> (f64, f64, f64, f64) {
+    let mut r = [[0.0; 3]; 3];
+    for i in 0..3 {
+        for j in 0..3 {
+            r[i][j] = m[i][j] / spacing[j];
+        }
+    }
+    let det = r[0][0] * (r[1][1] * r[2][2] - r[1][2] * r[2][1])
+        - r[0][1] * (r[1][0] * r[2][2] - r[1][2] * r[2][0])
+        + r[0][2] * (r[1][0] * r[2][1] - r[1][1] * r[2][0]);
+    let qfac = if det < 0.0 { -1.0 } else { 1.0 };
+    if qfac < 0.0 {
+        for row in r.iter_mut() {
+            row[2] = -row[2];
+        }
+    }
+    let trace1 = r[0][0] + r[1][1] + r[2][2] + 1.0;
+    let (a, b, c, d): (f64, f64, f64, f64);
+    if trace1 > 0.5 {
+        let aa = 0.5 * trace1.sqrt();
+        a = aa;
+        b = 0.25 * (r[2][1] - r[1][2]) / aa;
+        c = 0.25 * (r[0][2] - r[2][0]) / aa;
+        d = 0.25 * (r[1][0] - r[0][1]) / aa;
+    } else {
+        let xd = 1.0 + r[0][0] - (r[1][1] + r[2][2]);
+        let yd = 1.0 + r[1][1] - (r[0][0] + r[2][2]);
+        let zd = 1.0 + r[2][2] - (r[0][0] + r[1][1]);
+        let (mut aa, mut bb, mut cc, mut dd);
+        if xd > 1.0 {
+            bb = 0.5 * xd.sqrt();
+            cc = 0.25 * (r[0][1] + r[1][0]) / bb;
+            dd = 0.25 * (r[0][2] + r[2][0]) / bb;
+            aa = 0.25 * (r[2][1] - r[1][2]) / bb;
+        } else if yd > 1.0 {
+            cc = 0.5 * yd.sqrt();
+            bb = 0.25 * (r[0][1] + r[1][0]) / cc;
+            dd = 0.25 * (r[1][2] + r[2][1]) / cc;
+            aa = 0.25 * (r[0][2] - r[2][0]) / cc;
+        } else {
+            dd = 0.5 * zd.sqrt();
+            bb = 0.25 * (r[0][2] + r[2][0]) / dd;
+            cc = 0.25 * (r[1][2] + r[2][1]) / dd;
+            aa = 0.25 * (r[1][0] - r[0][1]) / dd;
+        }
+        if aa < 0.0 {
+            aa = -aa;
+            bb = -bb;
+            cc = -cc;
+            dd = -dd;
+        }
+        a = aa;
+        b = bb;
+        c = cc;
+        d = dd;
+    }
+    let _ = a;
+    (b, c, d, qfac)
+}
+
+/// Header with sform and qform (both code 1, scanner anatomical) from a voxel->RAS affine.
+pub fn header_for(
+    affine: &[[f64; 4]; 4],
+    spacing: [f64; 3],
+    scl: Option<(f64, f64)>,
+) -> NiftiHeader {
+    let mut h = NiftiHeader::default();
+    let (b, c, d, qfac) = quatern(affine, spacing);
+    h.pixdim = [
+        qfac as f32,
+        spacing[0] as f32,
+        spacing[1] as f32,
+        spacing[2] as f32,
+        1.0,
+        0.0,
+        0.0,
+        0.0,
+    ];
+    h.qform_code = 1;
+    h.sform_code = 1;
+    h.quatern_b = b as f32;
+    h.quatern_c = c as f32;
+    h.quatern_d = d as f32;
+    h.quatern_x = affine[0][3] as f32;
+    h.quatern_y = affine[1][3] as f32;
+    h.quatern_z = affine[2][3] as f32;
+    h.srow_x = [
+        affine[0][0] as f32,
+        affine[0][1] as f32,
+        affine[0][2] as f32,
+        affine[0][3] as f32,
+    ];
+    h.srow_y = [
+        affine[1][0] as f32,
+        affine[1][1] as f32,
+        affine[1][2] as f32,
+        affine[1][3] as f32,
+    ];
+    h.srow_z = [
+        affine[2][0] as f32,
+        affine[2][1] as f32,
+        affine[2][2] as f32,
+        affine[2][3] as f32,
+    ];
+    h.xyzt_units = 2 | 8;
+    if let Some((slope, inter)) = scl {
+        h.scl_slope = slope as f32;
+        h.scl_inter = inter as f32;
+    } else {
+        h.scl_slope = 1.0;
+        h.scl_inter = 0.0;
+    }
+    h.descrip = b"mg3d-synth".to_vec();
+    h
+}
+
+/// Writes int16 voxels given in (k, j, i) order as a NIfTI volume of shape (i, j, k).
+/// The header's `scl_slope`/`scl_inter` are kept (the nifti crate's writer resets them to 1/0,
+/// so they are patched into the written header).
+pub fn write_i16(
+    path: &Path,
+    data: Vec<i16>,
+    dims: [usize; 3],
+    header: &NiftiHeader,
+) -> Result<(), String> {
+    let arr =
+        Array3::from_shape_vec((dims[0], dims[1], dims[2]).f(), data).map_err(|e| e.to_string())?;
+    let mut h = header.clone();
+    h.datatype = NiftiType::Int16 as i16;
+    WriterOptions::new(path)
+        .reference_header(&h)
+        .write_nifti(&arr)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if h.scl_slope != 1.0 || h.scl_inter != 0.0 {
+        patch_scaling(path, h.scl_slope, h.scl_inter)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Rewrites scl_slope (byte 112) and scl_inter (byte 116) of a little-endian .nii.gz.
+fn patch_scaling(path: &Path, slope: f32, inter: f32) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    let mut raw = Vec::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(path)?).read_to_end(&mut raw)?;
+    raw[112..116].copy_from_slice(&slope.to_le_bytes());
+    raw[116..120].copy_from_slice(&inter.to_le_bytes());
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(&raw)?;
+    std::fs::write(path, enc.finish()?)
+}
+
+/// Writes float32 voxels given in (k, j, i) order.
+pub fn write_f32(
+    path: &Path,
+    data: Vec<f32>,
+    dims: [usize; 3],
+    header: &NiftiHeader,
+) -> Result<(), String> {
+    let arr =
+        Array3::from_shape_vec((dims[0], dims[1], dims[2]).f(), data).map_err(|e| e.to_string())?;
+    let mut h = header.clone();
+    h.datatype = NiftiType::Float32 as i16;
+    WriterOptions::new(path)
+        .reference_header(&h)
+        .write_nifti(&arr)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
