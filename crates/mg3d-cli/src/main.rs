@@ -35,8 +35,8 @@ struct Cli {
 enum Cmd {
     /// Run the stale stages of a pipeline (or the selected ones).
     Run {
-        /// Pipeline file (e.g. pipelines/demo.toml).
-        pipeline: PathBuf,
+        /// Pipeline file (default: pipelines/demo.toml, or the copy built into mg3d).
+        pipeline: Option<PathBuf>,
         /// Run only this stage (always), against its inputs' current outputs.
         #[arg(long, conflicts_with = "from")]
         stage: Option<String>,
@@ -58,8 +58,8 @@ enum Cmd {
     },
     /// Show each stage as fresh, stale or missing, with the reasons.
     Status {
-        /// Pipeline file.
-        pipeline: PathBuf,
+        /// Pipeline file (default: pipelines/demo.toml, or the copy built into mg3d).
+        pipeline: Option<PathBuf>,
         /// Check outputs by content hash.
         #[arg(long)]
         verify: bool,
@@ -152,8 +152,21 @@ impl<E: Into<anyhow::Error>> From<E> for Fail {
     }
 }
 
-fn load(path: &Path, reg: &StageRegistry, work_dir: Option<PathBuf>) -> Result<Pipeline, Fail> {
-    let mut p = Pipeline::load(path, reg).map_err(|e| Fail(2, e.into()))?;
+/// The demo pipeline, built in so `mg3d run` works from any directory.
+const EMBEDDED_DEMO: &str = include_str!("../../../pipelines/demo.toml");
+
+fn load(
+    path: Option<PathBuf>,
+    reg: &StageRegistry,
+    work_dir: Option<PathBuf>,
+) -> Result<Pipeline, Fail> {
+    let default = Path::new("pipelines/demo.toml");
+    let mut p = match path {
+        Some(path) => Pipeline::load(&path, reg),
+        None if default.exists() => Pipeline::load(default, reg),
+        None => Pipeline::parse(Path::new("demo.toml (built into mg3d)"), EMBEDDED_DEMO, reg),
+    }
+    .map_err(|e| Fail(2, e.into()))?;
     if let Some(w) = work_dir {
         p.work_dir = w;
     }
@@ -191,7 +204,7 @@ fn run(cli: Cli) -> Result<(), Fail> {
             verify,
             work_dir,
         } => {
-            let p = load(&pipeline, &reg, work_dir)?;
+            let p = load(pipeline, &reg, work_dir)?;
             let engine = Engine::new(&reg);
             let flag = engine.cancel_flag();
             let _ = ctrlc::set_handler(move || {
@@ -248,7 +261,7 @@ fn run(cli: Cli) -> Result<(), Fail> {
             verify,
             work_dir,
         } => {
-            let p = load(&pipeline, &reg, work_dir)?;
+            let p = load(pipeline, &reg, work_dir)?;
             let st = Engine::new(&reg).status(&p, verify)?;
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&st)?);

@@ -350,6 +350,11 @@ impl<'r> Engine<'r> {
             }
         }
         fs::create_dir_all(&p.work_dir).map_err(io_err(&p.work_dir))?;
+        let _guard = if opts.dry_run {
+            None
+        } else {
+            Some(WorkDirLock::acquire(&p.work_dir)?)
+        };
         let forced: Vec<String> = match (&opts.only, &opts.from) {
             (Some(o), _) => vec![o.clone()],
             (None, Some(f)) => p.descendants(f),
@@ -532,6 +537,41 @@ impl<'r> Engine<'r> {
             files,
             summary,
         })
+    }
+}
+
+/// One `run` per work dir at a time: `WORK/.mg3d.pid` names the holder. Leftover temporary
+/// outputs of killed runs are removed once the lock is held.
+struct WorkDirLock(PathBuf);
+
+impl WorkDirLock {
+    fn acquire(work: &Path) -> Result<WorkDirLock, EngineError> {
+        let path = work.join(".mg3d.pid");
+        if let Ok(text) = fs::read_to_string(&path) {
+            let pid = text.trim();
+            if !pid.is_empty()
+                && pid != std::process::id().to_string()
+                && Path::new("/proc").join(pid).exists()
+            {
+                return Err(EngineError::Usage(format!(
+                    "another mg3d run (pid {pid}) is using {}; wait for it, or delete {} if that process is not mg3d",
+                    work.display(),
+                    path.display()
+                )));
+            }
+        }
+        fs::write(&path, std::process::id().to_string()).map_err(io_err(&path))?;
+        let tmp = work.join(".tmp");
+        if tmp.exists() {
+            fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
+        }
+        Ok(WorkDirLock(path))
+    }
+}
+
+impl Drop for WorkDirLock {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
     }
 }
 

@@ -65,6 +65,8 @@ pub struct VolumeTruth {
     pub hu_mean: f64,
     /// blake3 of the HU voxels as little-endian int16 in (k, j, i) order.
     pub hu_blake3: String,
+    /// sha256 of the same bytes (for checks from Python's hashlib).
+    pub hu_sha256: String,
 }
 
 /// One row of truth_findings.
@@ -150,20 +152,28 @@ pub(crate) fn identity(
     }
 }
 
-fn hu_stats(hu: &[i16]) -> (i16, i16, f64, String) {
-    let min = *hu.iter().min().unwrap_or(&0);
-    let max = *hu.iter().max().unwrap_or(&0);
+struct HuStats {
+    min: i16,
+    max: i16,
+    mean: f64,
+    blake3: String,
+    sha256: String,
+}
+
+fn hu_stats(hu: &[i16]) -> HuStats {
+    use sha2::Digest;
+    let bytes: Vec<u8> = hu.iter().flat_map(|v| v.to_le_bytes()).collect();
     let mean = hu.iter().map(|&v| v as f64).sum::<f64>() / hu.len().max(1) as f64;
-    let mut h = blake3::Hasher::new();
-    for v in hu {
-        h.update(&v.to_le_bytes());
+    HuStats {
+        min: *hu.iter().min().unwrap_or(&0),
+        max: *hu.iter().max().unwrap_or(&0),
+        mean: (mean * 1000.0).round() / 1000.0,
+        blake3: blake3::hash(&bytes).to_hex().to_string(),
+        sha256: sha2::Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
     }
-    (
-        min,
-        max,
-        (mean * 1000.0).round() / 1000.0,
-        h.finalize().to_hex().to_string(),
-    )
 }
 
 /// How a DICOM series is written.
@@ -221,7 +231,7 @@ pub(crate) fn write_series(
         )
         .map_err(SynthError::Write)?;
     }
-    let (hu_min, hu_max, hu_mean, hu_blake3) = hu_stats(hu);
+    let st = hu_stats(hu);
     Ok((
         VolumeTruth {
             volume_name: volume_name.to_string(),
@@ -247,10 +257,11 @@ pub(crate) fn write_series(
             ),
             shuffled_names: Some(plan.shuffled),
             series_uid: Some(id.series_uid.clone()),
-            hu_min,
-            hu_max,
-            hu_mean,
-            hu_blake3,
+            hu_min: st.min,
+            hu_max: st.max,
+            hu_mean: st.mean,
+            hu_blake3: st.blake3,
+            hu_sha256: st.sha256,
         },
         grid.slices as u32,
     ))
@@ -290,7 +301,7 @@ pub(crate) fn write_nifti_volume(
         &header_for(&affine, spacing, scl),
     )
     .map_err(SynthError::Write)?;
-    let (hu_min, hu_max, hu_mean, hu_blake3) = hu_stats(hu);
+    let st = hu_stats(hu);
     let ipp = grid.slice_position(0);
     let f = crate::dicom_out::ds;
     let row = vec![
@@ -338,10 +349,11 @@ pub(crate) fn write_nifti_volume(
             instance_order: None,
             shuffled_names: None,
             series_uid: None,
-            hu_min,
-            hu_max,
-            hu_mean,
-            hu_blake3,
+            hu_min: st.min,
+            hu_max: st.max,
+            hu_mean: st.mean,
+            hu_blake3: st.blake3,
+            hu_sha256: st.sha256,
         },
         row,
     ))

@@ -1,0 +1,128 @@
+//! End to end through the `mg3d` binary: run, status, reruns, determinism, errors and exit codes.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn mg3d(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mg3d"))
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn tiny() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/pipelines/tiny.toml")
+}
+
+#[test]
+fn run_status_rerun_and_determinism() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let p = tiny();
+    let p = p.to_str().unwrap();
+    let o = mg3d(a.path(), &["run", p, "--quiet"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("synth        ran"), "{}", text(&o));
+    let o = mg3d(a.path(), &["status", p, "--verify"]);
+    assert!(text(&o).contains("synth        fresh"), "{}", text(&o));
+    // Nothing to do the second time.
+    let o = mg3d(a.path(), &["run", p, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["stages"][0]["action"], "fresh");
+    // Another directory, same bytes.
+    assert!(mg3d(b.path(), &["run", p, "--quiet"]).status.success());
+    let ha = mg3d_core::fsutil::hash_dir(&a.path().join("work/tiny/synth")).unwrap();
+    let hb = mg3d_core::fsutil::hash_dir(&b.path().join("work/tiny/synth")).unwrap();
+    assert_eq!(ha, hb);
+    assert_eq!(
+        fs::read(a.path().join("work/tiny/mg3d.lock.json")).unwrap(),
+        fs::read(b.path().join("work/tiny/mg3d.lock.json")).unwrap()
+    );
+    // A modified output is seen by status and repaired by run.
+    fs::write(a.path().join("work/tiny/synth/synth.json"), "{}").unwrap();
+    let o = mg3d(a.path(), &["status", p]);
+    assert!(
+        text(&o).contains("synth        stale    output modified"),
+        "{}",
+        text(&o)
+    );
+    let o = mg3d(a.path(), &["run", p, "--dry-run"]);
+    assert!(
+        text(&o).contains("would run: output modified"),
+        "{}",
+        text(&o)
+    );
+    assert!(mg3d(a.path(), &["run", p, "--quiet"]).status.success());
+    assert_eq!(
+        mg3d_core::fsutil::hash_dir(&a.path().join("work/tiny/synth")).unwrap(),
+        hb
+    );
+    // Schema check on a stage table.
+    let t = a
+        .path()
+        .join("work/tiny/synth/truth/truth_findings.parquet");
+    let o = mg3d(a.path(), &["schema", "check", t.to_str().unwrap()]);
+    assert!(
+        o.status.success() && text(&o).contains("matches table truth_findings"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn bad_inputs_have_exit_codes_and_messages() {
+    let d = tempfile::tempdir().unwrap();
+    let bad = d.path().join("bad.toml");
+    fs::write(&bad, "[pipeline]\nname = \"x\"\nsalt = \"s\"\n[stages.s]\nkind = \"synth\"\nparams = { patiens = 3 }\n").unwrap();
+    let o = mg3d(d.path(), &["run", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let t = text(&o);
+    assert!(
+        t.contains("bad.toml:6: stage \"s\" (kind synth): unknown param \"patiens\""),
+        "{t}"
+    );
+    assert!(t.contains("fix: valid params of synth: patients"), "{t}");
+    let o = mg3d(
+        d.path(),
+        &["run", tiny().to_str().unwrap(), "--stage", "nope"],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    // A Parquet file of another table fails the check with exit code 3.
+    let p = tiny();
+    assert!(
+        mg3d(d.path(), &["run", p.to_str().unwrap(), "--quiet"])
+            .status
+            .success()
+    );
+    let src = d
+        .path()
+        .join("work/tiny/synth/truth/truth_findings.parquet");
+    let wrong = d.path().join("volumes.parquet");
+    fs::copy(&src, &wrong).unwrap();
+    let o = mg3d(
+        d.path(),
+        &[
+            "schema",
+            "check",
+            wrong.to_str().unwrap(),
+            "--table",
+            "nonexistent",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(
+        text(&o).contains("no schema for table \"nonexistent\""),
+        "{}",
+        text(&o)
+    );
+}
