@@ -12,7 +12,7 @@ PIPELINE ?= pipelines/demo.toml
 .PHONY: setup pipeline test bench build stage status fmt clippy clean-work
 
 ## setup: project-local Python venv with torch (libtorch for tch) and the reference packages.
-setup: $(VENV)/.torch-$(TORCH_VERSION) $(VENV)/.requirements
+setup: $(VENV)/.torch-$(TORCH_VERSION) $(VENV)/.requirements $(VENV)/libtorch
 
 $(VENV)/bin/python:
 	python3 -m venv $(VENV)
@@ -26,6 +26,10 @@ $(VENV)/.torch-$(TORCH_VERSION): | $(VENV)/bin/python
 	  $(PIP) install --quiet torch==$(TORCH_VERSION); \
 	fi
 	@touch $@
+
+# A stable path to libtorch for .cargo/config.toml (whatever the Python minor version is).
+$(VENV)/libtorch: $(VENV)/.torch-$(TORCH_VERSION)
+	ln -sfn "$$($(PY) -c 'import os, torch; print(os.path.dirname(torch.__file__))')" $@
 
 $(VENV)/.requirements: requirements.txt | $(VENV)/bin/python
 	$(PIP) install --quiet -r requirements.txt
@@ -42,7 +46,7 @@ pipeline: build
 
 ## test: every test in the workspace (unit, engine, end-to-end, Python cross-checks).
 test: setup
-	cargo test --workspace --no-fail-fast
+	MG3D_REQUIRE_PYTHON=1 cargo test --workspace --no-fail-fast
 
 ## bench: the benchmarks (`mg3d bench`), in release mode.
 bench: setup

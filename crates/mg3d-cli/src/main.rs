@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+
+mod bench;
 use clap::{Parser, Subcommand};
 use mg3d_core::engine::{EngineError, StageState};
 use mg3d_core::table::{TableSchema, check_file};
@@ -69,6 +71,14 @@ enum Cmd {
     },
     /// List the stage kinds and their params.
     Stages,
+    /// Describe the runtime: libtorch (CUDA, threads), the Python reference environment.
+    Doctor,
+    /// Benchmarks: synthetic corpus generation, output hashing, table writing (use a release build).
+    Bench {
+        /// Patients for the generation benchmark.
+        #[arg(long, default_value_t = 20)]
+        patients: u32,
+    },
     /// Table contracts (schemas/).
     Schema {
         #[command(subcommand)]
@@ -129,6 +139,10 @@ enum SchemaCmd {
         /// Table name.
         table: String,
     },
+}
+
+fn rayon_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
 fn parse_range(s: &str) -> Result<[f64; 2], String> {
@@ -304,6 +318,19 @@ fn run(cli: Cli) -> Result<(), Fail> {
                 }
             }
         }
+        Cmd::Doctor => {
+            let py = Path::new(".venv/bin/python");
+            let report = serde_json::json!({
+                "mg3d": env!("CARGO_PKG_VERSION"),
+                "libtorch": mg3d_train::runtime::describe(),
+                "rayon_threads": rayon_threads(),
+                "python_venv": py.exists(),
+                "stage_kinds": reg.kinds(),
+                "tables": TableSchema::names(),
+            });
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        Cmd::Bench { patients } => bench::run(patients, cli.json)?,
         Cmd::Schema { cmd } => match cmd {
             SchemaCmd::Check { file, table } => match check_file(&file, table.as_deref()) {
                 Ok((t, rows)) => {
