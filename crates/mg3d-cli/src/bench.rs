@@ -10,7 +10,10 @@ use mg3d_core::table::{TableSchema, TableWriter};
 
 fn row(name: &str, value: f64, unit: &str, note: &str, json: bool) {
     if json {
-        println!("{}", serde_json::json!({"bench": name, "value": value, "unit": unit, "note": note}));
+        println!(
+            "{}",
+            serde_json::json!({"bench": name, "value": value, "unit": unit, "note": note})
+        );
     } else {
         println!("{name:<28} {value:>12.2} {unit:<14} {note}");
     }
@@ -28,19 +31,38 @@ pub fn run(patients: u32, json: bool) -> Result<()> {
         in_plane_spacing_mm: [0.6, 1.0],
         ..Default::default()
     };
-    let t = mg3d_synth::report::Templates::parse(mg3d_synth::report::DEFAULT_TEMPLATES).map_err(anyhow::Error::msg)?;
+    let t = mg3d_synth::report::Templates::parse(mg3d_synth::report::DEFAULT_TEMPLATES)
+        .map_err(anyhow::Error::msg)?;
     let out = dir.path().join("synth");
     std::fs::create_dir_all(&out)?;
     let t0 = Instant::now();
     let s = mg3d_synth::generate(&cfg, &t, &out)?;
     let secs = t0.elapsed().as_secs_f64();
-    row("synth.patients_per_s", s.patients as f64 / secs, "patients/s", &format!("{} patients, demo phantom size", s.patients), json);
-    row("synth.mvoxel_per_s", s.voxels as f64 / 1e6 / secs, "Mvoxel/s", "rendered + written (DICOM/NIfTI)", json);
+    row(
+        "synth.patients_per_s",
+        s.patients as f64 / secs,
+        "patients/s",
+        &format!("{} patients, demo phantom size", s.patients),
+        json,
+    );
+    row(
+        "synth.mvoxel_per_s",
+        s.voxels as f64 / 1e6 / secs,
+        "Mvoxel/s",
+        "rendered + written (DICOM/NIfTI)",
+        json,
+    );
     // 2. Output hashing (what the engine does after each stage).
     let t0 = Instant::now();
     let files = mg3d_core::fsutil::hash_dir(&out)?;
     let bytes: u64 = files.values().map(|f| f.bytes).sum();
-    row("engine.hash_outputs", bytes as f64 / 1e6 / t0.elapsed().as_secs_f64(), "MB/s", &format!("{} files, blake3", files.len()), json);
+    row(
+        "engine.hash_outputs",
+        bytes as f64 / 1e6 / t0.elapsed().as_secs_f64(),
+        "MB/s",
+        &format!("{} files, blake3", files.len()),
+        json,
+    );
     // 3. Schema-checked table writing.
     let schema = TableSchema::from_json(
         "bench",
@@ -49,8 +71,12 @@ pub fn run(patients: u32, json: bool) -> Result<()> {
             {"name": "x", "type": "float64", "nullable": true, "meaning": "x"}]}"#,
     )?;
     let n = 1_000_000usize;
-    let ids: ArrayRef = Arc::new(StringArray::from_iter_values((0..n).map(|i| format!("{i:016x}"))));
-    let xs: ArrayRef = Arc::new(Float64Array::from_iter_values((0..n).map(|i| i as f64 * 0.5)));
+    let ids: ArrayRef = Arc::new(StringArray::from_iter_values(
+        (0..n).map(|i| format!("{i:016x}")),
+    ));
+    let xs: ArrayRef = Arc::new(Float64Array::from_iter_values(
+        (0..n).map(|i| i as f64 * 0.5),
+    ));
     let batch = RecordBatch::try_from_iter([("id", ids), ("x", xs)])?;
     let t0 = Instant::now();
     let mut w = TableWriter::create(&dir.path().join("bench.parquet"), &schema)?;
@@ -58,6 +84,12 @@ pub fn run(patients: u32, json: bool) -> Result<()> {
         w.write(&batch.slice(chunk * n / 10, n / 10))?;
     }
     w.finish()?;
-    row("table.write_rows_per_s", n as f64 / t0.elapsed().as_secs_f64() / 1e6, "Mrows/s", "utf8 + float64, zstd, page statistics", json);
+    row(
+        "table.write_rows_per_s",
+        n as f64 / t0.elapsed().as_secs_f64() / 1e6,
+        "Mrows/s",
+        "utf8 + float64, zstd, page statistics",
+        json,
+    );
     Ok(())
 }

@@ -142,7 +142,9 @@ enum SchemaCmd {
 }
 
 fn rayon_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 fn parse_range(s: &str) -> Result<[f64; 2], String> {
@@ -154,6 +156,8 @@ fn parse_range(s: &str) -> Result<[f64; 2], String> {
 fn registry() -> StageRegistry {
     let mut r = StageRegistry::new();
     r.register(Arc::new(mg3d_synth::SynthStage));
+    r.register(Arc::new(mg3d_volume::ingest::IngestStage));
+    r.register(Arc::new(mg3d_volume::preprocess::PreprocessStage));
     r
 }
 

@@ -6,67 +6,7 @@ use ndarray::{Array3, ShapeBuilder};
 use nifti::writer::WriterOptions;
 use nifti::{NiftiHeader, NiftiType};
 
-/// Quaternion parameters (b, c, d, qfac) of the rotation part of `m` (columns scaled by spacing),
-/// as nifti_mat44_to_quatern computes them.
-pub fn quatern(m: &[[f64; 4]; 4], spacing: [f64; 3]) -> (f64, f64, f64, f64) {
-    let mut r = [[0.0; 3]; 3];
-    for i in 0..3 {
-        for j in 0..3 {
-            r[i][j] = m[i][j] / spacing[j];
-        }
-    }
-    let det = r[0][0] * (r[1][1] * r[2][2] - r[1][2] * r[2][1])
-        - r[0][1] * (r[1][0] * r[2][2] - r[1][2] * r[2][0])
-        + r[0][2] * (r[1][0] * r[2][1] - r[1][1] * r[2][0]);
-    let qfac = if det < 0.0 { -1.0 } else { 1.0 };
-    if qfac < 0.0 {
-        for row in r.iter_mut() {
-            row[2] = -row[2];
-        }
-    }
-    let trace1 = r[0][0] + r[1][1] + r[2][2] + 1.0;
-    let (a, b, c, d): (f64, f64, f64, f64);
-    if trace1 > 0.5 {
-        let aa = 0.5 * trace1.sqrt();
-        a = aa;
-        b = 0.25 * (r[2][1] - r[1][2]) / aa;
-        c = 0.25 * (r[0][2] - r[2][0]) / aa;
-        d = 0.25 * (r[1][0] - r[0][1]) / aa;
-    } else {
-        let xd = 1.0 + r[0][0] - (r[1][1] + r[2][2]);
-        let yd = 1.0 + r[1][1] - (r[0][0] + r[2][2]);
-        let zd = 1.0 + r[2][2] - (r[0][0] + r[1][1]);
-        let (mut aa, mut bb, mut cc, mut dd);
-        if xd > 1.0 {
-            bb = 0.5 * xd.sqrt();
-            cc = 0.25 * (r[0][1] + r[1][0]) / bb;
-            dd = 0.25 * (r[0][2] + r[2][0]) / bb;
-            aa = 0.25 * (r[2][1] - r[1][2]) / bb;
-        } else if yd > 1.0 {
-            cc = 0.5 * yd.sqrt();
-            bb = 0.25 * (r[0][1] + r[1][0]) / cc;
-            dd = 0.25 * (r[1][2] + r[2][1]) / cc;
-            aa = 0.25 * (r[0][2] - r[2][0]) / cc;
-        } else {
-            dd = 0.5 * zd.sqrt();
-            bb = 0.25 * (r[0][2] + r[2][0]) / dd;
-            cc = 0.25 * (r[1][2] + r[2][1]) / dd;
-            aa = 0.25 * (r[1][0] - r[0][1]) / dd;
-        }
-        if aa < 0.0 {
-            aa = -aa;
-            bb = -bb;
-            cc = -cc;
-            dd = -dd;
-        }
-        a = aa;
-        b = bb;
-        c = cc;
-        d = dd;
-    }
-    let _ = a;
-    (b, c, d, qfac)
-}
+pub use mg3d_volume::nifti_io::quatern;
 
 /// Header with sform and qform (both code 1, scanner anatomical) from a voxel->RAS affine.
 pub fn header_for(

@@ -10,7 +10,9 @@ pub enum DeviceError {
     #[error("unknown device {0:?}; use cpu, cuda, cuda:N or auto")]
     Unknown(String),
     /// CUDA was asked for and is not there.
-    #[error("device {0:?} requested but CUDA is not available (libtorch sees {1} GPU(s)); use device = \"cpu\" or \"auto\"")]
+    #[error(
+        "device {0:?} requested but CUDA is not available (libtorch sees {1} GPU(s)); use device = \"cpu\" or \"auto\""
+    )]
     Unavailable(String, i64),
 }
 
@@ -19,7 +21,11 @@ pub fn pick_device(spec: &str) -> Result<Device, DeviceError> {
     let n = Cuda::device_count();
     match spec.trim() {
         "cpu" => Ok(Device::Cpu),
-        "auto" => Ok(if Cuda::is_available() { Device::Cuda(0) } else { Device::Cpu }),
+        "auto" => Ok(if Cuda::is_available() {
+            Device::Cuda(0)
+        } else {
+            Device::Cpu
+        }),
         s => {
             let idx = match s.strip_prefix("cuda") {
                 Some("") => 0,

@@ -17,7 +17,10 @@ fn conv3d_trains_and_checkpoints_round_trip() {
         opt.backward_step(&loss);
     }
     let loss1 = conv.forward(&x).square().mean(Kind::Float);
-    assert!(loss1.double_value(&[]) < loss0.double_value(&[]), "the step lowered the loss");
+    assert!(
+        loss1.double_value(&[]) < loss0.double_value(&[]),
+        "the step lowered the loss"
+    );
 
     let d = tempfile::tempdir().unwrap();
     let path = d.path().join("w.safetensors");
@@ -25,18 +28,26 @@ fn conv3d_trains_and_checkpoints_round_trip() {
     let mut vs2 = nn::VarStore::new(Device::Cpu);
     let conv2 = nn::conv3d(vs2.root() / "conv", 1, 4, 3, Default::default());
     vs2.load(&path).unwrap();
-    let diff = (conv.forward(&x) - conv2.forward(&x)).abs().max().double_value(&[]);
+    let diff = (conv.forward(&x) - conv2.forward(&x))
+        .abs()
+        .max()
+        .double_value(&[]);
     assert_eq!(diff, 0.0);
 }
 
 #[test]
 fn device_specs() {
-    assert_eq!(mg3d_train::runtime::pick_device("cpu").unwrap(), Device::Cpu);
+    assert_eq!(
+        mg3d_train::runtime::pick_device("cpu").unwrap(),
+        Device::Cpu
+    );
     assert!(mg3d_train::runtime::pick_device("gpu").is_err());
     let auto = mg3d_train::runtime::pick_device("auto").unwrap();
     assert_eq!(auto == Device::Cpu, !tch::Cuda::is_available());
     if !tch::Cuda::is_available() {
-        let e = mg3d_train::runtime::pick_device("cuda:0").unwrap_err().to_string();
+        let e = mg3d_train::runtime::pick_device("cuda:0")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("CUDA is not available"), "{e}");
     }
     let d = mg3d_train::runtime::describe();

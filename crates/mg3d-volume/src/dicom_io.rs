@@ -1,0 +1,733 @@
+//! DICOM: header scanning, series grouping and assembly into HU volumes.
+//!
+//! Rules (reference/anchors.md §2): group by SeriesInstanceUID, then by orientation and matrix
+//! size; drop localizers; sort by ImagePositionPatient projected on the slice normal (never by
+//! InstanceNumber); spacing from the sorted positions with a uniformity check; duplicate and missing
+//! slices and gantry tilt detected; HU = stored * RescaleSlope + RescaleIntercept per slice, applied
+//! once here; MONOCHROME1 inverted; PixelPaddingValue mapped to the volume minimum; LPS -> RAS.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use dicom_core::Tag;
+use dicom_dictionary_std::tags;
+use dicom_object::{DefaultDicomObject, OpenFileOptions};
+use dicom_pixeldata::PixelDecoder;
+use serde::Serialize;
+
+use crate::{Reject, Volume};
+
+/// What one DICOM file's header says (values needed for grouping, geometry and provenance).
+/// PHI-bearing values are kept only so callers can scrub them; they are never written out.
+#[derive(Debug, Clone, Default)]
+pub struct SliceHeader {
+    /// The file.
+    pub path: PathBuf,
+    /// File size in bytes.
+    pub file_len: u64,
+    /// Transfer syntax UID.
+    pub transfer_syntax: String,
+    /// SOPClassUID.
+    pub sop_class: String,
+    /// SOPInstanceUID.
+    pub sop_uid: String,
+    /// SeriesInstanceUID.
+    pub series_uid: String,
+    /// StudyInstanceUID.
+    pub study_uid: String,
+    /// Modality.
+    pub modality: String,
+    /// ImageType values.
+    pub image_type: Vec<String>,
+    /// ImageOrientationPatient.
+    pub iop: Option<[f64; 6]>,
+    /// ImagePositionPatient.
+    pub ipp: Option<[f64; 3]>,
+    /// PixelSpacing (row spacing, column spacing).
+    pub pixel_spacing: Option<[f64; 2]>,
+    /// SliceThickness.
+    pub slice_thickness: Option<f64>,
+    /// GantryDetectorTilt (degrees).
+    pub gantry_tilt: Option<f64>,
+    /// Rows.
+    pub rows: u32,
+    /// Columns.
+    pub cols: u32,
+    /// NumberOfFrames (1 when absent).
+    pub frames: u32,
+    /// BitsAllocated.
+    pub bits_allocated: u16,
+    /// BitsStored.
+    pub bits_stored: u16,
+    /// PixelRepresentation (1 = signed).
+    pub pixel_representation: u16,
+    /// SamplesPerPixel.
+    pub samples_per_pixel: u16,
+    /// PhotometricInterpretation.
+    pub photometric: String,
+    /// RescaleSlope (1 when absent).
+    pub slope: f64,
+    /// RescaleIntercept (0 when absent).
+    pub intercept: f64,
+    /// Whether RescaleSlope/Intercept were present.
+    pub has_rescale: bool,
+    /// PixelPaddingValue.
+    pub padding: Option<f64>,
+    /// InstanceNumber.
+    pub instance_number: Option<i64>,
+    /// Allowed, non-identifying metadata (PatientSex, PatientAge, Manufacturer, model, kernel, position).
+    pub allowed: BTreeMap<String, String>,
+    /// Identifying values (PatientID, PatientName, birth date, accession, institution): for scrubbing only.
+    pub phi: Vec<String>,
+}
+
+fn s(obj: &DefaultDicomObject, tag: Tag) -> Option<String> {
+    obj.element_opt(tag)
+        .ok()
+        .flatten()
+        .and_then(|e| e.to_str().ok())
+        .map(|v| v.trim().trim_end_matches('\0').trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+fn f(obj: &DefaultDicomObject, tag: Tag) -> Option<f64> {
+    obj.element_opt(tag)
+        .ok()
+        .flatten()
+        .and_then(|e| e.to_float64().ok())
+}
+fn fs(obj: &DefaultDicomObject, tag: Tag) -> Option<Vec<f64>> {
+    obj.element_opt(tag)
+        .ok()
+        .flatten()
+        .and_then(|e| e.to_multi_float64().ok())
+}
+fn u(obj: &DefaultDicomObject, tag: Tag) -> Option<u32> {
+    obj.element_opt(tag)
+        .ok()
+        .flatten()
+        .and_then(|e| e.to_int::<u32>().ok())
+}
+
+fn has_dicm_magic(path: &Path) -> bool {
+    use std::io::Read;
+    let mut b = [0u8; 132];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut b))
+        .map(|_| &b[128..132] == b"DICM")
+        .unwrap_or(false)
+}
+
+fn header_from(obj: &DefaultDicomObject, path: &Path, file_len: u64) -> SliceHeader {
+    let mut allowed = BTreeMap::new();
+    for (k, t) in [
+        ("PatientSex", tags::PATIENT_SEX),
+        ("PatientAge", tags::PATIENT_AGE),
+        ("Manufacturer", tags::MANUFACTURER),
+        ("ManufacturerModelName", tags::MANUFACTURER_MODEL_NAME),
+        ("ConvolutionKernel", tags::CONVOLUTION_KERNEL),
+        ("PatientPosition", tags::PATIENT_POSITION),
+        ("BodyPartExamined", tags::BODY_PART_EXAMINED),
+        ("KVP", tags::KVP),
+    ] {
+        if let Some(v) = s(obj, t) {
+            allowed.insert(k.to_string(), v);
+        }
+    }
+    let mut phi = Vec::new();
+    for t in [
+        tags::PATIENT_ID,
+        tags::PATIENT_NAME,
+        tags::PATIENT_BIRTH_DATE,
+        tags::ACCESSION_NUMBER,
+        tags::INSTITUTION_NAME,
+        tags::REFERRING_PHYSICIAN_NAME,
+    ] {
+        if let Some(v) = s(obj, t) {
+            phi.push(v.clone());
+            // Name components too ("DOE^JANE" -> "DOE", "JANE").
+            phi.extend(
+                v.split('^')
+                    .map(|p| p.trim().to_string())
+                    .filter(|p| p.len() >= 3),
+            );
+        }
+    }
+    let arr = |v: Option<Vec<f64>>, n: usize| v.filter(|v| v.len() >= n);
+    let slope = f(obj, tags::RESCALE_SLOPE);
+    let intercept = f(obj, tags::RESCALE_INTERCEPT);
+    SliceHeader {
+        path: path.to_path_buf(),
+        file_len,
+        transfer_syntax: obj
+            .meta()
+            .transfer_syntax()
+            .trim_end_matches('\0')
+            .to_string(),
+        sop_class: s(obj, tags::SOP_CLASS_UID).unwrap_or_default(),
+        sop_uid: s(obj, tags::SOP_INSTANCE_UID).unwrap_or_default(),
+        series_uid: s(obj, tags::SERIES_INSTANCE_UID).unwrap_or_default(),
+        study_uid: s(obj, tags::STUDY_INSTANCE_UID).unwrap_or_default(),
+        modality: s(obj, tags::MODALITY).unwrap_or_default(),
+        image_type: obj
+            .element_opt(tags::IMAGE_TYPE)
+            .ok()
+            .flatten()
+            .and_then(|e| {
+                e.to_multi_str()
+                    .ok()
+                    .map(|v| v.iter().map(|x| x.trim().to_uppercase()).collect())
+            })
+            .unwrap_or_default(),
+        iop: arr(fs(obj, tags::IMAGE_ORIENTATION_PATIENT), 6)
+            .map(|v| [v[0], v[1], v[2], v[3], v[4], v[5]]),
+        ipp: arr(fs(obj, tags::IMAGE_POSITION_PATIENT), 3).map(|v| [v[0], v[1], v[2]]),
+        pixel_spacing: arr(fs(obj, tags::PIXEL_SPACING), 2).map(|v| [v[0], v[1]]),
+        slice_thickness: f(obj, tags::SLICE_THICKNESS),
+        gantry_tilt: f(obj, tags::GANTRY_DETECTOR_TILT),
+        rows: u(obj, tags::ROWS).unwrap_or(0),
+        cols: u(obj, tags::COLUMNS).unwrap_or(0),
+        frames: s(obj, tags::NUMBER_OF_FRAMES)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1),
+        bits_allocated: u(obj, tags::BITS_ALLOCATED).unwrap_or(16) as u16,
+        bits_stored: u(obj, tags::BITS_STORED)
+            .or(u(obj, tags::BITS_ALLOCATED))
+            .unwrap_or(16) as u16,
+        pixel_representation: u(obj, tags::PIXEL_REPRESENTATION).unwrap_or(0) as u16,
+        samples_per_pixel: u(obj, tags::SAMPLES_PER_PIXEL).unwrap_or(1) as u16,
+        photometric: s(obj, tags::PHOTOMETRIC_INTERPRETATION)
+            .unwrap_or_else(|| "MONOCHROME2".into()),
+        has_rescale: slope.is_some() || intercept.is_some(),
+        slope: slope.filter(|v| *v != 0.0).unwrap_or(1.0),
+        intercept: intercept.unwrap_or(0.0),
+        padding: f(obj, tags::PIXEL_PADDING_VALUE),
+        instance_number: s(obj, tags::INSTANCE_NUMBER).and_then(|v| v.parse().ok()),
+        allowed,
+        phi,
+    }
+}
+
+fn is_native(ts: &str) -> bool {
+    matches!(
+        ts,
+        "1.2.840.10008.1.2" | "1.2.840.10008.1.2.1" | "1.2.840.10008.1.2.2"
+    )
+}
+
+/// Reads one file's header (up to the pixel data). Rejects: `empty_file`, `not_dicom`,
+/// `dicom_truncated` (file shorter than its native pixel data), `dicom_unreadable`.
+pub fn read_header(path: &Path) -> Result<SliceHeader, Reject> {
+    let len = std::fs::metadata(path)
+        .map_err(|e| Reject::new("unreadable", format!("{}: {e}", path.display())))?
+        .len();
+    if len == 0 {
+        return Err(Reject::new(
+            "empty_file",
+            format!("{} has 0 bytes", path.display()),
+        ));
+    }
+    let obj = match OpenFileOptions::new()
+        .read_until(tags::PIXEL_DATA)
+        .open_file(path)
+    {
+        Ok(o) => o,
+        Err(e) => {
+            let code = if has_dicm_magic(path) {
+                "dicom_unreadable"
+            } else {
+                "not_dicom"
+            };
+            return Err(Reject::new(code, format!("{}: {e}", path.display())));
+        }
+    };
+    let h = header_from(&obj, path, len);
+    let pixel_bytes = h.rows as u64
+        * h.cols as u64
+        * h.frames as u64
+        * h.samples_per_pixel as u64
+        * (h.bits_allocated as u64).div_ceil(8);
+    if is_native(&h.transfer_syntax) && pixel_bytes > 0 && len < pixel_bytes {
+        return Err(Reject::new(
+            "dicom_truncated",
+            format!(
+                "{}: {len} bytes, but its pixel data alone needs {pixel_bytes}",
+                path.display()
+            ),
+        ));
+    }
+    Ok(h)
+}
+
+/// One series (or one orientation/size group of a series) ready to assemble.
+#[derive(Debug, Clone)]
+pub struct SeriesGroup {
+    /// SeriesInstanceUID, plus "#n" when a series splits into several orientation/size groups.
+    pub key: String,
+    /// Its files.
+    pub files: Vec<SliceHeader>,
+}
+
+/// Groups headers into series; localizers, files without geometry or pixel data, and duplicate
+/// instances become rejects (with their path).
+pub fn group_series(headers: Vec<SliceHeader>) -> (Vec<SeriesGroup>, Vec<(PathBuf, Reject)>) {
+    let mut rejects = Vec::new();
+    let mut by_series: BTreeMap<String, BTreeMap<String, Vec<SliceHeader>>> = BTreeMap::new();
+    for h in headers {
+        if h.image_type.iter().any(|t| t == "LOCALIZER") {
+            rejects.push((
+                h.path.clone(),
+                Reject::new("localizer", "ImageType LOCALIZER (scout image)"),
+            ));
+            continue;
+        }
+        if h.rows == 0 || h.cols == 0 {
+            rejects.push((
+                h.path.clone(),
+                Reject::new(
+                    "dicom_no_pixels",
+                    "no Rows/Columns: not an image (e.g. a structured report or DICOMDIR)",
+                ),
+            ));
+            continue;
+        }
+        if h.samples_per_pixel != 1 {
+            rejects.push((
+                h.path.clone(),
+                Reject::new(
+                    "dicom_not_grayscale",
+                    format!(
+                        "SamplesPerPixel {} ({}): not a grayscale volume",
+                        h.samples_per_pixel, h.photometric
+                    ),
+                ),
+            ));
+            continue;
+        }
+        let geo = match (h.iop, h.pixel_spacing) {
+            (Some(o), Some(_)) => o
+                .iter()
+                .map(|v| format!("{:.3}", v))
+                .collect::<Vec<_>>()
+                .join(","),
+            _ if h.frames > 1 => "multiframe".to_string(),
+            _ => {
+                rejects.push((
+                    h.path.clone(),
+                    Reject::new(
+                        "dicom_no_geometry",
+                        "no ImageOrientationPatient/PixelSpacing",
+                    ),
+                ));
+                continue;
+            }
+        };
+        let sub = format!("{}|{}x{}", geo, h.rows, h.cols);
+        by_series
+            .entry(h.series_uid.clone())
+            .or_default()
+            .entry(sub)
+            .or_default()
+            .push(h);
+    }
+    let mut groups = Vec::new();
+    for (uid, subs) in by_series {
+        let n = subs.len();
+        for (gi, (_, mut files)) in subs.into_iter().enumerate() {
+            files.sort_by(|a, b| a.path.cmp(&b.path));
+            let mut seen = std::collections::BTreeSet::new();
+            let mut kept = Vec::new();
+            for h in files {
+                if !h.sop_uid.is_empty() && !seen.insert(h.sop_uid.clone()) {
+                    rejects.push((
+                        h.path.clone(),
+                        Reject::new(
+                            "dicom_duplicate_instance",
+                            format!("SOPInstanceUID {} already seen in this series", h.sop_uid),
+                        ),
+                    ));
+                } else {
+                    kept.push(h);
+                }
+            }
+            let key = if n > 1 {
+                format!("{uid}#{gi}")
+            } else {
+                uid.clone()
+            };
+            groups.push(SeriesGroup { key, files: kept });
+        }
+    }
+    (groups, rejects)
+}
+
+/// Provenance of an assembled series.
+#[derive(Debug, Clone, Serialize)]
+pub struct SeriesInfo {
+    /// Files used.
+    pub n_files: usize,
+    /// Transfer syntax of the first file.
+    pub transfer_syntax: String,
+    /// RescaleSlope of the first slice.
+    pub slope: f64,
+    /// RescaleIntercept of the first slice.
+    pub intercept: f64,
+    /// Whether slope/intercept differ between slices (each slice used its own).
+    pub rescale_varies: bool,
+    /// Slice spacing from positions (mm).
+    pub slice_spacing: f64,
+    /// Warnings (e.g. padding mapped, MONOCHROME1 inverted, SliceThickness differs from spacing).
+    pub warnings: Vec<String>,
+}
+
+/// Tolerances of the slice-spacing checks.
+#[derive(Debug, Clone, Copy)]
+pub struct SpacingRules {
+    /// Relative deviation from the median gap still counted as uniform.
+    pub rel_tol: f64,
+    /// Absolute deviation (mm) still counted as uniform.
+    pub abs_tol: f64,
+    /// Largest angle (degrees) between the slice stacking direction and the image normal.
+    pub max_tilt_deg: f64,
+}
+
+impl Default for SpacingRules {
+    fn default() -> Self {
+        SpacingRules {
+            rel_tol: 0.05,
+            abs_tol: 0.02,
+            max_tilt_deg: 0.5,
+        }
+    }
+}
+
+fn cross(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
+    [
+        a[1] * b[2] - a[2] * b[1],
+        a[2] * b[0] - a[0] * b[2],
+        a[0] * b[1] - a[1] * b[0],
+    ]
+}
+fn dot(a: [f64; 3], b: [f64; 3]) -> f64 {
+    a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
+}
+
+/// Stored values of one decoded frame, sign-extended per BitsStored, MONOCHROME1 inverted.
+fn stored_values(bytes: &[u8], h: &SliceHeader, n: usize) -> Result<Vec<f64>, String> {
+    let bits = h.bits_stored.clamp(1, h.bits_allocated.max(1));
+    let signed = h.pixel_representation == 1;
+    let mask: u32 = if bits >= 32 {
+        u32::MAX
+    } else {
+        (1u32 << bits) - 1
+    };
+    let ext = |raw: u32| -> f64 {
+        let v = raw & mask;
+        if signed && bits < 32 && (v >> (bits - 1)) & 1 == 1 {
+            (v as i64 - (1i64 << bits)) as f64
+        } else if signed && bits == 32 {
+            v as i32 as f64
+        } else {
+            v as f64
+        }
+    };
+    let vals: Vec<f64> = match h.bits_allocated {
+        8 => bytes.iter().take(n).map(|&b| ext(b as u32)).collect(),
+        16 => bytes
+            .chunks_exact(2)
+            .take(n)
+            .map(|c| ext(u16::from_le_bytes([c[0], c[1]]) as u32))
+            .collect(),
+        32 => bytes
+            .chunks_exact(4)
+            .take(n)
+            .map(|c| ext(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+            .collect(),
+        b => return Err(format!("BitsAllocated {b} not supported")),
+    };
+    if vals.len() < n {
+        return Err(format!(
+            "pixel data has {} values, expected {n}",
+            vals.len()
+        ));
+    }
+    if h.photometric == "MONOCHROME1" {
+        let (lo, hi) = if signed {
+            (
+                -(1i64 << (bits - 1)) as f64,
+                ((1i64 << (bits - 1)) - 1) as f64,
+            )
+        } else {
+            (0.0, mask as f64)
+        };
+        return Ok(vals.into_iter().map(|v| hi + lo - v).collect());
+    }
+    Ok(vals)
+}
+
+/// Decodes all frames of a file into rescaled values (HU for CT), with padding mapped to `pad_to`.
+/// Returns one Vec per frame.
+pub fn decode_file(h: &SliceHeader) -> Result<Vec<Vec<f32>>, Reject> {
+    let obj = dicom_object::open_file(&h.path).map_err(|e| {
+        let m = e.to_string();
+        let code = if m.contains("end of") || m.contains("EOF") || m.contains("nexpected") {
+            "dicom_truncated"
+        } else {
+            "dicom_unreadable"
+        };
+        Reject::new(code, format!("{}: {m}", h.path.display()))
+    })?;
+    let decoded = obj.decode_pixel_data().map_err(|e| {
+        Reject::new(
+            "dicom_decode_failed",
+            format!(
+                "{}: cannot decode pixel data in transfer syntax {}: {e}",
+                h.path.display(),
+                h.transfer_syntax
+            ),
+        )
+    })?;
+    let n = h.rows as usize * h.cols as usize;
+    let frames = decoded.number_of_frames().max(1);
+    let mut out = Vec::with_capacity(frames as usize);
+    for fi in 0..frames {
+        let bytes = decoded.frame_data(fi).map_err(|e| {
+            Reject::new(
+                "dicom_decode_failed",
+                format!("{}: frame {fi}: {e}", h.path.display()),
+            )
+        })?;
+        // Decoded data is in native (little-endian on this platform) byte order.
+        let stored = stored_values(bytes, h, n).map_err(|e| {
+            Reject::new("dicom_decode_failed", format!("{}: {e}", h.path.display()))
+        })?;
+        let pad = h.padding;
+        out.push(
+            stored
+                .into_iter()
+                .map(|v| {
+                    if pad == Some(v) {
+                        f32::NAN
+                    } else {
+                        (v * h.slope + h.intercept) as f32
+                    }
+                })
+                .collect(),
+        );
+    }
+    Ok(out)
+}
+
+/// Replaces padding (NaN) with the minimum real value; returns how many voxels were padding.
+fn fill_padding(data: &mut [f32]) -> usize {
+    let min = data
+        .iter()
+        .copied()
+        .filter(|v| v.is_finite())
+        .fold(f32::INFINITY, f32::min);
+    let mut n = 0;
+    for v in data.iter_mut() {
+        if !v.is_finite() {
+            *v = if min.is_finite() { min } else { 0.0 };
+            n += 1;
+        }
+    }
+    n
+}
+
+fn lps_to_ras(m: [[f64; 4]; 4]) -> [[f64; 4]; 4] {
+    let mut r = m;
+    for j in 0..4 {
+        r[0][j] = -m[0][j];
+        r[1][j] = -m[1][j];
+    }
+    r
+}
+
+/// Assembles a series group into a volume (HU for CT), or rejects the whole series with a reason:
+/// `series_too_few_slices`, `series_duplicate_slice`, `series_missing_slice`,
+/// `series_nonuniform_spacing`, `series_gantry_tilt`, `dicom_truncated`, `dicom_decode_failed`.
+pub fn assemble(group: &SeriesGroup, rules: &SpacingRules) -> Result<(Volume, SeriesInfo), Reject> {
+    let files = &group.files;
+    if files.len() == 1 && files[0].frames > 1 {
+        return Err(Reject::new(
+            "dicom_multiframe_unsupported",
+            format!(
+                "{}: multi-frame object with {} frames (enhanced CT per-frame functional groups are not read yet)",
+                files[0].path.display(),
+                files[0].frames
+            ),
+        ));
+    }
+    if files.len() < 2 {
+        return Err(Reject::new(
+            "series_too_few_slices",
+            format!(
+                "series has {} image(s); a volume needs at least 2",
+                files.len()
+            ),
+        ));
+    }
+    let h0 = &files[0];
+    let iop = h0.iop.unwrap();
+    let (r, c) = ([iop[0], iop[1], iop[2]], [iop[3], iop[4], iop[5]]);
+    let n = cross(r, c);
+    let nn = dot(n, n).sqrt();
+    let n = [n[0] / nn, n[1] / nn, n[2] / nn];
+    let mut order: Vec<(f64, usize)> = files
+        .iter()
+        .enumerate()
+        .map(|(i, h)| (dot(n, h.ipp.unwrap_or([0.0; 3])), i))
+        .collect();
+    if files.iter().any(|h| h.ipp.is_none()) {
+        return Err(Reject::new(
+            "dicom_no_geometry",
+            "a slice has no ImagePositionPatient",
+        ));
+    }
+    order.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap().then(a.1.cmp(&b.1)));
+    let gaps: Vec<f64> = order.windows(2).map(|w| w[1].0 - w[0].0).collect();
+    let mut sorted = gaps.clone();
+    sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let median = sorted[sorted.len() / 2];
+    if let Some(i) = gaps.iter().position(|g| g.abs() < rules.abs_tol.max(1e-3)) {
+        let (a, b) = (&files[order[i].1], &files[order[i + 1].1]);
+        return Err(Reject::new(
+            "series_duplicate_slice",
+            format!(
+                "{} and {} are at the same position ({:.3} mm along the normal)",
+                a.path.display(),
+                b.path.display(),
+                order[i].0
+            ),
+        ));
+    }
+    // Stacking direction vs the image normal.
+    let first = files[order[0].1].ipp.unwrap();
+    let last = files[order[order.len() - 1].1].ipp.unwrap();
+    let d = [last[0] - first[0], last[1] - first[1], last[2] - first[2]];
+    let dl = dot(d, d).sqrt();
+    let angle = (dot(d, n) / dl).clamp(-1.0, 1.0).acos().to_degrees();
+    let tag_tilt = h0.gantry_tilt.unwrap_or(0.0);
+    if angle > rules.max_tilt_deg || tag_tilt.abs() > rules.max_tilt_deg {
+        return Err(Reject::new(
+            "series_gantry_tilt",
+            format!(
+                "slices stack {angle:.2} degrees off the image normal (GantryDetectorTilt {tag_tilt}); resampling a tilted acquisition is not supported"
+            ),
+        ));
+    }
+    let tol = rules.abs_tol.max(rules.rel_tol * median);
+    if let Some((i, g)) = gaps
+        .iter()
+        .enumerate()
+        .find(|(_, g)| (*g - median).abs() > tol)
+    {
+        let ratio = g / median;
+        if ratio > 1.5 && (ratio - ratio.round()).abs() < 0.15 {
+            return Err(Reject::new(
+                "series_missing_slice",
+                format!(
+                    "gap of {g:.3} mm after slice {i} is {:.0}x the median {median:.3} mm: {} slice(s) missing",
+                    ratio.round(),
+                    ratio.round() - 1.0
+                ),
+            ));
+        }
+        return Err(Reject::new(
+            "series_nonuniform_spacing",
+            format!("gap of {g:.3} mm after slice {i}, median {median:.3} mm (tolerance {tol:.3})"),
+        ));
+    }
+    let dz = (order[order.len() - 1].0 - order[0].0) / (order.len() - 1) as f64;
+    let ps = h0.pixel_spacing.unwrap();
+    let (rows, cols) = (h0.rows as usize, h0.cols as usize);
+    let plane = rows * cols;
+    // Decode in parallel, keep order.
+    use rayon::prelude::*;
+    let slices: Vec<Vec<f32>> = order
+        .par_iter()
+        .map(|&(_, i)| decode_file(&files[i]).map(|mut fr| fr.swap_remove(0)))
+        .collect::<Result<_, _>>()?;
+    let mut data = Vec::with_capacity(plane * slices.len());
+    for s in slices {
+        data.extend_from_slice(&s[..plane]);
+    }
+    let mut warnings = Vec::new();
+    let padded = fill_padding(&mut data);
+    if padded > 0 {
+        warnings.push(format!(
+            "{padded} PixelPaddingValue voxel(s) set to the minimum value"
+        ));
+    }
+    if h0.photometric == "MONOCHROME1" {
+        warnings.push("MONOCHROME1 inverted".into());
+    }
+    if let Some(t) = h0.slice_thickness {
+        if (t - dz).abs() > 0.25 * dz {
+            warnings.push(format!("SliceThickness {t} differs from the position spacing {dz:.3} (spacing from positions used)"));
+        }
+    }
+    if !h0.has_rescale && h0.modality == "CT" {
+        warnings.push("no RescaleSlope/Intercept: stored values used as HU".into());
+    }
+    let rescale_varies = files
+        .iter()
+        .any(|h| h.slope != h0.slope || h.intercept != h0.intercept);
+    let p0 = files[order[0].1].ipp.unwrap();
+    let mut lps = [[0.0; 4]; 4];
+    for a in 0..3 {
+        lps[a][0] = r[a] * ps[1];
+        lps[a][1] = c[a] * ps[0];
+        lps[a][2] = n[a] * dz;
+        lps[a][3] = p0[a];
+    }
+    lps[3][3] = 1.0;
+    Ok((
+        Volume {
+            dims: [cols, rows, order.len()],
+            data,
+            affine: lps_to_ras(lps),
+        },
+        SeriesInfo {
+            n_files: files.len(),
+            transfer_syntax: h0.transfer_syntax.clone(),
+            slope: h0.slope,
+            intercept: h0.intercept,
+            rescale_varies,
+            slice_spacing: dz,
+            warnings,
+        },
+    ))
+}
+
+/// A single image file as a one-slice (or multi-frame) volume: for `inspect` of one file.
+/// The slice spacing is SliceThickness (or 1 mm) since one slice has no neighbour.
+pub fn single_file_volume(h: &SliceHeader) -> Result<Volume, Reject> {
+    let mut frames = decode_file(h)?;
+    let (rows, cols) = (h.rows as usize, h.cols as usize);
+    let iop = h.iop.unwrap_or([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]);
+    let (r, c) = ([iop[0], iop[1], iop[2]], [iop[3], iop[4], iop[5]]);
+    let n = cross(r, c);
+    let ps = h.pixel_spacing.unwrap_or([1.0, 1.0]);
+    let dz = h.slice_thickness.filter(|t| *t > 0.0).unwrap_or(1.0);
+    let p0 = h.ipp.unwrap_or([0.0; 3]);
+    let mut lps = [[0.0; 4]; 4];
+    for a in 0..3 {
+        lps[a][0] = r[a] * ps[1];
+        lps[a][1] = c[a] * ps[0];
+        lps[a][2] = n[a] * dz;
+        lps[a][3] = p0[a];
+    }
+    lps[3][3] = 1.0;
+    let k = frames.len();
+    let mut data = Vec::with_capacity(rows * cols * k);
+    for fr in frames.iter_mut() {
+        data.extend_from_slice(&fr[..rows * cols]);
+    }
+    fill_padding(&mut data);
+    Ok(Volume {
+        dims: [cols, rows, k],
+        data,
+        affine: lps_to_ras(lps),
+    })
+}

@@ -1,0 +1,175 @@
+//! mg3d-volume: CT volumes with correct intensities and geometry.
+//!
+//! - [`Volume`]: voxels in (k, j, i) order (i fastest) with a voxel (i, j, k) -> RAS mm affine
+//!   (nibabel's convention), so every consumer sees one layout.
+//! - [`nifti_io`]: NIfTI-1 reading (sform when sform_code > 0, else qform, else pixdim; scl applied
+//!   exactly once; 4D, NaN, corrupt gzip rejected with reasons) and int16 writing.
+//! - [`dicom_io`]: DICOM scanning and series assembly following the correctness rules (group by
+//!   series and orientation/size, drop localizers, sort by position along the normal, uniform spacing,
+//!   missing/duplicate slices, gantry tilt, per-slice rescale, MONOCHROME1, pixel padding, LPS -> RAS).
+//! - [`ops`]: reorientation to RAS, trilinear/nearest resampling, HU windowing, crop/pad.
+
+pub mod dicom_io;
+pub mod ingest;
+pub mod nifti_io;
+pub mod ops;
+pub mod preprocess;
+
+use serde::Serialize;
+
+/// Why an input could not be used: a stable code for rejects tables, and a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct Reject {
+    /// Stable reason code (e.g. `series_missing_slice`).
+    pub code: &'static str,
+    /// What was found, naming the file or value.
+    pub message: String,
+}
+
+impl Reject {
+    /// A reject with a code and message.
+    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Reject {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// A 3D scalar volume in patient space.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Volume {
+    /// Size along i, j, k.
+    pub dims: [usize; 3],
+    /// Values in (k, j, i) order: index = i + dims[0] * (j + dims[1] * k).
+    pub data: Vec<f32>,
+    /// Voxel (i, j, k) -> RAS mm, row-major 4x4.
+    pub affine: [[f64; 4]; 4],
+}
+
+/// Summary statistics of a volume's values (f64 accumulation).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Stats {
+    /// Minimum.
+    pub min: f64,
+    /// Maximum.
+    pub max: f64,
+    /// Mean.
+    pub mean: f64,
+    /// Sum.
+    pub sum: f64,
+}
+
+impl Volume {
+    /// A volume filled with `value`.
+    pub fn filled(dims: [usize; 3], affine: [[f64; 4]; 4], value: f32) -> Volume {
+        Volume {
+            dims,
+            data: vec![value; dims[0] * dims[1] * dims[2]],
+            affine,
+        }
+    }
+
+    /// Linear index of (i, j, k).
+    #[inline]
+    pub fn index(&self, i: usize, j: usize, k: usize) -> usize {
+        i + self.dims[0] * (j + self.dims[1] * k)
+    }
+
+    /// Value at (i, j, k).
+    #[inline]
+    pub fn get(&self, i: usize, j: usize, k: usize) -> f32 {
+        self.data[self.index(i, j, k)]
+    }
+
+    /// Voxel spacing along i, j, k (column norms of the affine).
+    pub fn spacing(&self) -> [f64; 3] {
+        spacing_of(&self.affine)
+    }
+
+    /// Orientation codes as nibabel's `aff2axcodes` gives them (e.g. "RAS", "LPS").
+    pub fn axcodes(&self) -> String {
+        axcodes(&self.affine)
+    }
+
+    /// Min, max, mean and sum of the values.
+    pub fn stats(&self) -> Stats {
+        let (mut min, mut max, mut sum) = (f64::INFINITY, f64::NEG_INFINITY, 0.0f64);
+        for &v in &self.data {
+            let v = v as f64;
+            min = min.min(v);
+            max = max.max(v);
+            sum += v;
+        }
+        let n = self.data.len().max(1) as f64;
+        Stats {
+            min,
+            max,
+            mean: sum / n,
+            sum,
+        }
+    }
+
+    /// RAS position of voxel (i, j, k) (fractional indices allowed).
+    pub fn world(&self, ijk: [f64; 3]) -> [f64; 3] {
+        let a = &self.affine;
+        let mut p = [0.0; 3];
+        for (r, out) in p.iter_mut().enumerate() {
+            *out = a[r][0] * ijk[0] + a[r][1] * ijk[1] + a[r][2] * ijk[2] + a[r][3];
+        }
+        p
+    }
+}
+
+/// Column norms of a 4x4 affine's 3x3 part.
+pub fn spacing_of(a: &[[f64; 4]; 4]) -> [f64; 3] {
+    let mut s = [0.0; 3];
+    for (c, out) in s.iter_mut().enumerate() {
+        *out = (a[0][c] * a[0][c] + a[1][c] * a[1][c] + a[2][c] * a[2][c]).sqrt();
+    }
+    s
+}
+
+/// For each voxel axis, the world axis it runs closest to and its sign (a greedy version of
+/// nibabel's io_orientation, exact for the axis-aligned and mildly oblique affines of CT).
+pub fn axis_map(a: &[[f64; 4]; 4]) -> [(usize, f64); 3] {
+    let sp = spacing_of(a);
+    let mut used = [false; 3];
+    let mut out = [(0, 1.0); 3];
+    // Assign voxel axes in order of how clearly they point along one world axis.
+    let mut order: Vec<usize> = (0..3).collect();
+    let strength = |c: usize| {
+        (0..3)
+            .map(|r| (a[r][c] / sp[c].max(1e-12)).abs())
+            .fold(0.0, f64::max)
+    };
+    order.sort_by(|&x, &y| strength(y).partial_cmp(&strength(x)).unwrap());
+    for c in order {
+        let (mut best, mut bv) = (0, -1.0);
+        for r in 0..3 {
+            if !used[r] && a[r][c].abs() > bv {
+                best = r;
+                bv = a[r][c].abs();
+            }
+        }
+        used[best] = true;
+        out[c] = (best, a[best][c].signum());
+    }
+    out
+}
+
+/// nibabel-style orientation codes of an affine ("RAS" means i->Right, j->Anterior, k->Superior).
+pub fn axcodes(a: &[[f64; 4]; 4]) -> String {
+    axis_map(a)
+        .iter()
+        .map(|&(w, s)| match (w, s > 0.0) {
+            (0, true) => 'R',
+            (0, false) => 'L',
+            (1, true) => 'A',
+            (1, false) => 'P',
+            (_, true) => 'S',
+            (_, false) => 'I',
+        })
+        .collect()
+}
