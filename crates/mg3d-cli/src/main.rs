@@ -71,6 +71,11 @@ enum Cmd {
     },
     /// List the stage kinds and their params.
     Stages,
+    /// What a DICOM file, DICOM series folder or NIfTI file holds (JSON).
+    Inspect {
+        /// File or folder.
+        path: PathBuf,
+    },
     /// Describe the runtime: libtorch (CUDA, threads), the Python reference environment.
     Doctor,
     /// Benchmarks: synthetic corpus generation, output hashing, table writing (use a release build).
@@ -322,6 +327,25 @@ fn run(cli: Cli) -> Result<(), Fail> {
                 }
             }
         }
+        Cmd::Inspect { path } => match mg3d_volume::inspect::inspect(&path) {
+            Ok(v) => println!(
+                "{}",
+                if cli.json {
+                    serde_json::to_string(&v)?
+                } else {
+                    serde_json::to_string_pretty(&v)?
+                }
+            ),
+            Err(r) => {
+                if cli.json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"error": r.code, "message": r.message})
+                    );
+                }
+                return Err(Fail(1, anyhow::anyhow!("{}: {}", r.code, r.message)));
+            }
+        },
         Cmd::Doctor => {
             let py = Path::new(".venv/bin/python");
             let report = serde_json::json!({

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use dicom_core::Tag;
 use dicom_dictionary_std::tags;
 use dicom_object::{DefaultDicomObject, OpenFileOptions};
-use dicom_pixeldata::PixelDecoder;
+use dicom_pixeldata::{ConvertOptions, ModalityLutOption, PixelDecoder};
 use serde::Serialize;
 
 use crate::{Reject, Volume};
@@ -411,57 +411,57 @@ fn dot(a: [f64; 3], b: [f64; 3]) -> f64 {
     a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
 }
 
-/// Stored values of one decoded frame, sign-extended per BitsStored, MONOCHROME1 inverted.
-fn stored_values(bytes: &[u8], h: &SliceHeader, n: usize) -> Result<Vec<f64>, String> {
-    let bits = h.bits_stored.clamp(1, h.bits_allocated.max(1));
+/// Stored values of one decoded frame (decoded data is in native little-endian order; dicom-rs
+/// swaps big-endian data as 16-bit words, so 32-bit big-endian samples need their halves swapped),
+/// sign-extended per BitsStored and PixelRepresentation of the data set. `None` for layouts this
+/// does not cover (e.g. 1-bit), which fall back to dicom-rs's own conversion.
+fn stored_values(bytes: &[u8], h: &SliceHeader, n: usize) -> Option<Vec<f64>> {
+    let bits = h.bits_stored.clamp(1, h.bits_allocated.max(1)) as u32;
     let signed = h.pixel_representation == 1;
-    let mask: u32 = if bits >= 32 {
-        u32::MAX
-    } else {
-        (1u32 << bits) - 1
-    };
-    let ext = |raw: u32| -> f64 {
+    let mask: u64 = (1u64 << bits) - 1;
+    let ext = |raw: u64| -> f64 {
         let v = raw & mask;
-        if signed && bits < 32 && (v >> (bits - 1)) & 1 == 1 {
-            (v as i64 - (1i64 << bits)) as f64
-        } else if signed && bits == 32 {
-            v as i32 as f64
+        if signed && (v >> (bits - 1)) & 1 == 1 {
+            v as f64 - (1u64 << bits) as f64
         } else {
             v as f64
         }
     };
+    let big_endian = h.transfer_syntax == "1.2.840.10008.1.2.2";
     let vals: Vec<f64> = match h.bits_allocated {
-        8 => bytes.iter().take(n).map(|&b| ext(b as u32)).collect(),
+        8 => bytes.iter().take(n).map(|&b| ext(b as u64)).collect(),
         16 => bytes
             .chunks_exact(2)
             .take(n)
-            .map(|c| ext(u16::from_le_bytes([c[0], c[1]]) as u32))
+            .map(|c| ext(u16::from_le_bytes([c[0], c[1]]) as u64))
             .collect(),
         32 => bytes
             .chunks_exact(4)
             .take(n)
-            .map(|c| ext(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+            .map(|c| {
+                let v = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                ext(if big_endian { v.rotate_left(16) } else { v } as u64)
+            })
             .collect(),
-        b => return Err(format!("BitsAllocated {b} not supported")),
+        _ => return None,
     };
-    if vals.len() < n {
-        return Err(format!(
-            "pixel data has {} values, expected {n}",
-            vals.len()
-        ));
+    (vals.len() >= n).then_some(vals)
+}
+
+/// MONOCHROME1 stores bright as low: invert within the stored range, before the rescale.
+fn invert_monochrome1(vals: &mut [f64], h: &SliceHeader) {
+    let bits = h.bits_stored.clamp(1, 32) as u32;
+    let (lo, hi) = if h.pixel_representation == 1 {
+        (
+            -(1i64 << (bits - 1)) as f64,
+            ((1i64 << (bits - 1)) - 1) as f64,
+        )
+    } else {
+        (0.0, ((1u64 << bits) - 1) as f64)
+    };
+    for v in vals.iter_mut() {
+        *v = hi + lo - *v;
     }
-    if h.photometric == "MONOCHROME1" {
-        let (lo, hi) = if signed {
-            (
-                -(1i64 << (bits - 1)) as f64,
-                ((1i64 << (bits - 1)) - 1) as f64,
-            )
-        } else {
-            (0.0, mask as f64)
-        };
-        return Ok(vals.into_iter().map(|v| hi + lo - v).collect());
-    }
-    Ok(vals)
 }
 
 /// Decodes all frames of a file into rescaled values (HU for CT), with padding mapped to `pad_to`.
@@ -496,16 +496,40 @@ pub fn decode_file(h: &SliceHeader) -> Result<Vec<Vec<f32>>, Reject> {
                 format!("{}: frame {fi}: {e}", h.path.display()),
             )
         })?;
-        // Decoded data is in native (little-endian on this platform) byte order.
-        let stored = stored_values(bytes, h, n).map_err(|e| {
-            Reject::new("dicom_decode_failed", format!("{}: {e}", h.path.display()))
-        })?;
-        let pad = h.padding;
+        let mut stored = match stored_values(bytes, h, n) {
+            Some(v) => v,
+            None => {
+                let opts = ConvertOptions::new().with_modality_lut(ModalityLutOption::None);
+                decoded.to_vec_frame_with_options(fi, &opts).map_err(|e| {
+                    Reject::new(
+                        "dicom_decode_failed",
+                        format!("{}: frame {fi}: {e}", h.path.display()),
+                    )
+                })?
+            }
+        };
+        if stored.len() < n {
+            return Err(Reject::new(
+                "dicom_decode_failed",
+                format!(
+                    "{}: frame {fi} has {} values, expected {n}",
+                    h.path.display(),
+                    stored.len()
+                ),
+            ));
+        }
+        stored.truncate(n);
+        // Padding is defined on stored values, before any inversion.
+        let padded: Vec<bool> = stored.iter().map(|v| h.padding == Some(*v)).collect();
+        if h.photometric == "MONOCHROME1" {
+            invert_monochrome1(&mut stored, h);
+        }
         out.push(
             stored
                 .into_iter()
-                .map(|v| {
-                    if pad == Some(v) {
+                .zip(padded)
+                .map(|(v, pad)| {
+                    if pad {
                         f32::NAN
                     } else {
                         (v * h.slope + h.intercept) as f32

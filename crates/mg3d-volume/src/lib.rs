@@ -11,6 +11,7 @@
 
 pub mod dicom_io;
 pub mod ingest;
+pub mod inspect;
 pub mod nifti_io;
 pub mod ops;
 pub mod preprocess;

@@ -89,11 +89,16 @@ pub fn header_affine(h: &NiftiHeader) -> ([[f64; 4]; 4], &'static str) {
             return (m, "qform");
         }
     }
+    // nibabel's base affine (Analyze): x flipped, origin at the volume centre.
     let mut m = [[0.0; 4]; 4];
     for i in 0..3 {
-        m[i][i] = (h.pixdim[i + 1] as f64).abs().max(1e-6);
+        let z = (h.pixdim[i + 1] as f64).abs();
+        let z = if z > 0.0 { z } else { 1.0 };
+        let n = (h.dim[i + 1].max(1)) as f64;
+        let sign = if i == 0 { -1.0 } else { 1.0 };
+        m[i][i] = sign * z;
+        m[i][3] = -sign * z * (n - 1.0) / 2.0;
     }
-    // nibabel's base affine centres the volume; we keep the voxel origin at 0 (documented).
     m[3][3] = 1.0;
     (m, "pixdim")
 }
