@@ -20,7 +20,7 @@ fn row(name: &str, value: f64, unit: &str, note: &str, json: bool) {
 }
 
 /// Runs every benchmark.
-pub fn run(patients: u32, json: bool) -> Result<()> {
+pub fn run(patients: u32, json: bool, registry: &mg3d_core::StageRegistry) -> Result<()> {
     let dir = tempfile::tempdir()?;
     // 1. Synthetic corpus at the demo size.
     let cfg = mg3d_synth::SynthConfig {
@@ -52,7 +52,49 @@ pub fn run(patients: u32, json: bool) -> Result<()> {
         "rendered + written (DICOM/NIfTI)",
         json,
     );
-    // 2. Output hashing (what the engine does after each stage).
+    // 2. Ingest + preprocess (demo preset) on that corpus, 1 and 2 threads, cold item caches.
+    for threads in [1, 2] {
+        let work = dir.path().join(format!("work{threads}"));
+        let text = format!(
+            "[pipeline]\nname = \"bench\"\nwork_dir = \"{}\"\nsalt = \"bench\"\nthreads = {threads}\n\
+             [stages.ingest]\nkind = \"ingest\"\nparams = {{ dicom_roots = [\"{d}/dicom\"], nifti_roots = [\"{d}/nifti\"], ctrate_metadata = [\"{d}/metadata/train_metadata.csv\"] }}\n\
+             [stages.preprocess]\nkind = \"preprocess\"\ninputs = [\"ingest\"]\nparams = {{ preset = \"demo\" }}\n",
+            work.display(),
+            d = out.display()
+        );
+        let p = mg3d_core::Pipeline::parse(std::path::Path::new("bench.toml"), &text, registry)?;
+        let report = mg3d_core::Engine::new(registry).run(
+            &p,
+            &mg3d_core::RunOptions {
+                quiet: true,
+                ..Default::default()
+            },
+        )?;
+        let vols = report.stages[0].summary["volumes"].as_f64().unwrap_or(0.0);
+        let (ti, tp) = (report.stages[0].seconds, report.stages[1].seconds);
+        row(
+            &format!("ingest.volumes_per_s.t{threads}"),
+            vols / ti,
+            "volumes/s",
+            &format!("{vols} volumes, {threads} thread(s)"),
+            json,
+        );
+        row(
+            &format!("preprocess.volumes_per_s.t{threads}"),
+            vols / tp,
+            "volumes/s",
+            &format!("demo preset, {threads} thread(s)"),
+            json,
+        );
+        row(
+            &format!("ingest+preprocess.vol_per_s.t{threads}"),
+            vols / (ti + tp),
+            "volumes/s",
+            "both stages",
+            json,
+        );
+    }
+    // 3. Output hashing (what the engine does after each stage).
     let t0 = Instant::now();
     let files = mg3d_core::fsutil::hash_dir(&out)?;
     let bytes: u64 = files.values().map(|f| f.bytes).sum();
@@ -63,7 +105,7 @@ pub fn run(patients: u32, json: bool) -> Result<()> {
         &format!("{} files, blake3", files.len()),
         json,
     );
-    // 3. Schema-checked table writing.
+    // 4. Schema-checked table writing.
     let schema = TableSchema::from_json(
         "bench",
         r#"{"table": "bench", "version": 1, "description": "bench", "columns": [

@@ -358,7 +358,7 @@ fn run(cli: Cli) -> Result<(), Fail> {
             });
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
-        Cmd::Bench { patients } => bench::run(patients, cli.json)?,
+        Cmd::Bench { patients } => bench::run(patients, cli.json, &reg)?,
         Cmd::Schema { cmd } => match cmd {
             SchemaCmd::Check { file, table } => match check_file(&file, table.as_deref()) {
                 Ok((t, rows)) => {
