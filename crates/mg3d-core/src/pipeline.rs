@@ -289,7 +289,6 @@ impl Pipeline {
                 "remove one of these inputs; a pipeline must be acyclic".into(),
             )
         })?;
-        let mut specs = specs;
         let stages = order
             .into_iter()
             .map(|n| specs.remove(&n).unwrap())

@@ -243,19 +243,18 @@ impl TableSchema {
     pub fn check_batch(&self, batch: &RecordBatch) -> Result<RecordBatch, TableError> {
         let got = batch.schema();
         for (i, want) in self.arrow.fields().iter().enumerate() {
-            if let Some(f) = got.fields().get(i) {
-                if f.name() == want.name()
-                    && !want.is_nullable()
-                    && batch.column(i).null_count() > 0
-                {
-                    return Err(self.violation(
-                        want.name(),
-                        format!(
-                            "{} null value(s) in a non-nullable column",
-                            batch.column(i).null_count()
-                        ),
-                    ));
-                }
+            if let Some(f) = got.fields().get(i)
+                && f.name() == want.name()
+                && !want.is_nullable()
+                && batch.column(i).null_count() > 0
+            {
+                return Err(self.violation(
+                    want.name(),
+                    format!(
+                        "{} null value(s) in a non-nullable column",
+                        batch.column(i).null_count()
+                    ),
+                ));
             }
         }
         // Builders mark every field nullable; compare types and names only, then relabel.

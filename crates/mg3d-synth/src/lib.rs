@@ -21,6 +21,8 @@
 //! synth.json                                        summary and the config used
 //! ```
 
+#![allow(clippy::needless_range_loop)] // matrix and voxel code reads better with indices
+
 pub mod catalog;
 pub mod dicom_out;
 mod faults;

@@ -375,6 +375,7 @@ impl Phantom {
         Lobe::ALL[rng.random_range(0..5)]
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn push(
         &mut self,
         label: &'static str,
@@ -755,21 +756,21 @@ impl Phantom {
                 };
             }
         }
-        if let Some(h) = &self.hernia {
-            if h.contains(p) {
-                return if p[2] > h.c[2] + 0.2 * h.r {
-                    -1000.0
-                } else if (Ball {
-                    c: h.c,
-                    r: h.r - 2.0,
-                })
-                .contains(p)
-                {
-                    12.0
-                } else {
-                    45.0
-                };
-            }
+        if let Some(h) = &self.hernia
+            && h.contains(p)
+        {
+            return if p[2] > h.c[2] + 0.2 * h.r {
+                -1000.0
+            } else if (Ball {
+                c: h.c,
+                r: h.r - 2.0,
+            })
+            .contains(p)
+            {
+                12.0
+            } else {
+                45.0
+            };
         }
         if self.esophagus.contains(p) {
             return if self.esophagus.dist2(p) < 4.0 {

@@ -152,13 +152,16 @@ fn capitalize(s: &str) -> String {
     }
 }
 
+/// An entity span in filled text: (start byte, end byte, CT-RATE label).
+pub type Span = (usize, usize, String);
+
 /// Fills one template. `findings` maps label -> drawn finding for placeholders; `default` is the
 /// template's own finding. Returns the text and (start, end, label) spans.
 pub fn fill(
     template: &str,
     default: &str,
     findings: &BTreeMap<String, RenderedFinding>,
-) -> Result<(String, Vec<(usize, usize, String)>), String> {
+) -> Result<(String, Vec<Span>), String> {
     let mut out = String::new();
     let mut spans = Vec::new();
     let mut open: Option<usize> = None;
@@ -351,10 +354,11 @@ pub fn write_report(
         }
     }
     for (normal, labels) in FINDINGS_ORDER {
-        if !normal.is_empty() && normal != "mediastinum" {
-            if let Some(v) = t.normal.get(normal) {
-                b.sentence(pick(rng, v), "")?;
-            }
+        if !normal.is_empty()
+            && normal != "mediastinum"
+            && let Some(v) = t.normal.get(normal)
+        {
+            b.sentence(pick(rng, v), "")?;
         }
         for &label in labels {
             if let Some((_, tpl)) = combined.iter().find(|(first, _)| first == label) {
@@ -391,10 +395,11 @@ pub fn write_report(
             let tpl = candidates[rng.random_range(0..candidates.len())];
             b.sentence(tpl, label)?;
         }
-        if normal == "mediastinum" && !assertions.contains_key("Lymphadenopathy") {
-            if let Some(v) = t.normal.get(normal) {
-                b.sentence(pick(rng, v), "")?;
-            }
+        if normal == "mediastinum"
+            && !assertions.contains_key("Lymphadenopathy")
+            && let Some(v) = t.normal.get(normal)
+        {
+            b.sentence(pick(rng, v), "")?;
         }
     }
     let findings_text = std::mem::take(&mut b.text);
@@ -433,10 +438,9 @@ pub fn write_report(
         pick(rng, &t.technique)
             .replace(
                 "{slice_mm}",
-                &format!("{slice_mm:.2}")
+                format!("{slice_mm:.2}")
                     .trim_end_matches('0')
-                    .trim_end_matches('.')
-                    .to_string(),
+                    .trim_end_matches('.'),
             )
             .as_str(),
         "",

@@ -1,3 +1,4 @@
+#![allow(clippy::needless_range_loop)]
 //! The synthetic corpus: determinism, readable standard files with the written geometry and values,
 //! reports consistent with the truth, visible findings, and the fault catalogue.
 

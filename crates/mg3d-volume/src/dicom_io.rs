@@ -686,10 +686,10 @@ pub fn assemble(group: &SeriesGroup, rules: &SpacingRules) -> Result<(Volume, Se
     if h0.photometric == "MONOCHROME1" {
         warnings.push("MONOCHROME1 inverted".into());
     }
-    if let Some(t) = h0.slice_thickness {
-        if (t - dz).abs() > 0.25 * dz {
-            warnings.push(format!("SliceThickness {t} differs from the position spacing {dz:.3} (spacing from positions used)"));
-        }
+    if let Some(t) = h0.slice_thickness
+        && (t - dz).abs() > 0.25 * dz
+    {
+        warnings.push(format!("SliceThickness {t} differs from the position spacing {dz:.3} (spacing from positions used)"));
     }
     if !h0.has_rescale && h0.modality == "CT" {
         warnings.push("no RescaleSlope/Intercept: stored values used as HU".into());

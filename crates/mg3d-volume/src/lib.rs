@@ -9,6 +9,8 @@
 //!   missing/duplicate slices, gantry tilt, per-slice rescale, MONOCHROME1, pixel padding, LPS -> RAS).
 //! - [`ops`]: reorientation to RAS, trilinear/nearest resampling, HU windowing, crop/pad.
 
+#![allow(clippy::needless_range_loop)] // matrix and voxel code reads better with indices
+
 pub mod dicom_io;
 pub mod ingest;
 pub mod inspect;

@@ -84,10 +84,10 @@ pub fn header_affine(h: &NiftiHeader) -> ([[f64; 4]; 4], &'static str) {
         m[3][3] = 1.0;
         return (m, "sform");
     }
-    if h.qform_code > 0 {
-        if let Some(m) = qform_affine(h) {
-            return (m, "qform");
-        }
+    if h.qform_code > 0
+        && let Some(m) = qform_affine(h)
+    {
+        return (m, "qform");
     }
     // nibabel's base affine (Analyze): x flipped, origin at the volume centre.
     let mut m = [[0.0; 4]; 4];
