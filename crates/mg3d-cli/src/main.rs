@@ -163,6 +163,8 @@ fn registry() -> StageRegistry {
     r.register(Arc::new(mg3d_synth::SynthStage));
     r.register(Arc::new(mg3d_volume::ingest::IngestStage));
     r.register(Arc::new(mg3d_volume::preprocess::PreprocessStage));
+    r.register(Arc::new(mg3d_report::reports::ReportsStage));
+    r.register(Arc::new(mg3d_report::entities_stage::EntitiesStage));
     r
 }
 

@@ -30,6 +30,7 @@ struct P {
     ctrate_metadata: Vec<String>,
     accession_map: String,
     modalities: Vec<String>,
+    allowed_metadata: Vec<String>,
     first_of_4d: bool,
     max_in_flight: i64,
 }
@@ -224,6 +225,26 @@ impl Ctx<'_> {
         vol: &Volume,
         mut row: VolumeRow,
     ) -> Result<ItemResult, StageError> {
+        // Only the metadata the pipeline allows leaves ingest.
+        let allow = |k: &str| self.p.allowed_metadata.iter().any(|a| a == k);
+        if !allow("sex") {
+            row.sex = None;
+        }
+        if !allow("age_bucket") {
+            row.age_bucket = None;
+        }
+        if !allow("manufacturer") {
+            row.manufacturer = None;
+        }
+        if !allow("model") {
+            row.model = None;
+        }
+        if !allow("kernel") {
+            row.kernel = None;
+        }
+        if !allow("slice_thickness_mm") {
+            row.slice_thickness_mm = None;
+        }
         let st = vol.stats();
         row.dims = [vol.dims[0] as i32, vol.dims[1] as i32, vol.dims[2] as i32];
         row.spacing_mm = vol.spacing();
@@ -549,6 +570,19 @@ impl Stage for IngestStage {
                 "DICOM modalities accepted",
             ),
             ParamDef::new(
+                "allowed_metadata",
+                ParamType::List,
+                json!([
+                    "sex",
+                    "age_bucket",
+                    "manufacturer",
+                    "model",
+                    "kernel",
+                    "slice_thickness_mm"
+                ]),
+                "non-identifying metadata columns to fill (others stay null)",
+            ),
+            ParamDef::new(
                 "first_of_4d",
                 ParamType::Bool,
                 json!(false),
@@ -569,7 +603,12 @@ impl Stage for IngestStage {
         }]
     }
     fn item_params(&self) -> Option<Vec<&'static str>> {
-        Some(vec!["first_of_4d", "accession_map", "ctrate_metadata"])
+        Some(vec![
+            "first_of_4d",
+            "accession_map",
+            "ctrate_metadata",
+            "allowed_metadata",
+        ])
     }
     fn sources_fingerprint(&self, params: &Params) -> Result<Option<String>, StageError> {
         // External roots: names and sizes of every file (content is hashed per item when it runs).
@@ -607,6 +646,24 @@ impl Stage for IngestStage {
     }
     fn run(&self, ctx: &StageContext) -> Result<Value, StageError> {
         let p: P = ctx.params.parse()?;
+        const KNOWN: [&str; 6] = [
+            "sex",
+            "age_bucket",
+            "manufacturer",
+            "model",
+            "kernel",
+            "slice_thickness_mm",
+        ];
+        if let Some(bad) = p
+            .allowed_metadata
+            .iter()
+            .find(|a| !KNOWN.contains(&a.as_str()))
+        {
+            return Err(StageError::msg(format!(
+                "allowed_metadata: unknown field {bad:?}; allowed fields are {}",
+                KNOWN.join(", ")
+            )));
+        }
         let mut metadata = HashMap::new();
         for m in &p.ctrate_metadata {
             for row in read_csv(&resolve_path(ctx, m)?)? {

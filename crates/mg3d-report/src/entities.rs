@@ -1,0 +1,611 @@
+//! Lexicon-driven entity extraction with ConText-style assertion, and CT-RATE label aggregation.
+//!
+//! Lexicons: `configs/lexicon/findings.toml` (observations, with the CT-RATE label they count for)
+//! and `configs/lexicon/anatomy.toml`; assertion rules: `configs/context.toml`. Matching is on
+//! lower-cased word tokens, longest phrase first. A forward trigger covers the words after it up to
+//! the sentence end, a terminator or its max scope; a backward trigger the words before it;
+//! pseudo-triggers ("no change") are consumed and trigger nothing. An observation is `uncertain` when
+//! a possible-existence trigger covers it, else `absent` when a negation covers it, else `present`.
+//! Elliptic coordination ("no pleural or pericardial effusion") gives "pleural" its own entity.
+
+use std::collections::HashMap;
+use std::ops::Range;
+
+use serde::Deserialize;
+
+/// Embedded default configuration files.
+pub const DEFAULT_FINDINGS: &str = include_str!("../../../configs/lexicon/findings.toml");
+/// Embedded anatomy lexicon.
+pub const DEFAULT_ANATOMY: &str = include_str!("../../../configs/lexicon/anatomy.toml");
+/// Embedded ConText rules.
+pub const DEFAULT_CONTEXT: &str = include_str!("../../../configs/context.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FindingDef {
+    term: String,
+    #[serde(default)]
+    label: Option<String>,
+    synonyms: Vec<String>,
+    #[serde(default)]
+    coordinated: Vec<String>,
+    #[serde(default)]
+    head: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AnatomyDef {
+    term: String,
+    synonyms: Vec<String>,
+    #[serde(default)]
+    laterality: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleDef {
+    literals: Vec<String>,
+    category: String,
+    direction: String,
+    #[serde(default)]
+    max_scope: usize,
+}
+
+#[derive(Deserialize)]
+struct FindingsFile {
+    finding: Vec<FindingDef>,
+}
+#[derive(Deserialize)]
+struct AnatomyFile {
+    anatomy: Vec<AnatomyDef>,
+}
+#[derive(Deserialize)]
+struct ContextFile {
+    rule: Vec<RuleDef>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Finding(usize),
+    Anatomy(usize),
+}
+
+/// Compiled lexicons and rules.
+#[derive(Debug, Clone)]
+pub struct Extractor {
+    findings: Vec<FindingDef>,
+    anatomy: Vec<AnatomyDef>,
+    rules: Vec<RuleDef>,
+    /// first token -> (phrase tokens, kind), longest first.
+    entity_index: HashMap<String, Vec<(Vec<String>, Kind)>>,
+    /// first token -> (phrase tokens, rule index), longest first.
+    trigger_index: HashMap<String, Vec<(Vec<String>, usize)>>,
+}
+
+/// Type of an entity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntityType {
+    /// A finding.
+    Observation,
+    /// A body part.
+    Anatomy,
+}
+
+/// One extracted entity; ranges are byte offsets into the text given to [`Extractor::extract`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entity {
+    /// Byte range.
+    pub span: Range<usize>,
+    /// Observation or anatomy.
+    pub etype: EntityType,
+    /// Normalised term.
+    pub norm: String,
+    /// CT-RATE label (observations counted towards one).
+    pub label: Option<String>,
+    /// present | absent | uncertain (anatomy: present).
+    pub assertion: &'static str,
+    /// The trigger phrase that set the assertion.
+    pub trigger: Option<String>,
+    /// A historical trigger covers it.
+    pub historical: bool,
+    /// A hypothetical trigger covers it.
+    pub hypothetical: bool,
+    /// left | right | bilateral, from the clause or the anatomy term.
+    pub laterality: Option<String>,
+    /// Largest size stated in its clause, in mm.
+    pub size_mm: Option<f64>,
+    /// Index (in the returned list) of the anatomy entity it is located at (same clause).
+    pub located_at: Option<usize>,
+}
+
+fn words(text: &str) -> Vec<(Range<usize>, String)> {
+    let mut out = Vec::new();
+    let mut start: Option<usize> = None;
+    let b = text.as_bytes();
+    let is_word = |i: usize| {
+        let c = text[i..].chars().next().unwrap();
+        c.is_alphanumeric()
+            || ((c == '-' || c == '.' || c == '\'')
+                && i > 0
+                && i + 1 < b.len()
+                && text[..i]
+                    .chars()
+                    .last()
+                    .is_some_and(|p| p.is_alphanumeric())
+                && text[i + 1..]
+                    .chars()
+                    .next()
+                    .is_some_and(|n| n.is_alphanumeric()))
+    };
+    for (i, _) in text.char_indices() {
+        match (start, is_word(i)) {
+            (None, true) => start = Some(i),
+            (Some(s), false) => {
+                out.push((s..i, text[s..i].to_lowercase()));
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(s) = start {
+        out.push((s..text.len(), text[s..].to_lowercase()));
+    }
+    out
+}
+
+fn phrase_tokens(p: &str) -> Vec<String> {
+    words(p).into_iter().map(|(_, w)| w).collect()
+}
+
+fn longest_matches<K: Copy>(
+    toks: &[(Range<usize>, String)],
+    index: &HashMap<String, Vec<(Vec<String>, K)>>,
+) -> Vec<(Range<usize>, K)> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < toks.len() {
+        let mut best: Option<(usize, K)> = None;
+        if let Some(cands) = index.get(&toks[i].1) {
+            for (ph, k) in cands {
+                if i + ph.len() <= toks.len() && ph.iter().zip(&toks[i..]).all(|(a, (_, b))| a == b)
+                {
+                    best = Some((ph.len(), *k));
+                    break; // candidates are sorted longest first
+                }
+            }
+        }
+        match best {
+            Some((n, k)) => {
+                out.push((i..i + n, k));
+                i += n;
+            }
+            None => i += 1,
+        }
+    }
+    out
+}
+
+fn size_mm(text: &str) -> Option<f64> {
+    let toks = words(text);
+    let mut best: Option<f64> = None;
+    for w in toks.windows(2) {
+        let unit = w[1].1.as_str();
+        let scale = match unit {
+            "mm" => 1.0,
+            "cm" => 10.0,
+            _ => continue,
+        };
+        // "3.5 x 2 cm": every number before the unit in an "a x b" chain counts with that unit.
+        let mut j = toks.iter().position(|t| t.0 == w[0].0).unwrap();
+        loop {
+            if let Ok(v) = toks[j].1.replace(',', ".").parse::<f64>() {
+                best = Some(best.map_or(v * scale, |b: f64| b.max(v * scale)));
+            } else {
+                break;
+            }
+            if j >= 2 && (toks[j - 1].1 == "x" || toks[j - 1].1 == "×") {
+                j -= 2;
+            } else {
+                break;
+            }
+        }
+    }
+    best
+}
+
+fn laterality_words(text: &str) -> Option<String> {
+    let w: Vec<String> = words(text).into_iter().map(|(_, w)| w).collect();
+    if w.iter().any(|x| x == "bilateral" || x == "both")
+        || (w.iter().any(|x| x == "left") && w.iter().any(|x| x == "right"))
+    {
+        Some("bilateral".into())
+    } else if w.iter().any(|x| x == "left" || x == "lul" || x == "lll") {
+        Some("left".into())
+    } else if w
+        .iter()
+        .any(|x| x == "right" || x == "rul" || x == "rml" || x == "rll")
+    {
+        Some("right".into())
+    } else {
+        None
+    }
+}
+
+impl Extractor {
+    /// Compiles lexicon and rule texts (TOML).
+    pub fn new(findings: &str, anatomy: &str, context: &str) -> Result<Extractor, String> {
+        let f: FindingsFile =
+            toml::from_str(findings).map_err(|e| format!("findings lexicon: {e}"))?;
+        let a: AnatomyFile =
+            toml::from_str(anatomy).map_err(|e| format!("anatomy lexicon: {e}"))?;
+        let c: ContextFile = toml::from_str(context).map_err(|e| format!("context rules: {e}"))?;
+        for r in &c.rule {
+            if ![
+                "forward",
+                "backward",
+                "bidirectional",
+                "terminate",
+                "pseudo",
+            ]
+            .contains(&r.direction.as_str())
+            {
+                return Err(format!(
+                    "context rule {:?}: direction must be forward, backward, bidirectional, terminate or pseudo",
+                    r.literals
+                ));
+            }
+            if ![
+                "negated",
+                "possible",
+                "historical",
+                "hypothetical",
+                "terminate",
+                "pseudo",
+            ]
+            .contains(&r.category.as_str())
+            {
+                return Err(format!(
+                    "context rule {:?}: unknown category {:?}",
+                    r.literals, r.category
+                ));
+            }
+        }
+        let mut entity_index: HashMap<String, Vec<(Vec<String>, Kind)>> = HashMap::new();
+        for (i, d) in f.finding.iter().enumerate() {
+            for s in d.synonyms.iter().chain(std::iter::once(&d.term)) {
+                let t = phrase_tokens(s);
+                if !t.is_empty() {
+                    entity_index
+                        .entry(t[0].clone())
+                        .or_default()
+                        .push((t, Kind::Finding(i)));
+                }
+            }
+        }
+        for (i, d) in a.anatomy.iter().enumerate() {
+            for s in d.synonyms.iter().chain(std::iter::once(&d.term)) {
+                let t = phrase_tokens(s);
+                if !t.is_empty() {
+                    entity_index
+                        .entry(t[0].clone())
+                        .or_default()
+                        .push((t, Kind::Anatomy(i)));
+                }
+            }
+        }
+        let mut trigger_index: HashMap<String, Vec<(Vec<String>, usize)>> = HashMap::new();
+        for (i, r) in c.rule.iter().enumerate() {
+            for l in &r.literals {
+                let t = phrase_tokens(l);
+                if !t.is_empty() {
+                    trigger_index.entry(t[0].clone()).or_default().push((t, i));
+                }
+            }
+        }
+        for v in entity_index.values_mut() {
+            v.sort_by(|a, b| {
+                b.0.len()
+                    .cmp(&a.0.len())
+                    .then(matches!(a.1, Kind::Anatomy(_)).cmp(&matches!(b.1, Kind::Anatomy(_))))
+            });
+            v.dedup_by(|a, b| a.0 == b.0);
+        }
+        for v in trigger_index.values_mut() {
+            v.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        }
+        Ok(Extractor {
+            findings: f.finding,
+            anatomy: a.anatomy,
+            rules: c.rule,
+            entity_index,
+            trigger_index,
+        })
+    }
+
+    /// The built-in configuration.
+    pub fn default_config() -> Extractor {
+        Extractor::new(DEFAULT_FINDINGS, DEFAULT_ANATOMY, DEFAULT_CONTEXT)
+            .expect("built-in lexicons parse")
+    }
+
+    /// Extracts entities from one sentence. `clauses` are byte ranges within `sentence` (for sizes,
+    /// laterality and located_at); pass `[0..len]` when unknown.
+    pub fn extract(&self, sentence: &str, clauses: &[Range<usize>]) -> Vec<Entity> {
+        let toks = words(sentence);
+        let mut hits = longest_matches(&toks, &self.entity_index);
+        // Elliptic coordination: "<mod> (or|and|,) <mod2> <head>" where mod2+head is a finding.
+        let mut extra = Vec::new();
+        for (r, k) in &hits {
+            let Kind::Finding(fi) = *k else { continue };
+            let Some(head) = &self.findings[fi].head else {
+                continue;
+            };
+            if toks[r.end - 1].1 != *head || r.start < 2 {
+                continue;
+            }
+            let conj = &toks[r.start - 1].1;
+            if conj != "or"
+                && conj != "and"
+                && sentence[toks[r.start - 2].0.end..toks[r.start - 1].0.start].trim() != ","
+            {
+                continue;
+            }
+            let m = r.start - 2;
+            if let Some(fj) = self
+                .findings
+                .iter()
+                .position(|d| d.head.as_deref() == Some(head) && d.coordinated.contains(&toks[m].1))
+            {
+                if !hits.iter().any(|(h, _)| h.contains(&m)) {
+                    extra.push((m..m + 1, Kind::Finding(fj)));
+                }
+            }
+        }
+        hits.extend(extra);
+        hits.sort_by_key(|h| h.0.start);
+        let triggers = longest_matches(&toks, &self.trigger_index);
+        let terminators: Vec<usize> = triggers
+            .iter()
+            .filter(|(_, ri)| self.rules[*ri].direction == "terminate")
+            .map(|(r, _)| r.start)
+            .collect();
+        let byte = |r: &Range<usize>| toks[r.start].0.start..toks[r.end - 1].0.end;
+        let clause_of = |b: usize| clauses.iter().position(|c| c.contains(&b)).unwrap_or(0);
+        let mut out: Vec<Entity> = Vec::new();
+        for (r, k) in &hits {
+            let span = byte(r);
+            let (etype, norm, label, mut laterality) = match *k {
+                Kind::Finding(i) => (
+                    EntityType::Observation,
+                    self.findings[i].term.clone(),
+                    self.findings[i].label.clone(),
+                    None,
+                ),
+                Kind::Anatomy(i) => (
+                    EntityType::Anatomy,
+                    self.anatomy[i].term.clone(),
+                    None,
+                    self.anatomy[i].laterality.clone(),
+                ),
+            };
+            let (mut negated, mut possible, mut historical, mut hypothetical) =
+                (None, None, false, false);
+            for (tr, ri) in &triggers {
+                let rule = &self.rules[*ri];
+                let covers_forward = tr.end <= r.start && {
+                    let stop = terminators
+                        .iter()
+                        .copied()
+                        .filter(|&t| t >= tr.end)
+                        .min()
+                        .unwrap_or(toks.len());
+                    let max = if rule.max_scope > 0 {
+                        tr.end + rule.max_scope
+                    } else {
+                        toks.len()
+                    };
+                    r.start < stop.min(max)
+                };
+                let covers_backward = tr.start >= r.end && {
+                    let stop = terminators
+                        .iter()
+                        .copied()
+                        .filter(|&t| t < tr.start)
+                        .max()
+                        .map(|t| t + 1)
+                        .unwrap_or(0);
+                    let max = if rule.max_scope > 0 {
+                        tr.start.saturating_sub(rule.max_scope)
+                    } else {
+                        0
+                    };
+                    r.start >= stop.max(max)
+                };
+                let covers = match rule.direction.as_str() {
+                    "forward" => covers_forward,
+                    "backward" => covers_backward,
+                    "bidirectional" => covers_forward || covers_backward,
+                    _ => false,
+                };
+                if !covers {
+                    continue;
+                }
+                let text = sentence[byte(tr)].to_string();
+                match rule.category.as_str() {
+                    "negated" => negated = negated.or(Some(text)),
+                    "possible" => possible = possible.or(Some(text)),
+                    "historical" => historical = true,
+                    "hypothetical" => hypothetical = true,
+                    _ => {}
+                }
+            }
+            let (assertion, trigger) = if etype == EntityType::Anatomy {
+                ("present", None)
+            } else if let Some(t) = possible {
+                ("uncertain", Some(t))
+            } else if let Some(t) = negated {
+                ("absent", Some(t))
+            } else {
+                ("present", None)
+            };
+            let c = clause_of(span.start);
+            let clause = clauses.get(c).cloned().unwrap_or(0..sentence.len());
+            if laterality.is_none() {
+                laterality = laterality_words(&sentence[clause.clone()]);
+            }
+            let size = if etype == EntityType::Observation {
+                size_mm(&sentence[clause])
+            } else {
+                None
+            };
+            out.push(Entity {
+                span,
+                etype,
+                norm,
+                label,
+                assertion,
+                trigger,
+                historical,
+                hypothetical,
+                laterality,
+                size_mm: size,
+                located_at: None,
+            });
+        }
+        // located_at: nearest anatomy in the same clause.
+        let anat: Vec<(usize, usize)> = out
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.etype == EntityType::Anatomy)
+            .map(|(i, e)| (i, e.span.start))
+            .collect();
+        for i in 0..out.len() {
+            if out[i].etype != EntityType::Observation {
+                continue;
+            }
+            let c = clause_of(out[i].span.start);
+            out[i].located_at = anat
+                .iter()
+                .filter(|(_, s)| clause_of(*s) == c)
+                .min_by_key(|(_, s)| (*s as isize - out[i].span.start as isize).unsigned_abs())
+                .map(|(j, _)| *j);
+        }
+        out
+    }
+}
+
+/// CT-RATE label value from a report's mentions: any present -> 1, else any uncertain -> -1, else
+/// any absent -> 0, else null (not mentioned).
+pub fn aggregate(assertions: &[&str]) -> Option<i32> {
+    if assertions.contains(&"present") {
+        Some(1)
+    } else if assertions.contains(&"uncertain") {
+        Some(-1)
+    } else if assertions.contains(&"absent") {
+        Some(0)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(s: &str) -> Vec<(String, &'static str)> {
+        let x = Extractor::default_config();
+        x.extract(s, &[0..s.len()])
+            .into_iter()
+            .filter(|e| e.etype == EntityType::Observation)
+            .map(|e| (s[e.span].to_string(), e.assertion))
+            .collect()
+    }
+
+    #[test]
+    fn negation_lists_and_scope_end() {
+        assert_eq!(
+            run("No effusion, pneumothorax or consolidation."),
+            [
+                ("pneumothorax".into(), "absent"),
+                ("consolidation".into(), "absent")
+            ]
+        );
+        assert_eq!(
+            run("No pleural or pericardial effusion."),
+            [
+                ("pleural".into(), "absent"),
+                ("pericardial effusion".into(), "absent")
+            ]
+        );
+        assert_eq!(
+            run("No nodule, but consolidation in the RLL."),
+            [
+                ("nodule".into(), "absent"),
+                ("consolidation".into(), "present")
+            ]
+        );
+        assert_eq!(
+            run("Without evidence of pleural effusion."),
+            [("pleural effusion".into(), "absent")]
+        );
+    }
+
+    #[test]
+    fn pseudo_negation_and_uncertainty_both_ways() {
+        assert_eq!(
+            run("No change in the nodule."),
+            [("nodule".into(), "present")]
+        );
+        assert_eq!(
+            run("Not only emphysema but also atelectasis."),
+            [
+                ("emphysema".into(), "present"),
+                ("atelectasis".into(), "present")
+            ]
+        );
+        assert_eq!(
+            run("Possible small nodule in the RUL."),
+            [("nodule".into(), "uncertain")]
+        );
+        assert_eq!(
+            run("A tiny nodule cannot be excluded."),
+            [("nodule".into(), "uncertain")]
+        );
+        assert_eq!(
+            run("Consolidation is suspected."),
+            [("Consolidation".into(), "uncertain")]
+        );
+    }
+
+    #[test]
+    fn sizes_laterality_and_location() {
+        let s = "A 7 mm nodule in the right upper lobe.";
+        let x = Extractor::default_config();
+        let e = x.extract(s, &[0..s.len()]);
+        let n = e
+            .iter()
+            .find(|e| e.etype == EntityType::Observation)
+            .unwrap();
+        assert_eq!(n.size_mm, Some(7.0));
+        assert_eq!(n.laterality.as_deref(), Some("right"));
+        assert_eq!(e[n.located_at.unwrap()].norm, "right upper lobe");
+        let s = "Mass of approx. 3.5 x 2 cm.";
+        assert_eq!(x.extract(s, &[0..s.len()])[0].size_mm, Some(35.0));
+    }
+
+    #[test]
+    fn offsets_exact_with_multibyte_text() {
+        let s = "Größenkonstante Läsion — no nodule; µ-Befund: possible atelectasis.";
+        let x = Extractor::default_config();
+        for e in x.extract(s, &[0..s.len()]) {
+            assert!(s.is_char_boundary(e.span.start) && s.is_char_boundary(e.span.end));
+        }
+        let got: Vec<&str> = x
+            .extract(s, &[0..s.len()])
+            .iter()
+            .map(|e| &s[e.span.clone()])
+            .collect();
+        assert_eq!(got, ["nodule", "atelectasis"]);
+    }
+}

@@ -1,0 +1,10 @@
+//! mg3d-report: radiology report knowledge with exact character offsets.
+//!
+//! - [`text`]: sentence and clause segmentation (byte ranges into the original text).
+//! - [`reports`]: the `reports` stage (CT-RATE or mapped CSV/JSONL -> reports, sections, sentences,
+//!   clauses, rejects).
+
+pub mod entities;
+pub mod entities_stage;
+pub mod reports;
+pub mod text;

@@ -1,0 +1,542 @@
+//! The `reports` stage: CT-RATE report CSVs (or CSV/JSONL with a column mapping) into
+//! `reports.parquet`, `sections.parquet`, `sentences.parquet`, `clauses.parquet` and
+//! `rejects.parquet`. Malformed rows, non-UTF-8 bytes, empty reports and duplicate ids are rejects
+//! with reasons; a bad row never stops the run.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray};
+use mg3d_core::stage::{ParamDef, ParamType, Stage, StageContext, StageError};
+use mg3d_core::table::{TableSchema, write_table};
+use rayon::prelude::*;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::text::{clauses, sentences};
+
+/// Section names in report order.
+pub const SECTIONS: [&str; 4] = ["clinical", "technique", "findings", "impression"];
+
+/// Stage kind `reports`.
+pub struct ReportsStage;
+
+#[derive(Deserialize)]
+struct P {
+    files: Vec<String>,
+    id_column: String,
+    section_columns: BTreeMap<String, String>,
+    empty_markers: Vec<String>,
+}
+
+/// One parsed report.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// Source id (e.g. VolumeName).
+    pub key: String,
+    /// Source label (files[i]).
+    pub source: String,
+    /// Data row (1-based).
+    pub row: i64,
+    /// Section name -> text (empty sections absent).
+    pub sections: BTreeMap<&'static str, String>,
+}
+
+/// A rejected row.
+#[derive(Debug, Clone)]
+pub struct RowReject {
+    /// Source label.
+    pub source: String,
+    /// Data row (1-based) or 0 for the file.
+    pub row: i64,
+    /// Id when readable.
+    pub key: Option<String>,
+    /// Reason code.
+    pub reason: &'static str,
+    /// Message.
+    pub message: String,
+}
+
+fn is_empty(s: &str, markers: &[String]) -> bool {
+    let t = s.trim();
+    t.is_empty() || markers.iter().any(|m| m.eq_ignore_ascii_case(t))
+}
+
+/// Reads a CSV (bytes, so non-UTF-8 fields are caught per row) or JSONL file.
+pub fn read_reports(
+    path: &Path,
+    source: &str,
+    id_col: &str,
+    section_cols: &BTreeMap<String, String>,
+    markers: &[String],
+) -> Result<(Vec<Report>, Vec<RowReject>), String> {
+    let mut ok = Vec::new();
+    let mut bad = Vec::new();
+    let rej = |row: i64, key: Option<String>, reason: &'static str, message: String| RowReject {
+        source: source.to_string(),
+        row,
+        key,
+        reason,
+        message,
+    };
+    let jsonl = path
+        .extension()
+        .is_some_and(|e| e == "jsonl" || e == "json");
+    let mut rows: Vec<(i64, Result<BTreeMap<String, String>, RowReject>)> = Vec::new();
+    if jsonl {
+        let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+            let n = i as i64 + 1;
+            if line.iter().all(|b| b.is_ascii_whitespace()) {
+                continue;
+            }
+            let r = match std::str::from_utf8(line) {
+                Err(e) => Err(rej(
+                    n,
+                    None,
+                    "report_not_utf8",
+                    format!("line {n}: invalid UTF-8 at byte {}", e.valid_up_to()),
+                )),
+                Ok(s) => match serde_json::from_str::<serde_json::Map<String, Value>>(s) {
+                    Ok(m) => Ok(m
+                        .into_iter()
+                        .map(|(k, v)| {
+                            (
+                                k,
+                                v.as_str().map(|s| s.to_string()).unwrap_or_else(|| {
+                                    if v.is_null() {
+                                        String::new()
+                                    } else {
+                                        v.to_string()
+                                    }
+                                }),
+                            )
+                        })
+                        .collect()),
+                    Err(e) => Err(rej(n, None, "report_malformed", format!("line {n}: {e}"))),
+                },
+            };
+            rows.push((n, r));
+        }
+    } else {
+        let mut rdr = csv::ReaderBuilder::new()
+            .flexible(true)
+            .from_path(path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let headers: Vec<String> = rdr
+            .byte_headers()
+            .map_err(|e| format!("{}: {e}", path.display()))?
+            .iter()
+            .map(|h| {
+                String::from_utf8_lossy(h)
+                    .trim_start_matches('\u{feff}')
+                    .to_string()
+            })
+            .collect();
+        for (i, rec) in rdr.byte_records().enumerate() {
+            let n = i as i64 + 1;
+            let r = match rec {
+                Err(e) => Err(rej(n, None, "report_malformed", format!("row {n}: {e}"))),
+                Ok(rec) if rec.len() != headers.len() => Err(rej(
+                    n,
+                    None,
+                    "report_malformed",
+                    format!(
+                        "row {n}: {} fields, header has {}",
+                        rec.len(),
+                        headers.len()
+                    ),
+                )),
+                Ok(rec) => {
+                    let mut m = BTreeMap::new();
+                    let mut err = None;
+                    for (h, f) in headers.iter().zip(rec.iter()) {
+                        match std::str::from_utf8(f) {
+                            Ok(s) => {
+                                m.insert(h.clone(), s.to_string());
+                            }
+                            Err(e) => {
+                                err = Some(format!(
+                                    "row {n}, column {h}: invalid UTF-8 at byte {}",
+                                    e.valid_up_to()
+                                ))
+                            }
+                        }
+                    }
+                    match err {
+                        Some(msg) => Err(rej(n, m.get(id_col).cloned(), "report_not_utf8", msg)),
+                        None => Ok(m),
+                    }
+                }
+            };
+            rows.push((n, r));
+        }
+    }
+    for (n, r) in rows {
+        let m = match r {
+            Ok(m) => m,
+            Err(e) => {
+                bad.push(e);
+                continue;
+            }
+        };
+        let Some(key) = m
+            .get(id_col)
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+        else {
+            bad.push(rej(
+                n,
+                None,
+                "report_no_id",
+                format!("row {n}: no {id_col}"),
+            ));
+            continue;
+        };
+        let mut sections = BTreeMap::new();
+        for name in SECTIONS {
+            if let Some(col) = section_cols.get(name) {
+                if let Some(t) = m.get(col) {
+                    if !is_empty(t, markers) {
+                        sections.insert(name, t.clone());
+                    }
+                }
+            }
+        }
+        if !sections.contains_key("findings") && !sections.contains_key("impression") {
+            bad.push(rej(
+                n,
+                Some(key),
+                "report_empty",
+                format!("row {n}: no findings or impression text"),
+            ));
+            continue;
+        }
+        ok.push(Report {
+            key,
+            source: source.to_string(),
+            row: n,
+            sections,
+        });
+    }
+    Ok((ok, bad))
+}
+
+/// Segmented report: (section, sentence ranges, clause ranges per sentence).
+pub type Segmented = Vec<(
+    &'static str,
+    Vec<(std::ops::Range<usize>, Vec<std::ops::Range<usize>>)>,
+)>;
+
+/// Splits every section into sentences and (for findings and impression) clauses.
+pub fn segment(r: &Report) -> Segmented {
+    SECTIONS
+        .iter()
+        .filter_map(|&s| r.sections.get(s).map(|t| (s, t)))
+        .map(|(s, t)| {
+            let sents = sentences(t)
+                .into_iter()
+                .map(|sr| {
+                    let cl = if s == "findings" || s == "impression" {
+                        clauses(t, sr.clone())
+                    } else {
+                        vec![]
+                    };
+                    (sr, cl)
+                })
+                .collect();
+            (s, sents)
+        })
+        .collect()
+}
+
+fn resolve(ctx: &StageContext, s: &str) -> Result<PathBuf, StageError> {
+    if let Some(rest) = s.strip_prefix('@') {
+        let (name, sub) = rest.split_once('/').unwrap_or((rest, ""));
+        let input = ctx.inputs.iter().find(|i| i.name == name).ok_or_else(|| {
+            StageError::msg(format!(
+                "{s:?} names stage {name:?}, which is not an input of this stage"
+            ))
+        })?;
+        Ok(input.dir.join(sub))
+    } else {
+        Ok(PathBuf::from(s))
+    }
+}
+
+fn strings(v: Vec<String>) -> ArrayRef {
+    Arc::new(StringArray::from(v))
+}
+fn ints(v: Vec<i32>) -> ArrayRef {
+    Arc::new(Int32Array::from(v))
+}
+
+fn write(path: &Path, table: &str, cols: Vec<ArrayRef>) -> Result<(), StageError> {
+    let schema = TableSchema::get(table)?;
+    let fields: Vec<arrow::datatypes::Field> = schema
+        .arrow()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_nullable(true))
+        .collect();
+    let batch = RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), cols)
+        .map_err(|e| StageError::msg(format!("{table}: {e}")))?;
+    write_table(path, &schema, &batch)?;
+    Ok(())
+}
+
+impl Stage for ReportsStage {
+    fn kind(&self) -> &'static str {
+        "reports"
+    }
+    fn code_version(&self) -> &'static str {
+        "1"
+    }
+    fn describe(&self) -> &'static str {
+        "report CSV/JSONL -> reports, sections, sentences, clauses (exact byte offsets), rejects"
+    }
+    fn params(&self) -> Vec<ParamDef> {
+        vec![
+            ParamDef::new(
+                "files",
+                ParamType::List,
+                json!([]),
+                "report files (.csv or .jsonl); @stage/path = an input's output",
+            ),
+            ParamDef::new(
+                "id_column",
+                ParamType::Str,
+                json!("VolumeName"),
+                "column holding the report id that volumes join on",
+            ),
+            ParamDef::new(
+                "section_columns",
+                ParamType::Table,
+                json!({"clinical": "ClinicalInformation_EN", "technique": "Technique_EN", "findings": "Findings_EN", "impression": "Impressions_EN"}),
+                "section -> column (CT-RATE defaults)",
+            ),
+            ParamDef::new(
+                "empty_markers",
+                ParamType::List,
+                json!(["Not given.", "Not given", "N/A"]),
+                "texts that mean an empty section",
+            ),
+        ]
+    }
+    fn inputs(&self) -> Vec<mg3d_core::InputDecl> {
+        vec![mg3d_core::InputDecl {
+            kind: "synth",
+            required: false,
+        }]
+    }
+    fn run(&self, ctx: &StageContext) -> Result<Value, StageError> {
+        let p: P = ctx.params.parse()?;
+        if let Some(bad) = p
+            .section_columns
+            .keys()
+            .find(|k| !SECTIONS.contains(&k.as_str()))
+        {
+            return Err(StageError::msg(format!(
+                "section_columns: unknown section {bad:?}; use {}",
+                SECTIONS.join(", ")
+            )));
+        }
+        let mut reports = Vec::new();
+        let mut rejects = Vec::new();
+        for (i, f) in p.files.iter().enumerate() {
+            let path = resolve(ctx, f)?;
+            let (ok, bad) = read_reports(
+                &path,
+                &format!("files[{i}]"),
+                &p.id_column,
+                &p.section_columns,
+                &p.empty_markers,
+            )
+            .map_err(StageError::msg)?;
+            reports.extend(ok);
+            rejects.extend(bad);
+        }
+        // Duplicate ids: every row of that id is rejected (which text is right is unknowable).
+        let mut count: BTreeMap<String, usize> = BTreeMap::new();
+        for r in &reports {
+            *count.entry(r.key.clone()).or_default() += 1;
+        }
+        let (dups, reports): (Vec<Report>, Vec<Report>) =
+            reports.into_iter().partition(|r| count[&r.key] > 1);
+        for r in dups {
+            rejects.push(RowReject {
+                source: r.source.clone(),
+                row: r.row,
+                key: Some(r.key.clone()),
+                reason: "report_duplicate_id",
+                message: format!("row {}: id appears {} times", r.row, count[&r.key]),
+            });
+        }
+        let mut reports = reports;
+        reports.sort_by(|a, b| a.key.cmp(&b.key));
+        let segmented: Vec<Segmented> = reports.par_iter().map(segment).collect();
+
+        let (
+            mut r_id,
+            mut r_key,
+            mut r_src,
+            mut r_row,
+            mut r_nsec,
+            mut r_nsent,
+            mut r_ncl,
+            mut r_f,
+            mut r_i,
+            mut r_hash,
+        ) = (
+            vec![],
+            vec![],
+            vec![],
+            vec![],
+            vec![],
+            vec![],
+            vec![],
+            vec![],
+            vec![],
+            vec![],
+        );
+        let (mut s_id, mut s_sec, mut s_text) = (vec![], vec![], vec![]);
+        let (mut t_id, mut t_sec, mut t_idx, mut t_a, mut t_b, mut t_text) =
+            (vec![], vec![], vec![], vec![], vec![], vec![]);
+        let (mut c_id, mut c_sec, mut c_sent, mut c_idx, mut c_a, mut c_b, mut c_text) =
+            (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+        for (r, seg) in reports.iter().zip(&segmented) {
+            let id = ctx.pseudonym("report", &r.key);
+            let (mut ns, mut nc) = (0i32, 0i32);
+            for (sec, sents) in seg {
+                let text = &r.sections[sec];
+                s_id.push(id.clone());
+                s_sec.push(sec.to_string());
+                s_text.push(text.clone());
+                for (sr, cls) in sents {
+                    t_id.push(id.clone());
+                    t_sec.push(sec.to_string());
+                    t_idx.push(ns);
+                    t_a.push(sr.start as i32);
+                    t_b.push(sr.end as i32);
+                    t_text.push(text[sr.clone()].to_string());
+                    for c in cls {
+                        c_id.push(id.clone());
+                        c_sec.push(sec.to_string());
+                        c_sent.push(ns);
+                        c_idx.push(nc);
+                        c_a.push(c.start as i32);
+                        c_b.push(c.end as i32);
+                        c_text.push(text[c.clone()].to_string());
+                        nc += 1;
+                    }
+                    ns += 1;
+                }
+            }
+            let joined: Vec<&str> = SECTIONS
+                .iter()
+                .map(|s| r.sections.get(s).map(|t| t.as_str()).unwrap_or(""))
+                .collect();
+            r_id.push(id);
+            r_key.push(r.key.clone());
+            r_src.push(r.source.clone());
+            r_row.push(r.row);
+            r_nsec.push(r.sections.len() as i32);
+            r_nsent.push(ns);
+            r_ncl.push(nc);
+            r_f.push(r.sections.get("findings").map(|t| t.len()).unwrap_or(0) as i32);
+            r_i.push(r.sections.get("impression").map(|t| t.len()).unwrap_or(0) as i32);
+            r_hash.push(
+                blake3::hash(joined.join("\n").as_bytes())
+                    .to_hex()
+                    .to_string(),
+            );
+        }
+        let out = &ctx.out_dir;
+        let n_reports = r_id.len();
+        write(
+            &out.join("reports.parquet"),
+            "reports",
+            vec![
+                strings(r_id),
+                strings(r_key),
+                strings(r_src),
+                Arc::new(Int64Array::from(r_row)),
+                ints(r_nsec),
+                ints(r_nsent),
+                ints(r_ncl),
+                ints(r_f),
+                ints(r_i),
+                strings(r_hash),
+            ],
+        )?;
+        write(
+            &out.join("sections.parquet"),
+            "sections",
+            vec![strings(s_id), strings(s_sec), strings(s_text)],
+        )?;
+        let n_sent = t_id.len();
+        write(
+            &out.join("sentences.parquet"),
+            "sentences",
+            vec![
+                strings(t_id),
+                strings(t_sec),
+                ints(t_idx),
+                ints(t_a),
+                ints(t_b),
+                strings(t_text),
+            ],
+        )?;
+        let n_cl = c_id.len();
+        write(
+            &out.join("clauses.parquet"),
+            "clauses",
+            vec![
+                strings(c_id),
+                strings(c_sec),
+                ints(c_sent),
+                ints(c_idx),
+                ints(c_a),
+                ints(c_b),
+                strings(c_text),
+            ],
+        )?;
+        rejects.sort_by(|a, b| (&a.source, a.row, a.reason).cmp(&(&b.source, b.row, b.reason)));
+        let mut by_reason: BTreeMap<&str, usize> = BTreeMap::new();
+        for r in &rejects {
+            *by_reason.entry(r.reason).or_default() += 1;
+        }
+        let n = rejects.len();
+        write(
+            &out.join("rejects.parquet"),
+            "rejects",
+            vec![
+                strings(vec!["reports".to_string(); n]),
+                strings(rejects.iter().map(|r| r.source.clone()).collect()),
+                strings(rejects.iter().map(|r| format!("row {}", r.row)).collect()),
+                strings(
+                    rejects
+                        .iter()
+                        .map(|r| ctx.pseudonym("path", &format!("{}/row {}", r.source, r.row)))
+                        .collect(),
+                ),
+                strings(vec!["row".to_string(); n]),
+                ints(vec![1; n]),
+                strings(rejects.iter().map(|r| r.reason.to_string()).collect()),
+                strings(
+                    rejects
+                        .iter()
+                        .map(|r| match &r.key {
+                            Some(k) => format!("{} ({k})", r.message),
+                            None => r.message.clone(),
+                        })
+                        .collect(),
+                ),
+            ],
+        )?;
+        Ok(
+            json!({"reports": n_reports, "sentences": n_sent, "clauses": n_cl, "rejects": n, "rejects_by_reason": by_reason}),
+        )
+    }
+}
