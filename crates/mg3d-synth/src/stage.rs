@@ -42,7 +42,7 @@ impl Stage for SynthStage {
         "synth"
     }
     fn code_version(&self) -> &'static str {
-        "1"
+        "2"
     }
     fn describe(&self) -> &'static str {
         "synthetic chest-CT corpus (DICOM, NIfTI, CT-RATE reports/labels/metadata) with ground truth"
