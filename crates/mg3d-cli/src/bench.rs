@@ -20,7 +20,12 @@ fn row(name: &str, value: f64, unit: &str, note: &str, json: bool) {
 }
 
 /// Runs every benchmark.
-pub fn run(patients: u32, json: bool, registry: &mg3d_core::StageRegistry) -> Result<()> {
+pub fn run(
+    patients: u32,
+    text_reports: u32,
+    json: bool,
+    registry: &mg3d_core::StageRegistry,
+) -> Result<()> {
     let dir = tempfile::tempdir()?;
     // 1. Synthetic corpus at the demo size.
     let cfg = mg3d_synth::SynthConfig {
@@ -94,7 +99,59 @@ pub fn run(patients: u32, json: bool, registry: &mg3d_core::StageRegistry) -> Re
             json,
         );
     }
-    // 3. Output hashing (what the engine does after each stage).
+    // 3. Report stages on the demo corpus' reports and on `text_reports` report-only rows.
+    let tok = std::path::Path::new(".venv/minilm");
+    for (name, n) in [("demo", 0u32), ("large", text_reports)] {
+        let csv = if n == 0 {
+            out.join("reports/train_reports.csv")
+        } else {
+            let p = dir.path().join("reports_only.csv");
+            mg3d_synth::write_reports_only(n, 7, &t, &p)?;
+            p
+        };
+        let work = dir.path().join(format!("text-{name}"));
+        let tokens = if tok.join("tokenizer.json").exists() {
+            format!(
+                "[stages.tokens]\nkind = \"tokens\"\ninputs = [\"reports\"]\nparams = {{ tokenizer = \"{}\" }}\n",
+                tok.display()
+            )
+        } else {
+            String::new()
+        };
+        let text = format!(
+            "[pipeline]\nname = \"bench-text\"\nwork_dir = \"{}\"\nsalt = \"bench\"\n\
+             [stages.reports]\nkind = \"reports\"\nparams = {{ files = [\"{}\"] }}\n\
+             [stages.entities]\nkind = \"entities\"\ninputs = [\"reports\"]\n{tokens}",
+            work.display(),
+            csv.display()
+        );
+        let p = mg3d_core::Pipeline::parse(std::path::Path::new("bench.toml"), &text, registry)?;
+        let report = mg3d_core::Engine::new(registry).run(
+            &p,
+            &mg3d_core::RunOptions {
+                quiet: true,
+                ..Default::default()
+            },
+        )?;
+        let reports = report
+            .stages
+            .iter()
+            .find(|s| s.name == "reports")
+            .unwrap()
+            .summary["reports"]
+            .as_f64()
+            .unwrap_or(0.0);
+        for st in &report.stages {
+            row(
+                &format!("{}.reports_per_s.{name}", st.name),
+                reports / st.seconds.max(1e-9),
+                "reports/s",
+                &format!("{reports} reports"),
+                json,
+            );
+        }
+    }
+    // 4. Output hashing (what the engine does after each stage).
     let t0 = Instant::now();
     let files = mg3d_core::fsutil::hash_dir(&out)?;
     let bytes: u64 = files.values().map(|f| f.bytes).sum();
@@ -105,7 +162,7 @@ pub fn run(patients: u32, json: bool, registry: &mg3d_core::StageRegistry) -> Re
         &format!("{} files, blake3", files.len()),
         json,
     );
-    // 4. Schema-checked table writing.
+    // 5. Schema-checked table writing.
     let schema = TableSchema::from_json(
         "bench",
         r#"{"table": "bench", "version": 1, "description": "bench", "columns": [

@@ -83,6 +83,9 @@ enum Cmd {
         /// Patients for the generation benchmark.
         #[arg(long, default_value_t = 20)]
         patients: u32,
+        /// Report-only rows for the text-stage benchmark.
+        #[arg(long, default_value_t = 50_000)]
+        reports: u32,
     },
     /// Table contracts (schemas/).
     Schema {
@@ -361,7 +364,7 @@ fn run(cli: Cli) -> Result<(), Fail> {
             });
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
-        Cmd::Bench { patients } => bench::run(patients, cli.json, &reg)?,
+        Cmd::Bench { patients, reports } => bench::run(patients, reports, cli.json, &reg)?,
         Cmd::Schema { cmd } => match cmd {
             SchemaCmd::Check { file, table } => match check_file(&file, table.as_deref()) {
                 Ok((t, rows)) => {

@@ -198,12 +198,8 @@ fn size_mm(text: &str) -> Option<f64> {
         };
         // "3.5 x 2 cm": every number before the unit in an "a x b" chain counts with that unit.
         let mut j = toks.iter().position(|t| t.0 == w[0].0).unwrap();
-        loop {
-            if let Ok(v) = toks[j].1.replace(',', ".").parse::<f64>() {
-                best = Some(best.map_or(v * scale, |b: f64| b.max(v * scale)));
-            } else {
-                break;
-            }
+        while let Ok(v) = toks[j].1.replace(',', ".").parse::<f64>() {
+            best = Some(best.map_or(v * scale, |b: f64| b.max(v * scale)));
             if j >= 2 && (toks[j - 1].1 == "x" || toks[j - 1].1 == "×") {
                 j -= 2;
             } else {
@@ -312,7 +308,7 @@ impl Extractor {
             v.dedup_by(|a, b| a.0 == b.0);
         }
         for v in trigger_index.values_mut() {
-            v.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+            v.sort_by_key(|b| std::cmp::Reverse(b.0.len()));
         }
         Ok(Extractor {
             findings: f.finding,
@@ -356,10 +352,9 @@ impl Extractor {
                 .findings
                 .iter()
                 .position(|d| d.head.as_deref() == Some(head) && d.coordinated.contains(&toks[m].1))
+                && !hits.iter().any(|(h, _)| h.contains(&m))
             {
-                if !hits.iter().any(|(h, _)| h.contains(&m)) {
-                    extra.push((m..m + 1, Kind::Finding(fj)));
-                }
+                extra.push((m..m + 1, Kind::Finding(fj)));
             }
         }
         hits.extend(extra);
@@ -480,15 +475,15 @@ impl Extractor {
             .filter(|(_, e)| e.etype == EntityType::Anatomy)
             .map(|(i, e)| (i, e.span.start))
             .collect();
-        for i in 0..out.len() {
-            if out[i].etype != EntityType::Observation {
-                continue;
-            }
-            let c = clause_of(out[i].span.start);
-            out[i].located_at = anat
+        for e in out
+            .iter_mut()
+            .filter(|e| e.etype == EntityType::Observation)
+        {
+            let c = clause_of(e.span.start);
+            e.located_at = anat
                 .iter()
                 .filter(|(_, s)| clause_of(*s) == c)
-                .min_by_key(|(_, s)| (*s as isize - out[i].span.start as isize).unsigned_abs())
+                .min_by_key(|(_, s)| (*s as isize - e.span.start as isize).unsigned_abs())
                 .map(|(j, _)| *j);
         }
         out
@@ -510,6 +505,7 @@ pub fn aggregate(assertions: &[&str]) -> Option<i32> {
 }
 
 #[cfg(test)]
+#[allow(clippy::single_range_in_vec_init)] // one clause covering the sentence
 mod tests {
     use super::*;
 

@@ -197,6 +197,7 @@ impl Stage for EntitiesStage {
         }
         // Sentences with their clauses (relative to the sentence).
         type SentKey = (String, String, i32);
+        type SentSpan = (usize, usize, Vec<std::ops::Range<usize>>);
         let mut sents: BTreeMap<SentKey, (usize, usize, Vec<std::ops::Range<usize>>)> =
             BTreeMap::new();
         for b in read_table(
@@ -242,18 +243,14 @@ impl Stage for EntitiesStage {
                 }
             }
         }
-        let work: Vec<(&SentKey, &(usize, usize, Vec<std::ops::Range<usize>>))> =
-            sents.iter().collect();
+        let work: Vec<(&SentKey, &SentSpan)> = sents.iter().collect();
         let per_sentence: Vec<Vec<Row>> = work
             .par_iter()
             .map(|((id, sec, si), (a, e, cls))| {
                 let text = &texts[&(id.clone(), sec.clone())];
                 let s = &text[*a..*e];
-                let cls = if cls.is_empty() {
-                    vec![0..s.len()]
-                } else {
-                    cls.clone()
-                };
+                let whole = std::iter::once(0..s.len()).collect::<Vec<_>>();
+                let cls = if cls.is_empty() { whole } else { cls.clone() };
                 x.extract(s, &cls)
                     .into_iter()
                     .map(|en| Row {

@@ -83,7 +83,8 @@ pub fn read_reports(
     let jsonl = path
         .extension()
         .is_some_and(|e| e == "jsonl" || e == "json");
-    let mut rows: Vec<(i64, Result<BTreeMap<String, String>, RowReject>)> = Vec::new();
+    type Row = (i64, Result<BTreeMap<String, String>, RowReject>);
+    let mut rows: Vec<Row> = Vec::new();
     if jsonl {
         let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
         for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
@@ -196,12 +197,11 @@ pub fn read_reports(
         };
         let mut sections = BTreeMap::new();
         for name in SECTIONS {
-            if let Some(col) = section_cols.get(name) {
-                if let Some(t) = m.get(col) {
-                    if !is_empty(t, markers) {
-                        sections.insert(name, t.clone());
-                    }
-                }
+            if let Some(col) = section_cols.get(name)
+                && let Some(t) = m.get(col)
+                && !is_empty(t, markers)
+            {
+                sections.insert(name, t.clone());
             }
         }
         if !sections.contains_key("findings") && !sections.contains_key("impression") {

@@ -107,14 +107,14 @@ pub fn sentences(text: &str) -> Vec<Range<usize>> {
         }
         if let Some(r) = trim(text, start..cut) {
             // A bare list marker ("1.") joins the sentence it numbers.
-            if let Some(prev) = out.last() {
-                if is_list_marker(&text[prev.clone()]) {
-                    let p = prev.start;
-                    out.pop();
-                    out.push(p..r.end);
-                    start = cut;
-                    continue;
-                }
+            if let Some(prev) = out.last()
+                && is_list_marker(&text[prev.clone()])
+            {
+                let p = prev.start;
+                out.pop();
+                out.push(p..r.end);
+                start = cut;
+                continue;
             }
             out.push(r);
         }

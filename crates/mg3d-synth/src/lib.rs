@@ -247,3 +247,54 @@ pub fn generate(
     }
     w.finish(cfg)
 }
+
+/// Reports only (no volumes), for text benchmarks at scale: `n` CT-RATE-format report rows drawn
+/// like the corpus' (same findings, placement and templates), written as a CT-RATE reports CSV.
+pub fn write_reports_only(
+    n: u32,
+    seed: u64,
+    templates: &Templates,
+    path: &Path,
+) -> Result<(), SynthError> {
+    use crate::phantom::{Phantom, PhantomSpec, Posture};
+    let cfg = SynthConfig {
+        seed,
+        ..Default::default()
+    };
+    let rows: Vec<String> = (1..=n)
+        .into_par_iter()
+        .map(|pid| {
+            let mut rng = rng_for(cfg.seed, "report-only", pid as u64);
+            let spec = PhantomSpec {
+                body_width_mm: cfg.body_width_mm,
+                z_extent_mm: cfg.z_extent_mm,
+                posture: Posture::Supine,
+            };
+            let mut ph = Phantom::new(&spec, &mut rng);
+            for label in RENDERED {
+                if rng.random_bool(cfg.prevalence) {
+                    let subtle = rng.random_bool(0.15);
+                    ph.add_finding(label, subtle, &mut rng);
+                }
+            }
+            let st = statements_for(&ph.findings, &mut rng);
+            let r = report::write_report(templates, &st, 1.5, &mut rng)
+                .map_err(SynthError::Templates)?;
+            let q = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+            Ok(format!(
+                "train_{pid}_a_1.nii.gz,{},{},{},{}\n",
+                q(&r.clinical),
+                q(&r.technique),
+                q(&r.findings),
+                q(&r.impressions)
+            ))
+        })
+        .collect::<Result<_, SynthError>>()?;
+    let mut out =
+        String::from("VolumeName,ClinicalInformation_EN,Technique_EN,Findings_EN,Impressions_EN\n");
+    for r in rows {
+        out.push_str(&r);
+    }
+    std::fs::write(path, out)?;
+    Ok(())
+}

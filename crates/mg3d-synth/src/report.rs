@@ -284,10 +284,10 @@ impl Builder<'_> {
     fn sentence(&mut self, template: &str, default: &str) -> Result<(), String> {
         let (mut s, spans) = fill(template, default, self.findings)?;
         // Sentences start with a capital letter (a template may start with a placeholder).
-        if let Some(c) = s.chars().next().filter(|c| c.is_lowercase()) {
-            if c.is_ascii() {
-                s.replace_range(0..1, &c.to_ascii_uppercase().to_string());
-            }
+        if let Some(c) = s.chars().next().filter(|c| c.is_lowercase())
+            && c.is_ascii()
+        {
+            s.replace_range(0..1, &c.to_ascii_uppercase().to_string());
         }
         if !self.text.is_empty() {
             self.text.push(' ');
