@@ -9,10 +9,15 @@ TORCH_VERSION := 2.11.0
 MG3D  := target/debug/mg3d
 PIPELINE ?= pipelines/demo.toml
 
-.PHONY: setup pipeline test bench build stage status fmt clippy clean-work
+.PHONY: setup cmake pipeline test bench build stage status fmt clippy clean-work
 
 ## setup: project-local Python venv with torch (libtorch for tch) and the reference packages.
-setup: $(VENV)/.torch-$(TORCH_VERSION) $(VENV)/.requirements $(VENV)/libtorch $(VENV)/minilm
+setup: cmake $(VENV)/.torch-$(TORCH_VERSION) $(VENV)/.requirements $(VENV)/libtorch $(VENV)/minilm
+
+# cmake builds CharLS (JPEG-LS decoding in dicom-rs); installed from Debian when missing.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+cmake:
+	@command -v cmake >/dev/null || { echo "installing cmake (Debian)"; $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq cmake >/dev/null; }
 
 $(VENV)/bin/python:
 	python3 -m venv $(VENV)

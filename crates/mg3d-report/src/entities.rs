@@ -360,11 +360,17 @@ impl Extractor {
         hits.extend(extra);
         hits.sort_by_key(|h| h.0.start);
         let triggers = longest_matches(&toks, &self.trigger_index);
-        let terminators: Vec<usize> = triggers
+        // Terminators: terminate rules, and semicolons / colons between words.
+        let mut terminators: Vec<usize> = triggers
             .iter()
             .filter(|(_, ri)| self.rules[*ri].direction == "terminate")
             .map(|(r, _)| r.start)
             .collect();
+        terminators.extend(
+            (1..toks.len())
+                .filter(|&i| sentence[toks[i - 1].0.end..toks[i].0.start].contains([';', ':'])),
+        );
+        terminators.sort_unstable();
         let byte = |r: &Range<usize>| toks[r.start].0.start..toks[r.end - 1].0.end;
         let clause_of = |b: usize| clauses.iter().position(|c| c.contains(&b)).unwrap_or(0);
         let mut out: Vec<Entity> = Vec::new();

@@ -540,3 +540,36 @@ impl Stage for ReportsStage {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jsonl_with_a_column_mapping_and_bad_rows() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("r.jsonl");
+        std::fs::write(
+            &p,
+            b"{\"acc\": \"A1\", \"body\": \"No effusion. Small nodule.\", \"imp\": \"Nodule.\"}\n\
+              {\"acc\": \"A2\", \"body\": \"N/A\"}\n\
+              {broken\n\
+              {\"acc\": \"A3\", \"body\": \"Bad \xff byte.\"}\n",
+        )
+        .unwrap();
+        let cols: BTreeMap<String, String> = [
+            ("findings".to_string(), "body".to_string()),
+            ("impression".to_string(), "imp".to_string()),
+        ]
+        .into();
+        let (ok, bad) = read_reports(&p, "files[0]", "acc", &cols, &["N/A".to_string()]).unwrap();
+        assert_eq!(ok.len(), 1);
+        assert_eq!(ok[0].key, "A1");
+        assert_eq!(ok[0].sections["impression"], "Nodule.");
+        let reasons: Vec<&str> = bad.iter().map(|b| b.reason).collect();
+        assert_eq!(
+            reasons,
+            ["report_empty", "report_malformed", "report_not_utf8"]
+        );
+    }
+}

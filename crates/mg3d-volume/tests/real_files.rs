@@ -53,8 +53,10 @@ fn close(a: f64, b: f64, rel: f64) -> bool {
 }
 
 /// Files that must decode and match the reference (several transfer syntaxes, CT and MR).
-const REQUIRED: [&str; 11] = [
+const REQUIRED: [&str; 13] = [
     "CT_small.dcm",
+    "MR_small_jpeg_ls_lossless.dcm",
+    "JPEGLSNearLossless_16.dcm",
     "MR_small.dcm",
     "MR_small_implicit.dcm",
     "MR_small_bigendian.dcm",
