@@ -529,6 +529,7 @@ mod tests {
         assert_eq!(
             run("No effusion, pneumothorax or consolidation."),
             [
+                ("effusion".into(), "absent"),
                 ("pneumothorax".into(), "absent"),
                 ("consolidation".into(), "absent")
             ]
