@@ -14,8 +14,31 @@ import numpy as np
 import pydicom
 
 
+def enhanced_volume(path):
+    """One Enhanced CT object: frames positioned by the per-frame functional groups."""
+    d = pydicom.dcmread(path)
+    sh = d.SharedFunctionalGroupsSequence[0]
+    iop = np.array(sh.PlaneOrientationSequence[0].ImageOrientationPatient, dtype=float)
+    ps = np.array(sh.PixelMeasuresSequence[0].PixelSpacing, dtype=float)
+    pv = sh.PixelValueTransformationSequence[0]
+    r, c = iop[:3], iop[3:]
+    n = np.cross(r, c)
+    pos = [np.array(f.PlanePositionSequence[0].ImagePositionPatient, dtype=float) for f in d.PerFrameFunctionalGroupsSequence]
+    order = sorted(range(len(pos)), key=lambda i: float(np.dot(n, pos[i])))
+    dz = float(np.dot(n, pos[order[-1]] - pos[order[0]])) / (len(order) - 1)
+    lps = np.eye(4)
+    lps[:3, 0], lps[:3, 1], lps[:3, 2], lps[:3, 3] = r * ps[1], c * ps[0], n * dz, pos[order[0]]
+    ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+    arr = d.pixel_array.astype(np.float64)[order]
+    hu = np.rint(arr * float(pv.RescaleSlope) + float(pv.RescaleIntercept))
+    return ras, hu.astype("<i2"), d
+
+
 def dicom_volume(folder):
-    ds = [pydicom.dcmread(f) for f in sorted(glob.glob(os.path.join(folder, "*.dcm")))]
+    files = sorted(glob.glob(os.path.join(folder, "*.dcm")))
+    if len(files) == 1 and int(getattr(pydicom.dcmread(files[0], stop_before_pixels=True), "NumberOfFrames", 1) or 1) > 1:
+        return enhanced_volume(files[0])
+    ds = [pydicom.dcmread(f) for f in files]
     iop = np.array(ds[0].ImageOrientationPatient, dtype=float)
     r, c = iop[:3], iop[3:]
     n = np.cross(r, c)

@@ -222,6 +222,144 @@ pub fn write_slice(
         .map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// Writes a whole series as one Enhanced CT Image Storage object: frames in `frame_order` (indices
+/// of grid slices), positioned by the per-frame functional groups (PlanePositionSequence), with
+/// orientation, pixel measures and rescale in the shared functional groups.
+pub fn write_enhanced(
+    path: &Path,
+    id: &SeriesIdentity,
+    grid: &Grid,
+    pos: PatientPosition,
+    enc: Encoding,
+    hu: &[i16],
+    frame_order: &[usize],
+) -> Result<(), String> {
+    use dicom_core::value::DataSetSequence;
+    let item =
+        |elems: Vec<DataElement<InMemDicomObject>>| InMemDicomObject::from_element_iter(elems);
+    let seq = |tag, items: Vec<InMemDicomObject>| {
+        DataElement::new(tag, VR::SQ, DataSetSequence::from(items))
+    };
+    let plane = grid.cols * grid.rows;
+    let iop = [
+        grid.row_dir[0],
+        grid.row_dir[1],
+        grid.row_dir[2],
+        grid.col_dir[0],
+        grid.col_dir[1],
+        grid.col_dir[2],
+    ];
+    let shared = item(vec![
+        seq(
+            tags::PLANE_ORIENTATION_SEQUENCE,
+            vec![item(vec![DataElement::new(
+                tags::IMAGE_ORIENTATION_PATIENT,
+                VR::DS,
+                strs(&iop),
+            )])],
+        ),
+        seq(
+            tags::PIXEL_MEASURES_SEQUENCE,
+            vec![item(vec![
+                DataElement::new(tags::SLICE_THICKNESS, VR::DS, ds(grid.dz)),
+                DataElement::new(tags::PIXEL_SPACING, VR::DS, strs(&[grid.dy, grid.dx])),
+            ])],
+        ),
+        seq(
+            tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE,
+            vec![item(vec![
+                DataElement::new(tags::RESCALE_INTERCEPT, VR::DS, ds(enc.intercept)),
+                DataElement::new(tags::RESCALE_SLOPE, VR::DS, ds(enc.slope)),
+                DataElement::new(tags::RESCALE_TYPE, VR::LO, "HU"),
+            ])],
+        ),
+    ]);
+    let per_frame: Vec<InMemDicomObject> = frame_order
+        .iter()
+        .map(|&k| {
+            item(vec![seq(
+                tags::PLANE_POSITION_SEQUENCE,
+                vec![item(vec![DataElement::new(
+                    tags::IMAGE_POSITION_PATIENT,
+                    VR::DS,
+                    strs(&grid.slice_position(k)),
+                )])],
+            )])
+        })
+        .collect();
+    let mut stored: Vec<u16> = Vec::with_capacity(plane * frame_order.len());
+    for &k in frame_order {
+        stored.extend(hu[k * plane..(k + 1) * plane].iter().map(|&h| enc.store(h)));
+    }
+    let sop_uid = uid(&[&id.series_uid, "enhanced"]);
+    let mut obj = InMemDicomObject::from_element_iter([
+        DataElement::new(tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 100"),
+        DataElement::new(
+            tags::IMAGE_TYPE,
+            VR::CS,
+            dicom_value!(Strs, ["ORIGINAL", "PRIMARY", "AXIAL", "NONE"]),
+        ),
+        DataElement::new(tags::SOP_CLASS_UID, VR::UI, uids::ENHANCED_CT_IMAGE_STORAGE),
+        DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, sop_uid.as_str()),
+        DataElement::new(tags::STUDY_DATE, VR::DA, id.study_date.as_str()),
+        DataElement::new(tags::ACCESSION_NUMBER, VR::SH, id.accession.as_str()),
+        DataElement::new(tags::MODALITY, VR::CS, "CT"),
+        DataElement::new(tags::MANUFACTURER, VR::LO, "mg3d-synth"),
+        DataElement::new(tags::INSTITUTION_NAME, VR::LO, id.institution.as_str()),
+        DataElement::new(tags::SERIES_DESCRIPTION, VR::LO, id.description.as_str()),
+        DataElement::new(tags::PATIENT_NAME, VR::PN, id.patient_name.as_str()),
+        DataElement::new(tags::PATIENT_ID, VR::LO, id.patient_id.as_str()),
+        DataElement::new(tags::PATIENT_BIRTH_DATE, VR::DA, id.birth_date.as_str()),
+        DataElement::new(tags::PATIENT_SEX, VR::CS, id.sex.as_str()),
+        DataElement::new(tags::PATIENT_AGE, VR::AS, id.age.as_str()),
+        DataElement::new(tags::CONVOLUTION_KERNEL, VR::SH, id.kernel.as_str()),
+        DataElement::new(tags::PATIENT_POSITION, VR::CS, pos.code()),
+        DataElement::new(tags::STUDY_INSTANCE_UID, VR::UI, id.study_uid.as_str()),
+        DataElement::new(tags::SERIES_INSTANCE_UID, VR::UI, id.series_uid.as_str()),
+        DataElement::new(tags::SERIES_NUMBER, VR::IS, id.series_number.to_string()),
+        DataElement::new(tags::INSTANCE_NUMBER, VR::IS, "1"),
+        DataElement::new(tags::FRAME_OF_REFERENCE_UID, VR::UI, id.frame_uid.as_str()),
+        DataElement::new(tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(1u16)),
+        DataElement::new(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2"),
+        DataElement::new(
+            tags::NUMBER_OF_FRAMES,
+            VR::IS,
+            frame_order.len().to_string(),
+        ),
+        DataElement::new(tags::ROWS, VR::US, PrimitiveValue::from(grid.rows as u16)),
+        DataElement::new(
+            tags::COLUMNS,
+            VR::US,
+            PrimitiveValue::from(grid.cols as u16),
+        ),
+        DataElement::new(tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(16u16)),
+        DataElement::new(tags::BITS_STORED, VR::US, PrimitiveValue::from(16u16)),
+        DataElement::new(tags::HIGH_BIT, VR::US, PrimitiveValue::from(15u16)),
+        DataElement::new(
+            tags::PIXEL_REPRESENTATION,
+            VR::US,
+            PrimitiveValue::from(enc.signed as u16),
+        ),
+    ]);
+    obj.put(seq(tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE, vec![shared]));
+    obj.put(seq(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE, per_frame));
+    obj.put(DataElement::new(
+        tags::PIXEL_DATA,
+        VR::OW,
+        PrimitiveValue::U16(stored.into()),
+    ));
+    let file = obj
+        .with_meta(
+            FileMetaTableBuilder::new()
+                .transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)
+                .media_storage_sop_class_uid(uids::ENHANCED_CT_IMAGE_STORAGE)
+                .media_storage_sop_instance_uid(sop_uid.as_str()),
+        )
+        .map_err(|e| format!("meta: {e}"))?;
+    file.write_to_file(path)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
 /// PackBits (DICOM PS3.5 G.3.1) of one byte run; rows are encoded separately.
 fn packbits(src: &[u8], out: &mut Vec<u8>) {
     let n = src.len();

@@ -114,6 +114,7 @@ fn series(
         syntax: Syntax::ExplicitLE,
         encoding: Encoding::VARIANTS[0],
         ascending: true,
+        enhanced: false,
         shuffled: rel_override.is_some(), // a second series in an existing folder gets distinct file names
     };
     let (t, files) = write_series(

@@ -66,6 +66,9 @@ pub struct SynthConfig {
     pub prevalence_by_finding: BTreeMap<String, f64>,
     /// Share of scans with a second reconstruction (another slice spacing and kernel).
     pub second_recon_fraction: f64,
+    /// Share of DICOM series written as one Enhanced CT multi-frame object.
+    #[serde(default = "default_enhanced")]
+    pub enhanced_fraction: f64,
     /// In-plane pixel spacing range, mm.
     pub in_plane_spacing_mm: [f64; 2],
     /// Slice spacing range, mm.
@@ -74,6 +77,10 @@ pub struct SynthConfig {
     pub body_width_mm: [f64; 2],
     /// Scanned length range, mm.
     pub z_extent_mm: [f64; 2],
+}
+
+fn default_enhanced() -> f64 {
+    0.15
 }
 
 impl Default for SynthConfig {
@@ -86,6 +93,7 @@ impl Default for SynthConfig {
             prevalence: 0.25,
             prevalence_by_finding: BTreeMap::new(),
             second_recon_fraction: 0.2,
+            enhanced_fraction: default_enhanced(),
             in_plane_spacing_mm: [0.5, 1.0],
             slice_spacing_mm: [0.6, 5.0],
             body_width_mm: [280.0, 360.0],
@@ -114,6 +122,7 @@ impl SynthConfig {
             ("dicom_fraction", self.dicom_fraction),
             ("prevalence", self.prevalence),
             ("second_recon_fraction", self.second_recon_fraction),
+            ("enhanced_fraction", self.enhanced_fraction),
         ]
         .into_iter()
         .chain(

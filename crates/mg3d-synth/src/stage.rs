@@ -21,6 +21,7 @@ struct P {
     prevalence: f64,
     prevalence_by_finding: std::collections::BTreeMap<String, f64>,
     second_recon_fraction: f64,
+    enhanced_fraction: f64,
     in_plane_spacing_mm: [f64; 2],
     slice_spacing_mm: [f64; 2],
     body_width_mm: [f64; 2],
@@ -42,7 +43,7 @@ impl Stage for SynthStage {
         "synth"
     }
     fn code_version(&self) -> &'static str {
-        "2"
+        "3"
     }
     fn describe(&self) -> &'static str {
         "synthetic chest-CT corpus (DICOM, NIfTI, CT-RATE reports/labels/metadata) with ground truth"
@@ -91,6 +92,12 @@ impl Stage for SynthStage {
                 ParamType::Float,
                 json!(d.second_recon_fraction),
                 "share of scans with 2 reconstructions",
+            ),
+            ParamDef::new(
+                "enhanced_fraction",
+                ParamType::Float,
+                json!(d.enhanced_fraction),
+                "share of DICOM series written as one Enhanced CT multi-frame object",
             ),
             ParamDef::new(
                 "in_plane_spacing_mm",
@@ -145,6 +152,7 @@ impl Stage for SynthStage {
             prevalence: p.prevalence,
             prevalence_by_finding: p.prevalence_by_finding,
             second_recon_fraction: p.second_recon_fraction,
+            enhanced_fraction: p.enhanced_fraction,
             in_plane_spacing_mm: p.in_plane_spacing_mm,
             slice_spacing_mm: p.slice_spacing_mm,
             body_width_mm: p.body_width_mm,

@@ -178,6 +178,8 @@ fn hu_stats(hu: &[i16]) -> HuStats {
 
 /// How a DICOM series is written.
 pub(crate) struct DicomPlan {
+    /// One Enhanced CT object holding every frame, instead of one file per slice.
+    pub enhanced: bool,
     pub syntax: Syntax,
     pub encoding: Encoding,
     pub ascending: bool,
@@ -200,8 +202,33 @@ pub(crate) fn write_series(
 ) -> Result<(VolumeTruth, u32), SynthError> {
     let dir = out.join(rel);
     fs::create_dir_all(&dir)?;
+    if plan.enhanced {
+        // Frames stored in acquisition order (or shuffled): readers must sort by position.
+        let mut order: Vec<usize> = if plan.ascending {
+            (0..grid.slices).collect()
+        } else {
+            (0..grid.slices).rev().collect()
+        };
+        if plan.shuffled {
+            order.sort_by_key(|k| {
+                blake3::hash(format!("{}{k}", id.series_uid).as_bytes())
+                    .to_hex()
+                    .to_string()
+            });
+        }
+        crate::dicom_out::write_enhanced(
+            &dir.join("ENHANCED.dcm"),
+            id,
+            grid,
+            pos,
+            plan.encoding,
+            hu,
+            &order,
+        )
+        .map_err(SynthError::Write)?;
+    }
     let plane = grid.cols * grid.rows;
-    for k in 0..grid.slices {
+    for k in (0..grid.slices).filter(|_| !plan.enhanced) {
         let inst = if plan.ascending {
             k as u32 + 1
         } else {
@@ -245,10 +272,19 @@ pub(crate) fn write_series(
             slope: plan.encoding.slope,
             intercept: plan.encoding.intercept,
             signed: plan.encoding.signed,
-            transfer_syntax: Some(plan.syntax.uid().to_string()),
+            transfer_syntax: Some(
+                if plan.enhanced {
+                    Syntax::ExplicitLE.uid()
+                } else {
+                    plan.syntax.uid()
+                }
+                .to_string(),
+            ),
             nifti_variant: None,
             instance_order: Some(
-                if plan.ascending {
+                if plan.enhanced {
+                    "enhanced"
+                } else if plan.ascending {
                     "ascending"
                 } else {
                     "descending"
@@ -263,7 +299,7 @@ pub(crate) fn write_series(
             hu_blake3: st.blake3,
             hu_sha256: st.sha256,
         },
-        grid.slices as u32,
+        if plan.enhanced { 1 } else { grid.slices as u32 },
     ))
 }
 
@@ -476,6 +512,7 @@ pub(crate) fn make_patient(
                 encoding: enc,
                 ascending: rng.random_bool(0.5),
                 shuffled: rng.random_bool(0.3),
+                enhanced: rng.random_bool(cfg.enhanced_fraction),
             };
             let rel = format!(
                 "dicom/{}/{}_{}/series_{recon}",

@@ -45,6 +45,7 @@ fn pydicom_and_nibabel_agree_with_the_truth() {
         z_extent_mm: [40.0, 60.0],
         in_plane_spacing_mm: [0.8, 1.0],
         second_recon_fraction: 0.3,
+        enhanced_fraction: 0.5,
         ..Default::default()
     };
     generate(
@@ -63,5 +64,10 @@ fn pydicom_and_nibabel_agree_with_the_truth() {
     );
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert!(v["checked"]["dicom"].as_u64().unwrap() >= 2, "{v}");
+    let geo = std::fs::read_to_string(d.path().join("truth/geometry.jsonl")).unwrap();
+    assert!(
+        geo.contains("\"instance_order\":\"enhanced\""),
+        "an Enhanced CT object was checked too"
+    );
     assert!(v["checked"]["nifti"].as_u64().unwrap() >= 2, "{v}");
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use dicom_core::Tag;
 use dicom_dictionary_std::tags;
-use dicom_object::{DefaultDicomObject, OpenFileOptions};
+use dicom_object::{DefaultDicomObject, InMemDicomObject, OpenFileOptions};
 use dicom_pixeldata::{ConvertOptions, ModalityLutOption, PixelDecoder};
 use serde::Serialize;
 
@@ -79,6 +79,94 @@ pub struct SliceHeader {
     pub allowed: BTreeMap<String, String>,
     /// Identifying values (PatientID, PatientName, birth date, accession, institution): for scrubbing only.
     pub phi: Vec<String>,
+    /// Enhanced multi-frame objects: each frame's geometry and rescale from the shared and
+    /// per-frame functional groups (empty for single-frame objects).
+    pub frames_geo: Vec<FrameGeo>,
+}
+
+/// One frame's geometry and rescale (enhanced multi-frame functional groups).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FrameGeo {
+    /// PlanePositionSequence > ImagePositionPatient.
+    pub ipp: Option<[f64; 3]>,
+    /// PlaneOrientationSequence > ImageOrientationPatient.
+    pub iop: Option<[f64; 6]>,
+    /// PixelMeasuresSequence > PixelSpacing.
+    pub pixel_spacing: Option<[f64; 2]>,
+    /// PixelMeasuresSequence > SliceThickness.
+    pub thickness: Option<f64>,
+    /// PixelValueTransformationSequence > RescaleSlope.
+    pub slope: Option<f64>,
+    /// PixelValueTransformationSequence > RescaleIntercept.
+    pub intercept: Option<f64>,
+}
+
+fn first_item(obj: &InMemDicomObject, tag: Tag) -> Option<&InMemDicomObject> {
+    obj.element_opt(tag)
+        .ok()
+        .flatten()
+        .and_then(|e| e.items())
+        .and_then(|it| it.first())
+}
+
+fn fill_frame(item: &InMemDicomObject, g: &mut FrameGeo) {
+    let multi = |o: &InMemDicomObject, t: Tag| {
+        o.element_opt(t)
+            .ok()
+            .flatten()
+            .and_then(|e| e.to_multi_float64().ok())
+    };
+    let one = |o: &InMemDicomObject, t: Tag| {
+        o.element_opt(t)
+            .ok()
+            .flatten()
+            .and_then(|e| e.to_float64().ok())
+    };
+    if let Some(v) = first_item(item, tags::PLANE_POSITION_SEQUENCE)
+        .and_then(|o| multi(o, tags::IMAGE_POSITION_PATIENT))
+        .filter(|v| v.len() >= 3)
+    {
+        g.ipp = Some([v[0], v[1], v[2]]);
+    }
+    if let Some(v) = first_item(item, tags::PLANE_ORIENTATION_SEQUENCE)
+        .and_then(|o| multi(o, tags::IMAGE_ORIENTATION_PATIENT))
+        .filter(|v| v.len() >= 6)
+    {
+        g.iop = Some([v[0], v[1], v[2], v[3], v[4], v[5]]);
+    }
+    if let Some(pm) = first_item(item, tags::PIXEL_MEASURES_SEQUENCE) {
+        if let Some(v) = multi(pm, tags::PIXEL_SPACING).filter(|v| v.len() >= 2) {
+            g.pixel_spacing = Some([v[0], v[1]]);
+        }
+        g.thickness = one(pm, tags::SLICE_THICKNESS).or(g.thickness);
+    }
+    if let Some(pv) = first_item(item, tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE) {
+        g.slope = one(pv, tags::RESCALE_SLOPE).or(g.slope);
+        g.intercept = one(pv, tags::RESCALE_INTERCEPT).or(g.intercept);
+    }
+}
+
+/// Per-frame geometry of an enhanced multi-frame object (shared groups, overridden per frame).
+fn functional_groups(obj: &InMemDicomObject) -> Vec<FrameGeo> {
+    let shared = first_item(obj, tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE);
+    let Some(per) = obj
+        .element_opt(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE)
+        .ok()
+        .flatten()
+        .and_then(|e| e.items())
+    else {
+        return Vec::new();
+    };
+    per.iter()
+        .map(|p| {
+            let mut g = FrameGeo::default();
+            if let Some(sh) = shared {
+                fill_frame(sh, &mut g);
+            }
+            fill_frame(p, &mut g);
+            g
+        })
+        .collect()
 }
 
 fn s(obj: &DefaultDicomObject, tag: Tag) -> Option<String> {
@@ -204,6 +292,7 @@ fn header_from(obj: &DefaultDicomObject, path: &Path, file_len: u64) -> SliceHea
         instance_number: s(obj, tags::INSTANCE_NUMBER).and_then(|v| v.parse().ok()),
         allowed,
         phi,
+        frames_geo: functional_groups(obj),
     }
 }
 
@@ -467,6 +556,19 @@ fn invert_monochrome1(vals: &mut [f64], h: &SliceHeader) {
 /// Decodes all frames of a file into rescaled values (HU for CT), with padding mapped to `pad_to`.
 /// Returns one Vec per frame.
 pub fn decode_file(h: &SliceHeader) -> Result<Vec<Vec<f32>>, Reject> {
+    Ok(decode_stored(h)?
+        .into_iter()
+        .map(|fr| {
+            fr.into_iter()
+                .map(|v| (v * h.slope + h.intercept) as f32)
+                .collect()
+        })
+        .collect())
+}
+
+/// Decodes all frames of a file into stored values (MONOCHROME1 inverted; padding as NaN),
+/// before any rescale.
+pub fn decode_stored(h: &SliceHeader) -> Result<Vec<Vec<f64>>, Reject> {
     let obj = dicom_object::open_file(&h.path).map_err(|e| {
         let m = e.to_string();
         let code = if m.contains("end of") || m.contains("EOF") || m.contains("nexpected") {
@@ -528,13 +630,7 @@ pub fn decode_file(h: &SliceHeader) -> Result<Vec<Vec<f32>>, Reject> {
             stored
                 .into_iter()
                 .zip(padded)
-                .map(|(v, pad)| {
-                    if pad {
-                        f32::NAN
-                    } else {
-                        (v * h.slope + h.intercept) as f32
-                    }
-                })
+                .map(|(v, pad)| if pad { f64::NAN } else { v })
                 .collect(),
         );
     }
@@ -567,70 +663,132 @@ fn lps_to_ras(m: [[f64; 4]; 4]) -> [[f64; 4]; 4] {
     r
 }
 
+/// One image plane of a series: a single-frame file, or one frame of an enhanced multi-frame file.
+struct Plane<'a> {
+    file: &'a SliceHeader,
+    frame: usize,
+    ipp: [f64; 3],
+    slope: f64,
+    intercept: f64,
+}
+
+impl Plane<'_> {
+    fn name(&self) -> String {
+        if self.file.frames > 1 {
+            format!("{} frame {}", self.file.path.display(), self.frame + 1)
+        } else {
+            self.file.path.display().to_string()
+        }
+    }
+}
+
 /// Assembles a series group into a volume (HU for CT), or rejects the whole series with a reason:
 /// `series_too_few_slices`, `series_duplicate_slice`, `series_missing_slice`,
-/// `series_nonuniform_spacing`, `series_gantry_tilt`, `dicom_truncated`, `dicom_decode_failed`.
+/// `series_nonuniform_spacing`, `series_gantry_tilt`, `dicom_no_geometry`, `dicom_truncated`,
+/// `dicom_decode_failed`, `dicom_multiframe_unsupported`. Enhanced multi-frame objects (one file,
+/// frames positioned by the per-frame functional groups) follow the same rules frame by frame.
 pub fn assemble(group: &SeriesGroup, rules: &SpacingRules) -> Result<(Volume, SeriesInfo), Reject> {
     let files = &group.files;
-    if files.len() == 1 && files[0].frames > 1 {
+    let h0 = &files[0];
+    let enhanced = files.len() == 1 && h0.frames > 1;
+    let (planes, iop, ps): (Vec<Plane>, Option<[f64; 6]>, Option<[f64; 2]>) = if enhanced {
+        let g = &h0.frames_geo;
+        if g.len() != h0.frames as usize || g.iter().any(|f| f.ipp.is_none()) {
+            return Err(Reject::new(
+                "dicom_multiframe_unsupported",
+                format!(
+                    "{}: {} frames without per-frame positions (PerFrameFunctionalGroupsSequence > PlanePositionSequence)",
+                    h0.path.display(),
+                    h0.frames
+                ),
+            ));
+        }
+        let planes = g
+            .iter()
+            .enumerate()
+            .map(|(i, f)| Plane {
+                file: h0,
+                frame: i,
+                ipp: f.ipp.unwrap(),
+                slope: f.slope.unwrap_or(h0.slope),
+                intercept: f.intercept.unwrap_or(h0.intercept),
+            })
+            .collect();
+        (
+            planes,
+            g[0].iop.or(h0.iop),
+            g[0].pixel_spacing.or(h0.pixel_spacing),
+        )
+    } else {
+        if files.iter().any(|h| h.ipp.is_none()) {
+            return Err(Reject::new(
+                "dicom_no_geometry",
+                "a slice has no ImagePositionPatient",
+            ));
+        }
+        let planes = files
+            .iter()
+            .map(|h| Plane {
+                file: h,
+                frame: 0,
+                ipp: h.ipp.unwrap(),
+                slope: h.slope,
+                intercept: h.intercept,
+            })
+            .collect();
+        (planes, h0.iop, h0.pixel_spacing)
+    };
+    let (Some(iop), Some(ps)) = (iop, ps) else {
         return Err(Reject::new(
-            "dicom_multiframe_unsupported",
+            "dicom_no_geometry",
             format!(
-                "{}: multi-frame object with {} frames (enhanced CT per-frame functional groups are not read yet)",
-                files[0].path.display(),
-                files[0].frames
+                "{}: no ImageOrientationPatient/PixelSpacing",
+                h0.path.display()
             ),
         ));
-    }
-    if files.len() < 2 {
+    };
+    if planes.len() < 2 {
         return Err(Reject::new(
             "series_too_few_slices",
             format!(
                 "series has {} image(s); a volume needs at least 2",
-                files.len()
+                planes.len()
             ),
         ));
     }
-    let h0 = &files[0];
-    let iop = h0.iop.unwrap();
     let (r, c) = ([iop[0], iop[1], iop[2]], [iop[3], iop[4], iop[5]]);
     let n = cross(r, c);
     let nn = dot(n, n).sqrt();
     let n = [n[0] / nn, n[1] / nn, n[2] / nn];
-    let mut order: Vec<(f64, usize)> = files
+    let mut order: Vec<(f64, usize)> = planes
         .iter()
         .enumerate()
-        .map(|(i, h)| (dot(n, h.ipp.unwrap_or([0.0; 3])), i))
+        .map(|(i, p)| (dot(n, p.ipp), i))
         .collect();
-    if files.iter().any(|h| h.ipp.is_none()) {
-        return Err(Reject::new(
-            "dicom_no_geometry",
-            "a slice has no ImagePositionPatient",
-        ));
-    }
     order.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap().then(a.1.cmp(&b.1)));
     let gaps: Vec<f64> = order.windows(2).map(|w| w[1].0 - w[0].0).collect();
     let mut sorted = gaps.clone();
     sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let median = sorted[sorted.len() / 2];
     if let Some(i) = gaps.iter().position(|g| g.abs() < rules.abs_tol.max(1e-3)) {
-        let (a, b) = (&files[order[i].1], &files[order[i + 1].1]);
         return Err(Reject::new(
             "series_duplicate_slice",
             format!(
                 "{} and {} are at the same position ({:.3} mm along the normal)",
-                a.path.display(),
-                b.path.display(),
+                planes[order[i].1].name(),
+                planes[order[i + 1].1].name(),
                 order[i].0
             ),
         ));
     }
     // Stacking direction vs the image normal.
-    let first = files[order[0].1].ipp.unwrap();
-    let last = files[order[order.len() - 1].1].ipp.unwrap();
+    let first = planes[order[0].1].ipp;
+    let last = planes[order[order.len() - 1].1].ipp;
     let d = [last[0] - first[0], last[1] - first[1], last[2] - first[2]];
-    let dl = dot(d, d).sqrt();
-    let angle = (dot(d, n) / dl).clamp(-1.0, 1.0).acos().to_degrees();
+    let angle = (dot(d, n) / dot(d, d).sqrt())
+        .clamp(-1.0, 1.0)
+        .acos()
+        .to_degrees();
     let tag_tilt = h0.gantry_tilt.unwrap_or(0.0);
     if angle > rules.max_tilt_deg || tag_tilt.abs() > rules.max_tilt_deg {
         return Err(Reject::new(
@@ -663,18 +821,32 @@ pub fn assemble(group: &SeriesGroup, rules: &SpacingRules) -> Result<(Volume, Se
         ));
     }
     let dz = (order[order.len() - 1].0 - order[0].0) / (order.len() - 1) as f64;
-    let ps = h0.pixel_spacing.unwrap();
     let (rows, cols) = (h0.rows as usize, h0.cols as usize);
     let plane = rows * cols;
-    // Decode in parallel, keep order.
+    // Decode (files in parallel; an enhanced object once), rescale per plane, keep the sorted order.
     use rayon::prelude::*;
-    let slices: Vec<Vec<f32>> = order
-        .par_iter()
-        .map(|&(_, i)| decode_file(&files[i]).map(|mut fr| fr.swap_remove(0)))
-        .collect::<Result<_, _>>()?;
-    let mut data = Vec::with_capacity(plane * slices.len());
-    for s in slices {
-        data.extend_from_slice(&s[..plane]);
+    let stored: Vec<Vec<f64>> = if enhanced {
+        let mut frames = decode_stored(h0)?;
+        order
+            .iter()
+            .map(|&(_, i)| std::mem::take(&mut frames[planes[i].frame]))
+            .collect()
+    } else {
+        order
+            .par_iter()
+            .map(|&(_, i)| decode_stored(planes[i].file).map(|mut fr| fr.swap_remove(0)))
+            .collect::<Result<_, _>>()?
+    };
+    let mut data = Vec::with_capacity(plane * stored.len());
+    for (s, &(_, i)) in stored.iter().zip(&order) {
+        if s.len() < plane {
+            return Err(Reject::new(
+                "dicom_decode_failed",
+                format!("{}: {} values, expected {plane}", planes[i].name(), s.len()),
+            ));
+        }
+        let (m, b) = (planes[i].slope, planes[i].intercept);
+        data.extend(s[..plane].iter().map(|&v| (v * m + b) as f32));
     }
     let mut warnings = Vec::new();
     let padded = fill_padding(&mut data);
@@ -686,18 +858,28 @@ pub fn assemble(group: &SeriesGroup, rules: &SpacingRules) -> Result<(Volume, Se
     if h0.photometric == "MONOCHROME1" {
         warnings.push("MONOCHROME1 inverted".into());
     }
-    if let Some(t) = h0.slice_thickness
+    let thickness = if enhanced {
+        h0.frames_geo[0].thickness
+    } else {
+        h0.slice_thickness
+    };
+    if let Some(t) = thickness
         && (t - dz).abs() > 0.25 * dz
     {
         warnings.push(format!("SliceThickness {t} differs from the position spacing {dz:.3} (spacing from positions used)"));
     }
-    if !h0.has_rescale && h0.modality == "CT" {
+    let has_rescale = h0.has_rescale
+        || h0
+            .frames_geo
+            .iter()
+            .any(|f| f.slope.is_some() || f.intercept.is_some());
+    if !has_rescale && h0.modality == "CT" {
         warnings.push("no RescaleSlope/Intercept: stored values used as HU".into());
     }
-    let rescale_varies = files
+    let rescale_varies = planes
         .iter()
-        .any(|h| h.slope != h0.slope || h.intercept != h0.intercept);
-    let p0 = files[order[0].1].ipp.unwrap();
+        .any(|p| p.slope != planes[0].slope || p.intercept != planes[0].intercept);
+    let p0 = planes[order[0].1].ipp;
     let mut lps = [[0.0; 4]; 4];
     for a in 0..3 {
         lps[a][0] = r[a] * ps[1];
@@ -715,8 +897,8 @@ pub fn assemble(group: &SeriesGroup, rules: &SpacingRules) -> Result<(Volume, Se
         SeriesInfo {
             n_files: files.len(),
             transfer_syntax: h0.transfer_syntax.clone(),
-            slope: h0.slope,
-            intercept: h0.intercept,
+            slope: planes[0].slope,
+            intercept: planes[0].intercept,
             rescale_varies,
             slice_spacing: dz,
             warnings,

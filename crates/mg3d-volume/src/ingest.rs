@@ -288,11 +288,12 @@ impl Ctx<'_> {
         } else {
             h0.phi[0].clone()
         };
-        let hu_applied = if h0.has_rescale {
-            "dicom_rescale"
-        } else {
-            "none"
-        };
+        let has_rescale = h0.has_rescale
+            || h0
+                .frames_geo
+                .iter()
+                .any(|f| f.slope.is_some() || f.intercept.is_some());
+        let hu_applied = if has_rescale { "dicom_rescale" } else { "none" };
         let row = VolumeRow {
             volume_id: c.pseudonym("volume", &g.key),
             patient_id: c.pseudonym("patient", &pid),
@@ -307,7 +308,7 @@ impl Ctx<'_> {
             slope: Some(info.slope),
             intercept: Some(info.intercept),
             hu_applied: hu_applied.into(),
-            hu_evidence: if h0.has_rescale {
+            hu_evidence: if has_rescale {
                 format!(
                     "RescaleSlope {} / RescaleIntercept {} applied per slice{}",
                     info.slope,

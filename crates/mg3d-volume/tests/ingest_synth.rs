@@ -23,7 +23,7 @@ salt = "{SALT}"
 seed = 9
 [stages.synth]
 kind = "synth"
-params = {{ patients = 8, faults = true, body_width_mm = [90.0, 110.0], z_extent_mm = [30.0, 45.0], in_plane_spacing_mm = [0.8, 1.0], second_recon_fraction = 0.3 }}
+params = {{ patients = 8, faults = true, body_width_mm = [90.0, 110.0], z_extent_mm = [30.0, 45.0], in_plane_spacing_mm = [0.8, 1.0], second_recon_fraction = 0.3, enhanced_fraction = 0.5 }}
 [stages.ingest]
 kind = "ingest"
 inputs = ["synth"]
