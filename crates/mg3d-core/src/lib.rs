@@ -11,6 +11,7 @@ pub mod engine;
 pub mod fsutil;
 pub mod ids;
 pub mod items;
+pub mod labels;
 pub mod lock;
 pub mod pipeline;
 pub mod stage;

@@ -305,6 +305,22 @@ impl<'a> StageContext<'a> {
             .map(|i| i.dir.as_path())
             .ok_or_else(|| StageError::msg(format!("no input of kind {kind:?}")))
     }
+    /// Resolves a path param: `@stage/sub/path` points into an input stage's output, anything else
+    /// is taken as given (relative to the current directory).
+    pub fn resolve(&self, s: &str) -> Result<PathBuf, StageError> {
+        match s.strip_prefix('@') {
+            Some(rest) => {
+                let (name, sub) = rest.split_once('/').unwrap_or((rest, ""));
+                let input = self.inputs.iter().find(|i| i.name == name).ok_or_else(|| {
+                    StageError::msg(format!(
+                        "{s:?} names stage {name:?}, which is not an input of this stage"
+                    ))
+                })?;
+                Ok(input.dir.join(sub))
+            }
+            None => Ok(PathBuf::from(s)),
+        }
+    }
     /// All inputs of `kind`.
     pub fn inputs_of(&self, kind: &str) -> impl Iterator<Item = &StageInput> {
         let kind = kind.to_string();

@@ -364,6 +364,29 @@ impl Drop for TableWriter {
     }
 }
 
+/// Writes arrays (one per contract column, in order) as a whole table file. The arrays may come
+/// from builders (every field nullable); nulls are then checked against the contract.
+pub fn write_columns(
+    path: &Path,
+    schema: &TableSchema,
+    columns: Vec<arrow::array::ArrayRef>,
+) -> Result<(), TableError> {
+    let fields: Vec<Field> = schema
+        .arrow()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_nullable(true))
+        .collect();
+    let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| {
+        TableError::Violation {
+            table: schema.name.clone(),
+            column: "*".into(),
+            detail: e.to_string(),
+        }
+    })?;
+    write_table(path, schema, &batch)
+}
+
 /// Writes one batch as a whole table file.
 pub fn write_table(
     path: &Path,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, BooleanArray, Float64Array, Int32Array, RecordBatch, StringArray};
 use mg3d_core::stage::{InputDecl, ParamDef, ParamType, Params, Stage, StageContext, StageError};
-use mg3d_core::table::{TableSchema, read_table, write_table};
+use mg3d_core::table::{TableSchema, read_table, write_columns};
 use rayon::prelude::*;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -15,27 +15,7 @@ use crate::entities::{
     DEFAULT_ANATOMY, DEFAULT_CONTEXT, DEFAULT_FINDINGS, EntityType, Extractor, aggregate,
 };
 
-/// The 18 CT-RATE labels in CT-RATE's column order.
-pub const CT_RATE_LABELS: [&str; 18] = [
-    "Medical material",
-    "Arterial wall calcification",
-    "Cardiomegaly",
-    "Pericardial effusion",
-    "Coronary artery wall calcification",
-    "Hiatal hernia",
-    "Lymphadenopathy",
-    "Emphysema",
-    "Atelectasis",
-    "Lung nodule",
-    "Lung opacity",
-    "Pulmonary fibrotic sequela",
-    "Pleural effusion",
-    "Mosaic attenuation pattern",
-    "Peribronchial thickening",
-    "Consolidation",
-    "Bronchiectasis",
-    "Interlobular septal thickening",
-];
+pub use mg3d_core::labels::CT_RATE_LABELS;
 
 /// Stage kind `entities`.
 pub struct EntitiesStage;
@@ -95,16 +75,7 @@ fn col<T: 'static + Clone>(b: &RecordBatch, n: &str) -> T {
 }
 
 fn write(path: &Path, table: &str, cols: Vec<ArrayRef>) -> Result<(), StageError> {
-    let schema = TableSchema::get(table)?;
-    let fields: Vec<arrow::datatypes::Field> = schema
-        .arrow()
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone().with_nullable(true))
-        .collect();
-    let batch = RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), cols)
-        .map_err(|e| StageError::msg(format!("{table}: {e}")))?;
-    write_table(path, &schema, &batch)?;
+    write_columns(path, &TableSchema::get(table)?, cols)?;
     Ok(())
 }
 

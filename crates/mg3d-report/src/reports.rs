@@ -4,12 +4,12 @@
 //! with reasons; a bad row never stops the run.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray};
+use arrow::array::{ArrayRef, Int32Array, Int64Array, StringArray};
 use mg3d_core::stage::{ParamDef, ParamType, Stage, StageContext, StageError};
-use mg3d_core::table::{TableSchema, write_table};
+use mg3d_core::table::{TableSchema, write_columns};
 use rayon::prelude::*;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -251,20 +251,6 @@ pub fn segment(r: &Report) -> Segmented {
         .collect()
 }
 
-fn resolve(ctx: &StageContext, s: &str) -> Result<PathBuf, StageError> {
-    if let Some(rest) = s.strip_prefix('@') {
-        let (name, sub) = rest.split_once('/').unwrap_or((rest, ""));
-        let input = ctx.inputs.iter().find(|i| i.name == name).ok_or_else(|| {
-            StageError::msg(format!(
-                "{s:?} names stage {name:?}, which is not an input of this stage"
-            ))
-        })?;
-        Ok(input.dir.join(sub))
-    } else {
-        Ok(PathBuf::from(s))
-    }
-}
-
 fn strings(v: Vec<String>) -> ArrayRef {
     Arc::new(StringArray::from(v))
 }
@@ -273,16 +259,7 @@ fn ints(v: Vec<i32>) -> ArrayRef {
 }
 
 fn write(path: &Path, table: &str, cols: Vec<ArrayRef>) -> Result<(), StageError> {
-    let schema = TableSchema::get(table)?;
-    let fields: Vec<arrow::datatypes::Field> = schema
-        .arrow()
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone().with_nullable(true))
-        .collect();
-    let batch = RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), cols)
-        .map_err(|e| StageError::msg(format!("{table}: {e}")))?;
-    write_table(path, &schema, &batch)?;
+    write_columns(path, &TableSchema::get(table)?, cols)?;
     Ok(())
 }
 
@@ -345,7 +322,7 @@ impl Stage for ReportsStage {
         let mut reports = Vec::new();
         let mut rejects = Vec::new();
         for (i, f) in p.files.iter().enumerate() {
-            let path = resolve(ctx, f)?;
+            let path = ctx.resolve(f)?;
             let (ok, bad) = read_reports(
                 &path,
                 &format!("files[{i}]"),

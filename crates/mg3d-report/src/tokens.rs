@@ -10,11 +10,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BooleanArray, Int8Builder, Int32Array, Int32Builder, ListBuilder, RecordBatch,
-    StringArray,
+    ArrayRef, BooleanArray, Int8Builder, Int32Array, Int32Builder, ListBuilder, StringArray,
 };
 use mg3d_core::stage::{InputDecl, ParamDef, ParamType, Params, Stage, StageContext, StageError};
-use mg3d_core::table::{TableSchema, read_table, write_table};
+use mg3d_core::table::{TableSchema, read_table, write_columns};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
@@ -248,16 +247,11 @@ impl Stage for TokensStage {
             )),
             Arc::new(Int32Array::from(n_clauses)),
         ];
-        let schema = TableSchema::get("tokens")?;
-        let fields: Vec<arrow::datatypes::Field> = schema
-            .arrow()
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone().with_nullable(true))
-            .collect();
-        let batch = RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), cols)
-            .map_err(|e| StageError::msg(format!("tokens: {e}")))?;
-        write_table(&ctx.out_dir.join("tokens.parquet"), &schema, &batch)?;
+        write_columns(
+            &ctx.out_dir.join("tokens.parquet"),
+            &TableSchema::get("tokens")?,
+            cols,
+        )?;
         // The tokenizer used, for provenance and for the trainer.
         let src = PathBuf::from(&p.tokenizer);
         let file = if src.is_dir() {

@@ -1,26 +1,6 @@
 //! The CT-RATE abnormality labels and the anatomical regions the synthetic findings live in.
 
-/// The 18 CT-RATE abnormality labels, in the column order of CT-RATE's label CSVs.
-pub const CT_RATE_LABELS: [&str; 18] = [
-    "Medical material",
-    "Arterial wall calcification",
-    "Cardiomegaly",
-    "Pericardial effusion",
-    "Coronary artery wall calcification",
-    "Hiatal hernia",
-    "Lymphadenopathy",
-    "Emphysema",
-    "Atelectasis",
-    "Lung nodule",
-    "Lung opacity",
-    "Pulmonary fibrotic sequela",
-    "Pleural effusion",
-    "Mosaic attenuation pattern",
-    "Peribronchial thickening",
-    "Consolidation",
-    "Bronchiectasis",
-    "Interlobular septal thickening",
-];
+pub use mg3d_core::labels::CT_RATE_LABELS;
 
 /// The findings this generator draws into the voxels (13 of the 18 labels).
 pub const RENDERED: [&str; 13] = [

@@ -6,60 +6,13 @@ use ndarray::{Array3, ShapeBuilder};
 use nifti::writer::WriterOptions;
 use nifti::{NiftiHeader, NiftiType};
 
-pub use mg3d_volume::nifti_io::quatern;
-
-/// Header with sform and qform (both code 1, scanner anatomical) from a voxel->RAS affine.
+/// Header with sform and qform (both code 1) from a voxel -> RAS affine (shared with mg3d-volume).
 pub fn header_for(
     affine: &[[f64; 4]; 4],
     spacing: [f64; 3],
     scl: Option<(f64, f64)>,
 ) -> NiftiHeader {
-    let mut h = NiftiHeader::default();
-    let (b, c, d, qfac) = quatern(affine, spacing);
-    h.pixdim = [
-        qfac as f32,
-        spacing[0] as f32,
-        spacing[1] as f32,
-        spacing[2] as f32,
-        1.0,
-        0.0,
-        0.0,
-        0.0,
-    ];
-    h.qform_code = 1;
-    h.sform_code = 1;
-    h.quatern_b = b as f32;
-    h.quatern_c = c as f32;
-    h.quatern_d = d as f32;
-    h.quatern_x = affine[0][3] as f32;
-    h.quatern_y = affine[1][3] as f32;
-    h.quatern_z = affine[2][3] as f32;
-    h.srow_x = [
-        affine[0][0] as f32,
-        affine[0][1] as f32,
-        affine[0][2] as f32,
-        affine[0][3] as f32,
-    ];
-    h.srow_y = [
-        affine[1][0] as f32,
-        affine[1][1] as f32,
-        affine[1][2] as f32,
-        affine[1][3] as f32,
-    ];
-    h.srow_z = [
-        affine[2][0] as f32,
-        affine[2][1] as f32,
-        affine[2][2] as f32,
-        affine[2][3] as f32,
-    ];
-    h.xyzt_units = 2 | 8;
-    if let Some((slope, inter)) = scl {
-        h.scl_slope = slope as f32;
-        h.scl_inter = inter as f32;
-    } else {
-        h.scl_slope = 1.0;
-        h.scl_inter = 0.0;
-    }
+    let mut h = mg3d_volume::nifti_io::header_for(affine, spacing, scl);
     h.descrip = b"mg3d-synth".to_vec();
     h
 }

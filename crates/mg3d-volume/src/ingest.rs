@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use arrow::array::{
     ArrayRef, FixedSizeListBuilder, Float64Array, Float64Builder, Int32Array, Int32Builder,
-    ListBuilder, RecordBatch, StringArray, StringBuilder,
+    ListBuilder, StringArray, StringBuilder,
 };
 use mg3d_core::stage::{InputDecl, ParamDef, ParamType, Params, Stage, StageContext, StageError};
-use mg3d_core::table::{TableSchema, write_table};
+use mg3d_core::table::{TableSchema, write_columns};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -503,21 +503,6 @@ fn empty_row() -> VolumeRow {
     }
 }
 
-/// Resolves `@stage/sub/path` against an input stage's output, other paths as given.
-pub fn resolve_path(ctx: &StageContext, s: &str) -> Result<PathBuf, StageError> {
-    if let Some(rest) = s.strip_prefix('@') {
-        let (name, sub) = rest.split_once('/').unwrap_or((rest, ""));
-        let input = ctx.inputs.iter().find(|i| i.name == name).ok_or_else(|| {
-            StageError::msg(format!(
-                "{s:?} names stage {name:?}, which is not an input of this stage"
-            ))
-        })?;
-        Ok(input.dir.join(sub))
-    } else {
-        Ok(PathBuf::from(s))
-    }
-}
-
 fn file_digest(paths: &[&Path], root: &Path) -> std::io::Result<String> {
     let mut h = blake3::Hasher::new();
     for p in paths {
@@ -667,7 +652,7 @@ impl Stage for IngestStage {
         }
         let mut metadata = HashMap::new();
         for m in &p.ctrate_metadata {
-            for row in read_csv(&resolve_path(ctx, m)?)? {
+            for row in read_csv(&ctx.resolve(m)?)? {
                 if let Some(n) = row.get("VolumeName") {
                     metadata.insert(n.clone(), row.clone());
                 }
@@ -675,7 +660,7 @@ impl Stage for IngestStage {
         }
         let mut accession = HashMap::new();
         if !p.accession_map.is_empty() {
-            for row in read_csv(&resolve_path(ctx, &p.accession_map)?)? {
+            for row in read_csv(&ctx.resolve(&p.accession_map)?)? {
                 if let (Some(s), Some(v)) = (row.get("SeriesInstanceUID"), row.get("VolumeName")) {
                     accession.insert(s.clone(), v.clone());
                 }
@@ -695,7 +680,7 @@ impl Stage for IngestStage {
 
         for (ri, r) in p.dicom_roots.iter().enumerate() {
             let label = format!("dicom_roots[{ri}]");
-            let root = resolve_path(ctx, r)?;
+            let root = ctx.resolve(r)?;
             let files = walk(&root)
                 .map_err(|e| StageError::ctx(format!("{label} {}", root.display()), e))?;
             let pb = ctx.progress_bar(files.len() as u64, "DICOM headers");
@@ -790,7 +775,7 @@ impl Stage for IngestStage {
 
         for (ri, r) in p.nifti_roots.iter().enumerate() {
             let label = format!("nifti_roots[{ri}]");
-            let root = resolve_path(ctx, r)?;
+            let root = ctx.resolve(r)?;
             let files = walk(&root)
                 .map_err(|e| StageError::ctx(format!("{label} {}", root.display()), e))?;
             let pb = ctx.progress_bar(files.len() as u64, "NIfTI files");
@@ -972,9 +957,7 @@ fn write_volumes(path: &Path, v: &[VolumeRow]) -> Result<(), StageError> {
         strings(v.iter().map(|r| Some(r.volume_file.as_str()))),
         strings(v.iter().map(|r| Some(r.content_hash.as_str()))),
     ];
-    let batch = RecordBatch::try_new(relaxed(&schema), cols)
-        .map_err(|e| StageError::msg(format!("volumes batch: {e}")))?;
-    write_table(path, &schema, &batch)?;
+    write_columns(path, &schema, cols)?;
     Ok(())
 }
 
@@ -990,20 +973,6 @@ fn write_rejects(path: &Path, v: &[RejectRow]) -> Result<(), StageError> {
         strings(v.iter().map(|r| Some(r.reason.as_str()))),
         strings(v.iter().map(|r| Some(r.message.as_str()))),
     ];
-    let batch = RecordBatch::try_new(relaxed(&schema), cols)
-        .map_err(|e| StageError::msg(format!("rejects batch: {e}")))?;
-    write_table(path, &schema, &batch)?;
+    write_columns(path, &schema, cols)?;
     Ok(())
-}
-
-/// The contract's schema with every field nullable (builders' arrays), for `RecordBatch::try_new`;
-/// the table writer then checks nulls and re-labels.
-fn relaxed(s: &TableSchema) -> arrow::datatypes::SchemaRef {
-    let fields: Vec<arrow::datatypes::Field> = s
-        .arrow()
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone().with_nullable(true))
-        .collect();
-    Arc::new(arrow::datatypes::Schema::new(fields))
 }

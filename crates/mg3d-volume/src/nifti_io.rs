@@ -238,6 +238,52 @@ pub fn read_nifti(path: &Path, first_of_4d: bool) -> Result<(Volume, NiftiInfo),
     ))
 }
 
+/// A header with sform and qform (both code 1, scanner anatomical) for a voxel -> RAS affine,
+/// spacing in mm, and optional scl_slope/scl_inter.
+pub fn header_for(
+    affine: &[[f64; 4]; 4],
+    spacing: [f64; 3],
+    scl: Option<(f64, f64)>,
+) -> NiftiHeader {
+    let mut h = NiftiHeader::default();
+    let (b, c, d, qfac) = quatern(affine, spacing);
+    h.pixdim = [
+        qfac as f32,
+        spacing[0] as f32,
+        spacing[1] as f32,
+        spacing[2] as f32,
+        1.0,
+        0.0,
+        0.0,
+        0.0,
+    ];
+    h.qform_code = 1;
+    h.sform_code = 1;
+    h.quatern_b = b as f32;
+    h.quatern_c = c as f32;
+    h.quatern_d = d as f32;
+    h.quatern_x = affine[0][3] as f32;
+    h.quatern_y = affine[1][3] as f32;
+    h.quatern_z = affine[2][3] as f32;
+    let row = |r: usize| {
+        [
+            affine[r][0] as f32,
+            affine[r][1] as f32,
+            affine[r][2] as f32,
+            affine[r][3] as f32,
+        ]
+    };
+    h.srow_x = row(0);
+    h.srow_y = row(1);
+    h.srow_z = row(2);
+    h.xyzt_units = 2 | 8;
+    let (slope, inter) = scl.unwrap_or((1.0, 0.0));
+    h.scl_slope = slope as f32;
+    h.scl_inter = inter as f32;
+    h.descrip = b"mg3d".to_vec();
+    h
+}
+
 /// Writes a volume as int16 (values rounded and clamped) with sform and qform (code 1).
 pub fn write_nifti_i16(path: &Path, v: &Volume) -> Result<(), String> {
     let data: Vec<i16> = v
@@ -247,49 +293,7 @@ pub fn write_nifti_i16(path: &Path, v: &Volume) -> Result<(), String> {
         .collect();
     let arr = Array3::from_shape_vec((v.dims[0], v.dims[1], v.dims[2]).f(), data)
         .map_err(|e| e.to_string())?;
-    let mut h = NiftiHeader::default();
-    let sp = v.spacing();
-    let a = v.affine;
-    h.pixdim = [
-        1.0,
-        sp[0] as f32,
-        sp[1] as f32,
-        sp[2] as f32,
-        1.0,
-        0.0,
-        0.0,
-        0.0,
-    ];
-    h.sform_code = 1;
-    h.qform_code = 1;
-    h.srow_x = [
-        a[0][0] as f32,
-        a[0][1] as f32,
-        a[0][2] as f32,
-        a[0][3] as f32,
-    ];
-    h.srow_y = [
-        a[1][0] as f32,
-        a[1][1] as f32,
-        a[1][2] as f32,
-        a[1][3] as f32,
-    ];
-    h.srow_z = [
-        a[2][0] as f32,
-        a[2][1] as f32,
-        a[2][2] as f32,
-        a[2][3] as f32,
-    ];
-    let (b, c, d, qfac) = quatern(&a, sp);
-    h.pixdim[0] = qfac as f32;
-    h.quatern_b = b as f32;
-    h.quatern_c = c as f32;
-    h.quatern_d = d as f32;
-    h.quatern_x = a[0][3] as f32;
-    h.quatern_y = a[1][3] as f32;
-    h.quatern_z = a[2][3] as f32;
-    h.xyzt_units = 2 | 8;
-    h.descrip = b"mg3d".to_vec();
+    let mut h = header_for(&v.affine, v.spacing(), None);
     h.datatype = NiftiType::Int16 as i16;
     WriterOptions::new(path)
         .reference_header(&h)

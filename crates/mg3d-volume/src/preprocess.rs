@@ -5,11 +5,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, FixedSizeListBuilder, Float64Array, Float64Builder, Int32Builder, RecordBatch,
-    StringArray,
+    ArrayRef, FixedSizeListBuilder, Float64Array, Float64Builder, Int32Builder, StringArray,
 };
 use mg3d_core::stage::{InputDecl, ParamDef, ParamType, Stage, StageContext, StageError};
-use mg3d_core::table::{TableSchema, read_table, write_table};
+use mg3d_core::table::{TableSchema, read_table, write_columns};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -366,14 +365,6 @@ fn write_rows(path: &Path, rows: &[Row], name: &str, preset: &Preset) -> Result<
         f(&|r| r.fg),
         s(&|r| r.hash.clone()),
     ];
-    let fields: Vec<arrow::datatypes::Field> = schema
-        .arrow()
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone().with_nullable(true))
-        .collect();
-    let batch = RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), cols)
-        .map_err(|e| StageError::msg(format!("preprocessed batch: {e}")))?;
-    write_table(path, &schema, &batch)?;
+    write_columns(path, &schema, cols)?;
     Ok(())
 }
