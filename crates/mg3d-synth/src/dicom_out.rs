@@ -100,6 +100,52 @@ fn strs(v: &[f64]) -> PrimitiveValue {
     PrimitiveValue::Strs(v.iter().map(|x| ds(*x)).collect())
 }
 
+/// Patient, study and series elements every file of a series carries (identity, PHI-like values,
+/// position, pixel format). `InMemDicomObject` keeps elements sorted by tag, so order here is free.
+fn common_elements(
+    id: &SeriesIdentity,
+    grid: &Grid,
+    pos: PatientPosition,
+    enc: Encoding,
+) -> Vec<DataElement<InMemDicomObject>> {
+    vec![
+        DataElement::new(tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 100"),
+        DataElement::new(tags::STUDY_DATE, VR::DA, id.study_date.as_str()),
+        DataElement::new(tags::ACCESSION_NUMBER, VR::SH, id.accession.as_str()),
+        DataElement::new(tags::MODALITY, VR::CS, "CT"),
+        DataElement::new(tags::MANUFACTURER, VR::LO, "mg3d-synth"),
+        DataElement::new(tags::INSTITUTION_NAME, VR::LO, id.institution.as_str()),
+        DataElement::new(tags::SERIES_DESCRIPTION, VR::LO, id.description.as_str()),
+        DataElement::new(tags::PATIENT_NAME, VR::PN, id.patient_name.as_str()),
+        DataElement::new(tags::PATIENT_ID, VR::LO, id.patient_id.as_str()),
+        DataElement::new(tags::PATIENT_BIRTH_DATE, VR::DA, id.birth_date.as_str()),
+        DataElement::new(tags::PATIENT_SEX, VR::CS, id.sex.as_str()),
+        DataElement::new(tags::PATIENT_AGE, VR::AS, id.age.as_str()),
+        DataElement::new(tags::CONVOLUTION_KERNEL, VR::SH, id.kernel.as_str()),
+        DataElement::new(tags::PATIENT_POSITION, VR::CS, pos.code()),
+        DataElement::new(tags::STUDY_INSTANCE_UID, VR::UI, id.study_uid.as_str()),
+        DataElement::new(tags::SERIES_INSTANCE_UID, VR::UI, id.series_uid.as_str()),
+        DataElement::new(tags::SERIES_NUMBER, VR::IS, id.series_number.to_string()),
+        DataElement::new(tags::FRAME_OF_REFERENCE_UID, VR::UI, id.frame_uid.as_str()),
+        DataElement::new(tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(1u16)),
+        DataElement::new(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2"),
+        DataElement::new(tags::ROWS, VR::US, PrimitiveValue::from(grid.rows as u16)),
+        DataElement::new(
+            tags::COLUMNS,
+            VR::US,
+            PrimitiveValue::from(grid.cols as u16),
+        ),
+        DataElement::new(tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(16u16)),
+        DataElement::new(tags::BITS_STORED, VR::US, PrimitiveValue::from(16u16)),
+        DataElement::new(tags::HIGH_BIT, VR::US, PrimitiveValue::from(15u16)),
+        DataElement::new(
+            tags::PIXEL_REPRESENTATION,
+            VR::US,
+            PrimitiveValue::from(enc.signed as u16),
+        ),
+    ]
+}
+
 /// One slice file to write.
 pub struct SliceSpec<'a> {
     /// Slice index in the grid (sorted along the slice direction).
@@ -126,8 +172,16 @@ pub fn write_slice(
 ) -> Result<(), String> {
     let ipp = grid.slice_position(s.k);
     let stored: Vec<u16> = s.hu.iter().map(|&h| enc.store(h)).collect();
-    let mut obj = InMemDicomObject::from_element_iter([
-        DataElement::new(tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 100"),
+    let iop = [
+        grid.row_dir[0],
+        grid.row_dir[1],
+        grid.row_dir[2],
+        grid.col_dir[0],
+        grid.col_dir[1],
+        grid.col_dir[2],
+    ];
+    let mut elements = common_elements(id, grid, pos, enc);
+    elements.extend([
         DataElement::new(
             tags::IMAGE_TYPE,
             VR::CS,
@@ -135,61 +189,18 @@ pub fn write_slice(
         ),
         DataElement::new(tags::SOP_CLASS_UID, VR::UI, uids::CT_IMAGE_STORAGE),
         DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, s.sop_uid.as_str()),
-        DataElement::new(tags::STUDY_DATE, VR::DA, id.study_date.as_str()),
-        DataElement::new(tags::ACCESSION_NUMBER, VR::SH, id.accession.as_str()),
-        DataElement::new(tags::MODALITY, VR::CS, "CT"),
-        DataElement::new(tags::MANUFACTURER, VR::LO, "mg3d-synth"),
-        DataElement::new(tags::INSTITUTION_NAME, VR::LO, id.institution.as_str()),
-        DataElement::new(tags::SERIES_DESCRIPTION, VR::LO, id.description.as_str()),
-        DataElement::new(tags::PATIENT_NAME, VR::PN, id.patient_name.as_str()),
-        DataElement::new(tags::PATIENT_ID, VR::LO, id.patient_id.as_str()),
-        DataElement::new(tags::PATIENT_BIRTH_DATE, VR::DA, id.birth_date.as_str()),
-        DataElement::new(tags::PATIENT_SEX, VR::CS, id.sex.as_str()),
-        DataElement::new(tags::PATIENT_AGE, VR::AS, id.age.as_str()),
         DataElement::new(tags::SLICE_THICKNESS, VR::DS, ds(grid.dz)),
         DataElement::new(tags::KVP, VR::DS, "120"),
         DataElement::new(tags::GANTRY_DETECTOR_TILT, VR::DS, ds(s.gantry_tilt)),
-        DataElement::new(tags::CONVOLUTION_KERNEL, VR::SH, id.kernel.as_str()),
-        DataElement::new(tags::PATIENT_POSITION, VR::CS, pos.code()),
-        DataElement::new(tags::STUDY_INSTANCE_UID, VR::UI, id.study_uid.as_str()),
-        DataElement::new(tags::SERIES_INSTANCE_UID, VR::UI, id.series_uid.as_str()),
-        DataElement::new(tags::SERIES_NUMBER, VR::IS, id.series_number.to_string()),
         DataElement::new(tags::INSTANCE_NUMBER, VR::IS, s.instance_number.to_string()),
         DataElement::new(tags::IMAGE_POSITION_PATIENT, VR::DS, strs(&ipp)),
-        DataElement::new(
-            tags::IMAGE_ORIENTATION_PATIENT,
-            VR::DS,
-            strs(&[
-                grid.row_dir[0],
-                grid.row_dir[1],
-                grid.row_dir[2],
-                grid.col_dir[0],
-                grid.col_dir[1],
-                grid.col_dir[2],
-            ]),
-        ),
-        DataElement::new(tags::FRAME_OF_REFERENCE_UID, VR::UI, id.frame_uid.as_str()),
-        DataElement::new(tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(1u16)),
-        DataElement::new(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2"),
-        DataElement::new(tags::ROWS, VR::US, PrimitiveValue::from(grid.rows as u16)),
-        DataElement::new(
-            tags::COLUMNS,
-            VR::US,
-            PrimitiveValue::from(grid.cols as u16),
-        ),
+        DataElement::new(tags::IMAGE_ORIENTATION_PATIENT, VR::DS, strs(&iop)),
         DataElement::new(tags::PIXEL_SPACING, VR::DS, strs(&[grid.dy, grid.dx])),
-        DataElement::new(tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(16u16)),
-        DataElement::new(tags::BITS_STORED, VR::US, PrimitiveValue::from(16u16)),
-        DataElement::new(tags::HIGH_BIT, VR::US, PrimitiveValue::from(15u16)),
-        DataElement::new(
-            tags::PIXEL_REPRESENTATION,
-            VR::US,
-            PrimitiveValue::from(enc.signed as u16),
-        ),
         DataElement::new(tags::RESCALE_INTERCEPT, VR::DS, ds(enc.intercept)),
         DataElement::new(tags::RESCALE_SLOPE, VR::DS, ds(enc.slope)),
         DataElement::new(tags::RESCALE_TYPE, VR::LO, "HU"),
     ]);
+    let mut obj = InMemDicomObject::from_element_iter(elements);
     let bytes: Vec<u8> = stored.iter().flat_map(|v| v.to_le_bytes()).collect();
     match syntax {
         Syntax::RleLossless => {
@@ -292,8 +303,8 @@ pub fn write_enhanced(
         stored.extend(hu[k * plane..(k + 1) * plane].iter().map(|&h| enc.store(h)));
     }
     let sop_uid = uid(&[&id.series_uid, "enhanced"]);
-    let mut obj = InMemDicomObject::from_element_iter([
-        DataElement::new(tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 100"),
+    let mut elements = common_elements(id, grid, pos, enc);
+    elements.extend([
         DataElement::new(
             tags::IMAGE_TYPE,
             VR::CS,
@@ -301,46 +312,14 @@ pub fn write_enhanced(
         ),
         DataElement::new(tags::SOP_CLASS_UID, VR::UI, uids::ENHANCED_CT_IMAGE_STORAGE),
         DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, sop_uid.as_str()),
-        DataElement::new(tags::STUDY_DATE, VR::DA, id.study_date.as_str()),
-        DataElement::new(tags::ACCESSION_NUMBER, VR::SH, id.accession.as_str()),
-        DataElement::new(tags::MODALITY, VR::CS, "CT"),
-        DataElement::new(tags::MANUFACTURER, VR::LO, "mg3d-synth"),
-        DataElement::new(tags::INSTITUTION_NAME, VR::LO, id.institution.as_str()),
-        DataElement::new(tags::SERIES_DESCRIPTION, VR::LO, id.description.as_str()),
-        DataElement::new(tags::PATIENT_NAME, VR::PN, id.patient_name.as_str()),
-        DataElement::new(tags::PATIENT_ID, VR::LO, id.patient_id.as_str()),
-        DataElement::new(tags::PATIENT_BIRTH_DATE, VR::DA, id.birth_date.as_str()),
-        DataElement::new(tags::PATIENT_SEX, VR::CS, id.sex.as_str()),
-        DataElement::new(tags::PATIENT_AGE, VR::AS, id.age.as_str()),
-        DataElement::new(tags::CONVOLUTION_KERNEL, VR::SH, id.kernel.as_str()),
-        DataElement::new(tags::PATIENT_POSITION, VR::CS, pos.code()),
-        DataElement::new(tags::STUDY_INSTANCE_UID, VR::UI, id.study_uid.as_str()),
-        DataElement::new(tags::SERIES_INSTANCE_UID, VR::UI, id.series_uid.as_str()),
-        DataElement::new(tags::SERIES_NUMBER, VR::IS, id.series_number.to_string()),
         DataElement::new(tags::INSTANCE_NUMBER, VR::IS, "1"),
-        DataElement::new(tags::FRAME_OF_REFERENCE_UID, VR::UI, id.frame_uid.as_str()),
-        DataElement::new(tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(1u16)),
-        DataElement::new(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2"),
         DataElement::new(
             tags::NUMBER_OF_FRAMES,
             VR::IS,
             frame_order.len().to_string(),
         ),
-        DataElement::new(tags::ROWS, VR::US, PrimitiveValue::from(grid.rows as u16)),
-        DataElement::new(
-            tags::COLUMNS,
-            VR::US,
-            PrimitiveValue::from(grid.cols as u16),
-        ),
-        DataElement::new(tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(16u16)),
-        DataElement::new(tags::BITS_STORED, VR::US, PrimitiveValue::from(16u16)),
-        DataElement::new(tags::HIGH_BIT, VR::US, PrimitiveValue::from(15u16)),
-        DataElement::new(
-            tags::PIXEL_REPRESENTATION,
-            VR::US,
-            PrimitiveValue::from(enc.signed as u16),
-        ),
     ]);
+    let mut obj = InMemDicomObject::from_element_iter(elements);
     obj.put(seq(tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE, vec![shared]));
     obj.put(seq(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE, per_frame));
     obj.put(DataElement::new(
