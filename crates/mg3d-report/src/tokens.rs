@@ -113,6 +113,7 @@ pub struct TokensStage;
 #[derive(Deserialize)]
 struct P {
     tokenizer: String,
+    train_vocab_size: i64,
     max_length: i64,
 }
 
@@ -128,10 +129,17 @@ impl Stage for TokensStage {
     }
     fn params(&self) -> Vec<ParamDef> {
         vec![
-            ParamDef::required(
+            ParamDef::new(
                 "tokenizer",
                 ParamType::Str,
-                "tokenizer.json or a Hugging Face model folder (e.g. .venv/minilm, RadBERT)",
+                json!(""),
+                "tokenizer.json or a Hugging Face model folder (e.g. .venv/minilm, RadBERT); empty = train one",
+            ),
+            ParamDef::new(
+                "train_vocab_size",
+                ParamType::Int,
+                json!(0),
+                "with no tokenizer: train a deterministic WordPiece vocabulary of this size on the clauses",
             ),
             ParamDef::new(
                 "max_length",
@@ -149,6 +157,9 @@ impl Stage for TokensStage {
     }
     fn sources_fingerprint(&self, params: &Params) -> Result<Option<String>, StageError> {
         let p: P = params.parse()?;
+        if p.tokenizer.is_empty() {
+            return Ok(None);
+        }
         let path = PathBuf::from(&p.tokenizer);
         let file = if path.is_dir() {
             path.join("tokenizer.json")
@@ -161,8 +172,11 @@ impl Stage for TokensStage {
     }
     fn run(&self, ctx: &StageContext) -> Result<Value, StageError> {
         let p: P = ctx.params.parse()?;
-        let tk = load_tokenizer(Path::new(&p.tokenizer), p.max_length as usize)
-            .map_err(StageError::msg)?;
+        if p.tokenizer.is_empty() && p.train_vocab_size <= 0 {
+            return Err(StageError::msg(
+                "set tokenizer (a tokenizer.json or model folder) or train_vocab_size (to train one)",
+            ));
+        }
         let dir = ctx.input("reports")?;
         let mut clauses: BTreeMap<String, Vec<(i32, String)>> = BTreeMap::new();
         for b in read_table(&dir.join("clauses.parquet"), &TableSchema::get("clauses")?)? {
@@ -201,6 +215,27 @@ impl Stage for TokensStage {
                 (id, v.into_iter().map(|c| c.1).collect())
             })
             .collect();
+        let tokenizer_file = ctx.out_dir.join("tokenizer.json");
+        if p.tokenizer.is_empty() {
+            let texts: Vec<String> = items
+                .iter()
+                .flat_map(|(_, c)| c.iter().map(|t| t.to_lowercase()))
+                .collect();
+            let trained = train_wordpiece(&texts, p.train_vocab_size as usize, &ctx.out_dir)
+                .map_err(StageError::msg)?;
+            trained
+                .save(&tokenizer_file, true)
+                .map_err(|e| StageError::msg(e.to_string()))?;
+        } else {
+            let src = PathBuf::from(&p.tokenizer);
+            let file = if src.is_dir() {
+                src.join("tokenizer.json")
+            } else {
+                src
+            };
+            std::fs::copy(&file, &tokenizer_file)?;
+        }
+        let tk = load_tokenizer(&tokenizer_file, p.max_length as usize).map_err(StageError::msg)?;
         use rayon::prelude::*;
         let out: Vec<Tokenized> = items
             .par_iter()
@@ -252,18 +287,118 @@ impl Stage for TokensStage {
             &TableSchema::get("tokens")?,
             cols,
         )?;
-        // The tokenizer used, for provenance and for the trainer.
-        let src = PathBuf::from(&p.tokenizer);
-        let file = if src.is_dir() {
-            src.join("tokenizer.json")
-        } else {
-            src
-        };
-        std::fs::copy(&file, ctx.out_dir.join("tokenizer.json"))?;
         let truncated = out.iter().filter(|t| t.truncated).count();
         let mean_len = out.iter().map(|t| t.length).sum::<usize>() as f64 / out.len().max(1) as f64;
         Ok(
             json!({"reports": out.len(), "truncated": truncated, "mean_tokens": (mean_len * 10.0).round() / 10.0, "vocab": tk.get_vocab_size(true)}),
         )
     }
+}
+
+/// Trains a BERT-style WordPiece tokenizer on `texts`, deterministically (the `tokenizers` trainer is
+/// not: its tie-breaking follows hash order). Vocabulary: [PAD] [UNK] [CLS] [SEP] [MASK], every
+/// printable ASCII character and every character seen (word-initial and `##` continuation), then whole words and word pieces ranked by
+/// corpus frequency (ties broken alphabetically) up to `vocab_size`. Greedy longest-match encoding
+/// always succeeds because every character is in the vocabulary.
+pub fn train_wordpiece(
+    texts: &[String],
+    vocab_size: usize,
+    dir: &Path,
+) -> Result<Tokenizer, String> {
+    use std::collections::{BTreeMap, BTreeSet};
+    use tokenizers::decoders::wordpiece::WordPiece as WordPieceDecoder;
+    use tokenizers::models::wordpiece::WordPiece;
+    use tokenizers::normalizers::bert::BertNormalizer;
+    use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
+    use tokenizers::processors::bert::BertProcessing;
+    use tokenizers::{
+        NormalizedString, Normalizer, OffsetReferential, OffsetType, PreTokenizedString,
+        PreTokenizer,
+    };
+
+    let normalizer = BertNormalizer::default();
+    let mut words: BTreeMap<String, u64> = BTreeMap::new();
+    for t in texts {
+        let mut n = NormalizedString::from(t.as_str());
+        normalizer.normalize(&mut n).map_err(|e| e.to_string())?;
+        let mut pre = PreTokenizedString::from(n);
+        BertPreTokenizer
+            .pre_tokenize(&mut pre)
+            .map_err(|e| e.to_string())?;
+        for (w, _, _) in pre.get_splits(OffsetReferential::Original, OffsetType::Byte) {
+            *words.entry(w.to_string()).or_default() += 1;
+        }
+    }
+    let specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
+    // Base alphabet: printable ASCII (lower-cased, as the normaliser does) plus every character seen.
+    let mut chars: BTreeSet<String> = BTreeSet::new();
+    for c in (33u8..127)
+        .map(char::from)
+        .filter(|c| !c.is_ascii_uppercase())
+    {
+        chars.insert(c.to_string());
+        chars.insert(format!("##{c}"));
+    }
+    let mut pieces: BTreeMap<String, u64> = BTreeMap::new();
+    for (w, &n) in &words {
+        let cs: Vec<(usize, char)> = w.char_indices().collect();
+        for &(_, c) in &cs {
+            chars.insert(c.to_string());
+            chars.insert(format!("##{c}"));
+        }
+        *pieces.entry(w.clone()).or_default() += n * 2; // whole words weigh double
+        // Word-initial prefixes and continuation pieces of 2..=6 characters.
+        for (k, &(b, _)) in cs.iter().enumerate() {
+            for len in 2..=6 {
+                if k + len > cs.len() {
+                    break;
+                }
+                let e = if k + len == cs.len() {
+                    w.len()
+                } else {
+                    cs[k + len].0
+                };
+                let p = if b == 0 {
+                    w[..e].to_string()
+                } else {
+                    format!("##{}", &w[b..e])
+                };
+                *pieces.entry(p).or_default() += n;
+            }
+        }
+    }
+    let mut vocab: Vec<String> = specials.iter().map(|s| s.to_string()).collect();
+    vocab.extend(chars.iter().cloned());
+    let mut ranked: Vec<(String, u64)> = pieces
+        .into_iter()
+        .filter(|(p, _)| !chars.contains(p))
+        .collect();
+    ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    for (p, _) in ranked {
+        if vocab.len() >= vocab_size.max(specials.len()) {
+            break;
+        }
+        vocab.push(p);
+    }
+    let vocab_file = dir.join("vocab.txt");
+    std::fs::write(&vocab_file, vocab.join("\n") + "\n").map_err(|e| e.to_string())?;
+    let model = WordPiece::from_file(&vocab_file.to_string_lossy())
+        .unk_token("[UNK]".into())
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut tk = Tokenizer::new(model);
+    tk.with_normalizer(Some(normalizer))
+        .map_err(|e| e.to_string())?;
+    tk.with_pre_tokenizer(Some(BertPreTokenizer));
+    tk.with_post_processor(Some(BertProcessing::new(
+        ("[SEP]".into(), 3),
+        ("[CLS]".into(), 2),
+    )));
+    tk.with_decoder(Some(WordPieceDecoder::default()));
+    let added: Vec<tokenizers::AddedToken> = specials
+        .iter()
+        .map(|s| tokenizers::AddedToken::from(*s, true))
+        .collect();
+    tk.add_special_tokens(added).map_err(|e| e.to_string())?;
+    Ok(tk)
 }
