@@ -17,6 +17,8 @@ use serde::Deserialize;
 pub const DEFAULT_FINDINGS: &str = include_str!("../../../configs/lexicon/findings.toml");
 /// Embedded anatomy lexicon.
 pub const DEFAULT_ANATOMY: &str = include_str!("../../../configs/lexicon/anatomy.toml");
+/// Embedded modifier lexicon (severity grades).
+pub const DEFAULT_MODIFIERS: &str = include_str!("../../../configs/lexicon/modifiers.toml");
 /// Embedded ConText rules.
 pub const DEFAULT_CONTEXT: &str = include_str!("../../../configs/context.toml");
 
@@ -61,6 +63,11 @@ struct AnatomyFile {
     anatomy: Vec<AnatomyDef>,
 }
 #[derive(Deserialize)]
+struct ModifiersFile {
+    severity: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Deserialize)]
 struct ContextFile {
     rule: Vec<RuleDef>,
 }
@@ -77,6 +84,8 @@ pub struct Extractor {
     findings: Vec<FindingDef>,
     anatomy: Vec<AnatomyDef>,
     rules: Vec<RuleDef>,
+    /// Severity word -> grade.
+    severity: HashMap<String, String>,
     /// first token -> (phrase tokens, kind), longest first.
     entity_index: HashMap<String, Vec<(Vec<String>, Kind)>>,
     /// first token -> (phrase tokens, rule index), longest first.
@@ -115,6 +124,8 @@ pub struct Entity {
     pub laterality: Option<String>,
     /// Largest size stated in its clause, in mm.
     pub size_mm: Option<f64>,
+    /// minimal | mild | moderate | severe, from a severity word in its clause.
+    pub severity: Option<String>,
     /// Index (in the returned list) of the anatomy entity it is located at (same clause).
     pub located_at: Option<usize>,
 }
@@ -310,10 +321,22 @@ impl Extractor {
         for v in trigger_index.values_mut() {
             v.sort_by_key(|b| std::cmp::Reverse(b.0.len()));
         }
+        let m: ModifiersFile =
+            toml::from_str(DEFAULT_MODIFIERS).map_err(|e| format!("modifiers lexicon: {e}"))?;
+        let severity = m
+            .severity
+            .into_iter()
+            .flat_map(|(grade, words)| {
+                words
+                    .into_iter()
+                    .map(move |w| (w.to_lowercase(), grade.clone()))
+            })
+            .collect();
         Ok(Extractor {
             findings: f.finding,
             anatomy: a.anatomy,
             rules: c.rule,
+            severity,
             entity_index,
             trigger_index,
         })
@@ -455,10 +478,13 @@ impl Extractor {
             if laterality.is_none() {
                 laterality = laterality_words(&sentence[clause.clone()]);
             }
-            let size = if etype == EntityType::Observation {
-                size_mm(&sentence[clause])
+            let (size, severity) = if etype == EntityType::Observation {
+                let grade = words(&sentence[clause.clone()])
+                    .into_iter()
+                    .find_map(|(_, w)| self.severity.get(&w).cloned());
+                (size_mm(&sentence[clause]), grade)
             } else {
-                None
+                (None, None)
             };
             out.push(Entity {
                 span,
@@ -471,6 +497,7 @@ impl Extractor {
                 hypothetical,
                 laterality,
                 size_mm: size,
+                severity,
                 located_at: None,
             });
         }
@@ -591,6 +618,18 @@ mod tests {
             .find(|e| e.etype == EntityType::Observation)
             .unwrap();
         assert_eq!(n.size_mm, Some(7.0));
+        assert_eq!(n.severity, None);
+        let s2 = "Minimal atelectasis; large right pleural effusion.";
+        let sev: Vec<Option<String>> = x
+            .extract(s2, &[0..19, 20..s2.len()])
+            .into_iter()
+            .filter(|e| e.etype == EntityType::Observation)
+            .map(|e| e.severity)
+            .collect();
+        assert_eq!(
+            sev,
+            [Some("minimal".to_string()), Some("severe".to_string())]
+        );
         assert_eq!(n.laterality.as_deref(), Some("right"));
         assert_eq!(e[n.located_at.unwrap()].norm, "right upper lobe");
         let s = "Mass of approx. 3.5 x 2 cm.";

@@ -62,6 +62,7 @@ struct Row {
     hypothetical: bool,
     laterality: Option<String>,
     size: Option<f64>,
+    severity: Option<String>,
     located_at: Option<i32>,
 }
 
@@ -133,6 +134,7 @@ impl Stage for EntitiesStage {
         ] {
             h.update(load(f, d)?.as_bytes());
         }
+        h.update(crate::entities::DEFAULT_MODIFIERS.as_bytes());
         Ok(Some(h.finalize().to_hex().to_string()))
     }
     fn run(&self, ctx: &StageContext) -> Result<Value, StageError> {
@@ -245,6 +247,7 @@ impl Stage for EntitiesStage {
                         hypothetical: en.hypothetical,
                         laterality: en.laterality,
                         size: en.size_mm,
+                        severity: en.severity,
                         located_at: en.located_at.map(|i| i as i32),
                     })
                     .collect()
@@ -294,6 +297,7 @@ impl Stage for EntitiesStage {
                 bo(&|r| r.hypothetical),
                 s(&|r| r.laterality.clone()),
                 Arc::new(rows.iter().map(|r| r.size).collect::<Float64Array>()),
+                s(&|r| r.severity.clone()),
                 i(&|r| r.located_at),
                 s(&|_| Some("mg3d-rules/1".to_string())),
             ],
