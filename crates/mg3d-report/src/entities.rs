@@ -609,6 +609,23 @@ mod tests {
     }
 
     #[test]
+    fn historical_and_hypothetical_flags() {
+        let x = Extractor::default_config();
+        let flags = |s: &str| -> Vec<(bool, bool)> {
+            x.extract(s, &[0..s.len()])
+                .into_iter()
+                .filter(|e| e.etype == EntityType::Observation)
+                .map(|e| (e.historical, e.hypothetical))
+                .collect()
+        };
+        let e: Vec<(bool, bool)> = ["History of pneumothorax.", "Evaluate for pleural effusion."]
+            .iter()
+            .flat_map(|s| flags(s))
+            .collect();
+        assert_eq!(e, [(true, false), (false, true)]);
+    }
+
+    #[test]
     fn sizes_laterality_and_location() {
         let s = "A 7 mm nodule in the right upper lobe.";
         let x = Extractor::default_config();
