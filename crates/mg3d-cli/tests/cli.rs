@@ -126,3 +126,19 @@ fn bad_inputs_have_exit_codes_and_messages() {
         text(&o)
     );
 }
+
+#[test]
+fn every_shipped_pipeline_is_valid() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../pipelines");
+    let d = tempfile::tempdir().unwrap();
+    for e in fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        let o = Command::new(env!("CARGO_BIN_EXE_mg3d"))
+            .current_dir(d.path())
+            .env("MG3D_SALT", "test")
+            .args(["status", p.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}: {}", p.display(), text(&o));
+    }
+}
