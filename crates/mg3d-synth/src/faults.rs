@@ -45,6 +45,13 @@ fn fault(
     });
 }
 
+/// Files of a folder, sorted by name.
+fn sorted_files(dir: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+    let mut files: Vec<_> = fs::read_dir(dir)?.flatten().map(|e| e.path()).collect();
+    files.sort();
+    Ok(files)
+}
+
 /// A small healthy phantom and grid for fault cases.
 fn small(ctx: &Ctx, pid: u32) -> (Phantom, Grid, Vec<i16>) {
     let mut rng = rng_for(ctx.cfg.seed, "fault", pid as u64);
@@ -252,11 +259,7 @@ pub(crate) fn write_faults(
     // Missing interior slice.
     let p = next();
     let (rel, vn) = series(&ctx, w, p, None, |_| {}, 0.0)?;
-    let mut files: Vec<_> = fs::read_dir(out.join(&rel))?
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    files.sort();
+    let files = sorted_files(&out.join(&rel))?;
     fs::remove_file(&files[files.len() / 2])?;
     fault(
         w,
@@ -271,11 +274,7 @@ pub(crate) fn write_faults(
     // Duplicated slice: same position, another SOPInstanceUID and file name.
     let p = next();
     let (rel, vn) = series(&ctx, w, p, None, |_| {}, 0.0)?;
-    let mut files: Vec<_> = fs::read_dir(out.join(&rel))?
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    files.sort();
+    let files = sorted_files(&out.join(&rel))?;
     let src = &files[3];
     let mut obj = dicom_object::open_file(src).map_err(|e| SynthError::Write(e.to_string()))?;
     let new_uid = uid(&[&rel, "duplicate"]);

@@ -3,8 +3,8 @@
 use std::path::Path;
 
 use ndarray::{Array3, ShapeBuilder};
+use nifti::NiftiHeader;
 use nifti::writer::WriterOptions;
-use nifti::{NiftiHeader, NiftiType};
 
 /// Header with sform and qform (both code 1) from a voxel -> RAS affine (shared with mg3d-volume).
 pub fn header_for(
@@ -17,6 +17,22 @@ pub fn header_for(
     h
 }
 
+/// Writes voxels given in (k, j, i) order as a NIfTI volume of shape (i, j, k); the datatype
+/// follows `T`.
+fn write<T: nifti::DataElement + bytemuck::Pod>(
+    path: &Path,
+    data: Vec<T>,
+    dims: [usize; 3],
+    header: &NiftiHeader,
+) -> Result<(), String> {
+    let arr =
+        Array3::from_shape_vec((dims[0], dims[1], dims[2]).f(), data).map_err(|e| e.to_string())?;
+    WriterOptions::new(path)
+        .reference_header(header)
+        .write_nifti(&arr)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
 /// Writes int16 voxels given in (k, j, i) order as a NIfTI volume of shape (i, j, k).
 /// The header's `scl_slope`/`scl_inter` are kept (the nifti crate's writer resets them to 1/0,
 /// so they are patched into the written header).
@@ -26,16 +42,9 @@ pub fn write_i16(
     dims: [usize; 3],
     header: &NiftiHeader,
 ) -> Result<(), String> {
-    let arr =
-        Array3::from_shape_vec((dims[0], dims[1], dims[2]).f(), data).map_err(|e| e.to_string())?;
-    let mut h = header.clone();
-    h.datatype = NiftiType::Int16 as i16;
-    WriterOptions::new(path)
-        .reference_header(&h)
-        .write_nifti(&arr)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    if h.scl_slope != 1.0 || h.scl_inter != 0.0 {
-        patch_scaling(path, h.scl_slope, h.scl_inter)
+    write(path, data, dims, header)?;
+    if header.scl_slope != 1.0 || header.scl_inter != 0.0 {
+        patch_scaling(path, header.scl_slope, header.scl_inter)
             .map_err(|e| format!("{}: {e}", path.display()))?;
     }
     Ok(())
@@ -60,12 +69,5 @@ pub fn write_f32(
     dims: [usize; 3],
     header: &NiftiHeader,
 ) -> Result<(), String> {
-    let arr =
-        Array3::from_shape_vec((dims[0], dims[1], dims[2]).f(), data).map_err(|e| e.to_string())?;
-    let mut h = header.clone();
-    h.datatype = NiftiType::Float32 as i16;
-    WriterOptions::new(path)
-        .reference_header(&h)
-        .write_nifti(&arr)
-        .map_err(|e| format!("{}: {e}", path.display()))
+    write(path, data, dims, header)
 }
