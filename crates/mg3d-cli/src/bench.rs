@@ -8,6 +8,45 @@ use anyhow::Result;
 use arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray};
 use mg3d_core::table::{TableSchema, TableWriter};
 
+/// Samples the process' resident set size every 5 ms on a thread (Linux /proc).
+struct RssSampler {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    handle: std::thread::JoinHandle<u64>,
+    base: u64,
+}
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|x| x.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+impl RssSampler {
+    fn start() -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let base = rss_bytes();
+        let handle = std::thread::spawn(move || {
+            let mut peak = rss_bytes();
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss_bytes());
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            peak.max(rss_bytes())
+        });
+        RssSampler { stop, handle, base }
+    }
+    /// (RSS at start, peak RSS) in bytes.
+    fn stop(self) -> (u64, u64) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (self.base, self.handle.join().unwrap_or(0))
+    }
+}
+
 fn row(name: &str, value: f64, unit: &str, note: &str, json: bool) {
     if json {
         println!(
@@ -150,6 +189,45 @@ pub fn run(
                 json,
             );
         }
+        // The cross-patient graph on the same reports, with the process' peak RSS sampled while
+        // it runs (the report stages above are already fresh, so only the graph runs here).
+        let text = format!(
+            "{text}[stages.graph]\nkind = \"graph\"\ninputs = [\"reports\", \"entities\"]\n"
+        );
+        let p = mg3d_core::Pipeline::parse(std::path::Path::new("bench.toml"), &text, registry)?;
+        let sampler = RssSampler::start();
+        let report = mg3d_core::Engine::new(registry).run(
+            &p,
+            &mg3d_core::RunOptions {
+                quiet: true,
+                ..Default::default()
+            },
+        )?;
+        let (base, peak) = sampler.stop();
+        let g = report.stages.iter().find(|s| s.name == "graph").unwrap();
+        let stats: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+            work.join("graph/graph_stats.json"),
+        )?)?;
+        row(
+            &format!("graph.seconds.{name}"),
+            g.seconds,
+            "s",
+            &format!(
+                "{reports} reports -> {} nodes, {} edges, {} pairs scored",
+                stats["nodes"], stats["edges"], stats["scored_pairs"]
+            ),
+            json,
+        );
+        row(
+            &format!("graph.peak_rss_mb.{name}"),
+            peak as f64 / 1e6,
+            "MB",
+            &format!(
+                "process peak while the graph ran (before: {} MB)",
+                base / 1_000_000
+            ),
+            json,
+        );
     }
     // 4. Output hashing (what the engine does after each stage).
     let t0 = Instant::now();

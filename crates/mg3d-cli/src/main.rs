@@ -69,6 +69,23 @@ enum Cmd {
         #[arg(long)]
         work_dir: Option<PathBuf>,
     },
+    /// SQL (polars) over every table the pipeline's stages wrote, by file stem: `volumes`,
+    /// `entities`, `edges`, `corpus`, ... (also `<stage>_<stem>`).
+    Query {
+        /// Pipeline file.
+        pipeline: PathBuf,
+        /// The query, e.g. "SELECT label, count(*) FROM labels WHERE value = 1 GROUP BY label".
+        sql: String,
+        /// Write the result to FILE.parquet or FILE.csv instead of printing it.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Rows to print.
+        #[arg(long, default_value_t = 25)]
+        limit: usize,
+        /// Override the pipeline's work_dir.
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+    },
     /// List the stage kinds and their params.
     Stages,
     /// What a DICOM file, DICOM series folder or NIfTI file holds (JSON).
@@ -169,6 +186,8 @@ fn registry() -> StageRegistry {
     r.register(Arc::new(mg3d_report::reports::ReportsStage));
     r.register(Arc::new(mg3d_report::entities_stage::EntitiesStage));
     r.register(Arc::new(mg3d_report::tokens::TokensStage));
+    r.register(Arc::new(mg3d_graph::GraphStage));
+    r.register(Arc::new(mg3d_curate::CurateStage));
     r
 }
 
@@ -302,6 +321,57 @@ fn run(cli: Cli) -> Result<(), Fail> {
                         StageState::Missing => "missing",
                     };
                     println!("{:<12} {:<8} {}", s.name, state, s.reasons.join("; "));
+                }
+            }
+        }
+        Cmd::Query {
+            pipeline,
+            sql,
+            out,
+            limit,
+            work_dir,
+        } => {
+            let p = load(Some(pipeline), &reg, work_dir)?;
+            let names: Vec<String> = p.stages.iter().map(|s| s.name.clone()).collect();
+            let tables = mg3d_curate::query::tables(&p.work_dir, &names);
+            if tables.is_empty() {
+                return Err(Fail(
+                    1,
+                    anyhow::anyhow!(
+                        "no tables under {}: run the pipeline first (mg3d run {})",
+                        p.work_dir.display(),
+                        p.file.display()
+                    ),
+                ));
+            }
+            let mut df = mg3d_curate::query::query(&tables, &sql)?;
+            match out {
+                Some(path) => {
+                    mg3d_curate::query::write_result(&mut df, &path)?;
+                    if !cli.quiet {
+                        println!("{} rows -> {}", df.height(), path.display());
+                    }
+                }
+                None if cli.json => {
+                    for line in mg3d_curate::query::json_lines(&df)? {
+                        println!("{line}");
+                    }
+                }
+                None => {
+                    // SAFETY: set before polars formats anything; no other thread reads the
+                    // environment at this point of the command.
+                    unsafe {
+                        std::env::set_var("POLARS_FMT_MAX_ROWS", limit.to_string());
+                        std::env::set_var("POLARS_FMT_STR_LEN", "60");
+                        std::env::set_var("POLARS_FMT_MAX_COLS", "20");
+                    }
+                    println!("{}", df.head(Some(limit)));
+                    if df.height() > limit {
+                        println!(
+                            "({} rows; showing {limit}, use --limit or --out)",
+                            df.height()
+                        );
+                    }
                 }
             }
         }

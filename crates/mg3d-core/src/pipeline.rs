@@ -247,6 +247,13 @@ impl Pipeline {
                     format!("valid params of {kind}: {}", valid.join(", ")),
                 )
             })?;
+            stage.check_params(&params).map_err(|msg| {
+                err(
+                    Some(table_line),
+                    format!("stage {name:?} (kind {kind}): {msg}"),
+                    format!("see `mg3d stages` for the params of {kind}"),
+                )
+            })?;
             specs.insert(
                 name.clone(),
                 StageSpec {

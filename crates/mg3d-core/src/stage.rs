@@ -210,6 +210,11 @@ pub trait Stage: Send + Sync {
     fn inputs(&self) -> Vec<InputDecl> {
         Vec::new()
     }
+    /// Checks params beyond their types when the pipeline is parsed, before anything runs (e.g.
+    /// that a rule names only known columns). The error says what is wrong and how to fix it.
+    fn check_params(&self, _params: &Params) -> Result<(), String> {
+        Ok(())
+    }
     /// A digest of external sources (files outside the work dir) named by params, if any.
     /// It enters the stage key, so changed sources make the stage stale.
     fn sources_fingerprint(&self, _params: &Params) -> Result<Option<String>, StageError> {

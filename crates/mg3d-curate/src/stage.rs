@@ -1,0 +1,448 @@
+//! The `curate` stage: view -> policies and rules -> corpus.parquet, excluded.parquet and the
+//! corpus card (corpus_card.md + corpus_card.json).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Float64Array, Int32Array, StringArray};
+use mg3d_core::ids::{SPLITS, split_of};
+use mg3d_core::labels::CT_RATE_LABELS;
+use mg3d_core::stage::{InputDecl, ParamDef, ParamType, Params, Stage, StageContext, StageError};
+use mg3d_core::table::{TableSchema, write_columns};
+use polars::prelude::*;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::CurateError;
+use crate::select::{Policies, Reconstruction, Selection, check_rules, select};
+use crate::view::{ViewInputs, build_view, label_column, view_columns};
+
+/// The `curate` stage.
+pub struct CurateStage;
+
+#[derive(Deserialize)]
+struct P {
+    rules: Vec<String>,
+    require_volume: bool,
+    require_report: bool,
+    min_report_chars: i64,
+    dedupe_volumes: bool,
+    dedupe_reports: bool,
+    reconstruction: String,
+    split_ratios: Vec<f64>,
+}
+
+impl P {
+    fn policies(&self) -> Result<Policies, String> {
+        Ok(Policies {
+            require_volume: self.require_volume,
+            require_report: self.require_report,
+            min_report_chars: self.min_report_chars,
+            dedupe_volumes: self.dedupe_volumes,
+            dedupe_reports: self.dedupe_reports,
+            reconstruction: Reconstruction::parse(&self.reconstruction)?,
+        })
+    }
+    fn ratios(&self) -> Result<[f64; 3], String> {
+        match self.split_ratios.as_slice() {
+            [a, b, c] if *a >= 0.0 && *b >= 0.0 && *c >= 0.0 && a + b + c > 0.0 => Ok([*a, *b, *c]),
+            _ => Err("split_ratios must be three non-negative numbers [train, val, test]".into()),
+        }
+    }
+}
+
+fn strs(df: &DataFrame, name: &str) -> Result<Vec<Option<String>>, StageError> {
+    let c = df
+        .column(name)
+        .and_then(|c| c.cast(&DataType::String))
+        .map_err(|e| StageError::msg(format!("{name}: {e}")))?;
+    Ok(c.str()
+        .map_err(|e| StageError::msg(e.to_string()))?
+        .iter()
+        .map(|o| o.map(str::to_string))
+        .collect())
+}
+
+fn f64s(df: &DataFrame, name: &str) -> Result<Vec<Option<f64>>, StageError> {
+    let c = df
+        .column(name)
+        .and_then(|c| c.cast(&DataType::Float64))
+        .map_err(|e| StageError::msg(format!("{name}: {e}")))?;
+    Ok(c.f64()
+        .map_err(|e| StageError::msg(e.to_string()))?
+        .iter()
+        .collect())
+}
+
+fn histogram(values: &[f64], edges: &[f64], unit: &str) -> Vec<(String, usize)> {
+    let mut out: Vec<(String, usize)> = Vec::new();
+    let mut lo = f64::NEG_INFINITY;
+    for &e in edges {
+        let c = values.iter().filter(|&&v| v > lo && v <= e).count();
+        let name = if lo.is_infinite() {
+            format!("<= {e} {unit}")
+        } else {
+            format!("({lo}, {e}] {unit}")
+        };
+        out.push((name, c));
+        lo = e;
+    }
+    out.push((
+        format!("> {lo} {unit}"),
+        values.iter().filter(|&&v| v > lo).count(),
+    ));
+    out
+}
+
+fn bar(n: usize, max: usize) -> String {
+    let w = if max == 0 { 0 } else { (n * 30).div_ceil(max) };
+    "#".repeat(w)
+}
+
+/// Writes the outputs for a selection. Returns the card as JSON.
+#[allow(clippy::too_many_arguments)]
+fn write_outputs(
+    out: &Path,
+    view: &DataFrame,
+    sel: &Selection,
+    p: &P,
+    seed: u64,
+    sources: Value,
+    corpus_key: &str,
+) -> Result<Value, StageError> {
+    let (pid, sid, vid, rid, key) = (
+        strs(view, "patient_id")?,
+        strs(view, "study_id")?,
+        strs(view, "volume_id")?,
+        strs(view, "report_id")?,
+        strs(view, "report_key")?,
+    );
+    let spacing = f64s(view, "slice_spacing_mm")?;
+    let dim_k = f64s(view, "dim_k")?;
+    let ratios = p.ratios().map_err(StageError::msg)?;
+    let rows = &sel.selected;
+    let pick = |v: &[Option<String>]| -> Vec<String> {
+        rows.iter()
+            .map(|&r| v[r].clone().unwrap_or_default())
+            .collect()
+    };
+    let patients = pick(&pid);
+    let splits: Vec<&str> = patients.iter().map(|p| split_of(seed, ratios, p)).collect();
+    write_columns(
+        &out.join("corpus.parquet"),
+        &TableSchema::get("corpus")?,
+        vec![
+            Arc::new(StringArray::from_iter_values(&patients)) as ArrayRef,
+            Arc::new(StringArray::from_iter_values(pick(&sid))),
+            Arc::new(StringArray::from_iter_values(pick(&vid))),
+            Arc::new(StringArray::from_iter_values(pick(&rid))),
+            Arc::new(StringArray::from_iter_values(pick(&key))),
+            Arc::new(StringArray::from_iter_values(&splits)),
+            Arc::new(Float64Array::from_iter(rows.iter().map(|&r| spacing[r]))),
+        ],
+    )?;
+    let ex = &sel.excluded;
+    let opt = |v: &[Option<String>]| -> StringArray {
+        StringArray::from_iter(ex.iter().map(|e| v[e.row].clone()))
+    };
+    write_columns(
+        &out.join("excluded.parquet"),
+        &TableSchema::get("excluded")?,
+        vec![
+            Arc::new(opt(&pid)) as ArrayRef,
+            Arc::new(opt(&sid)),
+            Arc::new(opt(&vid)),
+            Arc::new(opt(&rid)),
+            Arc::new(Int32Array::from_iter_values(
+                ex.iter().map(|e| e.rule_index as i32),
+            )),
+            Arc::new(StringArray::from_iter_values(ex.iter().map(|e| &e.rule))),
+            Arc::new(StringArray::from_iter_values(ex.iter().map(|e| &e.detail))),
+        ],
+    )?;
+
+    // The card.
+    let mut by_rule: BTreeMap<&str, usize> = BTreeMap::new();
+    for e in ex {
+        *by_rule.entry(e.rule.as_str()).or_default() += 1;
+    }
+    let mut prevalence = Vec::new();
+    for l in CT_RATE_LABELS {
+        let vals = f64s(view, &label_column(l))?;
+        let (mut pos, mut neg, mut unc, mut none) = (0, 0, 0, 0);
+        for &r in rows {
+            match vals[r] {
+                Some(1.0) => pos += 1,
+                Some(0.0) => neg += 1,
+                Some(_) => unc += 1,
+                None => none += 1,
+            }
+        }
+        prevalence.push(json!({"label": l, "present": pos, "absent": neg, "uncertain": unc, "not_mentioned": none}));
+    }
+    let mut split_sizes = BTreeMap::new();
+    for s in SPLITS {
+        let pairs = splits.iter().filter(|x| **x == s).count();
+        let mut pats: Vec<&String> = patients
+            .iter()
+            .zip(&splits)
+            .filter(|(_, x)| **x == s)
+            .map(|(p, _)| p)
+            .collect();
+        pats.sort();
+        pats.dedup();
+        split_sizes.insert(s, json!({"pairs": pairs, "patients": pats.len()}));
+    }
+    let sp: Vec<f64> = rows.iter().filter_map(|&r| spacing[r]).collect();
+    let dk: Vec<f64> = rows.iter().filter_map(|&r| dim_k[r]).collect();
+    let spacing_hist = histogram(&sp, &[0.75, 1.0, 1.5, 2.5, 5.0], "mm");
+    let slices_hist = histogram(&dk, &[64.0, 128.0, 256.0, 512.0], "slices");
+    let mut uniq = patients.clone();
+    uniq.sort();
+    uniq.dedup();
+    let card = json!({
+        "corpus_key": corpus_key,
+        "sources": sources,
+        "rules": p.rules,
+        "policies": {
+            "require_volume": p.require_volume,
+            "require_report": p.require_report,
+            "min_report_chars": p.min_report_chars,
+            "dedupe_volumes": p.dedupe_volumes,
+            "dedupe_reports": p.dedupe_reports,
+            "reconstruction": p.reconstruction,
+        },
+        "counts_after_each_rule": sel.counts.iter().map(|(r, n)| json!({"rule": r, "remaining": n})).collect::<Vec<_>>(),
+        "excluded_by_rule": by_rule,
+        "selected_pairs": rows.len(),
+        "selected_patients": uniq.len(),
+        "split_ratios": ratios,
+        "split_seed": seed,
+        "splits": split_sizes,
+        "label_prevalence": prevalence,
+        "slice_spacing_histogram": spacing_hist.iter().map(|(b, c)| json!({"bin": b, "count": c})).collect::<Vec<_>>(),
+        "slices_histogram": slices_hist.iter().map(|(b, c)| json!({"bin": b, "count": c})).collect::<Vec<_>>(),
+    });
+    let text = serde_json::to_string_pretty(&card).map_err(|e| StageError::ctx("card", e))?;
+    std::fs::write(out.join("corpus_card.json"), text + "\n")?;
+
+    let mut md = String::new();
+    md.push_str("# Corpus card\n\n");
+    md.push_str(&format!(
+        "Corpus key `{corpus_key}`: {} volume–report pairs from {} patients.\n\n",
+        rows.len(),
+        uniq.len()
+    ));
+    md.push_str("## Sources\n\n| input | table | blake3 | bytes |\n|---|---|---|---|\n");
+    if let Some(obj) = card["sources"].as_object() {
+        for (k, v) in obj {
+            md.push_str(&format!(
+                "| {} | {} | `{}` | {} |\n",
+                v["stage"].as_str().unwrap_or(""),
+                k,
+                v["blake3"].as_str().unwrap_or(""),
+                v["bytes"]
+            ));
+        }
+    }
+    md.push_str("\n## Selection, in order\n\n| # | rule | remaining |\n|---|---|---|\n");
+    for (i, (r, n)) in sel.counts.iter().enumerate() {
+        md.push_str(&format!("| {i} | `{r}` | {n} |\n"));
+    }
+    md.push_str(&format!(
+        "\nSQL rules (polars SQL over the view documented in docs/ARCHITECTURE.md): {}\n",
+        if p.rules.is_empty() {
+            "none".to_string()
+        } else {
+            p.rules
+                .iter()
+                .map(|r| format!("`{r}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    ));
+    md.push_str(&format!(
+        "\n## Splits (by patient, seed {seed}, ratios {ratios:?})\n\n| split | pairs | patients |\n|---|---|---|\n"
+    ));
+    for s in SPLITS {
+        md.push_str(&format!(
+            "| {s} | {} | {} |\n",
+            split_sizes[s]["pairs"], split_sizes[s]["patients"]
+        ));
+    }
+    md.push_str("\n## Label prevalence (selected pairs)\n\n| label | present | absent | uncertain | not mentioned |\n|---|---|---|---|---|\n");
+    for v in &prevalence {
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {} |\n",
+            v["label"].as_str().unwrap_or(""),
+            v["present"],
+            v["absent"],
+            v["uncertain"],
+            v["not_mentioned"]
+        ));
+    }
+    for (title, h) in [
+        ("Slice spacing", &spacing_hist),
+        ("Slices per volume", &slices_hist),
+    ] {
+        let max = h.iter().map(|x| x.1).max().unwrap_or(0);
+        md.push_str(&format!("\n## {title}\n\n```\n"));
+        for (b, c) in h {
+            md.push_str(&format!("{b:>22} {c:>6} {}\n", bar(*c, max)));
+        }
+        md.push_str("```\n");
+    }
+    std::fs::write(out.join("corpus_card.md"), md)?;
+    Ok(card)
+}
+
+impl Stage for CurateStage {
+    fn kind(&self) -> &'static str {
+        "curate"
+    }
+    fn code_version(&self) -> &'static str {
+        "1"
+    }
+    fn describe(&self) -> &'static str {
+        "select volume–report pairs by SQL rules and policies -> corpus.parquet, excluded.parquet, corpus card"
+    }
+    fn params(&self) -> Vec<ParamDef> {
+        vec![
+            ParamDef::new(
+                "rules",
+                ParamType::List,
+                json!([]),
+                "SQL boolean expressions over the curate view, applied in order (null = excluded)",
+            ),
+            ParamDef::new(
+                "require_volume",
+                ParamType::Bool,
+                json!(true),
+                "exclude reports without a volume",
+            ),
+            ParamDef::new(
+                "require_report",
+                ParamType::Bool,
+                json!(true),
+                "exclude volumes without a report",
+            ),
+            ParamDef::new(
+                "min_report_chars",
+                ParamType::Int,
+                json!(0),
+                "minimum findings + impression characters (0 = off)",
+            ),
+            ParamDef::new(
+                "dedupe_volumes",
+                ParamType::Bool,
+                json!(true),
+                "exclude volumes with the same voxel content hash as a lower volume id",
+            ),
+            ParamDef::new(
+                "dedupe_reports",
+                ParamType::Bool,
+                json!(true),
+                "exclude reports with the same text as a lower report id",
+            ),
+            ParamDef::new(
+                "reconstruction",
+                ParamType::Str,
+                json!("all"),
+                "one reconstruction per study: all | thinnest | first",
+            ),
+            ParamDef::new(
+                "split_ratios",
+                ParamType::List,
+                json!([0.8, 0.1, 0.1]),
+                "train, val, test ratios of the by-patient split (seeded by the pipeline seed)",
+            ),
+        ]
+    }
+    fn inputs(&self) -> Vec<InputDecl> {
+        vec![
+            InputDecl {
+                kind: "ingest",
+                required: true,
+            },
+            InputDecl {
+                kind: "reports",
+                required: true,
+            },
+            InputDecl {
+                kind: "preprocess",
+                required: false,
+            },
+            InputDecl {
+                kind: "entities",
+                required: false,
+            },
+        ]
+    }
+    fn check_params(&self, params: &Params) -> Result<(), String> {
+        let p: P = params.parse().map_err(|e| e.to_string())?;
+        p.policies()?;
+        p.ratios()?;
+        let valid: Vec<String> = view_columns().into_iter().map(|(n, _)| n).collect();
+        check_rules(&p.rules, &valid)
+    }
+    fn run(&self, ctx: &StageContext) -> Result<Value, StageError> {
+        let p: P = ctx.params.parse()?;
+        let pol = p.policies().map_err(StageError::msg)?;
+        let ingest = ctx.input("ingest")?;
+        let reports = ctx.input("reports")?;
+        let preprocess = ctx.input("preprocess").ok();
+        let entities = ctx.input("entities").ok();
+        let err = |e: CurateError| StageError::msg(e.to_string());
+        let view = build_view(&ViewInputs {
+            ingest,
+            reports,
+            preprocess,
+            entities,
+        })
+        .map_err(err)?
+        .collect()
+        .map_err(|e| StageError::msg(format!("building the curate view: {e}")))?;
+        let sel = select(&view, &p.rules, &pol).map_err(err)?;
+        // Sources: every table the view read, by content.
+        let mut sources = serde_json::Map::new();
+        let mut key = blake3::Hasher::new();
+        key.update(ctx.params.canonical().as_bytes());
+        key.update(&ctx.seed.to_le_bytes());
+        let mut tables: Vec<(&str, &Path, &str)> = vec![
+            ("ingest", ingest, "volumes.parquet"),
+            ("reports", reports, "reports.parquet"),
+        ];
+        if let Some(d) = preprocess {
+            tables.push(("preprocess", d, "preprocessed.parquet"));
+        }
+        if let Some(d) = entities {
+            tables.push(("entities", d, "labels.parquet"));
+        }
+        for (stage, dir, file) in tables {
+            let d = mg3d_core::fsutil::hash_file(&dir.join(file))?;
+            key.update(file.as_bytes());
+            key.update(d.blake3.as_bytes());
+            sources.insert(
+                file.to_string(),
+                json!({"stage": stage, "blake3": d.blake3, "bytes": d.bytes}),
+            );
+        }
+        let corpus_key = key.finalize().to_hex()[..16].to_string();
+        let card = write_outputs(
+            &ctx.out_dir,
+            &view,
+            &sel,
+            &p,
+            ctx.seed,
+            Value::Object(sources),
+            &corpus_key,
+        )?;
+        Ok(json!({
+            "candidates": view.height(),
+            "selected": sel.selected.len(),
+            "excluded": sel.excluded.len(),
+            "patients": card["selected_patients"],
+        }))
+    }
+}

@@ -1,0 +1,286 @@
+//! The similarity definition on hand-made signatures, graph building invariants, and the clause
+//! targets, all against values computed by hand.
+
+use mg3d_graph::clause::{matching_loss, matching_targets};
+use mg3d_graph::graph::{GraphParams, build, id_key};
+use mg3d_graph::regions::Layout;
+use mg3d_graph::signature::{Signature, SignatureBuilder, State, explain, similarity};
+use mg3d_graph::stage::DEFAULT_REGIONS;
+
+fn layout() -> Layout {
+    Layout::parse(DEFAULT_REGIONS, "regions.toml").unwrap()
+}
+
+/// A signature from (region, finding, state) triples and extra mentioned regions.
+fn sig(l: &Layout, obs: &[(&str, &str, State)], mentions: &[&str]) -> Signature {
+    let mut b = SignatureBuilder::new(l);
+    let reg = |n: &str| l.regions.iter().position(|r| r == n).unwrap();
+    for &(r, f, s) in obs {
+        let fi = l.finding_index(f);
+        assert_ne!(fi, l.findings.len() - 1, "{f} is a known finding");
+        b.observe(reg(r), fi, s);
+    }
+    for m in mentions {
+        b.mention(reg(m));
+    }
+    b.finish()
+}
+
+fn sim(l: &Layout, a: &Signature, b: &Signature) -> f32 {
+    similarity(a, b, l.findings.len(), &l.similarity)
+}
+
+#[test]
+fn identical_signatures_weigh_one_and_similarity_is_symmetric() {
+    let l = layout();
+    let a = sig(
+        &l,
+        &[
+            ("lung_right", "lung nodule", State::Present),
+            ("heart", "cardiomegaly", State::Uncertain),
+            ("pleura_left", "pleural effusion", State::Absent),
+        ],
+        &["bones"],
+    );
+    assert_eq!(sim(&l, &a, &a.clone()), 1.0);
+    let empty = Signature::default();
+    assert_eq!(sim(&l, &empty, &empty), 1.0);
+    let normal = sig(&l, &[], &["heart", "bones", "lung_right", "lung_left"]);
+    assert_eq!(sim(&l, &normal, &normal.clone()), 1.0);
+    let b = sig(
+        &l,
+        &[
+            ("lung_right", "lung nodule", State::Uncertain),
+            ("lung_right", "emphysema", State::Present),
+        ],
+        &["heart"],
+    );
+    assert_eq!(sim(&l, &a, &b), sim(&l, &b, &a));
+    assert_eq!(sim(&l, &a, &empty), 0.0);
+}
+
+#[test]
+fn hand_computed_weights() {
+    let l = layout();
+    // A = {lung_right, heart}, N = {pleura_right}: (1 + 0 + 0.1) / (2 + 0.1).
+    let a = sig(
+        &l,
+        &[
+            ("lung_right", "lung nodule", State::Present),
+            ("heart", "cardiomegaly", State::Present),
+        ],
+        &["pleura_right"],
+    );
+    let b = sig(
+        &l,
+        &[("lung_right", "lung nodule", State::Present)],
+        &["pleura_right"],
+    );
+    let w = sim(&l, &a, &b);
+    assert!((w - 1.1 / 2.1).abs() < 1e-6, "{w}");
+    let ex = explain(&a, &b, l.findings.len(), &l.similarity);
+    assert_eq!(ex.weight, w);
+    let names: Vec<(&str, f32, f32)> = ex
+        .regions
+        .iter()
+        .map(|&(r, s, wt)| (l.regions[r].as_str(), s, wt))
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            ("lung_right", 1.0, 1.0),
+            ("pleura_right", 1.0, 0.1),
+            ("heart", 0.0, 1.0)
+        ]
+    );
+    assert_eq!(ex.shared.len(), 1);
+
+    // Uncertain counts half: J = min(1, .5) / max(1, .5) = 0.5 in the one abnormal region.
+    let u = sig(&l, &[("lung_right", "lung nodule", State::Uncertain)], &[]);
+    let p = sig(&l, &[("lung_right", "lung nodule", State::Present)], &[]);
+    assert!((sim(&l, &u, &p) - 0.5).abs() < 1e-6);
+
+    // Two findings in one region, one shared: J = 1/2; plus both-normal heart: (0.5 + 0.1) / 1.1.
+    let x = sig(
+        &l,
+        &[
+            ("lung_left", "lung nodule", State::Present),
+            ("lung_left", "emphysema", State::Present),
+        ],
+        &["heart"],
+    );
+    let y = sig(
+        &l,
+        &[("lung_left", "lung nodule", State::Present)],
+        &["heart"],
+    );
+    assert!((sim(&l, &x, &y) - 0.6 / 1.1).abs() < 1e-6);
+
+    // Explicitly absent versus present is no match; absent findings alone are "normal".
+    let neg = sig(
+        &l,
+        &[("lung_left", "lung nodule", State::Absent)],
+        &["heart"],
+    );
+    assert!((sim(&l, &y, &neg) - 0.1 / 1.1).abs() < 1e-6);
+    let neg2 = sig(&l, &[("lung_left", "emphysema", State::Absent)], &["heart"]);
+    assert!(
+        (sim(&l, &neg, &neg2) - 1.0).abs() < 1e-6,
+        "both normal everywhere"
+    );
+}
+
+#[test]
+fn disjoint_abnormal_signatures_weigh_little() {
+    let l = layout();
+    let all: Vec<&str> = l.regions.iter().map(String::as_str).collect();
+    let a = sig(&l, &[("lung_right", "lung nodule", State::Present)], &all);
+    let b = sig(&l, &[("heart", "cardiomegaly", State::Present)], &all);
+    // 2 abnormal regions with J = 0, 10 regions normal in both: 1.0 / 3.0.
+    let w = sim(&l, &a, &b);
+    assert!((w - 1.0 / 3.0).abs() < 1e-6, "{w}");
+    let a2 = sig(&l, &[("lung_right", "lung nodule", State::Present)], &[]);
+    let b2 = sig(&l, &[("heart", "cardiomegaly", State::Present)], &[]);
+    assert_eq!(sim(&l, &a2, &b2), 0.0);
+}
+
+#[test]
+fn laterality_splits_families() {
+    let l = layout();
+    let f = l.finding_index("pleural effusion");
+    let name =
+        |v: Vec<usize>| -> Vec<String> { v.into_iter().map(|i| l.regions[i].clone()).collect() };
+    assert_eq!(
+        name(l.observation_regions(f, None, Some("left"))),
+        ["pleura_left"]
+    );
+    assert_eq!(
+        name(l.observation_regions(f, None, None)),
+        ["pleura_right", "pleura_left"]
+    );
+    let n = l.finding_index("lung nodule");
+    assert_eq!(
+        name(l.observation_regions(n, Some("right upper lobe"), Some("right"))),
+        ["lung_right"]
+    );
+    assert_eq!(
+        name(l.observation_regions(n, Some("upper lobes"), Some("bilateral"))),
+        ["lung_right", "lung_left"]
+    );
+    let dense = sig(
+        &l,
+        &[("pleura_left", "pleural effusion", State::Uncertain)],
+        &["bones"],
+    );
+    assert_eq!(
+        Signature::from_dense(&dense.to_dense(&l), &l).unwrap(),
+        dense
+    );
+    assert!(
+        Layout::parse(
+            "[[region]]\nname='a'\n[[finding]]\nterm='x'\nregion='nowhere'\n",
+            "t"
+        )
+        .is_err()
+    );
+}
+
+fn corpus(l: &Layout) -> Vec<Signature> {
+    let mut out = Vec::new();
+    let regions = ["lung_right", "lung_left", "heart", "vessels"];
+    let findings = [
+        "lung nodule",
+        "emphysema",
+        "cardiomegaly",
+        "arterial wall calcification",
+    ];
+    for i in 0..200u32 {
+        let mut obs = Vec::new();
+        for (k, f) in findings.iter().enumerate() {
+            if (i >> k) & 1 == 1 {
+                let st = if (i >> (k + 4)) & 1 == 1 {
+                    State::Uncertain
+                } else {
+                    State::Present
+                };
+                obs.push((regions[k], *f, st));
+            }
+        }
+        out.push(sig(l, &obs, &["bones", "heart"]));
+    }
+    out
+}
+
+#[test]
+fn graph_is_deterministic_and_collapses_identical_signatures() {
+    let l = layout();
+    let sigs = corpus(&l);
+    let params = GraphParams {
+        top_k: 5,
+        min_weight: 0.3,
+    };
+    let g = build(&sigs, l.findings.len(), &l.similarity, &params);
+    assert!(g.nodes.len() < sigs.len());
+    assert_eq!(
+        g.nodes.iter().map(|n| n.members.len()).sum::<usize>(),
+        sigs.len()
+    );
+    for (i, s) in sigs.iter().enumerate() {
+        assert_eq!(&g.nodes[g.report_node[i] as usize].signature, s);
+    }
+    // Every edge: src < dst, weight as defined, above the threshold; every such pair sharing an
+    // abnormal slot is present (brute force).
+    let mut brute = Vec::new();
+    for a in 0..g.nodes.len() {
+        for b in a + 1..g.nodes.len() {
+            let (sa, sb) = (&g.nodes[a].signature, &g.nodes[b].signature);
+            let shares = sa
+                .abnormal_slots()
+                .any(|x| sb.abnormal_slots().any(|y| x == y));
+            let w = similarity(sa, sb, l.findings.len(), &l.similarity);
+            if shares && w >= params.min_weight {
+                brute.push((a as u32, b as u32, w));
+            }
+        }
+    }
+    assert_eq!(g.edges, brute);
+    // Reversed input order: the same nodes (by signature) and edges.
+    let rev: Vec<Signature> = sigs.iter().rev().cloned().collect();
+    let g2 = build(&rev, l.findings.len(), &l.similarity, &params);
+    assert_eq!(g2.edges, g.edges);
+    // Top-k: other patients only, sorted by weight, deterministic.
+    let keys: Vec<u64> = (0..sigs.len()).map(|i| id_key(&format!("r{i}"))).collect();
+    let patients: Vec<u32> = (0..sigs.len() as u32).map(|i| i / 2).collect();
+    let top = g.top_k(&keys, &patients, 5);
+    assert_eq!(top, g.top_k(&keys, &patients, 5));
+    for (r, list) in top.iter().enumerate() {
+        assert!(list.len() <= 5);
+        for w in list.windows(2) {
+            assert!(w[0].1 >= w[1].1);
+        }
+        for &(c, w) in list {
+            assert_ne!(patients[c as usize], patients[r]);
+            let expect = similarity(&sigs[r], &sigs[c as usize], l.findings.len(), &l.similarity);
+            assert!((w - expect).abs() < 1e-6);
+        }
+    }
+}
+
+#[test]
+fn clause_targets_match_hand_values() {
+    // a: two clauses, b: two clauses, dim 2.
+    let a = [1.0f32, 0.0, 1.0, 1.0];
+    let b = [1.0f32, 0.0, 0.0, 1.0];
+    let t = matching_targets(&a, &b, 2);
+    let r = std::f32::consts::FRAC_1_SQRT_2;
+    assert_eq!((t.rows, t.cols), (2, 2));
+    let want = [1.0, 0.0, r, r];
+    for (x, y) in t.similarity.iter().zip(want) {
+        assert!((x - y).abs() < 1e-6);
+    }
+    assert_eq!(t.positive, [true, false, false, false]);
+    assert_eq!(t.negative, [false, true, false, false]);
+    // P = [0.5, 0.2, 0.9, 0.1]: |0.5-1| + |0.2-0| + 0 + 0 over 4.
+    let loss = matching_loss(&[0.5, 0.2, 0.9, 0.1], &t);
+    assert!((loss - 0.7 / 4.0).abs() < 1e-9);
+}
