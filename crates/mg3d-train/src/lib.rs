@@ -1,6 +1,9 @@
 //! mg3d-train: MG-3D pre-training with tch 0.24 (libtorch 2.11).
 //!
-//! This first piece is the runtime: choosing a device from a config string and describing the
-//! libtorch the binary runs on (`mg3d doctor`). Models, objectives and the trainer follow.
+//! - [`runtime`]: choosing a device from a config string, describing the libtorch (`mg3d doctor`);
+//! - [`bert`]: the text encoder, a Hugging Face BERT loaded from a model folder;
+//! - [`swin`]: the 3D Swin Transformer image encoder with MONAI SwinViT parameter names.
 
+pub mod bert;
 pub mod runtime;
+pub mod swin;

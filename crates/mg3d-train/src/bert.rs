@@ -1,0 +1,1 @@
+//! Hugging Face BERT in tch (being written).

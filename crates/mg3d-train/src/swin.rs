@@ -1,0 +1,1 @@
+//! 3D Swin Transformer in tch with MONAI SwinViT names (being written).
