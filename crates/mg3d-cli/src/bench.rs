@@ -62,11 +62,14 @@ fn row(name: &str, value: f64, unit: &str, note: &str, json: bool) {
 pub fn run(
     patients: u32,
     text_reports: u32,
+    only: &[String],
     json: bool,
     registry: &mg3d_core::StageRegistry,
 ) -> Result<()> {
+    let on = |s: &str| only.is_empty() || only.iter().any(|o| o == s);
     let dir = tempfile::tempdir()?;
-    // 1. Synthetic corpus at the demo size.
+    // 1. Synthetic corpus at the demo size (the volume and demo text benches read it).
+    let need_corpus = on("synth") || on("volumes") || on("hash");
     let cfg = mg3d_synth::SynthConfig {
         patients,
         seed: 1,
@@ -79,68 +82,77 @@ pub fn run(
         .map_err(anyhow::Error::msg)?;
     let out = dir.path().join("synth");
     std::fs::create_dir_all(&out)?;
-    let t0 = Instant::now();
-    let s = mg3d_synth::generate(&cfg, &t, &out)?;
-    let secs = t0.elapsed().as_secs_f64();
-    row(
-        "synth.patients_per_s",
-        s.patients as f64 / secs,
-        "patients/s",
-        &format!("{} patients, demo phantom size", s.patients),
-        json,
-    );
-    row(
-        "synth.mvoxel_per_s",
-        s.voxels as f64 / 1e6 / secs,
-        "Mvoxel/s",
-        "rendered + written (DICOM/NIfTI)",
-        json,
-    );
-    // 2. Ingest + preprocess (demo preset) on that corpus, 1 and 2 threads, cold item caches.
-    for threads in [1, 2] {
-        let work = dir.path().join(format!("work{threads}"));
-        let text = format!(
-            "[pipeline]\nname = \"bench\"\nwork_dir = \"{}\"\nsalt = \"bench\"\nthreads = {threads}\n\
-             [stages.ingest]\nkind = \"ingest\"\nparams = {{ dicom_roots = [\"{d}/dicom\"], nifti_roots = [\"{d}/nifti\"], ctrate_metadata = [\"{d}/metadata/train_metadata.csv\"] }}\n\
-             [stages.preprocess]\nkind = \"preprocess\"\ninputs = [\"ingest\"]\nparams = {{ preset = \"demo\" }}\n",
-            work.display(),
-            d = out.display()
-        );
-        let p = mg3d_core::Pipeline::parse(std::path::Path::new("bench.toml"), &text, registry)?;
-        let report = mg3d_core::Engine::new(registry).run(
-            &p,
-            &mg3d_core::RunOptions {
-                quiet: true,
-                ..Default::default()
-            },
-        )?;
-        let vols = report.stages[0].summary["volumes"].as_f64().unwrap_or(0.0);
-        let (ti, tp) = (report.stages[0].seconds, report.stages[1].seconds);
+    if need_corpus {
+        let t0 = Instant::now();
+        let s = mg3d_synth::generate(&cfg, &t, &out)?;
+        let secs = t0.elapsed().as_secs_f64();
         row(
-            &format!("ingest.volumes_per_s.t{threads}"),
-            vols / ti,
-            "volumes/s",
-            &format!("{vols} volumes, {threads} thread(s)"),
+            "synth.patients_per_s",
+            s.patients as f64 / secs,
+            "patients/s",
+            &format!("{} patients, demo phantom size", s.patients),
             json,
         );
         row(
-            &format!("preprocess.volumes_per_s.t{threads}"),
-            vols / tp,
-            "volumes/s",
-            &format!("demo preset, {threads} thread(s)"),
-            json,
-        );
-        row(
-            &format!("ingest+preprocess.vol_per_s.t{threads}"),
-            vols / (ti + tp),
-            "volumes/s",
-            "both stages",
+            "synth.mvoxel_per_s",
+            s.voxels as f64 / 1e6 / secs,
+            "Mvoxel/s",
+            "rendered + written (DICOM/NIfTI)",
             json,
         );
     }
+    // 2. Ingest + preprocess (demo preset) on that corpus, 1 and 2 threads, cold item caches.
+    if on("volumes") {
+        for threads in [1, 2] {
+            let work = dir.path().join(format!("work{threads}"));
+            let text = format!(
+                "[pipeline]\nname = \"bench\"\nwork_dir = \"{}\"\nsalt = \"bench\"\nthreads = {threads}\n\
+                 [stages.ingest]\nkind = \"ingest\"\nparams = {{ dicom_roots = [\"{d}/dicom\"], nifti_roots = [\"{d}/nifti\"], ctrate_metadata = [\"{d}/metadata/train_metadata.csv\"] }}\n\
+                 [stages.preprocess]\nkind = \"preprocess\"\ninputs = [\"ingest\"]\nparams = {{ preset = \"demo\" }}\n",
+                work.display(),
+                d = out.display()
+            );
+            let p =
+                mg3d_core::Pipeline::parse(std::path::Path::new("bench.toml"), &text, registry)?;
+            let report = mg3d_core::Engine::new(registry).run(
+                &p,
+                &mg3d_core::RunOptions {
+                    quiet: true,
+                    ..Default::default()
+                },
+            )?;
+            let vols = report.stages[0].summary["volumes"].as_f64().unwrap_or(0.0);
+            let (ti, tp) = (report.stages[0].seconds, report.stages[1].seconds);
+            row(
+                &format!("ingest.volumes_per_s.t{threads}"),
+                vols / ti,
+                "volumes/s",
+                &format!("{vols} volumes, {threads} thread(s)"),
+                json,
+            );
+            row(
+                &format!("preprocess.volumes_per_s.t{threads}"),
+                vols / tp,
+                "volumes/s",
+                &format!("demo preset, {threads} thread(s)"),
+                json,
+            );
+            row(
+                &format!("ingest+preprocess.vol_per_s.t{threads}"),
+                vols / (ti + tp),
+                "volumes/s",
+                "both stages",
+                json,
+            );
+        }
+    }
     // 3. Report stages on the demo corpus' reports and on `text_reports` report-only rows.
     let tok = std::path::Path::new(".venv/minilm");
-    for (name, n) in [("demo", 0u32), ("large", text_reports)] {
+    let text_runs: Vec<(&str, u32)> = [("demo", 0u32), ("large", text_reports)]
+        .into_iter()
+        .filter(|(name, _)| on("text") && (*name != "demo" || need_corpus))
+        .collect();
+    for (name, n) in text_runs {
         let csv = if n == 0 {
             out.join("reports/train_reports.csv")
         } else {
@@ -229,44 +241,92 @@ pub fn run(
             json,
         );
     }
-    // 4. Output hashing (what the engine does after each stage).
-    let t0 = Instant::now();
-    let files = mg3d_core::fsutil::hash_dir(&out)?;
-    let bytes: u64 = files.values().map(|f| f.bytes).sum();
-    row(
-        "engine.hash_outputs",
-        bytes as f64 / 1e6 / t0.elapsed().as_secs_f64(),
-        "MB/s",
-        &format!("{} files, blake3", files.len()),
-        json,
-    );
-    // 5. Schema-checked table writing.
-    let schema = TableSchema::from_json(
-        "bench",
-        r#"{"table": "bench", "version": 1, "description": "bench", "columns": [
-            {"name": "id", "type": "utf8", "nullable": false, "meaning": "id"},
-            {"name": "x", "type": "float64", "nullable": true, "meaning": "x"}]}"#,
-    )?;
-    let n = 1_000_000usize;
-    let ids: ArrayRef = Arc::new(StringArray::from_iter_values(
-        (0..n).map(|i| format!("{i:016x}")),
-    ));
-    let xs: ArrayRef = Arc::new(Float64Array::from_iter_values(
-        (0..n).map(|i| i as f64 * 0.5),
-    ));
-    let batch = RecordBatch::try_from_iter([("id", ids), ("x", xs)])?;
-    let t0 = Instant::now();
-    let mut w = TableWriter::create(&dir.path().join("bench.parquet"), &schema)?;
-    for chunk in 0..10 {
-        w.write(&batch.slice(chunk * n / 10, n / 10))?;
+    // Shard loader vs `cat` of the same files (the demo's shards; run `make pipeline` first).
+    let shards = std::path::Path::new("work/demo/shards");
+    if on("shards") {
+        if shards.join("index.json").is_file() {
+            let r = mg3d_shard::bench_read(shards, 5)?;
+            let note = format!(
+                "{} files, {:.1} MB, {} passes",
+                r.files,
+                r.file_bytes as f64 / 1e6,
+                r.passes
+            );
+            row("shards.cat_gbps", r.cat_gbps, "GB/s", &note, json);
+            row(
+                "shards.loader_gbps",
+                r.loader_gbps,
+                "GB/s",
+                &r.settings,
+                json,
+            );
+            row(
+                "shards.loader_samples_per_s",
+                r.samples_per_s,
+                "samples/s",
+                "",
+                json,
+            );
+            row(
+                "shards.loader_vs_cat",
+                r.ratio,
+                "ratio",
+                "goal >= 0.8",
+                json,
+            );
+            row(
+                "shards.verify_gbps",
+                r.verify_gbps,
+                "GB/s",
+                "sha256 of every shard at open",
+                json,
+            );
+        } else {
+            eprintln!("shards: skipped (no work/demo/shards/index.json; run `make pipeline`)");
+        }
     }
-    w.finish()?;
-    row(
-        "table.write_rows_per_s",
-        n as f64 / t0.elapsed().as_secs_f64() / 1e6,
-        "Mrows/s",
-        "utf8 + float64, zstd, page statistics",
-        json,
-    );
+    // 4. Output hashing (what the engine does after each stage).
+    if on("hash") {
+        let t0 = Instant::now();
+        let files = mg3d_core::fsutil::hash_dir(&out)?;
+        let bytes: u64 = files.values().map(|f| f.bytes).sum();
+        row(
+            "engine.hash_outputs",
+            bytes as f64 / 1e6 / t0.elapsed().as_secs_f64(),
+            "MB/s",
+            &format!("{} files, blake3", files.len()),
+            json,
+        );
+    }
+    // 5. Schema-checked table writing.
+    if on("table") {
+        let schema = TableSchema::from_json(
+            "bench",
+            r#"{"table": "bench", "version": 1, "description": "bench", "columns": [
+                {"name": "id", "type": "utf8", "nullable": false, "meaning": "id"},
+                {"name": "x", "type": "float64", "nullable": true, "meaning": "x"}]}"#,
+        )?;
+        let n = 1_000_000usize;
+        let ids: ArrayRef = Arc::new(StringArray::from_iter_values(
+            (0..n).map(|i| format!("{i:016x}")),
+        ));
+        let xs: ArrayRef = Arc::new(Float64Array::from_iter_values(
+            (0..n).map(|i| i as f64 * 0.5),
+        ));
+        let batch = RecordBatch::try_from_iter([("id", ids), ("x", xs)])?;
+        let t0 = Instant::now();
+        let mut w = TableWriter::create(&dir.path().join("bench.parquet"), &schema)?;
+        for chunk in 0..10 {
+            w.write(&batch.slice(chunk * n / 10, n / 10))?;
+        }
+        w.finish()?;
+        row(
+            "table.write_rows_per_s",
+            n as f64 / t0.elapsed().as_secs_f64() / 1e6,
+            "Mrows/s",
+            "utf8 + float64, zstd, page statistics",
+            json,
+        );
+    }
     Ok(())
 }

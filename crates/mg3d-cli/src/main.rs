@@ -103,6 +103,9 @@ enum Cmd {
         /// Report-only rows for the text-stage benchmark.
         #[arg(long, default_value_t = 50_000)]
         reports: u32,
+        /// Run only these sections (synth, volumes, text, shards, hash, table); default all.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
     },
     /// Table contracts (schemas/).
     Schema {
@@ -188,6 +191,7 @@ fn registry() -> StageRegistry {
     r.register(Arc::new(mg3d_report::tokens::TokensStage));
     r.register(Arc::new(mg3d_graph::GraphStage));
     r.register(Arc::new(mg3d_curate::CurateStage));
+    r.register(Arc::new(mg3d_shard::ShardsStage));
     r
 }
 
@@ -434,7 +438,11 @@ fn run(cli: Cli) -> Result<(), Fail> {
             });
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
-        Cmd::Bench { patients, reports } => bench::run(patients, reports, cli.json, &reg)?,
+        Cmd::Bench {
+            patients,
+            reports,
+            only,
+        } => bench::run(patients, reports, &only, cli.json, &reg)?,
         Cmd::Schema { cmd } => match cmd {
             SchemaCmd::Check { file, table } => match check_file(&file, table.as_deref()) {
                 Ok((t, rows)) => {

@@ -1,6 +1,7 @@
 //! Running a pipeline: stage keys, fresh/stale status with reasons, and atomic promotion of outputs.
 //!
-//! A stage key is blake3 over (kind, code version, canonical params, salt digest, sources digest,
+//! A stage key is blake3 over (kind, code version, canonical params, salt digest, the pipeline seed
+//! for stages that use it ([`crate::stage::Stage::uses_seed`]), sources digest,
 //! and for each input in name order: its name, key and output digest). No mtimes, no absolute paths.
 //! Outputs are built in `WORK/.tmp/NAME-PID` and renamed to `WORK/NAME` only when the stage
 //! succeeded; the lockfile is updated after the rename. A failing or killed stage therefore leaves
@@ -143,9 +144,13 @@ impl<'r> Engine<'r> {
     }
 
     /// Hash of what defines a stage's behaviour apart from its inputs: kind, code, params, salt.
-    fn stage_fingerprint(&self, spec: &StageSpec, salt: &str) -> String {
+    fn stage_fingerprint(&self, spec: &StageSpec, salt: &str, seed: u64) -> String {
         let stage = self.registry.get(&spec.kind).expect("validated pipeline");
         let mut h = blake3::Hasher::new();
+        if stage.uses_seed() {
+            h.update(format!("seed={seed}").as_bytes());
+            h.update(&[0]);
+        }
         for part in [
             spec.kind.as_str(),
             stage.code_version(),
@@ -188,9 +193,10 @@ impl<'r> Engine<'r> {
         &self,
         spec: &StageSpec,
         salt: &str,
+        seed: u64,
         inputs: &BTreeMap<String, InputRecord>,
     ) -> Result<(String, Option<String>), StageError> {
-        let fp = self.stage_fingerprint(spec, salt);
+        let fp = self.stage_fingerprint(spec, salt, seed);
         let sources = self
             .registry
             .get(&spec.kind)
@@ -249,7 +255,7 @@ impl<'r> Engine<'r> {
             }
         }
         let key = if reasons.is_empty() {
-            match self.key_of(spec, &p.salt, &inputs) {
+            match self.key_of(spec, &p.salt, p.seed, &inputs) {
                 Ok((k, _)) => Some(k),
                 Err(e) => {
                     reasons.push(format!("cannot fingerprint sources: {e}"));
@@ -320,7 +326,7 @@ impl<'r> Engine<'r> {
             reasons.push(if sources != rec.sources {
                 "sources changed".to_string()
             } else {
-                "key changed (salt or stage fingerprint)".to_string()
+                "key changed (salt, seed or stage fingerprint)".to_string()
             });
         }
         // Output integrity.
@@ -476,7 +482,7 @@ impl<'r> Engine<'r> {
             stage: spec.name.clone(),
             source,
         };
-        let (key, sources) = self.key_of(spec, &p.salt, &inputs).map_err(fail)?;
+        let (key, sources) = self.key_of(spec, &p.salt, p.seed, &inputs).map_err(fail)?;
         let fingerprint = self.item_fingerprint(spec, &p.salt);
         let tmp_root = p.work_dir.join(".tmp");
         let tmp = tmp_root.join(format!("{}-{}", spec.name, std::process::id()));

@@ -210,6 +210,11 @@ pub trait Stage: Send + Sync {
     fn inputs(&self) -> Vec<InputDecl> {
         Vec::new()
     }
+    /// Whether the stage reads the pipeline seed (`ctx.seed`); if so the seed enters its key, so a
+    /// new seed reruns it (and what depends on it) and nothing else.
+    fn uses_seed(&self) -> bool {
+        false
+    }
     /// Checks params beyond their types when the pipeline is parsed, before anything runs (e.g.
     /// that a rule names only known columns). The error says what is wrong and how to fix it.
     fn check_params(&self, _params: &Params) -> Result<(), String> {

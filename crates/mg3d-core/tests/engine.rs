@@ -62,6 +62,9 @@ impl Stage for Double {
     fn code_version(&self) -> &'static str {
         "1"
     }
+    fn uses_seed(&self) -> bool {
+        true
+    }
     fn describe(&self) -> &'static str {
         "doubles"
     }
@@ -504,4 +507,20 @@ fn per_item_work_resumes_and_adds_only_new_items() {
     )
     .unwrap();
     assert!(made(&f).is_empty());
+}
+
+#[test]
+fn a_new_seed_reruns_only_the_stages_that_use_it() {
+    let t = tempfile::tempdir().unwrap();
+    let f = fixture("1");
+    let eng = Engine::new(&f.registry);
+    let p = load(&f.registry, &pipeline_text(t.path(), 1, 5, false));
+    assert_eq!(ran(&eng.run(&p, &quiet()).unwrap()), ["a", "b", "c", "d"]);
+    let text = pipeline_text(t.path(), 1, 5, false).replace("seed = 7", "seed = 8");
+    let p2 = load(&f.registry, &text);
+    let st = eng.status(&p2, false).unwrap();
+    assert_eq!(st[0].state, StageState::Fresh);
+    assert_eq!(st[1].state, StageState::Stale, "{:?}", st[1].reasons);
+    assert!(st[1].reasons[0].contains("seed"), "{:?}", st[1].reasons);
+    assert_eq!(ran(&eng.run(&p2, &quiet()).unwrap()), ["b", "d"]);
 }

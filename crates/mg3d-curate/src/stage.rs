@@ -379,6 +379,9 @@ impl Stage for CurateStage {
             },
         ]
     }
+    fn uses_seed(&self) -> bool {
+        true
+    }
     fn check_params(&self, params: &Params) -> Result<(), String> {
         let p: P = params.parse().map_err(|e| e.to_string())?;
         p.policies()?;

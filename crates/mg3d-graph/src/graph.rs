@@ -6,8 +6,7 @@ use std::collections::BTreeMap;
 
 use rayon::prelude::*;
 
-use crate::regions::SimilarityParams;
-use crate::signature::{Signature, similarity};
+use crate::signature::{Metric, Signature, similarity};
 
 /// Graph parameters.
 #[derive(Debug, Clone, Copy)]
@@ -21,7 +20,7 @@ pub struct GraphParams {
 /// A unique signature and the reports that have it.
 #[derive(Debug, Clone)]
 pub struct Node {
-    /// The shared signature.
+    /// The shared abnormal slots ([`Signature::abnormal_only`]).
     pub signature: Signature,
     /// Indices into the report list, ascending.
     pub members: Vec<u32>,
@@ -36,22 +35,30 @@ pub struct Graph {
     pub report_node: Vec<u32>,
     /// Undirected edges between distinct nodes, `src < dst`, weight >= min_weight, sorted.
     pub edges: Vec<(u32, u32, f32)>,
-    /// Candidate node pairs that were scored.
+    /// Per node: the nearest other nodes, strongest first, holding at least `need` reports
+    /// (fewer when fewer share an abnormality).
+    pub nearest: Vec<Vec<(u32, f32)>>,
+    /// Node pairs that were scored (each pair is scored from both ends).
     pub scored_pairs: u64,
 }
 
-/// Edges found by one chunk of nodes and the pairs it scored.
-type ChunkResult = (Vec<(u32, u32, f32)>, u64);
+/// Per node: edges to larger ids, nearest nodes, pairs scored.
+type NodeResult = (Vec<(u32, f32)>, Vec<(u32, f32)>, u64);
 
-/// Collapses signatures into nodes and scores candidate pairs.
-pub fn build(
-    signatures: &[Signature],
-    n_findings: usize,
-    sim: &SimilarityParams,
-    params: &GraphParams,
-) -> Graph {
+/// Collapses signatures into nodes (equal abnormal slots, see [`Signature::abnormal_only`]) and
+/// searches, for every node, (a) every other node at or above `min_weight` (edges) and (b) its
+/// nearest nodes, enough to hold `need` reports (the top-k per report plus a margin for reports of
+/// the same patient).
+///
+/// Nodes are grouped by abnormal-region mask. For a node, the groups sharing an abnormal region are
+/// visited in decreasing order of the similarity's upper bound for the two masks
+/// ([`Metric::upper_bound`]); inside a group only nodes sharing an abnormal (region, finding) slot
+/// are scored. The search stops when the bound falls below both `min_weight` and the weight of the
+/// current `need`-th nearest report, so nothing above either is missed.
+pub fn build(signatures: &[Signature], m: &Metric, params: &GraphParams, need: usize) -> Graph {
+    let reduced: Vec<Signature> = signatures.iter().map(Signature::abnormal_only).collect();
     let mut groups: BTreeMap<&Signature, Vec<u32>> = BTreeMap::new();
-    for (i, s) in signatures.iter().enumerate() {
+    for (i, s) in reduced.iter().enumerate() {
         groups.entry(s).or_default().push(i as u32);
     }
     let mut report_node = vec![0u32; signatures.len()];
@@ -59,8 +66,8 @@ pub fn build(
         .into_iter()
         .enumerate()
         .map(|(n, (sig, members))| {
-            for &m in &members {
-                report_node[m as usize] = n as u32;
+            for &r in &members {
+                report_node[r as usize] = n as u32;
             }
             Node {
                 signature: sig.clone(),
@@ -68,62 +75,115 @@ pub fn build(
             }
         })
         .collect();
-    // Inverted index: abnormal slot -> nodes (ascending).
-    let mut index: BTreeMap<u16, Vec<u32>> = BTreeMap::new();
+    let n_nodes = nodes.len();
+    // Abnormal slots as bitsets, and nodes grouped by abnormal-region mask.
+    let words = (m.n_regions * m.n_findings).div_ceil(64).max(1);
+    let mut bits = vec![0u64; n_nodes * words];
+    let mut masks = vec![0u64; n_nodes];
+    let mut by_mask: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
     for (n, node) in nodes.iter().enumerate() {
         for slot in node.signature.abnormal_slots() {
-            index.entry(slot).or_default().push(n as u32);
+            bits[n * words + slot as usize / 64] |= 1u64 << (slot % 64);
         }
+        masks[n] = node.signature.abnormal_regions(m.n_findings);
+        by_mask.entry(masks[n]).or_default().push(n as u32);
     }
-    let chunk = 256usize;
-    let n_nodes = nodes.len();
-    let results: Vec<ChunkResult> = (0..n_nodes.div_ceil(chunk))
+    let mask_list: Vec<u64> = by_mask.keys().copied().collect();
+    let group_of: BTreeMap<u64, usize> =
+        mask_list.iter().enumerate().map(|(i, &k)| (k, i)).collect();
+    let group_nodes: Vec<&Vec<u32>> = by_mask.values().collect();
+    // Per group: the groups sharing an abnormal region, by decreasing upper bound.
+    let order: Vec<Vec<(f32, usize)>> = mask_list
+        .par_iter()
+        .map(|&a| {
+            let mut v: Vec<(f32, usize)> = mask_list
+                .iter()
+                .enumerate()
+                .filter(|&(_, &b)| a & b != 0)
+                .map(|(j, &b)| (m.upper_bound(a, b), j))
+                .collect();
+            v.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)));
+            v
+        })
+        .collect();
+    let shares = |i: usize, j: usize| -> bool {
+        (0..words).any(|w| bits[i * words + w] & bits[j * words + w] != 0)
+    };
+    let size = |j: u32| nodes[j as usize].members.len();
+    let results: Vec<NodeResult> = (0..n_nodes)
         .into_par_iter()
-        .map(|c| {
-            let mut seen = vec![u32::MAX; n_nodes];
-            let mut cands: Vec<u32> = Vec::new();
-            let mut out = Vec::new();
+        .map(|i| {
+            let mut edges = Vec::new();
+            let mut cands: Vec<(f32, u32)> = Vec::new();
             let mut scored = 0u64;
-            for i in c * chunk..((c + 1) * chunk).min(n_nodes) {
-                cands.clear();
-                for slot in nodes[i].signature.abnormal_slots() {
-                    let post = &index[&slot];
-                    // Only partners with a larger id: each pair is scored once.
-                    let start = post.partition_point(|&j| j <= i as u32);
-                    for &j in &post[start..] {
-                        if seen[j as usize] != i as u32 {
-                            seen[j as usize] = i as u32;
-                            cands.push(j);
-                        }
+            let own = size(i as u32) - 1;
+            // Weight of the need-th nearest report found so far (0 until enough are found).
+            let kth = |c: &mut Vec<(f32, u32)>| -> f32 {
+                if own >= need {
+                    return 1.0;
+                }
+                c.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)));
+                let mut cum = own;
+                for &(w, j) in c.iter() {
+                    cum += size(j);
+                    if cum >= need {
+                        return w;
                     }
                 }
-                cands.sort_unstable();
-                scored += cands.len() as u64;
-                for &j in &cands {
-                    let w = similarity(
-                        &nodes[i].signature,
-                        &nodes[j as usize].signature,
-                        n_findings,
-                        sim,
-                    );
-                    if w >= params.min_weight {
-                        out.push((i as u32, j, w));
+                0.0
+            };
+            let mut bar = kth(&mut cands);
+            for &(ub, g) in &order[group_of[&masks[i]]] {
+                if ub < params.min_weight && ub < bar {
+                    break;
+                }
+                let before = cands.len();
+                for &j in group_nodes[g] {
+                    if j as usize == i || !shares(i, j as usize) {
+                        continue;
                     }
+                    scored += 1;
+                    let w = similarity(&nodes[i].signature, &nodes[j as usize].signature, m);
+                    if w >= params.min_weight && j as usize > i {
+                        edges.push((j, w));
+                    }
+                    if w > 0.0 && w >= bar {
+                        cands.push((w, j));
+                    }
+                }
+                if cands.len() > before {
+                    bar = kth(&mut cands);
+                    // Keep the list short: drop what can no longer be among the nearest.
+                    cands.retain(|&(w, _)| w >= bar);
                 }
             }
-            (out, scored)
+            cands.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)));
+            let mut near = Vec::new();
+            let mut cum = own;
+            for (w, j) in cands {
+                if cum >= need {
+                    break;
+                }
+                cum += size(j);
+                near.push((j, w));
+            }
+            edges.sort_unstable_by_key(|e| e.0);
+            (edges, near, scored)
         })
         .collect();
     let mut edges = Vec::new();
+    let mut nearest = Vec::with_capacity(n_nodes);
     let mut scored_pairs = 0;
-    for (e, s) in results {
-        edges.extend(e);
+    for (i, (e, near, s)) in results.into_iter().enumerate() {
+        edges.extend(e.into_iter().map(|(j, w)| (i as u32, j, w)));
+        nearest.push(near);
         scored_pairs += s;
     }
     Graph {
         nodes,
         report_node,
         edges,
+        nearest,
         scored_pairs,
     }
 }
@@ -156,18 +216,17 @@ impl Graph {
     }
 
     /// Top-k neighbour reports of every report, excluding reports of the same patient:
-    /// reports with the same signature first (weight 1), then members of adjacent nodes by weight.
+    /// reports in the same node first (weight 1), then members of the nearest nodes by weight.
     /// Equal weights are ordered by a hash of (report key, candidate key), so ties are broken the
     /// same way on every run but differently for every report (no hub reports).
     pub fn top_k(&self, keys: &[u64], patients: &[u32], k: usize) -> Vec<Vec<(u32, f32)>> {
-        let adj = self.adjacency();
         (0..self.report_node.len())
             .into_par_iter()
             .map(|r| {
                 let n = self.report_node[r] as usize;
                 // Weight levels, strongest first: the node itself (1.0), then neighbours.
                 let mut levels: Vec<(f32, Vec<u32>)> = vec![(1.0, vec![n as u32])];
-                for &(m, w) in &adj[n] {
+                for &(m, w) in &self.nearest[n] {
                     match levels.last_mut() {
                         Some(last) if last.0 == w => last.1.push(m),
                         _ => levels.push((w, vec![m])),

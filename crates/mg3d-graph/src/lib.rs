@@ -15,7 +15,7 @@ pub mod stage;
 
 pub use graph::{Graph, GraphParams};
 pub use regions::{Layout, SimilarityParams};
-pub use signature::{Signature, SignatureBuilder, State, similarity};
+pub use signature::{Metric, Signature, SignatureBuilder, State, similarity};
 pub use stage::GraphStage;
 
 /// Errors of the graph crate.

@@ -5,17 +5,63 @@
 //!
 //! ```text
 //!   A = regions where either report has an abnormality (a present or uncertain finding)
-//!   N = regions both reports mention with no abnormality in either ("both normal")
+//!   N = every other region: both reports call it normal (a region a report does not mention
+//!       counts as normal, the radiology convention; explicit negatives say the same)
 //!   J_r = sum_f min(w_a(r,f), w_b(r,f)) / sum_f max(w_a(r,f), w_b(r,f))   for r in A
 //!         with w = 1 for present, `uncertain_weight` for uncertain, 0 otherwise
 //!   sim = (sum_{r in A} J_r + beta * |N|) / (|A| + beta * |N|),   beta = `normal_region_weight`
 //! ```
 //!
-//! and 1 when both signatures are identical (including two empty ones), 0 when A and N are
-//! empty otherwise. A shared abnormality in a region therefore counts fully, a region both call
-//! normal counts `beta` as much, and an uncertain finding counts partially.
+//! (1 when the denominator is 0). The similarity therefore depends only on the abnormal
+//! (region, finding, state) slots: signatures with equal abnormal slots weigh 1, a shared
+//! abnormality in a region counts fully, a region both call normal counts `beta` as much, and an
+//! uncertain finding counts partially. Mentions and explicit negatives are kept in the signature
+//! (signatures.parquet, shards) for inspection and training targets.
 
 use crate::regions::{Layout, SimilarityParams};
+
+/// What the similarity needs of a layout: its sizes and tunables.
+#[derive(Debug, Clone, Copy)]
+pub struct Metric {
+    /// Regions in the layout (at most 64).
+    pub n_regions: usize,
+    /// Finding slots per region.
+    pub n_findings: usize,
+    /// Tunables.
+    pub params: SimilarityParams,
+}
+
+impl Metric {
+    /// The metric of a layout.
+    pub fn of(layout: &Layout) -> Metric {
+        Metric {
+            n_regions: layout.regions.len(),
+            n_findings: layout.findings.len(),
+            params: layout.similarity,
+        }
+    }
+    fn all_regions(&self) -> u64 {
+        if self.n_regions >= 64 {
+            u64::MAX
+        } else {
+            (1u64 << self.n_regions) - 1
+        }
+    }
+    /// An upper bound of the similarity of any two signatures with these abnormal-region masks
+    /// (regions abnormal in only one of them have J = 0, shared ones at most 1).
+    pub fn upper_bound(&self, mask_a: u64, mask_b: u64) -> f32 {
+        let all = self.all_regions();
+        let shared = (mask_a & mask_b).count_ones() as f32;
+        let abn = (mask_a | mask_b).count_ones() as f32;
+        let normal =
+            (all & !(mask_a | mask_b)).count_ones() as f32 * self.params.normal_region_weight;
+        if abn + normal == 0.0 {
+            1.0
+        } else {
+            (shared + normal) / (abn + normal)
+        }
+    }
+}
 
 /// The state of one finding in one region.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -141,6 +187,20 @@ impl Signature {
             .map(|&(slot, _)| slot)
     }
 
+    /// The signature reduced to its abnormal slots: what the similarity reads, so reports with
+    /// equal reductions collapse into one graph node.
+    pub fn abnormal_only(&self) -> Signature {
+        Signature {
+            mentioned: 0,
+            states: self
+                .states
+                .iter()
+                .filter(|(_, s)| s.is_abnormal())
+                .copied()
+                .collect(),
+        }
+    }
+
     /// The dense vector: per region `[mentioned, state of finding 0, ..]` with codes 0/1/2/3.
     pub fn to_dense(&self, layout: &Layout) -> Vec<i8> {
         let nf = layout.findings.len();
@@ -203,7 +263,7 @@ impl Signature {
 pub struct Similarity {
     /// The aggregated weight in [0, 1].
     pub weight: f32,
-    /// (region, per-region similarity, aggregation weight) for every region in A and N.
+    /// (region, per-region similarity J_r, aggregation weight 1) for every region in A.
     pub regions: Vec<(usize, f32, f32)>,
     /// Slots where both reports have an abnormality.
     pub shared: Vec<u16>,
@@ -218,16 +278,14 @@ fn abnormal_weight(s: Option<State>, p: &SimilarityParams) -> f32 {
 }
 
 /// The similarity weight only (the hot path of graph building).
-pub fn similarity(a: &Signature, b: &Signature, n_findings: usize, p: &SimilarityParams) -> f32 {
-    if a == b {
-        return 1.0;
-    }
+pub fn similarity(a: &Signature, b: &Signature, m: &Metric) -> f32 {
+    let (n_findings, p) = (m.n_findings, &m.params);
     let abn = a.abnormal_regions(n_findings) | b.abnormal_regions(n_findings);
-    let normal = a.mentioned & b.mentioned & !abn;
+    let normal = m.all_regions() & !abn;
     let n_a = abn.count_ones() as f32;
     let n_n = normal.count_ones() as f32 * p.normal_region_weight;
     if n_a + n_n == 0.0 {
-        return 0.0;
+        return 1.0;
     }
     // Per-region sums of min and max abnormal weights, merged over the two sorted slot lists.
     let mut mins = [0f32; 64];
@@ -260,10 +318,10 @@ pub fn similarity(a: &Signature, b: &Signature, n_findings: usize, p: &Similarit
         maxs[r] += wa.max(wb);
     }
     let mut sum = n_n;
-    let mut m = abn;
-    while m != 0 {
-        let r = m.trailing_zeros() as usize;
-        m &= m - 1;
+    let mut mask = abn;
+    while mask != 0 {
+        let r = mask.trailing_zeros() as usize;
+        mask &= mask - 1;
         if maxs[r] > 0.0 {
             sum += mins[r] / maxs[r];
         }
@@ -271,16 +329,12 @@ pub fn similarity(a: &Signature, b: &Signature, n_findings: usize, p: &Similarit
     sum / (n_a + n_n)
 }
 
-/// The similarity with its per-region breakdown and shared abnormal slots (for edges.parquet).
-pub fn explain(
-    a: &Signature,
-    b: &Signature,
-    n_findings: usize,
-    p: &SimilarityParams,
-) -> Similarity {
-    let weight = similarity(a, b, n_findings, p);
+/// The similarity with its per-region breakdown (regions in A only; every other region counts
+/// as both-normal with weight `normal_region_weight`) and the shared abnormal slots.
+pub fn explain(a: &Signature, b: &Signature, m: &Metric) -> Similarity {
+    let (n_findings, p) = (m.n_findings, &m.params);
+    let weight = similarity(a, b, m);
     let abn = a.abnormal_regions(n_findings) | b.abnormal_regions(n_findings);
-    let normal = a.mentioned & b.mentioned & !abn;
     let get = |s: &Signature, slot: u16| {
         s.states
             .binary_search_by_key(&slot, |&(k, _)| k)
@@ -289,10 +343,8 @@ pub fn explain(
     };
     let mut regions = Vec::new();
     let mut shared = Vec::new();
-    for r in 0..64usize {
-        if normal >> r & 1 == 1 {
-            regions.push((r, 1.0, p.normal_region_weight));
-        } else if abn >> r & 1 == 1 {
+    for r in 0..m.n_regions.min(64) {
+        if abn >> r & 1 == 1 {
             let (mut mn, mut mx) = (0f32, 0f32);
             for f in 0..n_findings {
                 let slot = (r * n_findings + f) as u16;

@@ -13,7 +13,7 @@ use arrow::array::{
     StringBuilder,
 };
 use mg3d_core::stage::{InputDecl, ParamDef, ParamType, Params, Stage, StageContext, StageError};
-use mg3d_core::table::{TableSchema, write_columns};
+use mg3d_core::table::{TableSchema, TableWriter, write_columns};
 use polars::prelude::*;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use crate::GraphError;
 use crate::graph::{GraphParams, build, id_key};
 use crate::regions::Layout;
-use crate::signature::{Signature, SignatureBuilder, State, explain};
+use crate::signature::{Metric, Signature, SignatureBuilder, State, explain};
 
 /// The built-in region layout (configs/graph/regions.toml).
 pub const DEFAULT_REGIONS: &str = include_str!("../../../configs/graph/regions.toml");
@@ -315,7 +315,19 @@ pub fn build_and_write(
 ) -> Result<Value, StageError> {
     let nf = layout.findings.len();
     let sim = layout.similarity;
-    let graph = build(&inputs.signatures, nf, &sim, params);
+    let metric = Metric::of(layout);
+    // Enough nearest reports per node for top-k after dropping a patient's own other reports.
+    let mut per_patient = vec![0usize; inputs.patient_ids.len()];
+    for &p in &inputs.patients {
+        per_patient[p as usize] += 1;
+    }
+    let margin = per_patient
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(1)
+        .saturating_sub(1);
+    let graph = build(&inputs.signatures, &metric, params, params.top_k + margin);
     let n = inputs.report_ids.len();
 
     // signatures.parquet
@@ -385,61 +397,65 @@ pub fn build_and_write(
         ],
     )?;
 
-    // edges.parquet (between nodes), with the per-region breakdown.
-    let mut reg_names = ListBuilder::new(StringBuilder::new());
-    let mut reg_w = ListBuilder::new(Float32Builder::new());
-    let mut shared = Vec::with_capacity(graph.edges.len());
-    for &(a, b, _) in &graph.edges {
-        let ex = explain(
-            &graph.nodes[a as usize].signature,
-            &graph.nodes[b as usize].signature,
-            nf,
-            &sim,
-        );
-        for &(g, s, _) in &ex.regions {
-            reg_names.values().append_value(&layout.regions[g]);
-            reg_w.values().append_value(s);
-        }
-        reg_names.append(true);
-        reg_w.append(true);
-        shared.push(
-            ex.shared
-                .iter()
-                .map(|&slot| {
-                    format!(
-                        "{}:{}",
-                        layout.regions[slot as usize / nf],
-                        layout.findings[slot as usize % nf]
-                    )
-                })
-                .collect::<Vec<_>>(),
-        );
-    }
+    // edges.parquet (between nodes), with the per-region breakdown, written in batches.
+    let edge_schema = TableSchema::get("edges")?;
+    let mut writer = TableWriter::create(&out.join("edges.parquet"), &edge_schema)?;
+    let fields: Vec<arrow::datatypes::Field> = edge_schema
+        .arrow()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_nullable(true))
+        .collect();
+    let batch_schema = Arc::new(arrow::datatypes::Schema::new(fields));
     let members = |x: u32| graph.nodes[x as usize].members.len() as i32;
-    write(
-        &out.join("edges.parquet"),
-        "edges",
-        vec![
+    for chunk in graph.edges.chunks(1 << 16) {
+        let mut reg_names = ListBuilder::new(StringBuilder::new());
+        let mut reg_w = ListBuilder::new(Float32Builder::new());
+        let mut shared = ListBuilder::new(StringBuilder::new());
+        for &(a, b, _) in chunk {
+            let ex = explain(
+                &graph.nodes[a as usize].signature,
+                &graph.nodes[b as usize].signature,
+                &metric,
+            );
+            for &(g, s, _) in &ex.regions {
+                reg_names.values().append_value(&layout.regions[g]);
+                reg_w.values().append_value(s);
+            }
+            reg_names.append(true);
+            reg_w.append(true);
+            for &slot in &ex.shared {
+                shared.values().append_value(format!(
+                    "{}:{}",
+                    layout.regions[slot as usize / nf],
+                    layout.findings[slot as usize % nf]
+                ));
+            }
+            shared.append(true);
+        }
+        let cols: Vec<ArrayRef> = vec![
             Arc::new(Int32Array::from_iter_values(
-                graph.edges.iter().map(|e| e.0 as i32),
+                chunk.iter().map(|e| e.0 as i32),
             )),
             Arc::new(Int32Array::from_iter_values(
-                graph.edges.iter().map(|e| e.1 as i32),
+                chunk.iter().map(|e| e.1 as i32),
             )),
-            Arc::new(Float32Array::from_iter_values(
-                graph.edges.iter().map(|e| e.2),
-            )),
+            Arc::new(Float32Array::from_iter_values(chunk.iter().map(|e| e.2))),
             Arc::new(reg_names.finish()),
             Arc::new(reg_w.finish()),
-            str_list(shared),
+            Arc::new(shared.finish()),
             Arc::new(Int32Array::from_iter_values(
-                graph.edges.iter().map(|e| members(e.0)),
+                chunk.iter().map(|e| members(e.0)),
             )),
             Arc::new(Int32Array::from_iter_values(
-                graph.edges.iter().map(|e| members(e.1)),
+                chunk.iter().map(|e| members(e.1)),
             )),
-        ],
-    )?;
+        ];
+        let batch = arrow::array::RecordBatch::try_new(batch_schema.clone(), cols)
+            .map_err(|e| StageError::ctx("edges.parquet", e))?;
+        writer.write(&batch)?;
+    }
+    writer.finish()?;
 
     // neighbors.parquet: top-k per report from other patients.
     let keys: Vec<u64> = inputs.report_ids.iter().map(|r| id_key(r)).collect();
@@ -497,6 +513,7 @@ pub fn build_and_write(
         "patients": inputs.patient_ids.len(),
         "nodes": graph.nodes.len(),
         "collapsed_reports": n - graph.nodes.len(),
+        "abnormal_region_masks": graph.nodes.iter().map(|x| x.signature.abnormal_regions(nf)).collect::<BTreeSet<u64>>().len(),
         "largest_node_reports": largest_node,
         "empty_signature_reports": inputs.signatures.iter().filter(|s| s.mentioned == 0).count(),
         "edges": graph.edges.len(),
@@ -555,7 +572,7 @@ impl Stage for GraphStage {
             ParamDef::new(
                 "min_weight",
                 ParamType::Float,
-                json!(0.5),
+                json!(0.7),
                 "edges between distinct signatures are kept at or above this weight",
             ),
         ]

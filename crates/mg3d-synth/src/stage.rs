@@ -45,6 +45,10 @@ impl Stage for SynthStage {
     fn code_version(&self) -> &'static str {
         "3"
     }
+    fn uses_seed(&self) -> bool {
+        // The pipeline seed is the default of the `seed` param.
+        true
+    }
     fn describe(&self) -> &'static str {
         "synthetic chest-CT corpus (DICOM, NIfTI, CT-RATE reports/labels/metadata) with ground truth"
     }
