@@ -2,8 +2,10 @@
 //!
 //! - [`runtime`]: choosing a device from a config string, describing the libtorch (`mg3d doctor`);
 //! - [`bert`]: the text encoder, a Hugging Face BERT loaded from a model folder;
-//! - [`swin`]: the 3D Swin Transformer image encoder with MONAI SwinViT parameter names.
+//! - [`swin`]: the 3D Swin Transformer image encoder with MONAI SwinViT parameter names;
+//! - [`losses`]: the five MG-3D objectives as tensor functions.
 
 pub mod bert;
+pub mod losses;
 pub mod runtime;
 pub mod swin;
