@@ -3,9 +3,11 @@
 //! - [`runtime`]: choosing a device from a config string, describing the libtorch (`mg3d doctor`);
 //! - [`bert`]: the text encoder, a Hugging Face BERT loaded from a model folder;
 //! - [`swin`]: the 3D Swin Transformer image encoder with MONAI SwinViT parameter names;
+//! - [`fusion`]: gated cross layers, gates, poolers, heads and the MIM decoder;
 //! - [`losses`]: the five MG-3D objectives as tensor functions.
 
 pub mod bert;
+pub mod fusion;
 pub mod losses;
 pub mod runtime;
 pub mod swin;
