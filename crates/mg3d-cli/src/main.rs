@@ -86,6 +86,17 @@ enum Cmd {
         #[arg(long)]
         work_dir: Option<PathBuf>,
     },
+    /// Write a trained image encoder in MONAI's SwinViT layout (SwinUNETR checkpoints' `swinViT.*`).
+    ExportEncoder {
+        /// The train stage's output directory (e.g. work/demo/train).
+        train_dir: PathBuf,
+        /// Output safetensors file.
+        #[arg(long)]
+        out: PathBuf,
+        /// Name prefix in the output ("" for a bare SwinViT state dict).
+        #[arg(long, default_value = "swinViT.")]
+        prefix: String,
+    },
     /// List the stage kinds and their params.
     Stages,
     /// What a DICOM file, DICOM series folder or NIfTI file holds (JSON).
@@ -192,6 +203,7 @@ fn registry() -> StageRegistry {
     r.register(Arc::new(mg3d_graph::GraphStage));
     r.register(Arc::new(mg3d_curate::CurateStage));
     r.register(Arc::new(mg3d_shard::ShardsStage));
+    r.register(Arc::new(mg3d_train::stage::TrainStage));
     r
 }
 
@@ -377,6 +389,45 @@ fn run(cli: Cli) -> Result<(), Fail> {
                         );
                     }
                 }
+            }
+        }
+        Cmd::ExportEncoder {
+            train_dir,
+            out,
+            prefix,
+        } => {
+            let record: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(train_dir.join("train.json")).map_err(|e| {
+                    anyhow::anyhow!(
+                        "{}: {e}; point at a train stage's output directory",
+                        train_dir.join("train.json").display()
+                    )
+                })?,
+            )?;
+            let model = record["model"]["model"].as_str().unwrap_or("tiny");
+            let cfg = if model.ends_with(".toml") {
+                mg3d_train::swin::SwinConfig::from_file(Path::new(model))?
+            } else {
+                mg3d_train::swin::SwinConfig::preset(model)?
+            };
+            let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+            let enc = mg3d_train::swin::SwinViT::new(&(vs.root() / "swinViT"), &cfg);
+            let weights = train_dir.join("final/model.safetensors");
+            let report = mg3d_train::swin::load_encoder_with(
+                &enc,
+                &weights,
+                &mg3d_train::swin::LoadOptions {
+                    prefix: Some("swinViT.".into()),
+                    strict: false,
+                },
+            )?;
+            mg3d_train::swin::export_encoder(&enc, &out, &prefix)?;
+            if !cli.quiet {
+                println!(
+                    "{} ({model}) -> {} with prefix {prefix:?}; {report:?}",
+                    weights.display(),
+                    out.display()
+                );
             }
         }
         Cmd::Stages => {

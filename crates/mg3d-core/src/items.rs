@@ -48,6 +48,11 @@ impl ItemStore {
         }
     }
 
+    /// The store's directory (stages may keep resumable state, e.g. checkpoints, beneath it).
+    pub fn root(&self) -> &Path {
+        &self.dir
+    }
+
     /// Key of an item: stage fingerprint + item id + the item's input digest.
     pub fn key(&self, item_id: &str, content_digest: &str) -> String {
         let mut h = blake3::Hasher::new();

@@ -4,10 +4,16 @@
 //! - [`bert`]: the text encoder, a Hugging Face BERT loaded from a model folder;
 //! - [`swin`]: the 3D Swin Transformer image encoder with MONAI SwinViT parameter names;
 //! - [`fusion`]: gated cross layers, gates, poolers, heads and the MIM decoder;
-//! - [`losses`]: the five MG-3D objectives as tensor functions.
+//! - [`losses`]: the five MG-3D objectives as tensor functions;
+//! - [`model`]: the whole model and one step's losses;
+//! - [`trainer`]: AdamW with lr groups, schedule, clipping, accumulation, checkpoints, resume;
+//! - [`stage`]: the `train` stage.
 
 pub mod bert;
 pub mod fusion;
 pub mod losses;
+pub mod model;
 pub mod runtime;
+pub mod stage;
 pub mod swin;
+pub mod trainer;

@@ -107,6 +107,7 @@ pub fn mlm_loss(logits: &Tensor, labels: &Tensor) -> Tensor {
 /// `prob` (at least one word when any is eligible), and all its tokens are replaced: 80% by
 /// `mask_id`, 10% by a random id in `0..vocab`, 10% kept. Returns (input ids, labels) with labels
 /// -100 at unchosen positions.
+#[allow(clippy::too_many_arguments)]
 pub fn whole_word_mask(
     ids: &[i64],
     word_start: &[i8],
@@ -207,7 +208,7 @@ pub fn ssm_loss(text: &Tensor, visual: &Tensor, mask: &Tensor) -> Tensor {
             let neg = t.le(NEGATIVE_THRESHOLD as f64).to_kind(p.kind());
             let diff = (&p * (&pos + &neg) - &t * &pos).abs() * &valid;
             let n = valid.sum(p.kind()).clamp_min(1.0);
-            total = total + diff.sum(p.kind()) / n;
+            total += diff.sum(p.kind()) / n;
             pairs += 1;
         }
     }

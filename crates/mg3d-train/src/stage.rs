@@ -1,0 +1,349 @@
+//! The `train` stage: MG-3D pre-training on the shards stage's train split.
+//!
+//! Checkpoints go to a directory beneath the stage's item store keyed by the stage fingerprint and
+//! the shards' index, so a killed run of the same stage resumes from its last checkpoint (on the
+//! CPU the loss sequence then equals the uninterrupted run's). The output holds the final
+//! checkpoint (`final/`: model.safetensors, optimizer.safetensors, state.json), `metrics.parquet`
+//! (one row per step) and `train.json` (settings and speed).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Float64Array, Int64Array};
+use mg3d_core::stage::{InputDecl, ParamDef, ParamType, Params, Stage, StageContext, StageError};
+use mg3d_core::table::{TableSchema, write_columns};
+use mg3d_shard::ShardIndex;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tch::nn;
+
+use crate::model::{Mg3d, ModelConfig, Objectives};
+use crate::swin::SwinConfig;
+use crate::trainer::{StepMetrics, TrainConfig, latest_checkpoint, train};
+
+/// The `train` stage.
+pub struct TrainStage;
+
+#[derive(Deserialize)]
+struct P {
+    model: String,
+    text_model: String,
+    text_trainable: bool,
+    hidden: i64,
+    input: Vec<i64>,
+    device: String,
+    steps: i64,
+    batch_size: i64,
+    accumulate: i64,
+    lr: f64,
+    warmup: i64,
+    clip: f64,
+    checkpoint_every: i64,
+    seed: i64,
+    workers: i64,
+    objectives: serde_json::Map<String, Value>,
+}
+
+impl P {
+    fn configs(&self) -> Result<(ModelConfig, TrainConfig, Objectives), String> {
+        let swin = if self.model.ends_with(".toml") {
+            SwinConfig::from_file(Path::new(&self.model)).map_err(|e| e.to_string())?
+        } else {
+            SwinConfig::preset(&self.model).map_err(|e| e.to_string())?
+        };
+        let input: [i64; 3] = self
+            .input
+            .clone()
+            .try_into()
+            .map_err(|_| "input must be [D, H, W]".to_string())?;
+        let obj: Objectives = if self.objectives.is_empty() {
+            Objectives::default()
+        } else {
+            let mut base =
+                serde_json::to_value(Objectives::default()).map_err(|e| e.to_string())?;
+            for (k, v) in &self.objectives {
+                if base.get(k).is_none() {
+                    return Err(format!(
+                        "unknown objective setting {k:?}; valid: mim, mlm, sal, cml, dcl, ssm, temperature, mask_ratio, cube_fraction, mlm_probability"
+                    ));
+                }
+                base[k] = v.clone();
+            }
+            serde_json::from_value(base).map_err(|e| e.to_string())?
+        };
+        let pos = |x: i64, n: &str| -> Result<u64, String> {
+            if x < 1 {
+                Err(format!("{n} must be >= 1"))
+            } else {
+                Ok(x as u64)
+            }
+        };
+        Ok((
+            ModelConfig {
+                swin,
+                hidden: self.hidden,
+                fusion_layers: 2,
+                pool_heads: if self.hidden % 8 == 0 { 8 } else { 4 },
+                input,
+                text_trainable: self.text_trainable,
+            },
+            TrainConfig {
+                steps: pos(self.steps, "steps")?,
+                batch_size: pos(self.batch_size, "batch_size")? as usize,
+                accumulate: pos(self.accumulate, "accumulate")? as usize,
+                lr: self.lr,
+                warmup: self.warmup.max(0) as u64,
+                clip: self.clip,
+                checkpoint_every: pos(self.checkpoint_every, "checkpoint_every")?,
+                seed: self.seed.max(0) as u64,
+                workers: self.workers.max(0) as usize,
+                ..Default::default()
+            },
+            obj,
+        ))
+    }
+}
+
+fn write_metrics(path: &Path, m: &[StepMetrics]) -> Result<(), StageError> {
+    let f = |g: fn(&StepMetrics) -> f64| -> ArrayRef {
+        Arc::new(Float64Array::from_iter_values(m.iter().map(g)))
+    };
+    write_columns(
+        path,
+        &TableSchema::get("metrics")?,
+        vec![
+            Arc::new(Int64Array::from_iter_values(
+                m.iter().map(|s| s.step as i64),
+            )),
+            f(|s| s.lr),
+            f(|s| s.total),
+            f(|s| s.mim),
+            f(|s| s.mlm),
+            f(|s| s.sal),
+            f(|s| s.cml),
+            f(|s| s.dcl),
+            f(|s| s.ssm),
+            f(|s| s.grad_norm),
+        ],
+    )?;
+    Ok(())
+}
+
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        std::fs::copy(e.path(), to.join(e.file_name()))?;
+    }
+    Ok(())
+}
+
+impl Stage for TrainStage {
+    fn kind(&self) -> &'static str {
+        "train"
+    }
+    fn code_version(&self) -> &'static str {
+        "1"
+    }
+    fn describe(&self) -> &'static str {
+        "MG-3D pre-training (Swin3D + BERT, five objectives) on the shards -> checkpoint, metrics.parquet"
+    }
+    fn params(&self) -> Vec<ParamDef> {
+        vec![
+            ParamDef::new(
+                "model",
+                ParamType::Str,
+                json!("tiny"),
+                "image encoder: tiny | swin-b | swin-l | path.toml",
+            ),
+            ParamDef::new(
+                "text_model",
+                ParamType::Str,
+                json!(".venv/minilm"),
+                "Hugging Face BERT folder (config.json, model.safetensors, tokenizer.json)",
+            ),
+            ParamDef::new(
+                "text_trainable",
+                ParamType::Bool,
+                json!(false),
+                "train the text encoder too (MG-3D: frozen)",
+            ),
+            ParamDef::new(
+                "hidden",
+                ParamType::Int,
+                json!(64),
+                "fusion width (MG-3D: 768)",
+            ),
+            ParamDef::new(
+                "input",
+                ParamType::List,
+                json!([32, 64, 64]),
+                "volume D, H, W fed to the model (centre crop/pad; multiples of 32)",
+            ),
+            ParamDef::new(
+                "device",
+                ParamType::Str,
+                json!("auto"),
+                "cpu | cuda | cuda:N | auto (cuda when available)",
+            ),
+            ParamDef::new("steps", ParamType::Int, json!(30), "optimiser steps"),
+            ParamDef::new(
+                "batch_size",
+                ParamType::Int,
+                json!(2),
+                "samples per micro-batch",
+            ),
+            ParamDef::new(
+                "accumulate",
+                ParamType::Int,
+                json!(1),
+                "micro-batches per step",
+            ),
+            ParamDef::new(
+                "lr",
+                ParamType::Float,
+                json!(1e-4),
+                "base learning rate (x5 for heads and multi_modal modules)",
+            ),
+            ParamDef::new(
+                "warmup",
+                ParamType::Int,
+                json!(3),
+                "linear warmup steps, then linear decay to 0",
+            ),
+            ParamDef::new(
+                "clip",
+                ParamType::Float,
+                json!(1.0),
+                "global gradient norm clip (0 = off)",
+            ),
+            ParamDef::new(
+                "checkpoint_every",
+                ParamType::Int,
+                json!(10),
+                "checkpoint every N steps",
+            ),
+            ParamDef::new(
+                "seed",
+                ParamType::Int,
+                json!(0),
+                "seed of initialisation, sample order and masks",
+            ),
+            ParamDef::new("workers", ParamType::Int, json!(1), "loader threads"),
+            ParamDef::new(
+                "objectives",
+                ParamType::Table,
+                json!({}),
+                "loss weights and settings (mim, mlm, sal, cml, dcl, ssm, temperature, mask_ratio, cube_fraction, mlm_probability)",
+            ),
+        ]
+    }
+    fn inputs(&self) -> Vec<InputDecl> {
+        vec![InputDecl {
+            kind: "shards",
+            required: true,
+        }]
+    }
+    fn check_params(&self, params: &Params) -> Result<(), String> {
+        let p: P = params.parse().map_err(|e| e.to_string())?;
+        p.configs().map(|_| ())
+    }
+    fn item_params(&self) -> Option<Vec<&'static str>> {
+        // Checkpoints of a killed run stay valid for everything but the step count.
+        Some(vec![
+            "model",
+            "text_model",
+            "text_trainable",
+            "hidden",
+            "input",
+            "batch_size",
+            "accumulate",
+            "lr",
+            "warmup",
+            "clip",
+            "seed",
+            "objectives",
+        ])
+    }
+    fn run(&self, ctx: &StageContext) -> Result<Value, StageError> {
+        let p: P = ctx.params.parse()?;
+        let (mcfg, tcfg, obj) = p.configs().map_err(StageError::msg)?;
+        let device =
+            crate::runtime::pick_device(&p.device).map_err(|e| StageError::msg(e.to_string()))?;
+        let shards_dir = ctx.input("shards")?;
+        let index = ShardIndex::open(shards_dir).map_err(|e| StageError::msg(e.to_string()))?;
+        let digest = mg3d_core::fsutil::hash_file(&shards_dir.join("index.json"))?;
+        let key = ctx.items().key("train-run", &digest.blake3);
+        let ckpt_dir = ctx.items().root().join("checkpoints").join(key);
+        let resume = latest_checkpoint(&ckpt_dir);
+        tch::manual_seed(tcfg.seed as i64);
+        let mut vs = nn::VarStore::new(device);
+        let model = Mg3d::new(&vs, mcfg, Path::new(&p.text_model)).map_err(StageError::msg)?;
+        let bar = ctx.progress_bar(tcfg.steps, "train");
+        if let Some(r) = &resume {
+            tracing::info!(checkpoint = %r.display(), "resuming");
+        }
+        let mut earlier: Vec<StepMetrics> = Vec::new();
+        if let Some(r) = &resume
+            && let Ok(text) = std::fs::read_to_string(r.join("metrics.json"))
+        {
+            earlier = serde_json::from_str(&text).unwrap_or_default();
+        }
+        let mut all = earlier.clone();
+        let metrics = train(
+            &model,
+            &mut vs,
+            &obj,
+            &tcfg,
+            &index,
+            &ckpt_dir,
+            resume.as_deref(),
+            |m| {
+                bar.set_position(m.step);
+                bar.set_message(format!(
+                    "loss {:.4}, {:.1} samples/s",
+                    m.total, m.samples_per_s
+                ));
+                all.push(m.clone());
+                if let Some(last) = latest_checkpoint(&ckpt_dir) {
+                    let _ = std::fs::write(
+                        last.join("metrics.json"),
+                        serde_json::to_string(&all).unwrap_or_default(),
+                    );
+                }
+            },
+        )
+        .map_err(StageError::msg)?;
+        bar.finish_and_clear();
+        let mut all = earlier;
+        all.extend(metrics.iter().cloned());
+        write_metrics(&ctx.out_dir.join("metrics.parquet"), &all)?;
+        let last = latest_checkpoint(&ckpt_dir)
+            .ok_or_else(|| StageError::msg("training wrote no checkpoint"))?;
+        copy_dir(&last, &ctx.out_dir.join("final"))?;
+        let _ = std::fs::remove_file(ctx.out_dir.join("final/metrics.json"));
+        let n = metrics.len().max(1) as f64;
+        let step_s = metrics.iter().map(|m| m.seconds).sum::<f64>() / n;
+        let sps = metrics.iter().map(|m| m.samples_per_s).sum::<f64>() / n;
+        let record = json!({
+            "steps": all.len(),
+            "model": ctx.params.as_map(),
+            "first_total": all.first().map(|m| m.total),
+            "last_total": all.last().map(|m| m.total),
+        });
+        std::fs::write(
+            ctx.out_dir.join("train.json"),
+            serde_json::to_string_pretty(&record).unwrap_or_default() + "\n",
+        )?;
+        // Wall-clock numbers only in the run summary (outputs stay reproducible).
+        Ok(json!({
+            "steps": all.len(),
+            "resumed_from": resume.map(|r| r.file_name().map(|n| n.to_string_lossy().to_string())),
+            "device": format!("{device:?}"),
+            "mean_step_seconds": step_s,
+            "mean_samples_per_s": sps,
+            "first_total": all.first().map(|m| m.total),
+            "last_total": all.last().map(|m| m.total),
+        }))
+    }
+}
