@@ -114,7 +114,7 @@ enum Cmd {
         /// Report-only rows for the text-stage benchmark.
         #[arg(long, default_value_t = 50_000)]
         reports: u32,
-        /// Run only these sections (synth, volumes, text, shards, hash, table); default all.
+        /// Run only these sections (synth, volumes, text, shards, train, hash, table); default all.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },
