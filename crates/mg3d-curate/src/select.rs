@@ -120,7 +120,7 @@ pub fn check_rules(rules: &[String], valid: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-fn str_col(df: &DataFrame, name: &str) -> Result<Vec<Option<String>>, CurateError> {
+pub(crate) fn str_col(df: &DataFrame, name: &str) -> Result<Vec<Option<String>>, CurateError> {
     let c = df.column(name).map_err(pl(name))?;
     let c = c.cast(&DataType::String).map_err(pl(name))?;
     Ok(c.str()
@@ -130,7 +130,7 @@ fn str_col(df: &DataFrame, name: &str) -> Result<Vec<Option<String>>, CurateErro
         .collect())
 }
 
-fn f64_col(df: &DataFrame, name: &str) -> Result<Vec<Option<f64>>, CurateError> {
+pub(crate) fn f64_col(df: &DataFrame, name: &str) -> Result<Vec<Option<f64>>, CurateError> {
     let c = df.column(name).map_err(pl(name))?;
     let c = c.cast(&DataType::Float64).map_err(pl(name))?;
     Ok(c.f64().map_err(pl(name))?.iter().collect())

@@ -53,26 +53,11 @@ impl P {
 }
 
 fn strs(df: &DataFrame, name: &str) -> Result<Vec<Option<String>>, StageError> {
-    let c = df
-        .column(name)
-        .and_then(|c| c.cast(&DataType::String))
-        .map_err(|e| StageError::msg(format!("{name}: {e}")))?;
-    Ok(c.str()
-        .map_err(|e| StageError::msg(e.to_string()))?
-        .iter()
-        .map(|o| o.map(str::to_string))
-        .collect())
+    crate::select::str_col(df, name).map_err(|e| StageError::msg(e.to_string()))
 }
 
 fn f64s(df: &DataFrame, name: &str) -> Result<Vec<Option<f64>>, StageError> {
-    let c = df
-        .column(name)
-        .and_then(|c| c.cast(&DataType::Float64))
-        .map_err(|e| StageError::msg(format!("{name}: {e}")))?;
-    Ok(c.f64()
-        .map_err(|e| StageError::msg(e.to_string()))?
-        .iter()
-        .collect())
+    crate::select::f64_col(df, name).map_err(|e| StageError::msg(e.to_string()))
 }
 
 fn histogram(values: &[f64], edges: &[f64], unit: &str) -> Vec<(String, usize)> {

@@ -166,7 +166,6 @@ pub fn whole_word_mask(
 /// Mean of token features per clause: `tokens` B×L×d, `clause` B×L (int64, -1 = no clause).
 /// Returns (B×S×d clause features, B×S mask of clauses with at least one token), S = max index + 1.
 pub fn clause_gather(tokens: &Tensor, clause: &Tensor) -> (Tensor, Tensor) {
-    let (b, _l, d) = tokens.size3().expect("B×L×d");
     let s = (clause.max().int64_value(&[]) + 1).max(1);
     let valid = clause.ge(0);
     // One-hot assignment B×L×S (clause -1 -> all zeros).
@@ -175,7 +174,6 @@ pub fn clause_gather(tokens: &Tensor, clause: &Tensor) -> (Tensor, Tensor) {
     let sums = onehot.transpose(1, 2).matmul(tokens); // B×S×d
     let counts = onehot.sum_dim_intlist([1i64].as_slice(), false, tokens.kind()); // B×S
     let feats = sums / counts.clamp_min(1.0).unsqueeze(-1);
-    let _ = (b, d);
     (feats, counts.gt(0.0))
 }
 

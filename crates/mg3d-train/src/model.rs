@@ -301,6 +301,7 @@ impl Mg3d {
             .forward(&self.mlm_transform.forward(&fused_text).gelu("none"));
         let mlm = mlm_loss(&self.mlm_decoder.forward(&transformed), &labels);
         let (rec, _) = clause_gather(&transformed, &inp.clause_index);
+        // Clause means of the embedding-layer outputs: SAL's targets and (detached) SSM's.
         let (tgt, _) = clause_gather(&emb, &inp.clause_index);
         let sal = sal_loss(
             &self.sal_r.forward(&rec, &cmask),
@@ -369,8 +370,7 @@ impl Mg3d {
 
         // SSM: clause visual features vs clause text targets (embedding layer, no gradient).
         let visual = self.sentence_pooler.forward(&x, &cmask);
-        let (text_targets, _) = clause_gather(&emb.detach(), &inp.clause_index);
-        let ssm = ssm_loss(&text_targets, &visual, &cmask);
+        let ssm = ssm_loss(&tgt, &visual, &cmask);
 
         let total = &mim * obj.mim
             + (&mlm + &sal * obj.sal) * obj.mlm

@@ -19,7 +19,7 @@ use tch::nn;
 
 use crate::model::{Mg3d, ModelConfig, Objectives};
 use crate::swin::SwinConfig;
-use crate::trainer::{StepMetrics, TrainConfig, latest_checkpoint, train};
+use crate::trainer::{CheckpointState, StepMetrics, TrainConfig, latest_checkpoint, train};
 
 /// The `train` stage.
 pub struct TrainStage;
@@ -283,13 +283,15 @@ impl Stage for TrainStage {
         if let Some(r) = &resume {
             tracing::info!(checkpoint = %r.display(), "resuming");
         }
-        let mut earlier: Vec<StepMetrics> = Vec::new();
-        if let Some(r) = &resume
-            && let Ok(text) = std::fs::read_to_string(r.join("metrics.json"))
-        {
-            earlier = serde_json::from_str(&text).unwrap_or_default();
-        }
-        let mut all = earlier.clone();
+        // Steps before the checkpoint a killed run left behind.
+        let earlier: Vec<StepMetrics> = match &resume {
+            Some(r) => std::fs::read_to_string(r.join("state.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str::<CheckpointState>(&t).ok())
+                .map(|st| st.metrics)
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
         let metrics = train(
             &model,
             &mut vs,
@@ -304,13 +306,6 @@ impl Stage for TrainStage {
                     "loss {:.4}, {:.1} samples/s",
                     m.total, m.samples_per_s
                 ));
-                all.push(m.clone());
-                if let Some(last) = latest_checkpoint(&ckpt_dir) {
-                    let _ = std::fs::write(
-                        last.join("metrics.json"),
-                        serde_json::to_string(&all).unwrap_or_default(),
-                    );
-                }
             },
         )
         .map_err(StageError::msg)?;
@@ -321,7 +316,6 @@ impl Stage for TrainStage {
         let last = latest_checkpoint(&ckpt_dir)
             .ok_or_else(|| StageError::msg("training wrote no checkpoint"))?;
         copy_dir(&last, &ctx.out_dir.join("final"))?;
-        let _ = std::fs::remove_file(ctx.out_dir.join("final/metrics.json"));
         let n = metrics.len().max(1) as f64;
         let step_s = metrics.iter().map(|m| m.seconds).sum::<f64>() / n;
         let sps = metrics.iter().map(|m| m.samples_per_s).sum::<f64>() / n;

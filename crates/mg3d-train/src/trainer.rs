@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use mg3d_shard::{Batch, Loader, LoaderConfig, LoaderState, ShardIndex};
+use mg3d_shard::{Batch, Loader, LoaderConfig, ShardIndex};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor, nn};
 
@@ -242,6 +242,9 @@ pub struct CheckpointState {
     pub loader_sample_in_epoch: usize,
     /// The training settings.
     pub train: TrainConfig,
+    /// Metrics of every step up to `step` (so a resumed run's table is complete).
+    #[serde(default)]
+    pub metrics: Vec<StepMetrics>,
 }
 
 /// Converts a loader batch to model inputs on `device`, padding or cropping the volume to the
@@ -379,6 +382,7 @@ pub fn train(
         ));
     }
     let mut start = 0u64;
+    let mut history: Vec<StepMetrics> = Vec::new();
     if let Some(ck) = resume {
         let st: CheckpointState = serde_json::from_str(
             &std::fs::read_to_string(ck.join("state.json"))
@@ -392,6 +396,7 @@ pub fn train(
             .skip_to(st.loader_epoch, st.loader_sample_in_epoch)
             .map_err(|e| e.to_string())?;
         start = st.step;
+        history = st.metrics;
     }
     std::fs::create_dir_all(ckpt_dir).map_err(|e| format!("{}: {e}", ckpt_dir.display()))?;
     let mut pos = loader.state();
@@ -452,6 +457,7 @@ pub fn train(
             samples_per_s: samples as f64 / secs.max(1e-9),
         };
         on_step(&m);
+        history.push(m.clone());
         out.push(m);
         if step % cfg.checkpoint_every.max(1) == 0 || step == cfg.steps {
             save_checkpoint(
@@ -463,10 +469,10 @@ pub fn train(
                     loader_epoch: pos.epoch,
                     loader_sample_in_epoch: pos.sample_in_epoch,
                     train: cfg.clone(),
+                    metrics: history.clone(),
                 },
             )?;
         }
     }
-    let _: LoaderState = pos;
     Ok(out)
 }
