@@ -9,15 +9,19 @@ TORCH_VERSION := 2.11.0
 MG3D  := target/debug/mg3d
 PIPELINE ?= pipelines/demo.toml
 
-.PHONY: setup cmake pipeline test bench build stage status fmt clippy clean-work
+.PHONY: setup cmake chromium pipeline test bench build stage status fmt clippy clean-work
 
 ## setup: project-local Python venv with torch (libtorch for tch) and the reference packages.
-setup: cmake $(VENV)/.torch-$(TORCH_VERSION) $(VENV)/.requirements $(VENV)/libtorch $(VENV)/minilm
+setup: cmake chromium $(VENV)/.torch-$(TORCH_VERSION) $(VENV)/.requirements $(VENV)/libtorch $(VENV)/minilm
 
 # cmake builds CharLS (JPEG-LS decoding in dicom-rs); installed from Debian when missing.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 cmake:
 	@command -v cmake >/dev/null || { echo "installing cmake (Debian)"; $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq cmake >/dev/null; }
+
+# Headless Chromium opens the QC page in the report stage's browser test (Debian's package).
+chromium:
+	@[ -x /usr/bin/chromium ] || { echo "installing chromium (Debian)"; $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
 $(VENV)/bin/python:
 	python3 -m venv $(VENV)
@@ -48,14 +52,18 @@ $(VENV)/.requirements: requirements.txt | $(VENV)/bin/python
 build: setup
 	cargo build --workspace --bins
 
-## pipeline: run the demo pipeline end to end (synthetic corpus).
+## pipeline: run the demo pipeline end to end (synthetic corpus), then say where its QC page is.
 pipeline: build
 	$(MG3D) run $(PIPELINE)
 	$(MG3D) status $(PIPELINE)
+	@wd=$$(sed -n 's/^work_dir *= *"\([^"]*\)".*/\1/p' $(PIPELINE) | head -1); \
+	for f in "$$wd"/*/qc/index.html; do \
+	  if [ -f "$$f" ]; then echo "QC report: $$(realpath "$$f")"; fi; \
+	done
 
 ## test: every test in the workspace (unit, engine, end-to-end, Python cross-checks).
 test: setup
-	MG3D_REQUIRE_PYTHON=1 cargo test --workspace --no-fail-fast
+	MG3D_REQUIRE_PYTHON=1 MG3D_REQUIRE_BROWSER=1 cargo test --workspace --no-fail-fast
 
 ## bench: the benchmarks (`mg3d bench`), in release mode.
 bench: setup

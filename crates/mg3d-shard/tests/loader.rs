@@ -1,7 +1,7 @@
 //! Shards written from small in-memory records: split leakage (property test), byte-identical
 //! rewrites, values, order independent of workers, ranks, resume, checksums, neighbour batches.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -3,7 +3,7 @@
 //! (byte digests per field), and the volume normalisation recomputed in torch from the int16 HU.
 //! Skipped without the Python environment unless MG3D_REQUIRE_PYTHON=1.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::process::Command;

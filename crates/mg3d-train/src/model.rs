@@ -393,6 +393,29 @@ impl Mg3d {
         self.swin_pool_uni.forward(&self.vision_tokens(volume))
     }
 
+    /// Frozen image features for probes and alignment: the mean of the encoder's final-stage
+    /// tokens (B×C, the exported encoder alone) next to the pooled unimodal vector (B×H), as
+    /// one B×(C+H) tensor.
+    pub fn image_features(&self, volume: &Tensor) -> Tensor {
+        let tok = self.swin.tokens(volume);
+        let pooled = self.swin_pool_uni.forward(&self.vision_tokens(volume));
+        Tensor::cat(&[tok.mean_dim(1, false, tok.kind()), pooled], 1)
+    }
+
+    /// Text features for evaluation: the report's clause means of the projected text encoder
+    /// output, pooled by the unimodal sentence attention pool (B×H). `clause_index` is B×L
+    /// (-1 for special tokens and padding).
+    pub fn text_embedding(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        clause_index: &Tensor,
+    ) -> Tensor {
+        let (text, _) = self.text_features(input_ids, attention_mask);
+        let (clauses, cmask) = clause_gather(&text, clause_index);
+        self.pool_uni.forward(&clauses, &cmask)
+    }
+
     /// The device of the model's variables.
     pub fn device(&self) -> Device {
         self.type_emb.ws.device()

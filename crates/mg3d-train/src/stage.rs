@@ -104,6 +104,49 @@ impl P {
     }
 }
 
+/// A trained model loaded from a `train` stage output directory.
+pub struct TrainedModel {
+    /// The model (weights of `final/model.safetensors`).
+    pub model: Mg3d,
+    /// Its variables.
+    pub vs: nn::VarStore,
+    /// The volume size the model takes (D, H, W).
+    pub input: [i64; 3],
+    /// The text encoder folder the run used (tokenizer.json lives there).
+    pub text_model: std::path::PathBuf,
+}
+
+/// Loads the final checkpoint of a `train` stage output (`train.json` gives the settings) onto
+/// `device` (`cpu`, `cuda`, `auto`, ...).
+pub fn load_trained(train_dir: &Path, device: &str) -> Result<TrainedModel, String> {
+    let record_path = train_dir.join("train.json");
+    let text = std::fs::read_to_string(&record_path)
+        .map_err(|e| format!("{}: {e}", record_path.display()))?;
+    let record: Value =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", record_path.display()))?;
+    let params = record
+        .get("model")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| format!("{}: no \"model\" settings", record_path.display()))?;
+    let p: P = serde_json::from_value(Value::Object(params.clone()))
+        .map_err(|e| format!("{}: {e}", record_path.display()))?;
+    let (mcfg, _, _) = p.configs()?;
+    let device = crate::runtime::pick_device(device).map_err(|e| e.to_string())?;
+    let mut vs = nn::VarStore::new(device);
+    let input = mcfg.input;
+    let model = Mg3d::new(&vs, mcfg, Path::new(&p.text_model))?;
+    let weights = train_dir.join("final").join("model.safetensors");
+    vs.load(&weights)
+        .map_err(|e| format!("{}: {e}", weights.display()))?;
+    vs.freeze();
+    Ok(TrainedModel {
+        model,
+        vs,
+        input,
+        text_model: p.text_model.into(),
+    })
+}
+
 fn write_metrics(path: &Path, m: &[StepMetrics]) -> Result<(), StageError> {
     let f = |g: fn(&StepMetrics) -> f64| -> ArrayRef {
         Arc::new(Float64Array::from_iter_values(m.iter().map(g)))

@@ -267,19 +267,25 @@ pub fn to_inputs(batch: &Batch, input: [i64; 3], device: Device) -> Result<Input
         let shape: Vec<i64> = f.shape.iter().map(|&s| s as i64).collect();
         Ok(Tensor::from_slice(&v).view(shape.as_slice()))
     };
+    // Text fields are stored padded to the tokenizer's max length; the batch only needs its
+    // longest report (padding is masked out, so this changes nothing but the work).
+    let mask = ints("attention_mask")?;
+    let l_full = mask.size()[1];
+    let longest = mask.sum_dim_intlist([1i64].as_slice(), false, tch::Kind::Int64);
+    let l = (longest.max().int64_value(&[])).clamp(1, l_full.max(1));
+    let trim = |t: Tensor| t.narrow(1, 0, l).contiguous().to_device(device);
     let ws = field("word_start")?;
-    let l = ws.shape[1];
     let word_start = ws
         .to_i64()
         .unwrap_or_default()
-        .chunks(l)
-        .map(|c| c.iter().map(|&x| x as i8).collect())
+        .chunks(ws.shape[1])
+        .map(|c| c.iter().take(l as usize).map(|&x| x as i8).collect())
         .collect();
     Ok(Inputs {
         volume: x.to_device(device),
-        input_ids: ints("input_ids")?.to_device(device),
-        attention_mask: ints("attention_mask")?.to_device(device),
-        clause_index: ints("clause_index")?.to_device(device),
+        input_ids: trim(ints("input_ids")?),
+        attention_mask: trim(mask),
+        clause_index: trim(ints("clause_index")?),
         word_start,
     })
 }

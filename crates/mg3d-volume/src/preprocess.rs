@@ -39,6 +39,7 @@ pub struct Preset {
 pub fn builtin_preset(name: &str) -> Option<&'static str> {
     match name {
         "demo" => Some(include_str!("../../../configs/preprocess/demo.toml")),
+        "demo-64" => Some(include_str!("../../../configs/preprocess/demo-64.toml")),
         "ct-clip" => Some(include_str!("../../../configs/preprocess/ct-clip.toml")),
         "mg3d" => Some(include_str!("../../../configs/preprocess/mg3d.toml")),
         _ => None,
@@ -51,7 +52,7 @@ pub fn load_preset(name: &str) -> Result<Preset, String> {
         Some(t) => t.to_string(),
         None => std::fs::read_to_string(name).map_err(|e| {
             format!(
-                "preset {name:?} is not built in (demo, ct-clip, mg3d) and not a readable file: {e}"
+                "preset {name:?} is not built in (demo, demo-64, ct-clip, mg3d) and not a readable file: {e}"
             )
         })?,
     };

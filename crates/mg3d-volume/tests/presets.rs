@@ -35,7 +35,7 @@ fn sphere(radius: f64, center: [f64; 3]) -> Volume {
 fn sphere_keeps_its_size_and_place_under_every_preset() {
     let (radius, center) = (20.0, [-5.0, 3.0, -10.0]);
     let v = sphere(radius, center);
-    for name in ["demo", "ct-clip", "mg3d"] {
+    for name in ["demo", "demo-64", "ct-clip", "mg3d"] {
         let p = load_preset(name).unwrap();
         let (out, _) = apply_preset(&v, &p);
         assert_eq!(out.dims, p.shape, "{name}");

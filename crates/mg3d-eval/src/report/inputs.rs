@@ -1,0 +1,279 @@
+//! Reading the report stage's inputs: upstream output directories by kind, Parquet tables (checked
+//! against their contracts) as plain columns, row counts and JSON files. Every reader returns a
+//! `Result<_, String>` whose error is a note for the page, never a stage failure.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use arrow::array::{Array, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow::compute::cast;
+use arrow::datatypes::DataType;
+use mg3d_core::stage::StageInput;
+use mg3d_core::table::{TableSchema, read_table};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use serde_json::Value;
+
+/// A section's data, or the note that replaces it on the page (missing input, unreadable table).
+pub type Part<T> = Result<T, String>;
+
+/// The order stage kinds are listed in on the page (a pipeline's natural order); kinds not named
+/// here follow, by name.
+pub const KIND_ORDER: [&str; 11] = [
+    "synth",
+    "ingest",
+    "preprocess",
+    "reports",
+    "entities",
+    "tokens",
+    "graph",
+    "curate",
+    "shards",
+    "train",
+    "eval",
+];
+
+/// The upstream outputs the page reads.
+#[derive(Debug, Clone)]
+pub struct Inputs {
+    stages: Vec<StageInput>,
+}
+
+fn kind_rank(kind: &str) -> usize {
+    KIND_ORDER
+        .iter()
+        .position(|k| *k == kind)
+        .unwrap_or(KIND_ORDER.len())
+}
+
+impl Inputs {
+    /// Wraps the stage's inputs, ordered by [`KIND_ORDER`], then kind and name.
+    pub fn new(stages: &[StageInput]) -> Inputs {
+        let mut stages = stages.to_vec();
+        stages.sort_by(|a, b| {
+            (kind_rank(&a.kind), &a.kind, &a.name).cmp(&(kind_rank(&b.kind), &b.kind, &b.name))
+        });
+        Inputs { stages }
+    }
+
+    /// Every input, in page order.
+    pub fn all(&self) -> &[StageInput] {
+        &self.stages
+    }
+
+    /// The output directory of the first input of `kind`, or a note saying it is absent.
+    pub fn dir(&self, kind: &str) -> Part<&Path> {
+        self.stages
+            .iter()
+            .find(|s| s.kind == kind)
+            .map(|s| s.dir.as_path())
+            .ok_or_else(|| format!("no input of kind \"{kind}\" in this pipeline"))
+    }
+
+    /// `file` inside the output of the first input of `kind`.
+    pub fn file(&self, kind: &str, file: &str) -> Part<PathBuf> {
+        Ok(self.dir(kind)?.join(file))
+    }
+
+    /// Reads `file` of the input of `kind` as the contract table `table`.
+    pub fn table(&self, kind: &str, file: &str, table: &str) -> Part<Table> {
+        Table::read(&self.file(kind, file)?, table).map_err(|e| format!("{kind}/{file}: {e}"))
+    }
+
+    /// Parses the JSON file `file` of the input of `kind`.
+    pub fn json(&self, kind: &str, file: &str) -> Part<Value> {
+        read_json(&self.file(kind, file)?).map_err(|e| format!("{kind}/{file}: {e}"))
+    }
+}
+
+/// Parses a JSON file.
+pub fn read_json(path: &Path) -> Result<Value, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| io_note(path, &e))?;
+    serde_json::from_str(&text).map_err(|e| format!("not valid JSON: {e}"))
+}
+
+fn io_note(path: &Path, e: &std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        format!("{} is missing", file_name(path))
+    } else {
+        format!("cannot read {}: {e}", file_name(path))
+    }
+}
+
+/// The last component of a path (pages never show absolute paths: they depend on the machine).
+pub fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// `msg` with `path` replaced by its file name: notes never show where the work dir is.
+pub fn scrub(msg: &str, path: &Path) -> String {
+    msg.replace(&path.display().to_string(), &file_name(path))
+}
+
+/// Row count of a Parquet file from its footer (no contract check: counts only).
+pub fn parquet_rows(path: &Path) -> Result<i64, String> {
+    let f = File::open(path).map_err(|e| io_note(path, &e))?;
+    let b = ParquetRecordBatchReaderBuilder::try_new(f).map_err(|e| format!("not Parquet: {e}"))?;
+    Ok(b.metadata().file_metadata().num_rows())
+}
+
+/// The `*.parquet` files at the top of `dir`, sorted by name.
+pub fn parquet_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let rd = std::fs::read_dir(dir).map_err(|e| io_note(dir, &e))?;
+    let mut files: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "parquet"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// A whole table read through its contract, with typed column accessors.
+#[derive(Debug, Clone)]
+pub struct Table {
+    batches: Vec<RecordBatch>,
+}
+
+impl Table {
+    /// Reads `path`, checking it against the contract `table` (schemas/).
+    pub fn read(path: &Path, table: &str) -> Result<Table, String> {
+        if !path.is_file() {
+            return Err("missing".into());
+        }
+        let schema = TableSchema::get(table).map_err(|e| e.to_string())?;
+        let batches = read_table(path, &schema).map_err(|e| scrub(&e.to_string(), path))?;
+        Ok(Table { batches })
+    }
+
+    /// Wraps batches already in memory.
+    pub fn from_batches(batches: Vec<RecordBatch>) -> Table {
+        Table { batches }
+    }
+
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.batches.iter().map(|b| b.num_rows()).sum()
+    }
+
+    fn column_as(
+        &self,
+        name: &str,
+        ty: &DataType,
+    ) -> Result<Vec<std::sync::Arc<dyn Array>>, String> {
+        self.batches
+            .iter()
+            .map(|b| {
+                let c = b
+                    .column_by_name(name)
+                    .ok_or_else(|| format!("no column {name:?}"))?;
+                cast(c, ty).map_err(|e| format!("column {name:?}: {e}"))
+            })
+            .collect()
+    }
+
+    /// A text column (nulls as `None`).
+    pub fn strs(&self, name: &str) -> Result<Vec<Option<String>>, String> {
+        let mut out = Vec::with_capacity(self.rows());
+        for a in self.column_as(name, &DataType::Utf8)? {
+            let a = a
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .expect("cast to utf8");
+            out.extend(a.iter().map(|v| v.map(str::to_string)));
+        }
+        Ok(out)
+    }
+
+    /// An integer column, widened to i64.
+    pub fn i64s(&self, name: &str) -> Result<Vec<Option<i64>>, String> {
+        let mut out = Vec::with_capacity(self.rows());
+        for a in self.column_as(name, &DataType::Int64)? {
+            let a = a
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .expect("cast to int64");
+            out.extend(a.iter());
+        }
+        Ok(out)
+    }
+
+    /// A numeric column as f64.
+    pub fn f64s(&self, name: &str) -> Result<Vec<Option<f64>>, String> {
+        let mut out = Vec::with_capacity(self.rows());
+        for a in self.column_as(name, &DataType::Float64)? {
+            let a = a
+                .as_any()
+                .downcast_ref::<Float64Array>()
+                .expect("cast to float64");
+            out.extend(a.iter());
+        }
+        Ok(out)
+    }
+
+    /// A boolean column.
+    pub fn bools(&self, name: &str) -> Result<Vec<Option<bool>>, String> {
+        let mut out = Vec::with_capacity(self.rows());
+        for a in self.column_as(name, &DataType::Boolean)? {
+            let a = a
+                .as_any()
+                .downcast_ref::<arrow::array::BooleanArray>()
+                .expect("cast to bool");
+            out.extend(a.iter());
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(name: &str, kind: &str) -> StageInput {
+        StageInput {
+            name: name.into(),
+            kind: kind.into(),
+            dir: PathBuf::from(format!("/nowhere/{name}")),
+        }
+    }
+
+    #[test]
+    fn inputs_are_in_pipeline_order_and_absent_kinds_are_notes() {
+        let i = Inputs::new(&[
+            input("z", "custom"),
+            input("t", "train"),
+            input("i", "ingest"),
+            input("a", "custom"),
+        ]);
+        let names: Vec<&str> = i.all().iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["i", "t", "a", "z"]);
+        assert!(
+            i.dir("eval")
+                .unwrap_err()
+                .contains("no input of kind \"eval\"")
+        );
+        assert!(i.dir("train").is_ok());
+    }
+
+    #[test]
+    fn missing_files_are_notes_naming_only_the_file() {
+        let i = Inputs::new(&[input("g", "graph")]);
+        let e = i.json("graph", "graph_stats.json").unwrap_err();
+        assert!(e.contains("graph_stats.json is missing"), "{e}");
+        assert!(!e.contains("/nowhere"), "{e}");
+        let e = i.table("graph", "edges.parquet", "edges").unwrap_err();
+        assert!(e.contains("missing"), "{e}");
+    }
+
+    #[test]
+    fn unreadable_tables_are_notes_without_the_directory() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("metrics.parquet");
+        std::fs::write(&p, b"not parquet").unwrap();
+        let e = Table::read(&p, "metrics").unwrap_err();
+        assert!(e.contains("metrics.parquet"), "{e}");
+        assert!(!e.contains(&d.path().display().to_string()), "{e}");
+        assert!(parquet_rows(&p).unwrap_err().starts_with("not Parquet"));
+        assert_eq!(parquet_files(d.path()).unwrap(), vec![p]);
+    }
+}

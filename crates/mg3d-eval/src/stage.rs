@@ -1,0 +1,1062 @@
+//! The `eval` stage: how well a trained model knows the corpus's findings.
+//!
+//! 1. **Features.** The trained model (train stage `final/`) encodes every sample of the train
+//!    split and of the evaluated splits: frozen image features (mean final-stage Swin tokens next
+//!    to the pooled unimodal image vector) and the pooled unimodal report vector.
+//! 2. **Alignment** (MG-3D's zero-shot protocol puts the pre-trained encoder into a CT-CLIP
+//!    wrapper aligned on the train split): two linear heads map image and report features into
+//!    one space, trained with the symmetric InfoNCE of CLIP (learned temperature) on the train
+//!    split only. Initialisation and batches come from the stage seed, so reruns are identical.
+//! 3. **Zero-shot labels** (CT-CLIP): per label, the two templates ("{label} is present." /
+//!    "{label} is not present.") go through the same text path; a volume's score is the softmax
+//!    probability of the first. AUC, and F1 / accuracy / precision at the label's Youden point,
+//!    each with a 95% percentile bootstrap interval (1,000 seeded resamples; the threshold is the
+//!    one chosen on all samples).
+//! 4. **Retrieval.** Report→volume Recall@K in the aligned space with its random baseline K/N;
+//!    volume→volume MAP@K with relevance by label overlap (see [`crate::metrics::label_overlap`])
+//!    against the mean of seeded random rankings.
+//! 5. **Linear probe.** Per label, L2 logistic regression on the frozen image features of the
+//!    train split, AUC on the evaluated splits (with bootstrap interval).
+//!
+//! Outputs: `eval.parquet` (schemas/eval.json) and `eval.json` (summary, settings).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray};
+use mg3d_core::labels::CT_RATE_LABELS;
+use mg3d_core::stage::{InputDecl, ParamDef, ParamType, Params, Stage, StageContext, StageError};
+use mg3d_core::table::{TableSchema, write_columns};
+use mg3d_shard::{Loader, LoaderConfig, ShardIndex};
+use mg3d_train::stage::{TrainedModel, load_trained};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tch::nn::{self, Module, OptimizerConfig};
+use tch::{Device, Kind, Tensor};
+
+use crate::metrics::{
+    Confusion, auc, label_overlap, map_at_k, quantile, random_map_at_k, random_recall_at_k,
+    recall_at_k, youden_threshold,
+};
+use crate::probe::fit_logistic;
+
+/// The `eval` stage.
+pub struct EvalStage;
+
+#[derive(Debug, Clone, Deserialize)]
+struct P {
+    splits: Vec<String>,
+    labels: Vec<String>,
+    templates: Vec<String>,
+    device: String,
+    batch_size: i64,
+    align_steps: i64,
+    align_batch: i64,
+    align_lr: f64,
+    embed_dim: i64,
+    bootstrap: i64,
+    recall_k: Vec<i64>,
+    map_k: Vec<i64>,
+    probe_c: f64,
+    unmentioned_as_negative: bool,
+    seed: i64,
+}
+
+impl P {
+    fn check(&self) -> Result<(), String> {
+        if self.splits.is_empty() {
+            return Err("splits: name at least one split (train, val, test)".into());
+        }
+        for s in &self.splits {
+            if !["train", "val", "test"].contains(&s.as_str()) {
+                return Err(format!("splits: {s:?} is not one of train, val, test"));
+            }
+        }
+        for l in &self.labels {
+            if !CT_RATE_LABELS.contains(&l.as_str()) {
+                return Err(format!(
+                    "labels: {l:?} is not a CT-RATE label; use one of: {}",
+                    CT_RATE_LABELS.join(", ")
+                ));
+            }
+        }
+        if self.templates.len() != 2 || self.templates.iter().any(|t| !t.contains("{label}")) {
+            return Err(
+                "templates: give two strings containing {label}: the present and the absent prompt"
+                    .into(),
+            );
+        }
+        let positive = [
+            ("batch_size", self.batch_size),
+            ("align_batch", self.align_batch),
+            ("embed_dim", self.embed_dim),
+        ];
+        for (n, v) in positive {
+            if v < 1 {
+                return Err(format!("{n} must be >= 1"));
+            }
+        }
+        if self.align_steps < 0 || self.bootstrap < 0 {
+            return Err("align_steps and bootstrap must be >= 0".into());
+        }
+        if self.recall_k.iter().chain(&self.map_k).any(|&k| k < 1) {
+            return Err("recall_k and map_k must hold positive integers".into());
+        }
+        if self.probe_c.is_nan() || self.probe_c <= 0.0 {
+            return Err("probe_c must be > 0".into());
+        }
+        Ok(())
+    }
+
+    /// The labels scored: the configured ones, or all 18, in CT-RATE order.
+    fn label_set(&self) -> Vec<usize> {
+        (0..CT_RATE_LABELS.len())
+            .filter(|&i| {
+                self.labels.is_empty() || self.labels.iter().any(|l| l == CT_RATE_LABELS[i])
+            })
+            .collect()
+    }
+}
+
+/// Encoded samples of some splits.
+struct Encoded {
+    /// Frozen image features, N×F.
+    image: Vec<Vec<f32>>,
+    /// Pooled report features, N×H.
+    text: Vec<Vec<f32>>,
+    /// Labels per sample (18; `None` unknown).
+    labels: Vec<Vec<Option<bool>>>,
+    /// Report pseudonym per sample.
+    report_ids: Vec<String>,
+}
+
+fn rows(t: &Tensor) -> Vec<Vec<f32>> {
+    let t = t.to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
+    let (n, d) = t.size2().expect("2-D");
+    let flat: Vec<f32> = t.view([-1]).try_into().unwrap_or_default();
+    (0..n as usize)
+        .map(|i| flat[i * d as usize..(i + 1) * d as usize].to_vec())
+        .collect()
+}
+
+fn encode_split(
+    tm: &TrainedModel,
+    index: &ShardIndex,
+    split: &str,
+    batch_size: usize,
+    out: &mut Encoded,
+) -> Result<(), String> {
+    if index
+        .split(split)
+        .map(|s| s.samples.is_empty())
+        .unwrap_or(true)
+    {
+        return Ok(());
+    }
+    let loader = Loader::new(
+        index,
+        LoaderConfig {
+            split: split.into(),
+            batch_size,
+            shuffle: false,
+            drop_last: false,
+            workers: 0,
+            ..Default::default()
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let device = tm.model.device();
+    let entries = &index.split(split).map_err(|e| e.to_string())?.samples;
+    for batch in loader {
+        let batch = batch.map_err(|e| e.to_string())?;
+        out.report_ids.extend(
+            batch
+                .samples
+                .iter()
+                .map(|&s| entries[s as usize].report_id.clone()),
+        );
+        let inp = mg3d_train::trainer::to_inputs(&batch, tm.input, device)?;
+        let (img, txt) = tch::no_grad(|| {
+            (
+                tm.model.image_features(&inp.volume),
+                tm.model
+                    .text_embedding(&inp.input_ids, &inp.attention_mask, &inp.clause_index),
+            )
+        });
+        out.image.extend(rows(&img));
+        out.text.extend(rows(&txt));
+        let lab = batch
+            .field("labels")
+            .ok_or("the shards have no labels field")?;
+        let width = lab.shape.get(1).copied().unwrap_or(0);
+        let v = lab.to_i64().unwrap_or_default();
+        for c in v.chunks(width.max(1)) {
+            out.labels.push(
+                c.iter()
+                    .map(|&x| match x {
+                        1 => Some(true),
+                        0 => Some(false),
+                        _ => None,
+                    })
+                    .collect(),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Tokenises prompts like the tokens stage does a one-clause report and encodes them.
+fn encode_prompts(tm: &TrainedModel, prompts: &[String]) -> Result<Vec<Vec<f32>>, String> {
+    let path = tm.text_model.join("tokenizer.json");
+    let tok =
+        tokenizers::Tokenizer::from_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let enc: Vec<tokenizers::Encoding> = prompts
+        .iter()
+        .map(|p| tok.encode(p.to_lowercase(), true))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    let l = enc.iter().map(|e| e.get_ids().len()).max().unwrap_or(1);
+    let (mut ids, mut mask, mut clause) = (vec![], vec![], vec![]);
+    for e in &enc {
+        let n = e.get_ids().len();
+        for k in 0..l {
+            if k < n {
+                ids.push(e.get_ids()[k] as i64);
+                mask.push(1i64);
+                clause.push(if e.get_special_tokens_mask()[k] == 1 {
+                    -1i64
+                } else {
+                    0
+                });
+            } else {
+                ids.push(0);
+                mask.push(0);
+                clause.push(-1);
+            }
+        }
+    }
+    let dev = tm.model.device();
+    let shape = [enc.len() as i64, l as i64];
+    let t = |v: Vec<i64>| Tensor::from_slice(&v).view(shape).to_device(dev);
+    let out = tch::no_grad(|| tm.model.text_embedding(&t(ids), &t(mask), &t(clause)));
+    Ok(rows(&out))
+}
+
+/// Per-column mean and standard deviation of the train rows (std 1 where constant).
+fn standardiser(x: &[Vec<f32>]) -> (Vec<f32>, Vec<f32>) {
+    let d = x.first().map_or(0, Vec::len);
+    let n = x.len().max(1) as f64;
+    let mut mean = vec![0.0f64; d];
+    for r in x {
+        for (m, v) in mean.iter_mut().zip(r) {
+            *m += *v as f64 / n;
+        }
+    }
+    let mut var = vec![0.0f64; d];
+    for r in x {
+        for k in 0..d {
+            var[k] += (r[k] as f64 - mean[k]).powi(2) / n;
+        }
+    }
+    (
+        mean.iter().map(|&m| m as f32).collect(),
+        var.iter()
+            .map(|&v| if v > 1e-12 { v.sqrt() as f32 } else { 1.0 })
+            .collect(),
+    )
+}
+
+fn to_tensor(x: &[Vec<f32>], norm: &(Vec<f32>, Vec<f32>)) -> Tensor {
+    let d = norm.0.len();
+    let flat: Vec<f32> = x
+        .iter()
+        .flat_map(|r| (0..d).map(|k| (r[k] - norm.0[k]) / norm.1[k]))
+        .collect();
+    Tensor::from_slice(&flat).view([x.len() as i64, d as i64])
+}
+
+/// The aligned space: image and text heads and the learned temperature.
+struct Aligner {
+    _vs: nn::VarStore,
+    img: nn::Linear,
+    txt: nn::Linear,
+    logit_scale: Tensor,
+    img_norm: (Vec<f32>, Vec<f32>),
+    txt_norm: (Vec<f32>, Vec<f32>),
+}
+
+/// A `rows × cols` matrix of N(0, std²) draws from `rng` (Box-Muller).
+fn gaussian(rng: &mut ChaCha8Rng, rows: i64, cols: i64, std: f64) -> Tensor {
+    let v: Vec<f32> = (0..rows * cols)
+        .map(|_| {
+            let u1: f64 = rng.random::<f64>().max(1e-12);
+            let u2: f64 = rng.random::<f64>();
+            ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos() * std) as f32
+        })
+        .collect();
+    Tensor::from_slice(&v).view([rows, cols])
+}
+
+struct AlignReport {
+    first_loss: f64,
+    last_loss: f64,
+    temperature: f64,
+}
+
+impl Aligner {
+    fn fit(train: &Encoded, p: &P) -> (Aligner, AlignReport) {
+        let img_norm = standardiser(&train.image);
+        let txt_norm = standardiser(&train.text);
+        let x = to_tensor(&train.image, &img_norm);
+        let t = to_tensor(&train.text, &txt_norm);
+        let (fi, ft, e) = (
+            img_norm.0.len() as i64,
+            txt_norm.0.len() as i64,
+            p.embed_dim,
+        );
+        let vs = nn::VarStore::new(Device::Cpu);
+        let root = vs.root();
+        let mut rng = ChaCha8Rng::seed_from_u64(p.seed as u64 ^ 0x616c69676e);
+        let lin = |name: &str, d_in: i64, rng: &mut ChaCha8Rng| {
+            let p = &root / name;
+            nn::Linear {
+                ws: p.var_copy(
+                    "weight",
+                    &gaussian(rng, e, d_in, 1.0 / (d_in as f64).sqrt()),
+                ),
+                bs: Some(p.var_copy("bias", &Tensor::zeros([e], tch::kind::FLOAT_CPU))),
+            }
+        };
+        let img = lin("image_head", fi, &mut rng);
+        let txt = lin("text_head", ft, &mut rng);
+        let logit_scale =
+            root.var_copy("logit_scale", &Tensor::from_slice(&[(1.0f32 / 0.07).ln()]));
+        let n = train.image.len();
+        let mut report = AlignReport {
+            first_loss: f64::NAN,
+            last_loss: f64::NAN,
+            temperature: 0.07,
+        };
+        if n >= 2 && p.align_steps > 0 {
+            let mut opt = nn::Adam {
+                wd: 1e-4,
+                ..Default::default()
+            }
+            .build(&vs, p.align_lr)
+            .expect("Adam over the alignment heads");
+            let bs = (p.align_batch as usize).min(n);
+            for step in 0..p.align_steps {
+                // A seeded sample without replacement.
+                let mut order: Vec<i64> = (0..n as i64).collect();
+                for i in (1..n).rev() {
+                    order.swap(i, rng.random_range(0..=i));
+                }
+                let idx = Tensor::from_slice(&order[..bs]);
+                let zi = l2(&img.forward(&x.index_select(0, &idx)));
+                let zt = l2(&txt.forward(&t.index_select(0, &idx)));
+                let scale = logit_scale.clamp(0.0, 100f64.ln()).exp();
+                let logits = zi.matmul(&zt.tr()) * &scale;
+                let target = Tensor::arange(bs as i64, tch::kind::INT64_CPU);
+                let loss = (logits.cross_entropy_for_logits(&target)
+                    + logits.tr().cross_entropy_for_logits(&target))
+                    / 2.0;
+                opt.backward_step(&loss);
+                let v = loss.double_value(&[]);
+                if step == 0 {
+                    report.first_loss = v;
+                }
+                report.last_loss = v;
+            }
+            report.temperature = 1.0 / logit_scale.clamp(0.0, 100f64.ln()).exp().double_value(&[0]);
+        }
+        (
+            Aligner {
+                _vs: vs,
+                img,
+                txt,
+                logit_scale,
+                img_norm,
+                txt_norm,
+            },
+            report,
+        )
+    }
+
+    fn image(&self, x: &[Vec<f32>]) -> Tensor {
+        tch::no_grad(|| l2(&self.img.forward(&to_tensor(x, &self.img_norm))))
+    }
+
+    fn text(&self, x: &[Vec<f32>]) -> Tensor {
+        tch::no_grad(|| l2(&self.txt.forward(&to_tensor(x, &self.txt_norm))))
+    }
+
+    fn scale(&self) -> f64 {
+        tch::no_grad(|| {
+            self.logit_scale
+                .clamp(0.0, 100f64.ln())
+                .exp()
+                .double_value(&[0])
+        })
+    }
+}
+
+fn l2(x: &Tensor) -> Tensor {
+    x / x
+        .norm_scalaropt_dim(2, [1i64].as_slice(), true)
+        .clamp_min(1e-8)
+}
+
+fn matrix(t: &Tensor) -> Vec<Vec<f64>> {
+    rows(t)
+        .into_iter()
+        .map(|r| r.into_iter().map(f64::from).collect())
+        .collect()
+}
+
+/// One output row.
+struct Row {
+    task: &'static str,
+    label: String,
+    metric: String,
+    value: f64,
+    ci: Option<(f64, f64)>,
+    n: usize,
+    n_positive: Option<usize>,
+}
+
+/// Binary scores of one label with bootstrap intervals.
+struct LabelScores {
+    auc: f64,
+    auc_ci: Option<(f64, f64)>,
+    threshold: f64,
+    /// (f1, accuracy, precision) at the threshold and their intervals.
+    at_threshold: [(f64, Option<(f64, f64)>); 3],
+    n: usize,
+    n_positive: usize,
+}
+
+fn score_label(
+    scores: &[f64],
+    labels: &[bool],
+    resamples: usize,
+    seed: u64,
+) -> Option<LabelScores> {
+    let a = auc(scores, labels)?;
+    let t = youden_threshold(scores, labels)?;
+    let c = Confusion::at(scores, labels, t);
+    let n = scores.len();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut draws: [Vec<f64>; 4] = Default::default();
+    let (mut s, mut l) = (vec![0.0; n], vec![false; n]);
+    for _ in 0..resamples {
+        for k in 0..n {
+            let r = rng.random_range(0..n);
+            s[k] = scores[r];
+            l[k] = labels[r];
+        }
+        let cb = Confusion::at(&s, &l, t);
+        if let Some(ab) = auc(&s, &l) {
+            draws[0].push(ab);
+        }
+        draws[1].push(cb.f1());
+        draws[2].push(cb.accuracy());
+        draws[3].push(cb.precision());
+    }
+    let ci = |v: &Vec<f64>| (!v.is_empty()).then(|| (quantile(v, 0.025), quantile(v, 0.975)));
+    Some(LabelScores {
+        auc: a,
+        auc_ci: ci(&draws[0]),
+        threshold: t,
+        at_threshold: [
+            (c.f1(), ci(&draws[1])),
+            (c.accuracy(), ci(&draws[2])),
+            (c.precision(), ci(&draws[3])),
+        ],
+        n,
+        n_positive: labels.iter().filter(|&&x| x).count(),
+    })
+}
+
+/// Bootstrap interval of the mean AUC over labels (labels undefined in a resample are left out
+/// of that resample's mean).
+fn mean_auc_ci(
+    per_label: &[(Vec<f64>, Vec<Option<bool>>)],
+    n: usize,
+    resamples: usize,
+    seed: u64,
+) -> Option<(f64, f64)> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut means = vec![];
+    let mut pick = vec![0usize; n];
+    for _ in 0..resamples {
+        for p in pick.iter_mut() {
+            *p = rng.random_range(0..n);
+        }
+        let aucs: Vec<f64> = per_label
+            .iter()
+            .filter_map(|(s, l)| {
+                let (mut ss, mut ll) = (vec![], vec![]);
+                for &r in &pick {
+                    if let Some(y) = l[r] {
+                        ss.push(s[r]);
+                        ll.push(y);
+                    }
+                }
+                auc(&ss, &ll)
+            })
+            .collect();
+        if !aucs.is_empty() {
+            means.push(aucs.iter().sum::<f64>() / aucs.len() as f64);
+        }
+    }
+    (!means.is_empty()).then(|| (quantile(&means, 0.025), quantile(&means, 0.975)))
+}
+
+fn label_seed(seed: u64, task: &str, label: usize) -> u64 {
+    let h = fnv1a(&format!("{task}/{label}"));
+    seed ^ h
+}
+
+fn fnv1a(s: &str) -> u64 {
+    // FNV-1a: a fixed, dependency-free seed derivation.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// Scores every label with known values in `labels`; adds rows and returns the summary.
+fn label_task(
+    task: &'static str,
+    scores_of: impl Fn(usize) -> Vec<f64>,
+    labels: &[Vec<Option<bool>>],
+    label_set: &[usize],
+    p: &P,
+    rows_out: &mut Vec<Row>,
+) -> Value {
+    let mut per_label = serde_json::Map::new();
+    let mut aucs = vec![];
+    let mut kept = vec![];
+    for &li in label_set {
+        let all = scores_of(li);
+        let (mut s, mut y) = (vec![], vec![]);
+        for (k, l) in labels.iter().enumerate() {
+            if let Some(v) = l[li] {
+                s.push(all[k]);
+                y.push(v);
+            }
+        }
+        let name = CT_RATE_LABELS[li];
+        let Some(ls) = score_label(
+            &s,
+            &y,
+            p.bootstrap as usize,
+            label_seed(p.seed as u64, task, li),
+        ) else {
+            per_label.insert(
+                name.into(),
+                json!({"skipped": "needs positive and negative samples", "n": s.len()}),
+            );
+            continue;
+        };
+        let push = |rows_out: &mut Vec<Row>, metric: &str, value: f64, ci| {
+            rows_out.push(Row {
+                task,
+                label: name.into(),
+                metric: metric.into(),
+                value,
+                ci,
+                n: ls.n,
+                n_positive: Some(ls.n_positive),
+            })
+        };
+        push(rows_out, "auc", ls.auc, ls.auc_ci);
+        if task == "zero_shot" {
+            push(rows_out, "f1", ls.at_threshold[0].0, ls.at_threshold[0].1);
+            push(
+                rows_out,
+                "accuracy",
+                ls.at_threshold[1].0,
+                ls.at_threshold[1].1,
+            );
+            push(
+                rows_out,
+                "precision",
+                ls.at_threshold[2].0,
+                ls.at_threshold[2].1,
+            );
+            push(rows_out, "threshold", ls.threshold, None);
+        }
+        per_label.insert(
+            name.into(),
+            json!({"auc": ls.auc, "auc_ci": ls.auc_ci, "f1": ls.at_threshold[0].0,
+                   "accuracy": ls.at_threshold[1].0, "precision": ls.at_threshold[2].0,
+                   "threshold": ls.threshold, "n": ls.n, "n_positive": ls.n_positive}),
+        );
+        aucs.push(ls.auc);
+        kept.push((all, labels.iter().map(|l| l[li]).collect::<Vec<_>>()));
+    }
+    let mean = if aucs.is_empty() {
+        f64::NAN
+    } else {
+        aucs.iter().sum::<f64>() / aucs.len() as f64
+    };
+    let ci = mean_auc_ci(
+        &kept,
+        labels.len(),
+        p.bootstrap as usize,
+        label_seed(p.seed as u64, task, 999),
+    );
+    rows_out.push(Row {
+        task,
+        label: "mean".into(),
+        metric: "auc".into(),
+        value: mean,
+        ci,
+        n: labels.len(),
+        n_positive: None,
+    });
+    json!({"mean_auc": mean, "mean_auc_ci": ci, "labels_scored": aucs.len(), "per_label": per_label})
+}
+
+/// Per report, the 18 labels from the entities stage's long-form `labels.parquet`: 1 present,
+/// 0 absent, -1 uncertain (unknown), null not mentioned (absent or unknown per the policy).
+fn read_report_labels(
+    path: &Path,
+    unmentioned_as_negative: bool,
+) -> Result<BTreeMap<String, Vec<Option<bool>>>, StageError> {
+    use arrow::array::{Array, Int32Array};
+    let mut out: BTreeMap<String, Vec<Option<bool>>> = BTreeMap::new();
+    let default = if unmentioned_as_negative {
+        Some(false)
+    } else {
+        None
+    };
+    for b in mg3d_core::table::read_table(path, &TableSchema::get("labels")?)? {
+        let col = |n: &str| {
+            b.column_by_name(n)
+                .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+                .ok_or_else(|| {
+                    StageError::msg(format!("{}: column {n} is not text", path.display()))
+                })
+        };
+        let (reports, labels) = (col("report_id")?, col("label")?);
+        let values = b
+            .column_by_name("value")
+            .and_then(|c| c.as_any().downcast_ref::<Int32Array>())
+            .ok_or_else(|| {
+                StageError::msg(format!("{}: column value is not int32", path.display()))
+            })?;
+        for i in 0..b.num_rows() {
+            let Some(k) = CT_RATE_LABELS.iter().position(|l| *l == labels.value(i)) else {
+                continue;
+            };
+            let v = out
+                .entry(reports.value(i).to_string())
+                .or_insert_with(|| vec![default; CT_RATE_LABELS.len()]);
+            v[k] = if values.is_null(i) {
+                default
+            } else {
+                match values.value(i) {
+                    1 => Some(true),
+                    0 => Some(false),
+                    _ => None,
+                }
+            };
+        }
+    }
+    Ok(out)
+}
+
+fn write_rows(path: &Path, rows: &[Row]) -> Result<(), StageError> {
+    let s = |f: fn(&Row) -> &str| -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(rows.iter().map(f)))
+    };
+    write_columns(
+        path,
+        &TableSchema::get("eval")?,
+        vec![
+            s(|r| r.task),
+            s(|r| &r.label),
+            s(|r| &r.metric),
+            Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.value))),
+            Arc::new(Float64Array::from_iter(
+                rows.iter().map(|r| r.ci.map(|c| c.0)),
+            )),
+            Arc::new(Float64Array::from_iter(
+                rows.iter().map(|r| r.ci.map(|c| c.1)),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                rows.iter().map(|r| r.n as i64),
+            )),
+            Arc::new(Int64Array::from_iter(
+                rows.iter().map(|r| r.n_positive.map(|x| x as i64)),
+            )),
+        ],
+    )?;
+    Ok(())
+}
+
+/// Runs the whole evaluation; returns the rows and the JSON summary.
+fn evaluate(
+    tm: &TrainedModel,
+    index: &ShardIndex,
+    report_labels: Option<&BTreeMap<String, Vec<Option<bool>>>>,
+    p: &P,
+) -> Result<(Vec<Row>, Value), String> {
+    let bs = p.batch_size as usize;
+    let empty = || Encoded {
+        image: vec![],
+        text: vec![],
+        labels: vec![],
+        report_ids: vec![],
+    };
+    let clock = std::time::Instant::now();
+    let mut train = empty();
+    encode_split(tm, index, "train", bs, &mut train)?;
+    let mut test = empty();
+    for s in &p.splits {
+        encode_split(tm, index, s, bs, &mut test)?;
+    }
+    if let Some(l) = report_labels {
+        for e in [&mut train, &mut test] {
+            for (k, r) in e.report_ids.iter().enumerate() {
+                if let Some(v) = l.get(r) {
+                    e.labels[k] = v.clone();
+                }
+            }
+        }
+    }
+    tracing::info!(seconds = clock.elapsed().as_secs_f64(), "encoded");
+    let n = test.image.len();
+    if n == 0 {
+        return Err(format!(
+            "the evaluated splits {:?} hold no samples; evaluate other splits or build a larger corpus",
+            p.splits
+        ));
+    }
+    if train.image.len() < 2 {
+        return Err("the train split needs at least 2 samples to fit the alignment".into());
+    }
+    let (aligner, align) = Aligner::fit(&train, p);
+    tracing::info!(seconds = clock.elapsed().as_secs_f64(), "aligned");
+    let label_set = p.label_set();
+    let mut rows_out = vec![];
+
+    // Zero-shot: softmax over the present/absent prompts per label.
+    let prompts: Vec<String> = label_set
+        .iter()
+        .flat_map(|&l| {
+            p.templates
+                .iter()
+                .map(move |t| t.replace("{label}", CT_RATE_LABELS[l]))
+        })
+        .collect();
+    let prompt_z = aligner.text(&encode_prompts(tm, &prompts)?);
+    let img_z = aligner.image(&test.image);
+    let scale = aligner.scale();
+    let sim = matrix(&img_z.matmul(&prompt_z.tr())); // N × 2L
+    let zero_shot = label_task(
+        "zero_shot",
+        |li| {
+            let j = label_set
+                .iter()
+                .position(|&x| x == li)
+                .expect("scored label")
+                * 2;
+            sim.iter()
+                .map(|r| {
+                    let (a, b) = (scale * r[j], scale * r[j + 1]);
+                    1.0 / (1.0 + (b - a).exp())
+                })
+                .collect()
+        },
+        &test.labels,
+        &label_set,
+        p,
+        &mut rows_out,
+    );
+
+    tracing::info!(seconds = clock.elapsed().as_secs_f64(), "zero-shot scored");
+    // Report -> volume retrieval.
+    let text_z = aligner.text(&test.text);
+    let r2v = matrix(&text_z.matmul(&img_z.tr()));
+    let targets: Vec<usize> = (0..n).collect();
+    let mut r2v_json = serde_json::Map::new();
+    for &k in &p.recall_k {
+        let k = k as usize;
+        for (metric, value) in [
+            (format!("recall@{k}"), recall_at_k(&r2v, &targets, k)),
+            (format!("random_recall@{k}"), random_recall_at_k(n, k)),
+        ] {
+            r2v_json.insert(metric.clone(), json!(value));
+            rows_out.push(Row {
+                task: "report_to_volume",
+                label: String::new(),
+                metric,
+                value,
+                ci: None,
+                n,
+                n_positive: None,
+            });
+        }
+    }
+
+    // Volume -> volume retrieval by label overlap (over the scored labels).
+    let v2v = matrix(&img_z.matmul(&img_z.tr()));
+    let restrict = |l: &Vec<Option<bool>>| label_set.iter().map(|&i| l[i]).collect::<Vec<_>>();
+    let labs: Vec<Vec<Option<bool>>> = test.labels.iter().map(restrict).collect();
+    let queries: Vec<(Vec<f64>, Vec<bool>)> = (0..n)
+        .map(|q| {
+            let others: Vec<usize> = (0..n).filter(|&c| c != q).collect();
+            (
+                others.iter().map(|&c| v2v[q][c]).collect(),
+                others
+                    .iter()
+                    .map(|&c| label_overlap(&labs[q], &labs[c]))
+                    .collect(),
+            )
+        })
+        .collect();
+    let relevance: Vec<Vec<bool>> = queries.iter().map(|(_, r)| r.clone()).collect();
+    let mut v2v_json = serde_json::Map::new();
+    for &k in &p.map_k {
+        let k = k as usize;
+        let (map, used) = map_at_k(&queries, k);
+        let random = random_map_at_k(&relevance, k, 100, p.seed as u64 ^ 0x6d6170);
+        for (metric, value) in [
+            (format!("map@{k}"), map),
+            (format!("random_map@{k}"), random),
+        ] {
+            v2v_json.insert(metric.clone(), json!(value));
+            rows_out.push(Row {
+                task: "volume_to_volume",
+                label: String::new(),
+                metric,
+                value,
+                ci: None,
+                n: used,
+                n_positive: None,
+            });
+        }
+    }
+
+    tracing::info!(seconds = clock.elapsed().as_secs_f64(), "retrieval scored");
+    // Linear probe on the frozen image features.
+    let x_train: Vec<Vec<f64>> = train
+        .image
+        .iter()
+        .map(|r| r.iter().map(|&v| v as f64).collect())
+        .collect();
+    let x_test: Vec<Vec<f64>> = test
+        .image
+        .iter()
+        .map(|r| r.iter().map(|&v| v as f64).collect())
+        .collect();
+    let probes: BTreeMap<usize, Option<crate::probe::Logistic>> = label_set
+        .iter()
+        .map(|&li| {
+            let (mut x, mut y) = (vec![], vec![]);
+            for (k, l) in train.labels.iter().enumerate() {
+                if let Some(v) = l[li] {
+                    x.push(x_train[k].clone());
+                    y.push(v);
+                }
+            }
+            (li, fit_logistic(&x, &y, p.probe_c, 50))
+        })
+        .collect();
+    let probe_labels: Vec<usize> = label_set
+        .iter()
+        .copied()
+        .filter(|li| probes[li].is_some())
+        .collect();
+    let probe = label_task(
+        "linear_probe",
+        |li| {
+            let m = probes[&li].as_ref().expect("fitted probe");
+            x_test.iter().map(|r| m.predict(r)).collect()
+        },
+        &test.labels,
+        &probe_labels,
+        p,
+        &mut rows_out,
+    );
+
+    tracing::info!(seconds = clock.elapsed().as_secs_f64(), "probes scored");
+    let summary = json!({
+        "splits": p.splits,
+        "label_source": if report_labels.is_some() { "entities labels.parquet" } else { "shard labels" },
+        "unmentioned_as_negative": p.unmentioned_as_negative,
+        "samples": n,
+        "train_samples": train.image.len(),
+        "labels": label_set.iter().map(|&i| CT_RATE_LABELS[i]).collect::<Vec<_>>(),
+        "templates": p.templates,
+        "alignment": {
+            "steps": p.align_steps,
+            "first_loss": align.first_loss,
+            "last_loss": align.last_loss,
+            "temperature": align.temperature,
+            "embed_dim": p.embed_dim,
+        },
+        "zero_shot": zero_shot,
+        "report_to_volume": r2v_json,
+        "volume_to_volume": v2v_json,
+        "linear_probe": probe,
+    });
+    Ok((rows_out, summary))
+}
+
+impl Stage for EvalStage {
+    fn kind(&self) -> &'static str {
+        "eval"
+    }
+    fn code_version(&self) -> &'static str {
+        "1"
+    }
+    fn describe(&self) -> &'static str {
+        "zero-shot labels, report->volume and volume->volume retrieval, linear probe -> eval.parquet, eval.json"
+    }
+    fn params(&self) -> Vec<ParamDef> {
+        vec![
+            ParamDef::new(
+                "splits",
+                ParamType::List,
+                json!(["test"]),
+                "splits evaluated (alignment and probes fit on train)",
+            ),
+            ParamDef::new(
+                "labels",
+                ParamType::List,
+                json!([]),
+                "CT-RATE labels scored ([] = all 18; those without both classes are skipped)",
+            ),
+            ParamDef::new(
+                "templates",
+                ParamType::List,
+                json!(["{label} is present.", "{label} is not present."]),
+                "zero-shot prompts: present, absent",
+            ),
+            ParamDef::new(
+                "device",
+                ParamType::Str,
+                json!("auto"),
+                "cpu | cuda | cuda:N | auto",
+            ),
+            ParamDef::new(
+                "batch_size",
+                ParamType::Int,
+                json!(4),
+                "samples per encoding batch",
+            ),
+            ParamDef::new(
+                "align_steps",
+                ParamType::Int,
+                json!(300),
+                "steps of the CLIP alignment of the heads on the train split",
+            ),
+            ParamDef::new("align_batch", ParamType::Int, json!(32), "alignment batch"),
+            ParamDef::new(
+                "align_lr",
+                ParamType::Float,
+                json!(1e-3),
+                "alignment learning rate",
+            ),
+            ParamDef::new(
+                "embed_dim",
+                ParamType::Int,
+                json!(64),
+                "aligned space width",
+            ),
+            ParamDef::new(
+                "bootstrap",
+                ParamType::Int,
+                json!(1000),
+                "bootstrap resamples for the 95% intervals",
+            ),
+            ParamDef::new(
+                "recall_k",
+                ParamType::List,
+                json!([5, 10, 50, 100]),
+                "K of report->volume Recall@K",
+            ),
+            ParamDef::new(
+                "map_k",
+                ParamType::List,
+                json!([1, 5, 10, 50]),
+                "K of volume->volume MAP@K",
+            ),
+            ParamDef::new(
+                "probe_c",
+                ParamType::Float,
+                json!(1.0),
+                "inverse L2 strength of the linear probe",
+            ),
+            ParamDef::new(
+                "unmentioned_as_negative",
+                ParamType::Bool,
+                json!(true),
+                "with an entities input: a label the report does not mention counts as absent \
+                 (CT-RATE's convention); uncertain mentions are left out either way",
+            ),
+            ParamDef::new(
+                "seed",
+                ParamType::Int,
+                json!(0),
+                "seed of alignment and bootstrap",
+            ),
+        ]
+    }
+    fn inputs(&self) -> Vec<InputDecl> {
+        vec![
+            InputDecl {
+                kind: "train",
+                required: true,
+            },
+            InputDecl {
+                kind: "shards",
+                required: true,
+            },
+            InputDecl {
+                kind: "entities",
+                required: false,
+            },
+        ]
+    }
+    fn check_params(&self, params: &Params) -> Result<(), String> {
+        let p: P = params.parse().map_err(|e| e.to_string())?;
+        p.check()
+    }
+    fn run(&self, ctx: &StageContext) -> Result<Value, StageError> {
+        let p: P = ctx.params.parse()?;
+        p.check().map_err(StageError::msg)?;
+        let tm = load_trained(ctx.input("train")?, &p.device).map_err(StageError::msg)?;
+        let index =
+            ShardIndex::open(ctx.input("shards")?).map_err(|e| StageError::msg(e.to_string()))?;
+        let report_labels = match ctx.input("entities") {
+            Ok(dir) => Some(read_report_labels(
+                &dir.join("labels.parquet"),
+                p.unmentioned_as_negative,
+            )?),
+            Err(_) => None,
+        };
+        let (rows_out, summary) =
+            evaluate(&tm, &index, report_labels.as_ref(), &p).map_err(StageError::msg)?;
+        write_rows(&ctx.out_dir.join("eval.parquet"), &rows_out)?;
+        std::fs::write(
+            ctx.out_dir.join("eval.json"),
+            serde_json::to_string_pretty(&summary).unwrap_or_default() + "\n",
+        )?;
+        Ok(json!({
+            "samples": summary["samples"],
+            "zero_shot_mean_auc": summary["zero_shot"]["mean_auc"],
+            "linear_probe_mean_auc": summary["linear_probe"]["mean_auc"],
+            "report_to_volume": summary["report_to_volume"],
+        }))
+    }
+}
