@@ -56,6 +56,8 @@ struct P {
     align_steps: i64,
     align_batch: i64,
     align_lr: f64,
+    align_encoder: bool,
+    align_encoder_lr: f64,
     embed_dim: i64,
     bootstrap: i64,
     recall_k: Vec<i64>,
@@ -125,12 +127,14 @@ impl P {
 struct Encoded {
     /// Frozen image features, N×F.
     image: Vec<Vec<f32>>,
-    /// Pooled report features, N×H.
-    text: Vec<Vec<f32>>,
+    /// Per sample, the report's clause features (clauses × D).
+    text: Vec<Vec<Vec<f32>>>,
     /// Labels per sample (18; `None` unknown).
     labels: Vec<Vec<Option<bool>>>,
     /// Report pseudonym per sample.
     report_ids: Vec<String>,
+    /// The model-sized volumes (batches of B×1×D×H×W), kept when the encoder is fine-tuned.
+    volumes: Vec<Tensor>,
 }
 
 fn rows(t: &Tensor) -> Vec<Vec<f32>> {
@@ -147,6 +151,7 @@ fn encode_split(
     index: &ShardIndex,
     split: &str,
     batch_size: usize,
+    keep_volumes: bool,
     out: &mut Encoded,
 ) -> Result<(), String> {
     if index
@@ -179,15 +184,21 @@ fn encode_split(
                 .map(|&s| entries[s as usize].report_id.clone()),
         );
         let inp = mg3d_train::trainer::to_inputs(&batch, tm.input, device)?;
-        let (img, txt) = tch::no_grad(|| {
+        let (img, (txt, cmask)) = tch::no_grad(|| {
             (
                 tm.model.image_features(&inp.volume),
-                tm.model
-                    .text_embedding(&inp.input_ids, &inp.attention_mask, &inp.clause_index),
+                tm.model.clause_text_features(
+                    &inp.input_ids,
+                    &inp.attention_mask,
+                    &inp.clause_index,
+                ),
             )
         });
         out.image.extend(rows(&img));
-        out.text.extend(rows(&txt));
+        if keep_volumes {
+            out.volumes.push(inp.volume.to_device(Device::Cpu));
+        }
+        out.text.extend(clause_rows(&txt, &cmask));
         let lab = batch
             .field("labels")
             .ok_or("the shards have no labels field")?;
@@ -209,7 +220,7 @@ fn encode_split(
 }
 
 /// Tokenises prompts like the tokens stage does a one-clause report and encodes them.
-fn encode_prompts(tm: &TrainedModel, prompts: &[String]) -> Result<Vec<Vec<f32>>, String> {
+fn encode_prompts(tm: &TrainedModel, prompts: &[String]) -> Result<Vec<Vec<Vec<f32>>>, String> {
     let path = tm.text_model.join("tokenizer.json");
     let tok =
         tokenizers::Tokenizer::from_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -241,8 +252,49 @@ fn encode_prompts(tm: &TrainedModel, prompts: &[String]) -> Result<Vec<Vec<f32>>
     let dev = tm.model.device();
     let shape = [enc.len() as i64, l as i64];
     let t = |v: Vec<i64>| Tensor::from_slice(&v).view(shape).to_device(dev);
-    let out = tch::no_grad(|| tm.model.text_embedding(&t(ids), &t(mask), &t(clause)));
-    Ok(rows(&out))
+    let (out, cmask) =
+        tch::no_grad(|| tm.model.clause_text_features(&t(ids), &t(mask), &t(clause)));
+    Ok(clause_rows(&out, &cmask))
+}
+
+/// B×S×D clause features and their B×S mask as per-sample lists of existing clauses.
+fn clause_rows(x: &Tensor, mask: &Tensor) -> Vec<Vec<Vec<f32>>> {
+    let (b, s, d) = x.size3().expect("B×S×D");
+    let flat = rows(&x.reshape([b * s, d]));
+    let m: Vec<i64> = mask
+        .to_device(Device::Cpu)
+        .to_kind(Kind::Int64)
+        .reshape([-1])
+        .try_into()
+        .unwrap_or_default();
+    (0..b as usize)
+        .map(|i| {
+            (0..s as usize)
+                .filter(|&j| m[i * s as usize + j] != 0)
+                .map(|j| flat[i * s as usize + j].clone())
+                .collect()
+        })
+        .collect()
+}
+
+/// Padded N×S×D clause tensor (standardised) and its N×S float mask.
+fn clause_tensor(x: &[Vec<Vec<f32>>], norm: &(Vec<f32>, Vec<f32>)) -> (Tensor, Tensor) {
+    let d = norm.0.len();
+    let s = x.iter().map(Vec::len).max().unwrap_or(1).max(1);
+    let mut flat = vec![0f32; x.len() * s * d];
+    let mut mask = vec![0f32; x.len() * s];
+    for (i, clauses) in x.iter().enumerate() {
+        for (j, c) in clauses.iter().enumerate() {
+            mask[i * s + j] = 1.0;
+            for k in 0..d {
+                flat[(i * s + j) * d + k] = (c[k] - norm.0[k]) / norm.1[k];
+            }
+        }
+    }
+    (
+        Tensor::from_slice(&flat).view([x.len() as i64, s as i64, d as i64]),
+        Tensor::from_slice(&mask).view([x.len() as i64, s as i64]),
+    )
 }
 
 /// Per-column mean and standard deviation of the train rows (std 1 where constant).
@@ -278,11 +330,29 @@ fn to_tensor(x: &[Vec<f32>], norm: &(Vec<f32>, Vec<f32>)) -> Tensor {
     Tensor::from_slice(&flat).view([x.len() as i64, d as i64])
 }
 
+/// The text head: a two-layer MLP applied to every clause, then the mean over the report's
+/// clauses. Clause-level, so a prompt (one clause) and a report (many) meet in one space, and
+/// the non-linearity can map uninformative clauses ("no pleural effusion") apart from findings.
+struct ClauseHead {
+    a: nn::Linear,
+    b: nn::Linear,
+}
+
+impl ClauseHead {
+    fn forward(&self, x: &Tensor, mask: &Tensor) -> Tensor {
+        let h = self.b.forward(&self.a.forward(x).gelu("none"));
+        let m = mask.unsqueeze(-1);
+        (h * &m).sum_dim_intlist([1i64].as_slice(), false, Kind::Float)
+            / m.sum_dim_intlist([1i64].as_slice(), false, Kind::Float)
+                .clamp_min(1.0)
+    }
+}
+
 /// The aligned space: image and text heads and the learned temperature.
 struct Aligner {
     _vs: nn::VarStore,
     img: nn::Linear,
-    txt: nn::Linear,
+    txt: ClauseHead,
     logit_scale: Tensor,
     img_norm: (Vec<f32>, Vec<f32>),
     txt_norm: (Vec<f32>, Vec<f32>),
@@ -307,11 +377,18 @@ struct AlignReport {
 }
 
 impl Aligner {
-    fn fit(train: &Encoded, p: &P) -> (Aligner, AlignReport) {
+    /// Fits the heads on the train split; with `encoder`, the image encoder (Swin and the
+    /// unimodal image pooler) is fine-tuned too, from the kept train volumes.
+    fn fit(
+        train: &Encoded,
+        p: &P,
+        mut encoder: Option<&mut TrainedModel>,
+    ) -> (Aligner, AlignReport) {
         let img_norm = standardiser(&train.image);
-        let txt_norm = standardiser(&train.text);
+        let all_clauses: Vec<Vec<f32>> = train.text.iter().flatten().cloned().collect();
+        let txt_norm = standardiser(&all_clauses);
         let x = to_tensor(&train.image, &img_norm);
-        let t = to_tensor(&train.text, &txt_norm);
+        let (t, tmask) = clause_tensor(&train.text, &txt_norm);
         let (fi, ft, e) = (
             img_norm.0.len() as i64,
             txt_norm.0.len() as i64,
@@ -320,18 +397,21 @@ impl Aligner {
         let vs = nn::VarStore::new(Device::Cpu);
         let root = vs.root();
         let mut rng = ChaCha8Rng::seed_from_u64(p.seed as u64 ^ 0x616c69676e);
-        let lin = |name: &str, d_in: i64, rng: &mut ChaCha8Rng| {
+        let lin = |name: &str, d_in: i64, d_out: i64, rng: &mut ChaCha8Rng| {
             let p = &root / name;
             nn::Linear {
                 ws: p.var_copy(
                     "weight",
-                    &gaussian(rng, e, d_in, 1.0 / (d_in as f64).sqrt()),
+                    &gaussian(rng, d_out, d_in, 1.0 / (d_in as f64).sqrt()),
                 ),
-                bs: Some(p.var_copy("bias", &Tensor::zeros([e], tch::kind::FLOAT_CPU))),
+                bs: Some(p.var_copy("bias", &Tensor::zeros([d_out], tch::kind::FLOAT_CPU))),
             }
         };
-        let img = lin("image_head", fi, &mut rng);
-        let txt = lin("text_head", ft, &mut rng);
+        let img = lin("image_head", fi, e, &mut rng);
+        let txt = ClauseHead {
+            a: lin("text_head_a", ft, 2 * e, &mut rng),
+            b: lin("text_head_b", 2 * e, e, &mut rng),
+        };
         let logit_scale =
             root.var_copy("logit_scale", &Tensor::from_slice(&[(1.0f32 / 0.07).ln()]));
         let n = train.image.len();
@@ -348,6 +428,24 @@ impl Aligner {
             .build(&vs, p.align_lr)
             .expect("Adam over the alignment heads");
             let bs = (p.align_batch as usize).min(n);
+            let volumes = if train.volumes.is_empty() {
+                Tensor::zeros([0], tch::kind::FLOAT_CPU)
+            } else {
+                Tensor::cat(&train.volumes, 0)
+            };
+            let img_mean = Tensor::from_slice(&img_norm.0);
+            let img_std = Tensor::from_slice(&img_norm.1);
+            let mut enc_opt = match encoder.as_deref_mut() {
+                Some(tm) => {
+                    tm.vs.unfreeze();
+                    Some(
+                        nn::Adam::default()
+                            .build(&tm.vs, p.align_encoder_lr)
+                            .expect("Adam over the image encoder"),
+                    )
+                }
+                None => None,
+            };
             for step in 0..p.align_steps {
                 // A seeded sample without replacement.
                 let mut order: Vec<i64> = (0..n as i64).collect();
@@ -355,20 +453,40 @@ impl Aligner {
                     order.swap(i, rng.random_range(0..=i));
                 }
                 let idx = Tensor::from_slice(&order[..bs]);
-                let zi = l2(&img.forward(&x.index_select(0, &idx)));
-                let zt = l2(&txt.forward(&t.index_select(0, &idx)));
+                let features = match encoder.as_deref() {
+                    Some(tm) => {
+                        let vol = volumes.index_select(0, &idx).to_device(tm.model.device());
+                        let f = tm.model.image_features(&vol).to_device(Device::Cpu);
+                        (f - &img_mean) / &img_std
+                    }
+                    None => x.index_select(0, &idx),
+                };
+                let zi = l2(&img.forward(&features));
+                let zt = l2(&txt.forward(&t.index_select(0, &idx), &tmask.index_select(0, &idx)));
                 let scale = logit_scale.clamp(0.0, 100f64.ln()).exp();
                 let logits = zi.matmul(&zt.tr()) * &scale;
                 let target = Tensor::arange(bs as i64, tch::kind::INT64_CPU);
                 let loss = (logits.cross_entropy_for_logits(&target)
                     + logits.tr().cross_entropy_for_logits(&target))
                     / 2.0;
-                opt.backward_step(&loss);
+                match enc_opt.as_mut() {
+                    Some(eo) => {
+                        opt.zero_grad();
+                        eo.zero_grad();
+                        loss.backward();
+                        opt.step();
+                        eo.step();
+                    }
+                    None => opt.backward_step(&loss),
+                }
                 let v = loss.double_value(&[]);
                 if step == 0 {
                     report.first_loss = v;
                 }
                 report.last_loss = v;
+            }
+            if let Some(tm) = encoder {
+                tm.vs.freeze();
             }
             report.temperature = 1.0 / logit_scale.clamp(0.0, 100f64.ln()).exp().double_value(&[0]);
         }
@@ -389,8 +507,9 @@ impl Aligner {
         tch::no_grad(|| l2(&self.img.forward(&to_tensor(x, &self.img_norm))))
     }
 
-    fn text(&self, x: &[Vec<f32>]) -> Tensor {
-        tch::no_grad(|| l2(&self.txt.forward(&to_tensor(x, &self.txt_norm))))
+    fn text(&self, x: &[Vec<Vec<f32>>]) -> Tensor {
+        let (t, m) = clause_tensor(x, &self.txt_norm);
+        tch::no_grad(|| l2(&self.txt.forward(&t, &m)))
     }
 
     fn scale(&self) -> f64 {
@@ -704,7 +823,7 @@ fn write_rows(path: &Path, rows: &[Row]) -> Result<(), StageError> {
 
 /// Runs the whole evaluation; returns the rows and the JSON summary.
 fn evaluate(
-    tm: &TrainedModel,
+    tm: &mut TrainedModel,
     index: &ShardIndex,
     report_labels: Option<&BTreeMap<String, Vec<Option<bool>>>>,
     p: &P,
@@ -715,13 +834,14 @@ fn evaluate(
         text: vec![],
         labels: vec![],
         report_ids: vec![],
+        volumes: vec![],
     };
     let clock = std::time::Instant::now();
     let mut train = empty();
-    encode_split(tm, index, "train", bs, &mut train)?;
+    encode_split(tm, index, "train", bs, p.align_encoder, &mut train)?;
     let mut test = empty();
     for s in &p.splits {
-        encode_split(tm, index, s, bs, &mut test)?;
+        encode_split(tm, index, s, bs, false, &mut test)?;
     }
     if let Some(l) = report_labels {
         for e in [&mut train, &mut test] {
@@ -743,8 +863,19 @@ fn evaluate(
     if train.image.len() < 2 {
         return Err("the train split needs at least 2 samples to fit the alignment".into());
     }
-    let (aligner, align) = Aligner::fit(&train, p);
+    let (aligner, align) = Aligner::fit(&train, p, p.align_encoder.then_some(&mut *tm));
     tracing::info!(seconds = clock.elapsed().as_secs_f64(), "aligned");
+    // The linear probe measures the pre-trained features; zero-shot and retrieval use the
+    // aligned model's.
+    let frozen_train_image = std::mem::take(&mut train.image);
+    let frozen_test_image = test.image.clone();
+    if p.align_encoder {
+        let mut tuned = empty();
+        for s in &p.splits {
+            encode_split(tm, index, s, bs, false, &mut tuned)?;
+        }
+        test.image = tuned.image;
+    }
     let label_set = p.label_set();
     let mut rows_out = vec![];
 
@@ -760,31 +891,46 @@ fn evaluate(
     let prompt_z = aligner.text(&encode_prompts(tm, &prompts)?);
     let img_z = aligner.image(&test.image);
     let scale = aligner.scale();
-    let sim = matrix(&img_z.matmul(&prompt_z.tr())); // N × 2L
+    // Probability of the present prompt per sample, for label `li`, from embeddings `z`.
+    let present_probability = |z: &Tensor, li: usize| -> Vec<f64> {
+        let sim = matrix(&z.matmul(&prompt_z.tr())); // N × 2L
+        let j = label_set
+            .iter()
+            .position(|&x| x == li)
+            .expect("scored label")
+            * 2;
+        sim.iter()
+            .map(|r| {
+                let (a, b) = (scale * r[j], scale * r[j + 1]);
+                1.0 / (1.0 + (b - a).exp())
+            })
+            .collect()
+    };
     let zero_shot = label_task(
         "zero_shot",
-        |li| {
-            let j = label_set
-                .iter()
-                .position(|&x| x == li)
-                .expect("scored label")
-                * 2;
-            sim.iter()
-                .map(|r| {
-                    let (a, b) = (scale * r[j], scale * r[j + 1]);
-                    1.0 / (1.0 + (b - a).exp())
-                })
-                .collect()
-        },
+        |li| present_probability(&img_z, li),
         &test.labels,
         &label_set,
         p,
         &mut rows_out,
     );
-
-    tracing::info!(seconds = clock.elapsed().as_secs_f64(), "zero-shot scored");
-    // Report -> volume retrieval.
+    // Diagnostic: the same prompts scoring the reports' own aligned embeddings, i.e. what the
+    // zero-shot protocol reaches with an image embedding equal to its report's (text side only).
     let text_z = aligner.text(&test.text);
+    let text_ceiling = label_task(
+        "zero_shot",
+        |li| present_probability(&text_z, li),
+        &test.labels,
+        &label_set,
+        &P {
+            bootstrap: 0,
+            ..p.clone()
+        },
+        &mut Vec::new(),
+    );
+    tracing::info!(seconds = clock.elapsed().as_secs_f64(), "zero-shot scored");
+
+    // Report -> volume retrieval.
     let r2v = matrix(&text_z.matmul(&img_z.tr()));
     let targets: Vec<usize> = (0..n).collect();
     let mut r2v_json = serde_json::Map::new();
@@ -848,13 +994,11 @@ fn evaluate(
 
     tracing::info!(seconds = clock.elapsed().as_secs_f64(), "retrieval scored");
     // Linear probe on the frozen image features.
-    let x_train: Vec<Vec<f64>> = train
-        .image
+    let x_train: Vec<Vec<f64>> = frozen_train_image
         .iter()
         .map(|r| r.iter().map(|&v| v as f64).collect())
         .collect();
-    let x_test: Vec<Vec<f64>> = test
-        .image
+    let x_test: Vec<Vec<f64>> = frozen_test_image
         .iter()
         .map(|r| r.iter().map(|&v| v as f64).collect())
         .collect();
@@ -894,7 +1038,7 @@ fn evaluate(
         "label_source": if report_labels.is_some() { "entities labels.parquet" } else { "shard labels" },
         "unmentioned_as_negative": p.unmentioned_as_negative,
         "samples": n,
-        "train_samples": train.image.len(),
+        "train_samples": frozen_train_image.len(),
         "labels": label_set.iter().map(|&i| CT_RATE_LABELS[i]).collect::<Vec<_>>(),
         "templates": p.templates,
         "alignment": {
@@ -903,8 +1047,10 @@ fn evaluate(
             "last_loss": align.last_loss,
             "temperature": align.temperature,
             "embed_dim": p.embed_dim,
+            "encoder_fine_tuned": p.align_encoder,
         },
         "zero_shot": zero_shot,
+        "zero_shot_text_ceiling": text_ceiling["mean_auc"],
         "report_to_volume": r2v_json,
         "volume_to_volume": v2v_json,
         "linear_probe": probe,
@@ -966,6 +1112,19 @@ impl Stage for EvalStage {
                 ParamType::Float,
                 json!(1e-3),
                 "alignment learning rate",
+            ),
+            ParamDef::new(
+                "align_encoder",
+                ParamType::Bool,
+                json!(true),
+                "fine-tune the image encoder during the alignment (CT-CLIP's protocol); false \
+                 aligns frozen features",
+            ),
+            ParamDef::new(
+                "align_encoder_lr",
+                ParamType::Float,
+                json!(1e-4),
+                "learning rate of the image encoder during the alignment",
             ),
             ParamDef::new(
                 "embed_dim",
@@ -1035,7 +1194,7 @@ impl Stage for EvalStage {
     fn run(&self, ctx: &StageContext) -> Result<Value, StageError> {
         let p: P = ctx.params.parse()?;
         p.check().map_err(StageError::msg)?;
-        let tm = load_trained(ctx.input("train")?, &p.device).map_err(StageError::msg)?;
+        let mut tm = load_trained(ctx.input("train")?, &p.device).map_err(StageError::msg)?;
         let index =
             ShardIndex::open(ctx.input("shards")?).map_err(|e| StageError::msg(e.to_string()))?;
         let report_labels = match ctx.input("entities") {
@@ -1046,7 +1205,7 @@ impl Stage for EvalStage {
             Err(_) => None,
         };
         let (rows_out, summary) =
-            evaluate(&tm, &index, report_labels.as_ref(), &p).map_err(StageError::msg)?;
+            evaluate(&mut tm, &index, report_labels.as_ref(), &p).map_err(StageError::msg)?;
         write_rows(&ctx.out_dir.join("eval.parquet"), &rows_out)?;
         std::fs::write(
             ctx.out_dir.join("eval.json"),

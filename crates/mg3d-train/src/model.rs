@@ -251,12 +251,15 @@ impl Mg3d {
     }
 
     fn vision_tokens(&self, x: &Tensor) -> Tensor {
-        let tok = self.swin.tokens(x);
+        self.project_vision(&self.swin.tokens(x))
+    }
+
+    fn project_vision(&self, tok: &Tensor) -> Tensor {
         let (b, n, _) = tok.size3().expect("B×N×C");
-        self.vision_proj.forward(&tok)
+        self.vision_proj.forward(tok)
             + self
                 .type_emb
-                .forward(&Tensor::ones([b, n], (Kind::Int64, x.device())))
+                .forward(&Tensor::ones([b, n], (Kind::Int64, tok.device())))
     }
 
     /// The five losses of one step. `step_seed` fixes the MIM cubes and MLM words of the step.
@@ -398,22 +401,21 @@ impl Mg3d {
     /// one B×(C+H) tensor.
     pub fn image_features(&self, volume: &Tensor) -> Tensor {
         let tok = self.swin.tokens(volume);
-        let pooled = self.swin_pool_uni.forward(&self.vision_tokens(volume));
+        let pooled = self.swin_pool_uni.forward(&self.project_vision(&tok));
         Tensor::cat(&[tok.mean_dim(1, false, tok.kind()), pooled], 1)
     }
 
-    /// Text features for evaluation: the report's clause means of the projected text encoder
-    /// output, pooled by the unimodal sentence attention pool (B×H). `clause_index` is B×L
-    /// (-1 for special tokens and padding).
-    pub fn text_embedding(
+    /// The frozen text encoder's clause features for evaluation: clause means of the text
+    /// encoder's last hidden state (B×S×D) and the mask of existing clauses (B×S). `clause_index`
+    /// is B×L (-1 for special tokens and padding).
+    pub fn clause_text_features(
         &self,
         input_ids: &Tensor,
         attention_mask: &Tensor,
         clause_index: &Tensor,
-    ) -> Tensor {
-        let (text, _) = self.text_features(input_ids, attention_mask);
-        let (clauses, cmask) = clause_gather(&text, clause_index);
-        self.pool_uni.forward(&clauses, &cmask)
+    ) -> (Tensor, Tensor) {
+        let out = self.bert.forward(input_ids, attention_mask);
+        clause_gather(&out.last_hidden_state, clause_index)
     }
 
     /// The device of the model's variables.

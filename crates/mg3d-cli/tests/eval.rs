@@ -1,0 +1,194 @@
+//! The whole chain through `eval` and `report` on a small synthetic corpus with the real
+//! all-MiniLM-L6-v2: the evaluation table follows its contract, metrics lie in their ranges, the
+//! random baselines are the expected ones, reruns are byte-identical, and the QC page shows the
+//! evaluation. Skipped without .venv/minilm unless MG3D_REQUIRE_PYTHON=1.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use arrow::array::{Array, Float64Array, Int64Array, StringArray};
+use mg3d_core::table::{TableSchema, read_table};
+
+fn minilm() -> Option<PathBuf> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/minilm");
+    if p.join("model.safetensors").is_file() {
+        Some(p.canonicalize().unwrap())
+    } else if std::env::var("MG3D_REQUIRE_PYTHON").is_ok_and(|v| v == "1") {
+        panic!("{} is missing: run `make setup`", p.display());
+    } else {
+        eprintln!("skipped: no .venv/minilm (run `make setup`)");
+        None
+    }
+}
+
+fn pipeline(text: &Path) -> String {
+    let t = text.display();
+    format!(
+        r#"[pipeline]
+name = "evaltest"
+work_dir = "work"
+salt = "s"
+seed = 9
+
+[stages.synth]
+kind = "synth"
+params = {{ patients = 14, faults = false, prevalence = 0.4, body_width_mm = [90.0, 110.0], z_extent_mm = [50.0, 70.0], in_plane_spacing_mm = [1.5, 2.0], slice_spacing_mm = [2.0, 3.0], second_recon_fraction = 0.0 }}
+
+[stages.ingest]
+kind = "ingest"
+inputs = ["synth"]
+params = {{ dicom_roots = ["@synth/dicom"], nifti_roots = ["@synth/nifti"], ctrate_metadata = ["@synth/metadata/train_metadata.csv"], accession_map = "@synth/reports/accession_map.csv" }}
+
+[stages.preprocess]
+kind = "preprocess"
+inputs = ["ingest"]
+params = {{ preset = "demo-64" }}
+
+[stages.reports]
+kind = "reports"
+inputs = ["synth"]
+params = {{ files = ["@synth/reports/train_reports.csv"] }}
+
+[stages.entities]
+kind = "entities"
+inputs = ["reports"]
+
+[stages.tokens]
+kind = "tokens"
+inputs = ["reports"]
+params = {{ tokenizer = "{t}", max_length = 128 }}
+
+[stages.shards]
+kind = "shards"
+inputs = ["preprocess", "tokens", "entities", "ingest", "reports"]
+params = {{ shard_mb = 1.0, seed = 1, ratios = [0.6, 0.2, 0.2] }}
+
+[stages.train]
+kind = "train"
+inputs = ["shards"]
+params = {{ model = "tiny", text_model = "{t}", hidden = 32, input = [32, 64, 64], steps = 3, batch_size = 2, device = "cpu" }}
+
+[stages.eval]
+kind = "eval"
+inputs = ["train", "shards", "entities"]
+params = {{ splits = ["train", "val", "test"], align_steps = 4, align_batch = 8, align_encoder = true, bootstrap = 50, recall_k = [1, 5], map_k = [1, 5], device = "cpu" }}
+
+[stages.report]
+kind = "report"
+inputs = ["ingest", "preprocess", "reports", "entities", "tokens", "shards", "train", "eval"]
+"#
+    )
+}
+
+fn mg3d(dir: &Path, args: &[&str]) -> String {
+    let o = Command::new(env!("CARGO_BIN_EXE_mg3d"))
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "mg3d {args:?} failed:\n{text}");
+    text
+}
+
+#[test]
+fn eval_and_report_end_to_end() {
+    let Some(text) = minilm() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("p.toml"), pipeline(&text)).unwrap();
+    mg3d(dir.path(), &["run", "p.toml", "--quiet"]);
+    let out = dir.path().join("work/eval");
+
+    let batches = read_table(
+        &out.join("eval.parquet"),
+        &TableSchema::get("eval").unwrap(),
+    )
+    .expect("eval.parquet follows schemas/eval.json");
+    let mut rows = vec![];
+    for b in &batches {
+        let s = |n: &str| {
+            b.column_by_name(n)
+                .unwrap()
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .unwrap()
+                .clone()
+        };
+        let (task, label, metric) = (s("task"), s("label"), s("metric"));
+        let value = b
+            .column_by_name("value")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .unwrap()
+            .clone();
+        let n = b
+            .column_by_name("n")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap()
+            .clone();
+        for i in 0..b.num_rows() {
+            rows.push((
+                task.value(i).to_string(),
+                label.value(i).to_string(),
+                metric.value(i).to_string(),
+                value.value(i),
+                n.value(i),
+            ));
+        }
+    }
+    let get = |task: &str, label: &str, metric: &str| {
+        rows.iter()
+            .find(|r| r.0 == task && r.1 == label && r.2 == metric)
+            .unwrap_or_else(|| panic!("no row {task}/{label}/{metric} in {rows:?}"))
+            .clone()
+    };
+    // Every per-label zero-shot score lies in [0, 1]; the mean exists.
+    let zs: Vec<_> = rows
+        .iter()
+        .filter(|r| r.0 == "zero_shot" && r.1 != "mean" && r.2 != "threshold")
+        .collect();
+    assert!(!zs.is_empty(), "no zero-shot label was scorable: {rows:?}");
+    assert!(zs.iter().all(|r| (0.0..=1.0).contains(&r.3)), "{zs:?}");
+    let mean = get("zero_shot", "mean", "auc");
+    assert!((0.0..=1.0).contains(&mean.3));
+    // Retrieval: the random baseline is K / N; recall is monotone in K.
+    let (r1, r5) = (
+        get("report_to_volume", "", "recall@1"),
+        get("report_to_volume", "", "recall@5"),
+    );
+    let n = r1.4 as f64;
+    assert!(n >= 4.0, "{rows:?}");
+    assert!((get("report_to_volume", "", "random_recall@1").3 - 1.0 / n).abs() < 1e-12);
+    assert!(r1.3 <= r5.3 && (0.0..=1.0).contains(&r5.3));
+    let map5 = get("volume_to_volume", "", "map@5");
+    assert!((0.0..=1.0).contains(&map5.3));
+    get("volume_to_volume", "", "random_map@5");
+    get("linear_probe", "mean", "auc");
+
+    let summary: serde_json::Value =
+        serde_json::from_slice(&fs::read(out.join("eval.json")).unwrap()).unwrap();
+    assert_eq!(summary["label_source"], "entities labels.parquet");
+    assert_eq!(summary["samples"].as_f64().unwrap(), n);
+
+    // A forced rerun gives the same bytes.
+    let before = fs::read(out.join("eval.parquet")).unwrap();
+    let json_before = fs::read(out.join("eval.json")).unwrap();
+    mg3d(
+        dir.path(),
+        &["run", "p.toml", "--stage", "eval", "--force", "--quiet"],
+    );
+    assert_eq!(before, fs::read(out.join("eval.parquet")).unwrap());
+    assert_eq!(json_before, fs::read(out.join("eval.json")).unwrap());
+
+    // The QC page carries the evaluation.
+    let page = fs::read_to_string(dir.path().join("work/report/qc/index.html")).unwrap();
+    assert!(page.contains("report_to_volume") && page.contains("zero_shot"));
+}
