@@ -4,7 +4,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn mg3d(dir: &Path, args: &[&str]) -> Output {
+/// Runs the `mg3d` binary in `dir`.
+pub(crate) fn mg3d(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_mg3d"))
         .current_dir(dir)
         .args(args)
@@ -12,7 +13,8 @@ fn mg3d(dir: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn text(o: &Output) -> String {
+/// Its stdout and stderr together.
+pub(crate) fn text(o: &Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&o.stdout),

@@ -2,25 +2,9 @@
 //! a changed rule reruns curate (and what follows) but nothing before it, an unknown column fails
 //! before anything runs, and SQL works over the stage tables.
 
+use crate::cli::{mg3d, text};
 use std::fs;
-use std::path::Path;
-use std::process::{Command, Output};
-
-fn mg3d(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mg3d"))
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use std::process::Output;
 
 fn pipeline(rule: &str) -> String {
     format!(

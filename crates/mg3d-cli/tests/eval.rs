@@ -5,10 +5,11 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use arrow::array::{Array, Float64Array, Int64Array, StringArray};
 use mg3d_core::table::{TableSchema, read_table};
+
+use crate::cli::{mg3d, text};
 
 fn minilm() -> Option<PathBuf> {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/minilm");
@@ -81,19 +82,10 @@ inputs = ["ingest", "preprocess", "reports", "entities", "tokens", "shards", "tr
     )
 }
 
-fn mg3d(dir: &Path, args: &[&str]) -> String {
-    let o = Command::new(env!("CARGO_BIN_EXE_mg3d"))
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(o.status.success(), "mg3d {args:?} failed:\n{text}");
-    text
+/// Runs `mg3d` and requires success.
+fn mg3d_ok(dir: &Path, args: &[&str]) {
+    let o = mg3d(dir, args);
+    assert!(o.status.success(), "mg3d {args:?} failed:\n{}", text(&o));
 }
 
 #[test]
@@ -101,7 +93,7 @@ fn eval_and_report_end_to_end() {
     let Some(text) = minilm() else { return };
     let dir = tempfile::tempdir().unwrap();
     fs::write(dir.path().join("p.toml"), pipeline(&text)).unwrap();
-    mg3d(dir.path(), &["run", "p.toml", "--quiet"]);
+    mg3d_ok(dir.path(), &["run", "p.toml", "--quiet"]);
     let out = dir.path().join("work/eval");
 
     let batches = read_table(
@@ -181,7 +173,7 @@ fn eval_and_report_end_to_end() {
     // A forced rerun gives the same bytes.
     let before = fs::read(out.join("eval.parquet")).unwrap();
     let json_before = fs::read(out.join("eval.json")).unwrap();
-    mg3d(
+    mg3d_ok(
         dir.path(),
         &["run", "p.toml", "--stage", "eval", "--force", "--quiet"],
     );

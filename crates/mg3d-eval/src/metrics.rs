@@ -140,48 +140,52 @@ pub fn quantile(values: &[f64], q: f64) -> f64 {
     v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
 }
 
-/// A statistic with its bootstrap interval.
+/// A 95% percentile bootstrap interval.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Estimate {
-    /// The statistic on all rows.
-    pub value: f64,
+pub struct Interval {
     /// 2.5th percentile over the resamples.
-    pub ci_low: f64,
+    pub low: f64,
     /// 97.5th percentile over the resamples.
-    pub ci_high: f64,
+    pub high: f64,
+    /// Resamples where the statistic was defined.
+    pub used: usize,
 }
 
-/// Percentile bootstrap: `resamples` draws of `n` row indices with replacement from a ChaCha8
-/// stream seeded by `seed`; `stat` returns `None` where it is undefined (skipped). Returns the
-/// 2.5/97.5 percentiles and the number of resamples used.
+/// Percentile bootstrap of several statistics at once: `resamples` draws of `n` row indices
+/// with replacement from a ChaCha8 stream seeded by `seed`; `stat` returns one value per
+/// statistic, `None` where it is undefined in that resample (skipped for that statistic only).
+/// Returns each statistic's interval, `None` when it was never defined.
 pub fn bootstrap(
     n: usize,
     resamples: usize,
     seed: u64,
-    mut stat: impl FnMut(&[usize]) -> Option<Vec<f64>>,
-) -> (Vec<(f64, f64)>, usize) {
+    mut stat: impl FnMut(&[usize]) -> Vec<Option<f64>>,
+) -> Vec<Option<Interval>> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut draws: Vec<Vec<f64>> = Vec::new();
     let mut rows = vec![0usize; n];
-    for _ in 0..resamples {
-        for r in rows.iter_mut() {
-            *r = rng.random_range(0..n.max(1));
-        }
-        if n > 0
-            && let Some(v) = stat(&rows)
-        {
-            draws.push(v);
+    if n > 0 {
+        for _ in 0..resamples {
+            for r in rows.iter_mut() {
+                *r = rng.random_range(0..n);
+            }
+            let values = stat(&rows);
+            draws.resize(draws.len().max(values.len()), Vec::new());
+            for (d, v) in draws.iter_mut().zip(values) {
+                d.extend(v);
+            }
         }
     }
-    let used = draws.len();
-    let width = draws.first().map_or(0, Vec::len);
-    let ci = (0..width)
-        .map(|k| {
-            let col: Vec<f64> = draws.iter().map(|d| d[k]).collect();
-            (quantile(&col, 0.025), quantile(&col, 0.975))
+    draws
+        .iter()
+        .map(|d| {
+            (!d.is_empty()).then(|| Interval {
+                low: quantile(d, 0.025),
+                high: quantile(d, 0.975),
+                used: d.len(),
+            })
         })
-        .collect();
-    (ci, used)
+        .collect()
 }
 
 /// Rank (0-based) of candidate `target` in `scores` sorted descending, ties broken by index.

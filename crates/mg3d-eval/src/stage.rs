@@ -28,6 +28,7 @@ use arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray};
 use mg3d_core::labels::CT_RATE_LABELS;
 use mg3d_core::stage::{InputDecl, ParamDef, ParamType, Params, Stage, StageContext, StageError};
 use mg3d_core::table::{TableSchema, write_columns};
+use mg3d_report::tokens::{load_tokenizer, tokenize_clauses};
 use mg3d_shard::{Loader, LoaderConfig, ShardIndex};
 use mg3d_train::stage::{TrainedModel, load_trained};
 use rand::{Rng, SeedableRng};
@@ -38,7 +39,7 @@ use tch::nn::{self, Module, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 
 use crate::metrics::{
-    Confusion, auc, label_overlap, map_at_k, quantile, random_map_at_k, random_recall_at_k,
+    Confusion, auc, bootstrap, label_overlap, map_at_k, random_map_at_k, random_recall_at_k,
     recall_at_k, youden_threshold,
 };
 use crate::probe::fit_logistic;
@@ -133,7 +134,8 @@ struct Encoded {
     labels: Vec<Vec<Option<bool>>>,
     /// Report pseudonym per sample.
     report_ids: Vec<String>,
-    /// The model-sized volumes (batches of B×1×D×H×W), kept when the encoder is fine-tuned.
+    /// The model-sized volumes (batches of B×1×D×H×W, CPU), kept when the encoder is fine-tuned
+    /// (train: its input; evaluated splits: re-encoded after it).
     volumes: Vec<Tensor>,
 }
 
@@ -219,43 +221,26 @@ fn encode_split(
     Ok(())
 }
 
-/// Tokenises prompts like the tokens stage does a one-clause report and encodes them.
+/// Tokenises each prompt as a one-clause report with the tokens stage's code and encodes it.
 fn encode_prompts(tm: &TrainedModel, prompts: &[String]) -> Result<Vec<Vec<Vec<f32>>>, String> {
-    let path = tm.text_model.join("tokenizer.json");
-    let tok =
-        tokenizers::Tokenizer::from_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let enc: Vec<tokenizers::Encoding> = prompts
-        .iter()
-        .map(|p| tok.encode(p.to_lowercase(), true))
-        .collect::<Result<_, _>>()
-        .map_err(|e| e.to_string())?;
-    let l = enc.iter().map(|e| e.get_ids().len()).max().unwrap_or(1);
+    let tk = load_tokenizer(&tm.text_model, PROMPT_TOKENS)?;
     let (mut ids, mut mask, mut clause) = (vec![], vec![], vec![]);
-    for e in &enc {
-        let n = e.get_ids().len();
-        for k in 0..l {
-            if k < n {
-                ids.push(e.get_ids()[k] as i64);
-                mask.push(1i64);
-                clause.push(if e.get_special_tokens_mask()[k] == 1 {
-                    -1i64
-                } else {
-                    0
-                });
-            } else {
-                ids.push(0);
-                mask.push(0);
-                clause.push(-1);
-            }
-        }
+    for p in prompts {
+        let t = tokenize_clauses(&tk, std::slice::from_ref(p))?;
+        ids.extend(t.ids.iter().map(|&x| x as i64));
+        mask.extend(t.mask.iter().map(|&x| x as i64));
+        clause.extend(t.clause.iter().map(|&x| x as i64));
     }
     let dev = tm.model.device();
-    let shape = [enc.len() as i64, l as i64];
+    let shape = [prompts.len() as i64, PROMPT_TOKENS as i64];
     let t = |v: Vec<i64>| Tensor::from_slice(&v).view(shape).to_device(dev);
     let (out, cmask) =
         tch::no_grad(|| tm.model.clause_text_features(&t(ids), &t(mask), &t(clause)));
     Ok(clause_rows(&out, &cmask))
 }
+
+/// Token budget of a prompt (padded to it; longer prompts are truncated).
+const PROMPT_TOKENS: usize = 64;
 
 /// B×S×D clause features and their B×S mask as per-sample lists of existing clauses.
 fn clause_rows(x: &Tensor, mask: &Tensor) -> Vec<Vec<Vec<f32>>> {
@@ -567,32 +552,29 @@ fn score_label(
     let t = youden_threshold(scores, labels)?;
     let c = Confusion::at(scores, labels, t);
     let n = scores.len();
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut draws: [Vec<f64>; 4] = Default::default();
-    let (mut s, mut l) = (vec![0.0; n], vec![false; n]);
-    for _ in 0..resamples {
-        for k in 0..n {
-            let r = rng.random_range(0..n);
-            s[k] = scores[r];
-            l[k] = labels[r];
-        }
+    let ci: Vec<Option<(f64, f64)>> = bootstrap(n, resamples, seed, |rows| {
+        let s: Vec<f64> = rows.iter().map(|&r| scores[r]).collect();
+        let l: Vec<bool> = rows.iter().map(|&r| labels[r]).collect();
         let cb = Confusion::at(&s, &l, t);
-        if let Some(ab) = auc(&s, &l) {
-            draws[0].push(ab);
-        }
-        draws[1].push(cb.f1());
-        draws[2].push(cb.accuracy());
-        draws[3].push(cb.precision());
-    }
-    let ci = |v: &Vec<f64>| (!v.is_empty()).then(|| (quantile(v, 0.025), quantile(v, 0.975)));
+        vec![
+            auc(&s, &l),
+            Some(cb.f1()),
+            Some(cb.accuracy()),
+            Some(cb.precision()),
+        ]
+    })
+    .into_iter()
+    .map(|i| i.map(|i| (i.low, i.high)))
+    .collect();
+    let ci = |k: usize| ci.get(k).copied().flatten();
     Some(LabelScores {
         auc: a,
-        auc_ci: ci(&draws[0]),
+        auc_ci: ci(0),
         threshold: t,
         at_threshold: [
-            (c.f1(), ci(&draws[1])),
-            (c.accuracy(), ci(&draws[2])),
-            (c.precision(), ci(&draws[3])),
+            (c.f1(), ci(1)),
+            (c.accuracy(), ci(2)),
+            (c.precision(), ci(3)),
         ],
         n,
         n_positive: labels.iter().filter(|&&x| x).count(),
@@ -607,18 +589,12 @@ fn mean_auc_ci(
     resamples: usize,
     seed: u64,
 ) -> Option<(f64, f64)> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut means = vec![];
-    let mut pick = vec![0usize; n];
-    for _ in 0..resamples {
-        for p in pick.iter_mut() {
-            *p = rng.random_range(0..n);
-        }
+    let ci = bootstrap(n, resamples, seed, |pick| {
         let aucs: Vec<f64> = per_label
             .iter()
             .filter_map(|(s, l)| {
                 let (mut ss, mut ll) = (vec![], vec![]);
-                for &r in &pick {
+                for &r in pick {
                     if let Some(y) = l[r] {
                         ss.push(s[r]);
                         ll.push(y);
@@ -627,11 +603,9 @@ fn mean_auc_ci(
                 auc(&ss, &ll)
             })
             .collect();
-        if !aucs.is_empty() {
-            means.push(aucs.iter().sum::<f64>() / aucs.len() as f64);
-        }
-    }
-    (!means.is_empty()).then(|| (quantile(&means, 0.025), quantile(&means, 0.975)))
+        vec![(!aucs.is_empty()).then(|| aucs.iter().sum::<f64>() / aucs.len() as f64)]
+    });
+    ci.first().copied().flatten().map(|i| (i.low, i.high))
 }
 
 fn label_seed(seed: u64, task: &str, label: usize) -> u64 {
@@ -841,7 +815,7 @@ fn evaluate(
     encode_split(tm, index, "train", bs, p.align_encoder, &mut train)?;
     let mut test = empty();
     for s in &p.splits {
-        encode_split(tm, index, s, bs, false, &mut test)?;
+        encode_split(tm, index, s, bs, p.align_encoder, &mut test)?;
     }
     if let Some(l) = report_labels {
         for e in [&mut train, &mut test] {
@@ -870,11 +844,14 @@ fn evaluate(
     let frozen_train_image = std::mem::take(&mut train.image);
     let frozen_test_image = test.image.clone();
     if p.align_encoder {
-        let mut tuned = empty();
-        for s in &p.splits {
-            encode_split(tm, index, s, bs, false, &mut tuned)?;
-        }
-        test.image = tuned.image;
+        test.image = test
+            .volumes
+            .iter()
+            .flat_map(|v| {
+                let v = v.to_device(tm.model.device());
+                rows(&tch::no_grad(|| tm.model.image_features(&v)))
+            })
+            .collect();
     }
     let label_set = p.label_set();
     let mut rows_out = vec![];
@@ -1063,7 +1040,7 @@ impl Stage for EvalStage {
         "eval"
     }
     fn code_version(&self) -> &'static str {
-        "1"
+        "2"
     }
     fn describe(&self) -> &'static str {
         "zero-shot labels, report->volume and volume->volume retrieval, linear probe -> eval.parquet, eval.json"

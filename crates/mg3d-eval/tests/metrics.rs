@@ -83,16 +83,20 @@ fn bootstrap_is_seeded_and_brackets_the_statistic() {
     let stat = |rows: &[usize]| {
         let ss: Vec<f64> = rows.iter().map(|&r| s[r]).collect();
         let yy: Vec<bool> = rows.iter().map(|&r| y[r]).collect();
-        auc(&ss, &yy).map(|a| vec![a])
+        vec![auc(&ss, &yy)]
     };
-    let (a, used_a) = bootstrap(s.len(), 1000, 7, stat);
-    let (b, used_b) = bootstrap(s.len(), 1000, 7, stat);
-    let (c, _) = bootstrap(s.len(), 1000, 8, stat);
+    let a = bootstrap(s.len(), 1000, 7, stat)[0].unwrap();
+    let b = bootstrap(s.len(), 1000, 7, stat)[0].unwrap();
+    let c = bootstrap(s.len(), 1000, 8, stat)[0].unwrap();
     assert_eq!(a, b);
-    assert_eq!(used_a, used_b);
+    assert_eq!(a.used, b.used);
     assert_ne!(a, c);
     let full = auc(&s, &y).unwrap();
-    assert!(a[0].0 < full && full < a[0].1, "{a:?} vs {full}");
+    assert!(a.low < full && full < a.high, "{a:?} vs {full}");
+    // A statistic undefined in every resample has no interval; the others keep theirs.
+    let mixed = bootstrap(s.len(), 100, 7, |_| vec![None, Some(1.0)]);
+    assert_eq!(mixed[0], None);
+    assert_eq!(mixed[1].unwrap().used, 100);
 }
 
 #[test]
