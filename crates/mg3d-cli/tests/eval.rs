@@ -72,7 +72,7 @@ params = {{ model = "tiny", text_model = "{t}", hidden = 32, input = [32, 64, 64
 
 [stages.eval]
 kind = "eval"
-inputs = ["train", "shards", "entities"]
+inputs = ["train", "shards", "entities", "reports"]
 params = {{ splits = ["train", "val", "test"], align_steps = 4, align_batch = 8, align_encoder = true, bootstrap = 50, recall_k = [1, 5], map_k = [1, 5], device = "cpu" }}
 
 [stages.report]
@@ -168,6 +168,17 @@ fn eval_and_report_end_to_end() {
     let summary: serde_json::Value =
         serde_json::from_slice(&fs::read(out.join("eval.json")).unwrap()).unwrap();
     assert_eq!(summary["label_source"], "entities labels.parquet");
+    // The entity alignment found finding clauses and fitted its text head.
+    let align = &summary["alignment"];
+    assert_eq!(align["method"], "entity");
+    assert!(
+        align["train_clauses_with_findings"].as_u64().unwrap() > 0,
+        "{align}"
+    );
+    assert!(
+        align["text_last_loss"].as_f64().unwrap() < align["text_first_loss"].as_f64().unwrap(),
+        "{align}"
+    );
     assert_eq!(summary["samples"].as_f64().unwrap(), n);
 
     // A forced rerun gives the same bytes.

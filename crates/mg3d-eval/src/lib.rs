@@ -1,11 +1,14 @@
 //! mg3d-eval: how good is the corpus and the model.
 //!
+//! - [`entity_align`]: clause-level finding targets from the entities stage and the
+//!   entity-grounded alignment heads;
 //! - [`metrics`]: AUC (ties as half), Youden point, bootstrap intervals, Recall@K, MAP@K;
 //! - [`probe`]: the linear probe (L2 logistic regression by Newton's method);
 //! - [`stage`]: the `eval` stage (CT-CLIP-style alignment on the train split, zero-shot labels,
 //!   report→volume and volume→volume retrieval, linear probe) → eval.parquet, eval.json;
 //! - [`report`]: the `report` stage → one self-contained QC page (qc/index.html).
 
+pub mod entity_align;
 pub mod metrics;
 pub mod probe;
 pub mod report;

@@ -40,48 +40,42 @@ pub fn fit_logistic(x: &[Vec<f64>], y: &[bool], c: f64, iterations: usize) -> Op
         .iter()
         .map(|r| (0..d).map(|k| (r[k] - mean[k]) / scale[k]).collect())
         .collect();
-    // Parameters θ = [w (d), b]; the last coordinate is not penalised.
+    // Parameters θ = [w (d), b]; the last coordinate is not penalised. Newton steps in f64 on
+    // libtorch (the Hessian is Zᵀ diag(h) Z + I, formed by one matrix product).
     let p = d + 1;
-    let mut theta = vec![0.0; p];
+    let cpu = (tch::Kind::Double, tch::Device::Cpu);
+    let flat: Vec<f64> = z
+        .iter()
+        .flat_map(|r| r.iter().copied().chain(std::iter::once(1.0)))
+        .collect();
+    let zt = tch::Tensor::from_slice(&flat).view([n as i64, p as i64]);
+    let t = tch::Tensor::from_slice(
+        &y.iter()
+            .map(|&v| f64::from(u8::from(v)))
+            .collect::<Vec<_>>(),
+    );
+    let mut penalty = vec![1.0; p];
+    penalty[d] = 0.0;
+    let penalty = tch::Tensor::from_slice(&penalty);
+    let mut theta = tch::Tensor::zeros([p as i64], cpu);
     for _ in 0..iterations {
-        let mut grad = vec![0.0; p];
-        let mut hess = vec![0.0; p * p];
-        for k in 0..d {
-            grad[k] = theta[k];
-            hess[k * p + k] = 1.0;
-        }
-        for (row, &label) in z.iter().zip(y) {
-            let t = if label { 1.0 } else { 0.0 };
-            let f = dot(&theta[..d], row) + theta[d];
-            let prob = sigmoid(f);
-            let g = c * (prob - t);
-            let h = c * (prob * (1.0 - prob)).max(1e-10);
-            for a in 0..p {
-                let xa = if a < d { row[a] } else { 1.0 };
-                grad[a] += g * xa;
-                for b2 in a..p {
-                    let xb = if b2 < d { row[b2] } else { 1.0 };
-                    hess[a * p + b2] += h * xa * xb;
-                }
-            }
-        }
-        for a in 0..p {
-            for b2 in 0..a {
-                hess[a * p + b2] = hess[b2 * p + a];
-            }
-        }
-        let Some(step) = solve_spd(&mut hess, &grad, p) else {
+        let prob = zt.mv(&theta).sigmoid();
+        let grad = &theta * &penalty + zt.tr().mv(&((&prob - &t) * c));
+        let h = (&prob * (&prob * -1.0 + 1.0)).clamp_min(1e-10) * c;
+        let hess = zt.tr().matmul(&(&zt * h.unsqueeze(1))) + penalty.diag(0);
+        let Ok(l) = hess.f_linalg_cholesky(false) else {
             break;
         };
-        let mut largest: f64 = 0.0;
-        for (t, s) in theta.iter_mut().zip(&step) {
-            *t -= s;
-            largest = largest.max(s.abs());
+        let step = grad.unsqueeze(1).cholesky_solve(&l, false).squeeze_dim(1);
+        if step.isfinite().all().int64_value(&[]) == 0 {
+            break;
         }
-        if largest < 1e-8 {
+        theta -= &step;
+        if step.abs().max().double_value(&[]) < 1e-8 {
             break;
         }
     }
+    let theta: Vec<f64> = theta.try_into().unwrap_or_else(|_| vec![0.0; p]);
     Some(Logistic {
         mean,
         scale,
@@ -103,10 +97,6 @@ impl Logistic {
     }
 }
 
-fn dot(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
 fn sigmoid(f: f64) -> f64 {
     if f >= 0.0 {
         1.0 / (1.0 + (-f).exp())
@@ -114,41 +104,4 @@ fn sigmoid(f: f64) -> f64 {
         let e = f.exp();
         e / (1.0 + e)
     }
-}
-
-/// Solves `A x = b` for a symmetric positive definite `A` (row-major n×n, overwritten by its
-/// Cholesky factor); `None` when `A` is not positive definite.
-fn solve_spd(a: &mut [f64], b: &[f64], n: usize) -> Option<Vec<f64>> {
-    for j in 0..n {
-        let mut s = a[j * n + j];
-        for k in 0..j {
-            s -= a[j * n + k] * a[j * n + k];
-        }
-        if s <= 0.0 || !s.is_finite() {
-            return None;
-        }
-        let l = s.sqrt();
-        a[j * n + j] = l;
-        for i in j + 1..n {
-            let mut t = a[i * n + j];
-            for k in 0..j {
-                t -= a[i * n + k] * a[j * n + k];
-            }
-            a[i * n + j] = t / l;
-        }
-    }
-    let mut y = b.to_vec();
-    for i in 0..n {
-        for k in 0..i {
-            y[i] -= a[i * n + k] * y[k];
-        }
-        y[i] /= a[i * n + i];
-    }
-    for i in (0..n).rev() {
-        for k in i + 1..n {
-            y[i] -= a[k * n + i] * y[k];
-        }
-        y[i] /= a[i * n + i];
-    }
-    Some(y)
 }

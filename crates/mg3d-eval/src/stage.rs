@@ -1,17 +1,26 @@
 //! The `eval` stage: how well a trained model knows the corpus's findings.
 //!
 //! 1. **Features.** The trained model (train stage `final/`) encodes every sample of the train
-//!    split and of the evaluated splits: frozen image features (mean final-stage Swin tokens next
-//!    to the pooled unimodal image vector) and the pooled unimodal report vector.
-//! 2. **Alignment** (MG-3D's zero-shot protocol puts the pre-trained encoder into a CT-CLIP
-//!    wrapper aligned on the train split): two linear heads map image and report features into
-//!    one space, trained with the symmetric InfoNCE of CLIP (learned temperature) on the train
-//!    split only. Initialisation and batches come from the stage seed, so reruns are identical.
+//!    split and of the evaluated splits: frozen image features (per Swin stage the spatial mean and
+//!    maximum, then the pooled unimodal image vector) and, per report, its clauses' text features
+//!    (each distinct clause encoded alone by the frozen text encoder, as a prompt is).
+//! 2. **Alignment** on the train split only (MG-3D's zero-shot protocol aligns the pre-trained
+//!    encoder on the train split first). Two methods:
+//!    - `entity` (default; MG-3D's entity grain, see `entity_align.rs`): the aligned space has one
+//!      axis per CT-RATE finding. A clause-level text head is fitted to the entities stage's
+//!      assertions placed in their clauses (+1 present, -1 absent, 0 not mentioned); a report is the
+//!      clipped sum of its clauses; a linear image head regresses its report's embedding.
+//!    - `clip` (CT-CLIP): a linear image head and a clause-level MLP text head trained with the
+//!      symmetric InfoNCE of CLIP and a learned temperature.
+//!
+//!    Either can fine-tune the image encoder through the image head (`align_encoder`).
+//!    Initialisation and batches come from the stage seed, so reruns are identical.
 //! 3. **Zero-shot labels** (CT-CLIP): per label, the two templates ("{label} is present." /
 //!    "{label} is not present.") go through the same text path; a volume's score is the softmax
 //!    probability of the first. AUC, and F1 / accuracy / precision at the label's Youden point,
 //!    each with a 95% percentile bootstrap interval (1,000 seeded resamples; the threshold is the
-//!    one chosen on all samples).
+//!    one chosen on all samples). A diagnostic "text ceiling" scores the reports' own embeddings
+//!    with the same prompts.
 //! 4. **Retrieval.** Report→volume Recall@K in the aligned space with its random baseline K/N;
 //!    volume→volume MAP@K with relevance by label overlap (see [`crate::metrics::label_overlap`])
 //!    against the mean of seeded random rankings.
@@ -38,6 +47,9 @@ use serde_json::{Value, json};
 use tch::nn::{self, Module, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 
+use crate::entity_align::{
+    ClauseTargets, EntityAlignConfig, EntityAligner, read_clause_targets, target_row,
+};
 use crate::metrics::{
     Confusion, auc, bootstrap, label_overlap, map_at_k, random_map_at_k, random_recall_at_k,
     recall_at_k, youden_threshold,
@@ -55,8 +67,10 @@ struct P {
     device: String,
     batch_size: i64,
     align_steps: i64,
+    align_text_steps: i64,
     align_batch: i64,
     align_lr: f64,
+    alignment: String,
     align_encoder: bool,
     align_encoder_lr: f64,
     embed_dim: i64,
@@ -102,8 +116,14 @@ impl P {
                 return Err(format!("{n} must be >= 1"));
             }
         }
-        if self.align_steps < 0 || self.bootstrap < 0 {
-            return Err("align_steps and bootstrap must be >= 0".into());
+        if !["entity", "clip"].contains(&self.alignment.as_str()) {
+            return Err(format!(
+                "alignment: {:?} is not entity or clip",
+                self.alignment
+            ));
+        }
+        if self.align_steps < 0 || self.align_text_steps < 0 || self.bootstrap < 0 {
+            return Err("align_steps, align_text_steps and bootstrap must be >= 0".into());
         }
         if self.recall_k.iter().chain(&self.map_k).any(|&k| k < 1) {
             return Err("recall_k and map_k must hold positive integers".into());
@@ -128,8 +148,10 @@ impl P {
 struct Encoded {
     /// Frozen image features, N×F.
     image: Vec<Vec<f32>>,
-    /// Per sample, the report's clause features (clauses × D).
+    /// Per sample, the report's clause features (clauses × D), each clause encoded alone.
     text: Vec<Vec<Vec<f32>>>,
+    /// Per sample, the report's clauses: (clause index, id in the [`ClauseBank`]).
+    clauses: Vec<Vec<(i32, usize)>>,
     /// Labels per sample (18; `None` unknown).
     labels: Vec<Vec<Option<bool>>>,
     /// Report pseudonym per sample.
@@ -137,6 +159,106 @@ struct Encoded {
     /// The model-sized volumes (batches of B×1×D×H×W, CPU), kept when the encoder is fine-tuned
     /// (train: its input; evaluated splits: re-encoded after it).
     volumes: Vec<Tensor>,
+}
+
+impl Encoded {
+    fn empty() -> Encoded {
+        Encoded {
+            image: vec![],
+            text: vec![],
+            clauses: vec![],
+            labels: vec![],
+            report_ids: vec![],
+            volumes: vec![],
+        }
+    }
+}
+
+/// The distinct clause token sequences of all encoded reports. Each is encoded alone, as
+/// `[CLS] clause [SEP]` (MG-3D tokenises clauses alone for its inter-patient targets), so a
+/// report's clauses and a one-clause prompt go through the text encoder the same way.
+#[derive(Default)]
+struct ClauseBank {
+    ids: BTreeMap<Vec<i64>, usize>,
+    sequences: Vec<Vec<i64>>,
+    /// `[CLS]` and `[SEP]` ids, from the first report seen.
+    specials: Option<(i64, i64)>,
+}
+
+impl ClauseBank {
+    /// Splits each report of a batch (B×L ids, mask and clause index) into its clauses' token
+    /// sequences; returns per sample the (clause index, bank id) list.
+    fn add_batch(&mut self, inp: &mg3d_train::model::Inputs) -> Vec<Vec<(i32, usize)>> {
+        let v = |t: &Tensor| -> Vec<i64> {
+            t.to_device(Device::Cpu)
+                .to_kind(Kind::Int64)
+                .reshape([-1])
+                .try_into()
+                .unwrap_or_default()
+        };
+        let (b, l) = inp.input_ids.size2().expect("B×L ids");
+        let (ids, mask, clause) = (
+            v(&inp.input_ids),
+            v(&inp.attention_mask),
+            v(&inp.clause_index),
+        );
+        (0..b as usize)
+            .map(|i| {
+                let row = i * l as usize..(i + 1) * l as usize;
+                let (ids, mask, clause) = (&ids[row.clone()], &mask[row.clone()], &clause[row]);
+                let len = mask.iter().filter(|&&m| m != 0).count();
+                if self.specials.is_none() && len >= 2 {
+                    self.specials = Some((ids[0], ids[len - 1]));
+                }
+                let mut per: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+                for k in 0..len {
+                    if clause[k] >= 0 {
+                        per.entry(clause[k] as i32).or_default().push(ids[k]);
+                    }
+                }
+                per.into_iter()
+                    .map(|(c, seq)| {
+                        let next = self.sequences.len();
+                        let id = *self.ids.entry(seq.clone()).or_insert(next);
+                        if id == next {
+                            self.sequences.push(seq);
+                        }
+                        (c, id)
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// The text features of every clause (bank order), encoded alone in batches.
+    fn encode(&self, tm: &TrainedModel, batch: usize) -> Vec<Vec<f32>> {
+        let Some((cls, sep)) = self.specials else {
+            return vec![];
+        };
+        let dev = tm.model.device();
+        let mut out = Vec::with_capacity(self.sequences.len());
+        for chunk in self.sequences.chunks(batch.max(1)) {
+            let l = chunk.iter().map(Vec::len).max().unwrap_or(0) + 2;
+            let (mut ids, mut mask, mut clause) = (vec![], vec![], vec![]);
+            for seq in chunk {
+                ids.push(cls);
+                ids.extend(seq);
+                ids.push(sep);
+                ids.extend(std::iter::repeat_n(0, l - seq.len() - 2));
+                mask.extend(std::iter::repeat_n(1i64, seq.len() + 2));
+                mask.extend(std::iter::repeat_n(0i64, l - seq.len() - 2));
+                clause.push(-1i64);
+                clause.extend(std::iter::repeat_n(0i64, seq.len()));
+                clause.extend(std::iter::repeat_n(-1i64, l - seq.len() - 1));
+            }
+            let shape = [chunk.len() as i64, l as i64];
+            let t = |v: Vec<i64>| Tensor::from_slice(&v).view(shape).to_device(dev);
+            let (f, _) =
+                tch::no_grad(|| tm.model.clause_text_features(&t(ids), &t(mask), &t(clause)));
+            out.extend(rows(&f.select(1, 0)));
+        }
+        out
+    }
 }
 
 fn rows(t: &Tensor) -> Vec<Vec<f32>> {
@@ -154,6 +276,7 @@ fn encode_split(
     split: &str,
     batch_size: usize,
     keep_volumes: bool,
+    bank: &mut ClauseBank,
     out: &mut Encoded,
 ) -> Result<(), String> {
     if index
@@ -186,21 +309,12 @@ fn encode_split(
                 .map(|&s| entries[s as usize].report_id.clone()),
         );
         let inp = mg3d_train::trainer::to_inputs(&batch, tm.input, device)?;
-        let (img, (txt, cmask)) = tch::no_grad(|| {
-            (
-                tm.model.image_features(&inp.volume),
-                tm.model.clause_text_features(
-                    &inp.input_ids,
-                    &inp.attention_mask,
-                    &inp.clause_index,
-                ),
-            )
-        });
+        let img = tch::no_grad(|| tm.model.image_features(&inp.volume));
         out.image.extend(rows(&img));
         if keep_volumes {
             out.volumes.push(inp.volume.to_device(Device::Cpu));
         }
-        out.text.extend(clause_rows(&txt, &cmask));
+        out.clauses.extend(bank.add_batch(&inp));
         let lab = batch
             .field("labels")
             .ok_or("the shards have no labels field")?;
@@ -263,7 +377,7 @@ fn clause_rows(x: &Tensor, mask: &Tensor) -> Vec<Vec<Vec<f32>>> {
 }
 
 /// Padded N×S×D clause tensor (standardised) and its N×S float mask.
-fn clause_tensor(x: &[Vec<Vec<f32>>], norm: &(Vec<f32>, Vec<f32>)) -> (Tensor, Tensor) {
+pub(crate) fn clause_tensor(x: &[Vec<Vec<f32>>], norm: &(Vec<f32>, Vec<f32>)) -> (Tensor, Tensor) {
     let d = norm.0.len();
     let s = x.iter().map(Vec::len).max().unwrap_or(1).max(1);
     let mut flat = vec![0f32; x.len() * s * d];
@@ -283,7 +397,7 @@ fn clause_tensor(x: &[Vec<Vec<f32>>], norm: &(Vec<f32>, Vec<f32>)) -> (Tensor, T
 }
 
 /// Per-column mean and standard deviation of the train rows (std 1 where constant).
-fn standardiser(x: &[Vec<f32>]) -> (Vec<f32>, Vec<f32>) {
+pub(crate) fn standardiser(x: &[Vec<f32>]) -> (Vec<f32>, Vec<f32>) {
     let d = x.first().map_or(0, Vec::len);
     let n = x.len().max(1) as f64;
     let mut mean = vec![0.0f64; d];
@@ -306,7 +420,7 @@ fn standardiser(x: &[Vec<f32>]) -> (Vec<f32>, Vec<f32>) {
     )
 }
 
-fn to_tensor(x: &[Vec<f32>], norm: &(Vec<f32>, Vec<f32>)) -> Tensor {
+pub(crate) fn to_tensor(x: &[Vec<f32>], norm: &(Vec<f32>, Vec<f32>)) -> Tensor {
     let d = norm.0.len();
     let flat: Vec<f32> = x
         .iter()
@@ -344,7 +458,7 @@ struct Aligner {
 }
 
 /// A `rows × cols` matrix of N(0, std²) draws from `rng` (Box-Muller).
-fn gaussian(rng: &mut ChaCha8Rng, rows: i64, cols: i64, std: f64) -> Tensor {
+pub(crate) fn gaussian(rng: &mut ChaCha8Rng, rows: i64, cols: i64, std: f64) -> Tensor {
     let v: Vec<f32> = (0..rows * cols)
         .map(|_| {
             let u1: f64 = rng.random::<f64>().max(1e-12);
@@ -504,6 +618,38 @@ impl Aligner {
                 .exp()
                 .double_value(&[0])
         })
+    }
+}
+
+/// The fitted alignment: CT-CLIP's contrastive heads or the entity-grounded ones.
+enum Fitted {
+    Clip(Aligner),
+    Entity(EntityAligner),
+}
+
+impl Fitted {
+    /// Unit-norm image embeddings.
+    fn image(&self, x: &[Vec<f32>]) -> Tensor {
+        match self {
+            Fitted::Clip(a) => a.image(x),
+            Fitted::Entity(a) => l2(&a.images(x)),
+        }
+    }
+
+    /// Unit-norm embeddings of clause lists (reports, or one-clause prompts).
+    fn text(&self, x: &[Vec<Vec<f32>>]) -> Tensor {
+        match self {
+            Fitted::Clip(a) => a.text(x),
+            Fitted::Entity(a) => tch::no_grad(|| l2(&a.reports(x))),
+        }
+    }
+
+    /// Logit scale of the prompt softmax (AUC and the Youden point do not depend on it).
+    fn scale(&self) -> f64 {
+        match self {
+            Fitted::Clip(a) => a.scale(),
+            Fitted::Entity(_) => 10.0,
+        }
     }
 }
 
@@ -800,22 +946,37 @@ fn evaluate(
     tm: &mut TrainedModel,
     index: &ShardIndex,
     report_labels: Option<&BTreeMap<String, Vec<Option<bool>>>>,
+    clause_targets: Option<&ClauseTargets>,
     p: &P,
 ) -> Result<(Vec<Row>, Value), String> {
     let bs = p.batch_size as usize;
-    let empty = || Encoded {
-        image: vec![],
-        text: vec![],
-        labels: vec![],
-        report_ids: vec![],
-        volumes: vec![],
-    };
     let clock = std::time::Instant::now();
-    let mut train = empty();
-    encode_split(tm, index, "train", bs, p.align_encoder, &mut train)?;
-    let mut test = empty();
+    let mut bank = ClauseBank::default();
+    let mut train = Encoded::empty();
+    encode_split(
+        tm,
+        index,
+        "train",
+        bs,
+        p.align_encoder,
+        &mut bank,
+        &mut train,
+    )?;
+    let mut test = Encoded::empty();
     for s in &p.splits {
-        encode_split(tm, index, s, bs, p.align_encoder, &mut test)?;
+        encode_split(tm, index, s, bs, p.align_encoder, &mut bank, &mut test)?;
+    }
+    let clause_features = bank.encode(tm, 64);
+    for e in [&mut train, &mut test] {
+        e.text = e
+            .clauses
+            .iter()
+            .map(|c| {
+                c.iter()
+                    .map(|&(_, id)| clause_features[id].clone())
+                    .collect()
+            })
+            .collect();
     }
     if let Some(l) = report_labels {
         for e in [&mut train, &mut test] {
@@ -826,7 +987,11 @@ fn evaluate(
             }
         }
     }
-    tracing::info!(seconds = clock.elapsed().as_secs_f64(), "encoded");
+    tracing::info!(
+        seconds = clock.elapsed().as_secs_f64(),
+        distinct_clauses = bank.sequences.len(),
+        "encoded"
+    );
     let n = test.image.len();
     if n == 0 {
         return Err(format!(
@@ -837,7 +1002,95 @@ fn evaluate(
     if train.image.len() < 2 {
         return Err("the train split needs at least 2 samples to fit the alignment".into());
     }
-    let (aligner, align) = Aligner::fit(&train, p, p.align_encoder.then_some(&mut *tm));
+    let (aligner, align_json) = match (p.alignment.as_str(), clause_targets) {
+        ("entity", Some(targets)) => {
+            let none = BTreeMap::new();
+            let train_targets: Vec<Vec<Vec<f32>>> = train
+                .clauses
+                .iter()
+                .zip(&train.report_ids)
+                .map(|(c, r)| {
+                    let t = targets.get(r).unwrap_or(&none);
+                    c.iter().map(|&(k, _)| target_row(Some(t), k)).collect()
+                })
+                .collect();
+            let cfg = EntityAlignConfig {
+                hidden: 2 * p.embed_dim,
+                text_steps: p.align_text_steps,
+                steps: p.align_steps,
+                text_batch: 256,
+                image_batch: p.align_batch as usize,
+                lr: p.align_lr,
+                encoder_lr: p.align_encoder_lr,
+                seed: p.seed as u64,
+            };
+            let volumes = if train.volumes.is_empty() {
+                Tensor::zeros([0], tch::kind::FLOAT_CPU)
+            } else {
+                Tensor::cat(&train.volumes, 0)
+            };
+            if p.align_encoder {
+                tm.vs.unfreeze();
+            }
+            let dev = tm.model.device();
+            let encode = |idx: &Tensor| {
+                tm.model
+                    .image_features(&volumes.index_select(0, idx).to_device(dev))
+                    .to_device(Device::Cpu)
+            };
+            let (a, r) = EntityAligner::fit(
+                &train.image,
+                &train.text,
+                &train_targets,
+                &cfg,
+                p.align_encoder
+                    .then_some((&tm.vs, &encode as &dyn Fn(&Tensor) -> Tensor)),
+            );
+            tm.vs.freeze();
+            let mentioned = train_targets
+                .iter()
+                .flatten()
+                .filter(|r| r.iter().any(|&x| x != 0.0))
+                .count();
+            (
+                Fitted::Entity(a),
+                json!({
+                    "method": "entity",
+                    "steps": p.align_steps,
+                    "text_steps": p.align_text_steps,
+                    "train_clauses": train_targets.iter().map(Vec::len).sum::<usize>(),
+                    "train_clauses_with_findings": mentioned,
+                    "text_first_loss": r.text_first_loss,
+                    "text_last_loss": r.text_last_loss,
+                    "image_first_loss": r.image_first_loss,
+                    "image_last_loss": r.image_last_loss,
+                    "encoder_fine_tuned": p.align_encoder,
+                }),
+            )
+        }
+        ("entity", None) => {
+            return Err(
+                "alignment = \"entity\" needs the entities and reports stages as inputs \
+                 (clause-level finding assertions); add them, or set alignment = \"clip\""
+                    .into(),
+            );
+        }
+        _ => {
+            let (a, r) = Aligner::fit(&train, p, p.align_encoder.then_some(&mut *tm));
+            (
+                Fitted::Clip(a),
+                json!({
+                    "method": "clip",
+                    "steps": p.align_steps,
+                    "first_loss": r.first_loss,
+                    "last_loss": r.last_loss,
+                    "temperature": r.temperature,
+                    "embed_dim": p.embed_dim,
+                    "encoder_fine_tuned": p.align_encoder,
+                }),
+            )
+        }
+    };
     tracing::info!(seconds = clock.elapsed().as_secs_f64(), "aligned");
     // The linear probe measures the pre-trained features; zero-shot and retrieval use the
     // aligned model's.
@@ -1018,14 +1271,7 @@ fn evaluate(
         "train_samples": frozen_train_image.len(),
         "labels": label_set.iter().map(|&i| CT_RATE_LABELS[i]).collect::<Vec<_>>(),
         "templates": p.templates,
-        "alignment": {
-            "steps": p.align_steps,
-            "first_loss": align.first_loss,
-            "last_loss": align.last_loss,
-            "temperature": align.temperature,
-            "embed_dim": p.embed_dim,
-            "encoder_fine_tuned": p.align_encoder,
-        },
+        "alignment": align_json,
         "zero_shot": zero_shot,
         "zero_shot_text_ceiling": text_ceiling["mean_auc"],
         "report_to_volume": r2v_json,
@@ -1040,7 +1286,7 @@ impl Stage for EvalStage {
         "eval"
     }
     fn code_version(&self) -> &'static str {
-        "2"
+        "3"
     }
     fn describe(&self) -> &'static str {
         "zero-shot labels, report->volume and volume->volume retrieval, linear probe -> eval.parquet, eval.json"
@@ -1083,12 +1329,28 @@ impl Stage for EvalStage {
                 json!(300),
                 "steps of the CLIP alignment of the heads on the train split",
             ),
+            ParamDef::new(
+                "align_text_steps",
+                ParamType::Int,
+                json!(1000),
+                "entity alignment: steps of the text head (256 train clauses each) before the image \
+                 head's align_steps",
+            ),
             ParamDef::new("align_batch", ParamType::Int, json!(32), "alignment batch"),
             ParamDef::new(
                 "align_lr",
                 ParamType::Float,
                 json!(1e-3),
                 "alignment learning rate",
+            ),
+            ParamDef::new(
+                "alignment",
+                ParamType::Str,
+                json!("entity"),
+                "entity: heads on the CT-RATE finding axes, the text head fitted to the entities \
+                 stage's clause-level assertions, the image head to the report embeddings (needs \
+                 the entities and reports inputs); clip: CT-CLIP's symmetric InfoNCE with a learned \
+                 temperature",
             ),
             ParamDef::new(
                 "align_encoder",
@@ -1162,6 +1424,10 @@ impl Stage for EvalStage {
                 kind: "entities",
                 required: false,
             },
+            InputDecl {
+                kind: "reports",
+                required: false,
+            },
         ]
     }
     fn check_params(&self, params: &Params) -> Result<(), String> {
@@ -1181,8 +1447,21 @@ impl Stage for EvalStage {
             )?),
             Err(_) => None,
         };
-        let (rows_out, summary) =
-            evaluate(&mut tm, &index, report_labels.as_ref(), &p).map_err(StageError::msg)?;
+        let clause_targets = match (ctx.input("reports"), ctx.input("entities")) {
+            (Ok(reports), Ok(entities)) if p.alignment == "entity" => Some(read_clause_targets(
+                &reports.join("clauses.parquet"),
+                &entities.join("entities.parquet"),
+            )?),
+            _ => None,
+        };
+        let (rows_out, summary) = evaluate(
+            &mut tm,
+            &index,
+            report_labels.as_ref(),
+            clause_targets.as_ref(),
+            &p,
+        )
+        .map_err(StageError::msg)?;
         write_rows(&ctx.out_dir.join("eval.parquet"), &rows_out)?;
         std::fs::write(
             ctx.out_dir.join("eval.json"),

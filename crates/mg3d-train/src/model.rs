@@ -396,13 +396,22 @@ impl Mg3d {
         self.swin_pool_uni.forward(&self.vision_tokens(volume))
     }
 
-    /// Frozen image features for probes and alignment: the mean of the encoder's final-stage
-    /// tokens (B×C, the exported encoder alone) next to the pooled unimodal vector (B×H), as
-    /// one B×(C+H) tensor.
+    /// Frozen image features for probes and alignment: per encoder stage (the patch embedding and
+    /// the four layers, each layer-normed as the exported encoder gives them) the spatial mean and
+    /// maximum of the map, then the pooled unimodal image vector, as one B×F tensor (F = 2·ΣC_k + H).
+    /// The maxima keep small local findings (a nodule, a calcification) that the final stage's
+    /// mean averages away.
     pub fn image_features(&self, volume: &Tensor) -> Tensor {
-        let tok = self.swin.tokens(volume);
-        let pooled = self.swin_pool_uni.forward(&self.project_vision(&tok));
-        Tensor::cat(&[tok.mean_dim(1, false, tok.kind()), pooled], 1)
+        let maps = self.swin.forward(volume);
+        let mut parts: Vec<Tensor> = Vec::with_capacity(2 * maps.len() + 1);
+        for m in &maps {
+            let flat = m.flatten(2, -1);
+            parts.push(flat.mean_dim(2, false, flat.kind()));
+            parts.push(flat.amax(2, false));
+        }
+        let tok = crate::swin::tokens_of(maps.last().expect("five stage maps"));
+        parts.push(self.swin_pool_uni.forward(&self.project_vision(&tok)));
+        Tensor::cat(&parts, 1)
     }
 
     /// The frozen text encoder's clause features for evaluation: clause means of the text
