@@ -1274,6 +1274,13 @@ fn evaluate(
         "alignment": align_json,
         "zero_shot": zero_shot,
         "zero_shot_text_ceiling": text_ceiling["mean_auc"],
+        "zero_shot_text_ceiling_per_label": text_ceiling["per_label"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v["auc"].clone()))
+                    .collect::<serde_json::Map<_, _>>()
+            }),
         "report_to_volume": r2v_json,
         "volume_to_volume": v2v_json,
         "linear_probe": probe,
