@@ -288,8 +288,17 @@ fn export_and_load_round_trip_with_and_without_prefix() {
 #[test]
 fn tiny_trains_every_parameter() {
     let (vs, model) = build(&SwinConfig::tiny(), 5);
-    let x = Tensor::randn([2, 1, 32, 32, 32], (Kind::Float, Device::Cpu));
-    let loss = model.tokens(&x).sum(Kind::Float).square();
+    // Deterministic input and loss weights (the global RNG is shared by parallel tests). The
+    // tokens are layer-normed, so their plain sum (or sum of squares) is constant per token and
+    // would give zero gradients: weight them instead.
+    let x = (Tensor::arange(2 * 32 * 32 * 32, (Kind::Float, Device::Cpu)) * 0.37)
+        .sin()
+        .view([2, 1, 32, 32, 32]);
+    let tokens = model.tokens(&x);
+    let w = (Tensor::arange(tokens.numel() as i64, (Kind::Float, Device::Cpu)) * 1.3)
+        .cos()
+        .view_as(&tokens);
+    let loss = (tokens * w).sum(Kind::Float);
     loss.backward();
     for (n, t) in model.named_parameters() {
         let g = t.grad();
