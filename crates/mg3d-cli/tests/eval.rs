@@ -4,24 +4,13 @@
 //! evaluation. Skipped without .venv/minilm unless MG3D_REQUIRE_PYTHON=1.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use arrow::array::{Array, Float64Array, Int64Array, StringArray};
 use mg3d_core::table::{TableSchema, read_table};
 
 use crate::cli::{mg3d, text};
-
-fn minilm() -> Option<PathBuf> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/minilm");
-    if p.join("model.safetensors").is_file() {
-        Some(p.canonicalize().unwrap())
-    } else if std::env::var("MG3D_REQUIRE_PYTHON").is_ok_and(|v| v == "1") {
-        panic!("{} is missing: run `make setup`", p.display());
-    } else {
-        eprintln!("skipped: no .venv/minilm (run `make setup`)");
-        None
-    }
-}
+use mg3d_testkit::minilm;
 
 fn pipeline(text: &Path) -> String {
     let t = text.display();

@@ -176,23 +176,7 @@ fn logistic_probe_separates_and_is_deterministic() {
 }
 
 fn python() -> Option<PathBuf> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let py = std::env::var_os("MG3D_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or(root.join(".venv/bin/python"));
-    let ok = Command::new(&py)
-        .args(["-c", "import sklearn, numpy"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if ok {
-        Some(py)
-    } else if std::env::var("MG3D_REQUIRE_PYTHON").as_deref() == Ok("1") {
-        panic!("MG3D_REQUIRE_PYTHON=1 but scikit-learn is missing from .venv; run `make setup`");
-    } else {
-        eprintln!("skipping: no scikit-learn in .venv (run `make setup`)");
-        None
-    }
+    mg3d_testkit::python_with(&["sklearn", "numpy"])
 }
 
 /// AUC (with many ties) and the logistic probe's probabilities equal scikit-learn's

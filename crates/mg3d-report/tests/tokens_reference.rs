@@ -8,31 +8,9 @@ use std::process::Command;
 
 use mg3d_report::tokens::{load_tokenizer, tokenize_clauses};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 fn env() -> Option<(PathBuf, PathBuf)> {
-    let py = std::env::var_os("MG3D_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or(root().join(".venv/bin/python"));
-    let model = root().join(".venv/minilm");
-    let ok = model.join("tokenizer.json").exists()
-        && Command::new(&py)
-            .args(["-c", "import tokenizers"])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-    if ok {
-        Some((py, model))
-    } else if std::env::var("MG3D_REQUIRE_PYTHON").as_deref() == Ok("1") {
-        panic!(
-            "MG3D_REQUIRE_PYTHON=1 but .venv/minilm or Python tokenizers is missing; run `make setup`"
-        );
-    } else {
-        eprintln!("skipping: no .venv/minilm / Python tokenizers (run `make setup`)");
-        None
-    }
+    let model = mg3d_testkit::minilm()?;
+    Some((mg3d_testkit::python_with(&["tokenizers"])?, model))
 }
 
 #[test]

@@ -9,31 +9,10 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use mg3d_shard::{Loader, LoaderConfig, ShardIndex, VolumeSource, WriterConfig};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use mg3d_testkit::repo_root as root;
 
 fn python() -> Option<PathBuf> {
-    let py = std::env::var_os("MG3D_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or(root().join(".venv/bin/python"));
-    let ok = Command::new(&py)
-        .args(["-c", "import safetensors, torch"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if ok {
-        Some(py)
-    } else if std::env::var("MG3D_REQUIRE_PYTHON").as_deref() == Ok("1") {
-        panic!(
-            "MG3D_REQUIRE_PYTHON=1 but {} lacks safetensors/torch; run `make setup`",
-            py.display()
-        );
-    } else {
-        eprintln!("skipping: no Python with safetensors + torch (run `make setup`)");
-        None
-    }
+    mg3d_testkit::python_with(&["safetensors", "torch"])
 }
 
 const SCRIPT: &str = r#"

@@ -9,29 +9,7 @@ use mg3d_synth::report::{DEFAULT_TEMPLATES, Templates};
 use mg3d_synth::{SynthConfig, generate};
 
 fn python() -> Option<PathBuf> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let py = std::env::var_os("MG3D_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or(root.join(".venv/bin/python"));
-    let ok = Command::new(&py)
-        .args(["-c", "import pydicom, nibabel, numpy"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if ok {
-        Some(py)
-    } else if std::env::var("MG3D_REQUIRE_PYTHON").as_deref() == Ok("1") {
-        panic!(
-            "MG3D_REQUIRE_PYTHON=1 but {} cannot import pydicom, nibabel, numpy; run `make setup`",
-            py.display()
-        );
-    } else {
-        eprintln!(
-            "skipping: no Python with pydicom+nibabel at {} (run `make setup`)",
-            py.display()
-        );
-        None
-    }
+    mg3d_testkit::python_with(&["pydicom", "nibabel", "numpy"])
 }
 
 #[test]

@@ -8,52 +8,15 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use mg3d_testkit::minilm;
 use mg3d_train::bert::{BertConfig, BertError, BertModel};
 use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 
 const TOL: f64 = 1e-4;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn required() -> bool {
-    std::env::var("MG3D_REQUIRE_PYTHON").as_deref() == Ok("1")
-}
-
-fn minilm() -> Option<PathBuf> {
-    let model = root().join(".venv/minilm");
-    if model.join("model.safetensors").exists() {
-        Some(model)
-    } else if required() {
-        panic!("MG3D_REQUIRE_PYTHON=1 but .venv/minilm is missing; run `make setup`");
-    } else {
-        eprintln!("skipping: no .venv/minilm (run `make setup`)");
-        None
-    }
-}
-
 fn python() -> Option<PathBuf> {
-    let py = std::env::var_os("MG3D_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or(root().join(".venv/bin/python"));
-    let ok = Command::new(&py)
-        .args(["-c", "import torch, transformers, tokenizers, safetensors"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if ok {
-        Some(py)
-    } else if required() {
-        panic!(
-            "MG3D_REQUIRE_PYTHON=1 but {} cannot import torch/transformers/tokenizers/safetensors; run `make setup`",
-            py.display()
-        );
-    } else {
-        eprintln!("skipping: no Python with transformers at {}", py.display());
-        None
-    }
+    mg3d_testkit::python_with(&["torch", "transformers", "tokenizers", "safetensors"])
 }
 
 fn max_abs(a: &Tensor, b: &Tensor, mask: Option<&Tensor>) -> f64 {

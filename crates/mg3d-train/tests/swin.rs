@@ -9,15 +9,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use mg3d_testkit::repo_root as root;
 use mg3d_train::swin::{
     LoadOptions, Merging, SwinConfig, SwinError, SwinViT, export_encoder, load_encoder,
     load_encoder_with,
 };
 use tch::{Device, Kind, Tensor, nn};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 fn build(cfg: &SwinConfig, seed: i64) -> (nn::VarStore, SwinViT) {
     tch::manual_seed(seed);
@@ -335,22 +332,7 @@ fn mergingv2_differs_from_merging_only_in_order() {
 }
 
 fn python() -> Option<PathBuf> {
-    let py = std::env::var_os("MG3D_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or(root().join(".venv/bin/python"));
-    let ok = Command::new(&py)
-        .args(["-c", "import monai, einops, safetensors, torch"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if ok {
-        Some(py)
-    } else if std::env::var("MG3D_REQUIRE_PYTHON").as_deref() == Ok("1") {
-        panic!("MG3D_REQUIRE_PYTHON=1 but .venv lacks monai/einops/safetensors; run `make setup`");
-    } else {
-        eprintln!("skipping: no monai in .venv (run `make setup`)");
-        None
-    }
+    mg3d_testkit::python_with(&["monai", "einops", "safetensors", "torch"])
 }
 
 fn run_py(py: &Path, args: &[&str]) -> serde_json::Value {

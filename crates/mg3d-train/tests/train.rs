@@ -8,22 +8,11 @@ use mg3d_core::Pipeline;
 use mg3d_core::engine::{Engine, RunOptions};
 use mg3d_core::stage::StageRegistry;
 use mg3d_shard::ShardIndex;
+use mg3d_testkit::minilm;
 use mg3d_train::model::{Mg3d, ModelConfig, Objectives};
 use mg3d_train::swin::SwinConfig;
 use mg3d_train::trainer::{StepMetrics, TrainConfig, train};
 use tch::{Device, nn};
-
-fn minilm() -> Option<PathBuf> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/minilm");
-    if p.join("model.safetensors").is_file() {
-        Some(p)
-    } else if std::env::var("MG3D_REQUIRE_PYTHON").is_ok_and(|v| v == "1") {
-        panic!("{} is missing: run `make setup`", p.display());
-    } else {
-        eprintln!("skipped: no .venv/minilm (run `make setup`)");
-        None
-    }
-}
 
 fn shards(work: &Path, text: &Path) -> PathBuf {
     let mut reg = StageRegistry::new();

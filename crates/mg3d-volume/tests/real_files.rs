@@ -7,32 +7,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use mg3d_testkit::repo_root as root;
 use serde_json::Value;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 fn python() -> Option<PathBuf> {
-    let py = std::env::var_os("MG3D_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or(root().join(".venv/bin/python"));
-    let ok = Command::new(&py)
-        .args(["-c", "import pydicom, nibabel, numpy"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if ok {
-        Some(py)
-    } else if std::env::var("MG3D_REQUIRE_PYTHON").as_deref() == Ok("1") {
-        panic!(
-            "MG3D_REQUIRE_PYTHON=1 but {} lacks pydicom/nibabel; run `make setup`",
-            py.display()
-        );
-    } else {
-        eprintln!("skipping: no Python with pydicom+nibabel (run `make setup`)");
-        None
-    }
+    mg3d_testkit::python_with(&["pydicom", "nibabel", "numpy"])
 }
 
 fn data_dirs(py: &Path) -> (PathBuf, PathBuf) {
