@@ -1334,7 +1334,7 @@ impl Stage for EvalStage {
                 "align_steps",
                 ParamType::Int,
                 json!(300),
-                "steps of the CLIP alignment of the heads on the train split",
+                "alignment steps on the train split: the CLIP heads, or the entity alignment's image head",
             ),
             ParamDef::new(
                 "align_text_steps",
@@ -1343,12 +1343,17 @@ impl Stage for EvalStage {
                 "entity alignment: steps of the text head (256 train clauses each) before the image \
                  head's align_steps",
             ),
-            ParamDef::new("align_batch", ParamType::Int, json!(32), "alignment batch"),
+            ParamDef::new(
+                "align_batch",
+                ParamType::Int,
+                json!(32),
+                "samples per alignment step",
+            ),
             ParamDef::new(
                 "align_lr",
                 ParamType::Float,
                 json!(1e-3),
-                "alignment learning rate",
+                "learning rate of the alignment heads",
             ),
             ParamDef::new(
                 "alignment",
@@ -1376,7 +1381,7 @@ impl Stage for EvalStage {
                 "embed_dim",
                 ParamType::Int,
                 json!(64),
-                "aligned space width",
+                "clip: aligned space width; entity: half the text head's hidden width (the space has the 18 finding axes)",
             ),
             ParamDef::new(
                 "bootstrap",
