@@ -151,7 +151,9 @@ pub(crate) struct EntityAlignReport {
 
 /// The fitted heads.
 pub(crate) struct EntityAligner {
-    _vs: nn::VarStore,
+    /// The text head's variables and the image head's, apart so that each fit's optimiser moves
+    /// only its own head.
+    stores: (nn::VarStore, nn::VarStore),
     text_a: nn::Linear,
     text_b: nn::Linear,
     image: nn::Linear,
@@ -177,11 +179,11 @@ impl EntityAligner {
         let image_norm = crate::stage::standardiser(image);
         let d = text_norm.0.len() as i64;
         let f = image_norm.0.len() as i64;
-        let vs = nn::VarStore::new(Device::Cpu);
-        let root = vs.root();
+        let text_vs = nn::VarStore::new(Device::Cpu);
+        let image_vs = nn::VarStore::new(Device::Cpu);
         let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x656e74697479);
-        let lin = |name: &str, d_in: i64, d_out: i64, rng: &mut ChaCha8Rng| {
-            let p = &root / name;
+        let lin = |vs: &nn::VarStore, name: &str, d_in: i64, d_out: i64, rng: &mut ChaCha8Rng| {
+            let p = vs.root() / name;
             nn::Linear {
                 ws: p.var_copy(
                     "weight",
@@ -190,11 +192,11 @@ impl EntityAligner {
                 bs: Some(p.var_copy("bias", &Tensor::zeros([d_out], tch::kind::FLOAT_CPU))),
             }
         };
-        let text_a = lin("text_head_a", d, cfg.hidden, &mut rng);
-        let text_b = lin("text_head_b", cfg.hidden, k, &mut rng);
-        let image_head = lin("image_head", f, k, &mut rng);
-        let mut aligner = EntityAligner {
-            _vs: nn::VarStore::new(Device::Cpu),
+        let text_a = lin(&text_vs, "text_head_a", d, cfg.hidden, &mut rng);
+        let text_b = lin(&text_vs, "text_head_b", cfg.hidden, k, &mut rng);
+        let image_head = lin(&image_vs, "image_head", f, k, &mut rng);
+        let aligner = EntityAligner {
+            stores: (text_vs, image_vs),
             text_a,
             text_b,
             image: image_head,
@@ -223,13 +225,12 @@ impl EntityAligner {
                 wd: 1e-4,
                 ..Default::default()
             }
-            .build(&vs, cfg.lr)
+            .build(&aligner.stores.0, cfg.lr)
             .expect("Adam over the text head");
             for step in 0..cfg.text_steps {
                 let idx = shuffled(flat.len(), cfg.text_batch, &mut rng);
                 let pred = aligner.text_rows(&x.index_select(0, &idx));
                 let loss = pred.mse_loss(&y.index_select(0, &idx), tch::Reduction::Mean);
-                // Only the text head's variables move: the image head has no gradient here.
                 opt.backward_step(&loss);
                 let v = loss.double_value(&[]);
                 if step == 0 {
@@ -247,7 +248,7 @@ impl EntityAligner {
                 wd: 1e-4,
                 ..Default::default()
             }
-            .build(&vs, cfg.lr)
+            .build(&aligner.stores.1, cfg.lr)
             .expect("Adam over the image head");
             let mut enc_opt = encoder.map(|(evs, _)| {
                 nn::Adam::default()
@@ -282,7 +283,6 @@ impl EntityAligner {
                 report.image_last_loss = v;
             }
         }
-        aligner._vs = vs;
         (aligner, report)
     }
 
