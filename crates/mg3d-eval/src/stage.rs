@@ -162,6 +162,15 @@ struct Encoded {
 }
 
 impl Encoded {
+    /// The kept volumes as one N×1×D×H×W tensor (empty when none were kept).
+    fn volume_tensor(&self) -> Tensor {
+        if self.volumes.is_empty() {
+            Tensor::zeros([0], tch::kind::FLOAT_CPU)
+        } else {
+            Tensor::cat(&self.volumes, 0)
+        }
+    }
+
     fn empty() -> Encoded {
         Encoded {
             image: vec![],
@@ -216,18 +225,19 @@ impl ClauseBank {
                         per.entry(clause[k] as i32).or_default().push(ids[k]);
                     }
                 }
-                per.into_iter()
-                    .map(|(c, seq)| {
-                        let next = self.sequences.len();
-                        let id = *self.ids.entry(seq.clone()).or_insert(next);
-                        if id == next {
-                            self.sequences.push(seq);
-                        }
-                        (c, id)
-                    })
-                    .collect()
+                per.into_iter().map(|(c, seq)| (c, self.add(seq))).collect()
             })
             .collect()
+    }
+
+    /// The bank id of a clause token sequence (without `[CLS]`/`[SEP]`), added if new.
+    fn add(&mut self, seq: Vec<i64>) -> usize {
+        let next = self.sequences.len();
+        let id = *self.ids.entry(seq.clone()).or_insert(next);
+        if id == next {
+            self.sequences.push(seq);
+        }
+        id
     }
 
     /// The text features of every clause (bank order), encoded alone in batches.
@@ -335,43 +345,29 @@ fn encode_split(
     Ok(())
 }
 
-/// Tokenises each prompt as a one-clause report with the tokens stage's code and encodes it.
-fn encode_prompts(tm: &TrainedModel, prompts: &[String]) -> Result<Vec<Vec<Vec<f32>>>, String> {
-    let tk = load_tokenizer(&tm.text_model, PROMPT_TOKENS)?;
-    let (mut ids, mut mask, mut clause) = (vec![], vec![], vec![]);
-    for p in prompts {
-        let t = tokenize_clauses(&tk, std::slice::from_ref(p))?;
-        ids.extend(t.ids.iter().map(|&x| x as i64));
-        mask.extend(t.mask.iter().map(|&x| x as i64));
-        clause.extend(t.clause.iter().map(|&x| x as i64));
-    }
-    let dev = tm.model.device();
-    let shape = [prompts.len() as i64, PROMPT_TOKENS as i64];
-    let t = |v: Vec<i64>| Tensor::from_slice(&v).view(shape).to_device(dev);
-    let (out, cmask) =
-        tch::no_grad(|| tm.model.clause_text_features(&t(ids), &t(mask), &t(clause)));
-    Ok(clause_rows(&out, &cmask))
-}
-
-/// Token budget of a prompt (padded to it; longer prompts are truncated).
+/// Token budget of a prompt (longer prompts are truncated).
 const PROMPT_TOKENS: usize = 64;
 
-/// B×S×D clause features and their B×S mask as per-sample lists of existing clauses.
-fn clause_rows(x: &Tensor, mask: &Tensor) -> Vec<Vec<Vec<f32>>> {
-    let (b, s, d) = x.size3().expect("B×S×D");
-    let flat = rows(&x.reshape([b * s, d]));
-    let m: Vec<i64> = mask
-        .to_device(Device::Cpu)
-        .to_kind(Kind::Int64)
-        .reshape([-1])
-        .try_into()
-        .unwrap_or_default();
-    (0..b as usize)
-        .map(|i| {
-            (0..s as usize)
-                .filter(|&j| m[i * s as usize + j] != 0)
-                .map(|j| flat[i * s as usize + j].clone())
-                .collect()
+/// Tokenises each prompt as a one-clause report with the tokens stage's code and adds its clause
+/// tokens to `bank`, so prompts and report clauses are encoded by one path; returns the bank ids.
+fn bank_prompts(
+    tm: &TrainedModel,
+    prompts: &[String],
+    bank: &mut ClauseBank,
+) -> Result<Vec<usize>, String> {
+    let tk = load_tokenizer(&tm.text_model, PROMPT_TOKENS)?;
+    prompts
+        .iter()
+        .map(|p| {
+            let t = tokenize_clauses(&tk, std::slice::from_ref(p))?;
+            let seq: Vec<i64> = t
+                .ids
+                .iter()
+                .zip(&t.clause)
+                .filter(|(_, c)| **c >= 0)
+                .map(|(&id, _)| id as i64)
+                .collect();
+            Ok(bank.add(seq))
         })
         .collect()
 }
@@ -527,11 +523,7 @@ impl Aligner {
             .build(&vs, p.align_lr)
             .expect("Adam over the alignment heads");
             let bs = (p.align_batch as usize).min(n);
-            let volumes = if train.volumes.is_empty() {
-                Tensor::zeros([0], tch::kind::FLOAT_CPU)
-            } else {
-                Tensor::cat(&train.volumes, 0)
-            };
+            let volumes = train.volume_tensor();
             let img_mean = Tensor::from_slice(&img_norm.0);
             let img_std = Tensor::from_slice(&img_norm.1);
             let mut enc_opt = match encoder.as_deref_mut() {
@@ -966,7 +958,22 @@ fn evaluate(
     for s in &p.splits {
         encode_split(tm, index, s, bs, p.align_encoder, &mut bank, &mut test)?;
     }
+    // Zero-shot prompts: per scored label, the present and the absent template.
+    let label_set = p.label_set();
+    let prompts: Vec<String> = label_set
+        .iter()
+        .flat_map(|&l| {
+            p.templates
+                .iter()
+                .map(move |t| t.replace("{label}", CT_RATE_LABELS[l]))
+        })
+        .collect();
+    let prompt_ids = bank_prompts(tm, &prompts, &mut bank)?;
     let clause_features = bank.encode(tm, 64);
+    let prompt_text: Vec<Vec<Vec<f32>>> = prompt_ids
+        .iter()
+        .map(|&id| vec![clause_features[id].clone()])
+        .collect();
     for e in [&mut train, &mut test] {
         e.text = e
             .clauses
@@ -1024,11 +1031,7 @@ fn evaluate(
                 encoder_lr: p.align_encoder_lr,
                 seed: p.seed as u64,
             };
-            let volumes = if train.volumes.is_empty() {
-                Tensor::zeros([0], tch::kind::FLOAT_CPU)
-            } else {
-                Tensor::cat(&train.volumes, 0)
-            };
+            let volumes = train.volume_tensor();
             if p.align_encoder {
                 tm.vs.unfreeze();
             }
@@ -1106,19 +1109,10 @@ fn evaluate(
             })
             .collect();
     }
-    let label_set = p.label_set();
     let mut rows_out = vec![];
 
     // Zero-shot: softmax over the present/absent prompts per label.
-    let prompts: Vec<String> = label_set
-        .iter()
-        .flat_map(|&l| {
-            p.templates
-                .iter()
-                .map(move |t| t.replace("{label}", CT_RATE_LABELS[l]))
-        })
-        .collect();
-    let prompt_z = aligner.text(&encode_prompts(tm, &prompts)?);
+    let prompt_z = aligner.text(&prompt_text);
     let img_z = aligner.image(&test.image);
     let scale = aligner.scale();
     // Probability of the present prompt per sample, for label `li`, from embeddings `z`.

@@ -13,24 +13,10 @@ use mg3d_core::table::{TableSchema, read_table};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::Value;
 
+use super::INPUT_KINDS;
+
 /// A section's data, or the note that replaces it on the page (missing input, unreadable table).
 pub type Part<T> = Result<T, String>;
-
-/// The order stage kinds are listed in on the page (a pipeline's natural order); kinds not named
-/// here follow, by name.
-pub const KIND_ORDER: [&str; 11] = [
-    "synth",
-    "ingest",
-    "preprocess",
-    "reports",
-    "entities",
-    "tokens",
-    "graph",
-    "curate",
-    "shards",
-    "train",
-    "eval",
-];
 
 /// The upstream outputs the page reads.
 #[derive(Debug, Clone)]
@@ -38,15 +24,17 @@ pub struct Inputs {
     stages: Vec<StageInput>,
 }
 
+/// Position of `kind` in the page order ([`INPUT_KINDS`], a pipeline's natural order); kinds not
+/// named there follow.
 fn kind_rank(kind: &str) -> usize {
-    KIND_ORDER
+    INPUT_KINDS
         .iter()
         .position(|k| *k == kind)
-        .unwrap_or(KIND_ORDER.len())
+        .unwrap_or(INPUT_KINDS.len())
 }
 
 impl Inputs {
-    /// Wraps the stage's inputs, ordered by [`KIND_ORDER`], then kind and name.
+    /// Wraps the stage's inputs, ordered by [`INPUT_KINDS`], then kind and name.
     pub fn new(stages: &[StageInput]) -> Inputs {
         let mut stages = stages.to_vec();
         stages.sort_by(|a, b| {

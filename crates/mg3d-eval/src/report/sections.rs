@@ -7,8 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use mg3d_core::labels::CT_RATE_LABELS;
 use serde_json::Value;
 
+use super::INPUT_KINDS;
 use super::html::{Html, Table, num};
-use super::inputs::{Inputs, KIND_ORDER, Part, file_name, parquet_files, parquet_rows};
+use super::inputs::{Inputs, Part, file_name, parquet_files, parquet_rows};
 use super::plots::{Bar, hbar, int_histogram, lines};
 
 /// The training objectives plotted, in order (columns of metrics.parquet).
@@ -54,7 +55,7 @@ pub fn counts(inputs: &Inputs) -> Html {
     }
     h.table(&t, "This stage has no inputs.");
     let present: BTreeSet<&str> = inputs.all().iter().map(|s| s.kind.as_str()).collect();
-    let absent: Vec<&str> = KIND_ORDER[1..]
+    let absent: Vec<&str> = INPUT_KINDS
         .iter()
         .copied()
         .filter(|k| !present.contains(k))
