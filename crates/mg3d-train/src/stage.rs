@@ -186,7 +186,7 @@ impl Stage for TrainStage {
         "train"
     }
     fn code_version(&self) -> &'static str {
-        "1"
+        "2"
     }
     fn describe(&self) -> &'static str {
         "MG-3D pre-training (Swin3D + BERT, five objectives) on the shards -> checkpoint, metrics.parquet"

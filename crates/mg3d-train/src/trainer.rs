@@ -87,9 +87,12 @@ pub struct StepMetrics {
     pub ssm: f64,
     /// Gradient norm before clipping.
     pub grad_norm: f64,
-    /// Wall seconds of the step.
+    /// Wall seconds of the step. Not saved in checkpoints (it would make the same run's
+    /// checkpoint differ byte for byte); read back as 0.
+    #[serde(skip)]
     pub seconds: f64,
-    /// Samples per second.
+    /// Samples per second. Not saved in checkpoints either.
+    #[serde(skip)]
     pub samples_per_s: f64,
 }
 

@@ -140,4 +140,13 @@ fn thirty_steps_lower_every_loss_and_resume_is_exact() {
             a.step
         );
     }
+    // The same run gives the same checkpoint bytes (no wall-clock times in state.json).
+    for file in ["state.json", "model.safetensors", "optimizer.safetensors"] {
+        let read = |run: &str| std::fs::read(t.path().join(run).join("step-000030").join(file));
+        let (a, b) = (read("ck-full").unwrap(), read("ck-resumed").unwrap());
+        assert!(
+            a == b,
+            "{file} of the resumed run differs from the uninterrupted one"
+        );
+    }
 }
