@@ -71,6 +71,24 @@ inputs = ["ingest", "preprocess", "reports", "entities", "tokens", "shards", "tr
     )
 }
 
+/// Every file under `root` (relative path -> bytes).
+fn files_under(root: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(root).unwrap().display().to_string();
+                out.insert(rel, fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
 /// Runs `mg3d` and requires success.
 fn mg3d_ok(dir: &Path, args: &[&str]) {
     let o = mg3d(dir, args);
@@ -170,7 +188,25 @@ fn eval_and_report_end_to_end() {
     );
     assert_eq!(summary["samples"].as_f64().unwrap(), n);
 
-    // A forced rerun gives the same bytes.
+    // Forced reruns give the same bytes: the train stage's checkpoint and metrics, then eval.
+    let train_dir = dir.path().join("work/train");
+    let train_before = files_under(&train_dir);
+    assert!(train_before.keys().any(|k| k.ends_with("state.json")));
+    mg3d_ok(
+        dir.path(),
+        &["run", "p.toml", "--stage", "train", "--force", "--quiet"],
+    );
+    let train_after = files_under(&train_dir);
+    assert_eq!(
+        train_before.keys().collect::<Vec<_>>(),
+        train_after.keys().collect::<Vec<_>>()
+    );
+    for (name, bytes) in &train_before {
+        assert!(
+            *bytes == train_after[name],
+            "train/{name} differs after a forced rerun"
+        );
+    }
     let before = fs::read(out.join("eval.parquet")).unwrap();
     let json_before = fs::read(out.join("eval.json")).unwrap();
     mg3d_ok(
