@@ -828,10 +828,12 @@ pub fn load_encoder_with(
     file: &Path,
     opts: &LoadOptions,
 ) -> Result<LoadReport, SwinError> {
-    let tensors = Tensor::read_safetensors(file).map_err(|source| SwinError::Torch {
+    let mut tensors = Tensor::read_safetensors(file).map_err(|source| SwinError::Torch {
         path: file.to_path_buf(),
         source,
     })?;
+    // The file's header order is arbitrary: by name, so reports and errors are reproducible.
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
     let prefix = match &opts.prefix {
         Some(p) => p.clone(),
         None => {
