@@ -7,6 +7,7 @@ use std::fs;
 use std::path::Path;
 
 use arrow::array::{Array, Float64Array, Int64Array, StringArray};
+use mg3d_core::fsutil::hash_dir;
 use mg3d_core::table::{TableSchema, read_table};
 
 use crate::cli::{mg3d, text};
@@ -69,24 +70,6 @@ kind = "report"
 inputs = ["ingest", "preprocess", "reports", "entities", "tokens", "shards", "train", "eval"]
 "#
     )
-}
-
-/// Every file under `root` (relative path -> bytes).
-fn files_under(root: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
-    let mut out = std::collections::BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                let rel = p.strip_prefix(root).unwrap().display().to_string();
-                out.insert(rel, fs::read(&p).unwrap());
-            }
-        }
-    }
-    out
 }
 
 /// Runs `mg3d` and requires success.
@@ -190,23 +173,20 @@ fn eval_and_report_end_to_end() {
 
     // Forced reruns give the same bytes: the train stage's checkpoint and metrics, then eval.
     let train_dir = dir.path().join("work/train");
-    let train_before = files_under(&train_dir);
+    let train_before = hash_dir(&train_dir).unwrap();
     assert!(train_before.keys().any(|k| k.ends_with("state.json")));
     mg3d_ok(
         dir.path(),
         &["run", "p.toml", "--stage", "train", "--force", "--quiet"],
     );
-    let train_after = files_under(&train_dir);
-    assert_eq!(
-        train_before.keys().collect::<Vec<_>>(),
-        train_after.keys().collect::<Vec<_>>()
-    );
-    for (name, bytes) in &train_before {
+    let train_after = hash_dir(&train_dir).unwrap();
+    for (name, digest) in &train_before {
         assert!(
-            *bytes == train_after[name],
+            train_after.get(name) == Some(digest),
             "train/{name} differs after a forced rerun"
         );
     }
+    assert_eq!(train_before.len(), train_after.len());
     let before = fs::read(out.join("eval.parquet")).unwrap();
     let json_before = fs::read(out.join("eval.json")).unwrap();
     mg3d_ok(

@@ -21,10 +21,14 @@ use arrow::array::{Array, Int32Array, StringArray};
 use mg3d_core::labels::CT_RATE_LABELS;
 use mg3d_core::stage::StageError;
 use mg3d_core::table::{TableSchema, read_table};
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tch::nn::{self, Module, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
+
+use crate::stage::{
+    ClauseHead, clause_tensor, sample_without_replacement, seeded_linear, standardiser, to_tensor,
+};
 
 /// Per report id, per clause index: the findings the clause asserts (label index, +1 or -1).
 pub type ClauseTargets = BTreeMap<String, BTreeMap<i32, Vec<(usize, f32)>>>;
@@ -154,8 +158,7 @@ pub(crate) struct EntityAligner {
     /// The text head's variables and the image head's, apart so that each fit's optimiser moves
     /// only its own head.
     stores: (nn::VarStore, nn::VarStore),
-    text_a: nn::Linear,
-    text_b: nn::Linear,
+    text: ClauseHead,
     image: nn::Linear,
     text_norm: (Vec<f32>, Vec<f32>),
     image_norm: (Vec<f32>, Vec<f32>),
@@ -175,30 +178,18 @@ impl EntityAligner {
         let k = CT_RATE_LABELS.len() as i64;
         let flat: Vec<Vec<f32>> = clauses.iter().flatten().cloned().collect();
         let flat_t: Vec<Vec<f32>> = targets.iter().flatten().cloned().collect();
-        let text_norm = crate::stage::standardiser(&flat);
-        let image_norm = crate::stage::standardiser(image);
+        let text_norm = standardiser(&flat);
+        let image_norm = standardiser(image);
         let d = text_norm.0.len() as i64;
         let f = image_norm.0.len() as i64;
         let text_vs = nn::VarStore::new(Device::Cpu);
         let image_vs = nn::VarStore::new(Device::Cpu);
         let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x656e74697479);
-        let lin = |vs: &nn::VarStore, name: &str, d_in: i64, d_out: i64, rng: &mut ChaCha8Rng| {
-            let p = vs.root() / name;
-            nn::Linear {
-                ws: p.var_copy(
-                    "weight",
-                    &crate::stage::gaussian(rng, d_out, d_in, 1.0 / (d_in as f64).sqrt()),
-                ),
-                bs: Some(p.var_copy("bias", &Tensor::zeros([d_out], tch::kind::FLOAT_CPU))),
-            }
-        };
-        let text_a = lin(&text_vs, "text_head_a", d, cfg.hidden, &mut rng);
-        let text_b = lin(&text_vs, "text_head_b", cfg.hidden, k, &mut rng);
-        let image_head = lin(&image_vs, "image_head", f, k, &mut rng);
+        let text_head = ClauseHead::new(&text_vs.root(), d, cfg.hidden, k, &mut rng);
+        let image_head = seeded_linear(image_vs.root() / "image_head", f, k, &mut rng);
         let aligner = EntityAligner {
             stores: (text_vs, image_vs),
-            text_a,
-            text_b,
+            text: text_head,
             image: image_head,
             text_norm,
             image_norm,
@@ -209,17 +200,9 @@ impl EntityAligner {
             image_first_loss: f64::NAN,
             image_last_loss: f64::NAN,
         };
-        let shuffled = |n: usize, take: usize, rng: &mut ChaCha8Rng| {
-            let mut order: Vec<i64> = (0..n as i64).collect();
-            for i in (1..n).rev() {
-                order.swap(i, rng.random_range(0..=i));
-            }
-            order.truncate(take.min(n));
-            Tensor::from_slice(&order)
-        };
         // 1. Text head on clauses.
         if !flat.is_empty() && cfg.text_steps > 0 {
-            let x = crate::stage::to_tensor(&flat, &aligner.text_norm);
+            let x = to_tensor(&flat, &aligner.text_norm);
             let y = Tensor::from_slice(&flat_t.concat()).view([flat_t.len() as i64, k]);
             let mut opt = nn::Adam {
                 wd: 1e-4,
@@ -228,8 +211,8 @@ impl EntityAligner {
             .build(&aligner.stores.0, cfg.lr)
             .expect("Adam over the text head");
             for step in 0..cfg.text_steps {
-                let idx = shuffled(flat.len(), cfg.text_batch, &mut rng);
-                let pred = aligner.text_rows(&x.index_select(0, &idx));
+                let idx = sample_without_replacement(flat.len(), cfg.text_batch, &mut rng);
+                let pred = aligner.text.rows(&x.index_select(0, &idx));
                 let loss = pred.mse_loss(&y.index_select(0, &idx), tch::Reduction::Mean);
                 opt.backward_step(&loss);
                 let v = loss.double_value(&[]);
@@ -243,7 +226,7 @@ impl EntityAligner {
         let n = image.len();
         if n >= 2 && cfg.steps > 0 {
             let r = tch::no_grad(|| aligner.reports(clauses));
-            let x = crate::stage::to_tensor(image, &aligner.image_norm);
+            let x = to_tensor(image, &aligner.image_norm);
             let mut opt = nn::Adam {
                 wd: 1e-4,
                 ..Default::default()
@@ -258,7 +241,7 @@ impl EntityAligner {
             let mean = Tensor::from_slice(&aligner.image_norm.0);
             let std = Tensor::from_slice(&aligner.image_norm.1);
             for step in 0..cfg.steps {
-                let idx = shuffled(n, cfg.image_batch, &mut rng);
+                let idx = sample_without_replacement(n, cfg.image_batch, &mut rng);
                 let feats = match encoder {
                     Some((_, encode)) => (encode(&idx) - &mean) / &std,
                     None => x.index_select(0, &idx),
@@ -286,24 +269,16 @@ impl EntityAligner {
         (aligner, report)
     }
 
-    /// Text head on standardised clause rows (… × D → … × K).
-    fn text_rows(&self, x: &Tensor) -> Tensor {
-        self.text_b.forward(&self.text_a.forward(x).gelu("none"))
-    }
-
     /// Report embeddings: the clipped sum of the clauses' text-head outputs (N × K).
     pub fn reports(&self, clauses: &[Vec<Vec<f32>>]) -> Tensor {
-        let (t, m) = crate::stage::clause_tensor(clauses, &self.text_norm);
-        let h = self.text_rows(&t) * m.unsqueeze(-1);
+        let (t, m) = clause_tensor(clauses, &self.text_norm);
+        let h = self.text.rows(&t) * m.unsqueeze(-1);
         h.sum_dim_intlist([1i64].as_slice(), false, Kind::Float)
             .clamp(-1.0, 1.0)
     }
 
     /// Image embeddings (N × K).
     pub fn images(&self, image: &[Vec<f32>]) -> Tensor {
-        tch::no_grad(|| {
-            self.image
-                .forward(&crate::stage::to_tensor(image, &self.image_norm))
-        })
+        tch::no_grad(|| self.image.forward(&to_tensor(image, &self.image_norm)))
     }
 }

@@ -279,6 +279,13 @@ pub fn label_overlap(a: &[Option<bool>], b: &[Option<bool>]) -> bool {
     pa.iter().zip(&pb).any(|(&x, &y)| x && y)
 }
 
+/// Shuffles `v` in place (Fisher-Yates; the seeded draws every random order here uses).
+pub(crate) fn shuffle<T>(v: &mut [T], rng: &mut ChaCha8Rng) {
+    for i in (1..v.len()).rev() {
+        v.swap(i, rng.random_range(0..=i));
+    }
+}
+
 /// Expected MAP@K of random rankings of the same queries, estimated over `rounds` seeded
 /// shuffles (the baseline MAP@K is compared with).
 pub fn random_map_at_k(relevance: &[Vec<bool>], k: usize, rounds: usize, seed: u64) -> f64 {
@@ -288,10 +295,7 @@ pub fn random_map_at_k(relevance: &[Vec<bool>], k: usize, rounds: usize, seed: u
     for _ in 0..rounds {
         for rel in relevance {
             let mut r = rel.clone();
-            for i in (1..r.len()).rev() {
-                let j = rng.random_range(0..=i);
-                r.swap(i, j);
-            }
+            shuffle(&mut r, &mut rng);
             if let Some(ap) = average_precision_at_k(&r, k) {
                 total += ap;
                 count += 1;

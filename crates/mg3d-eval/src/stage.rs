@@ -232,11 +232,12 @@ impl ClauseBank {
 
     /// The bank id of a clause token sequence (without `[CLS]`/`[SEP]`), added if new.
     fn add(&mut self, seq: Vec<i64>) -> usize {
-        let next = self.sequences.len();
-        let id = *self.ids.entry(seq.clone()).or_insert(next);
-        if id == next {
-            self.sequences.push(seq);
+        if let Some(&id) = self.ids.get(&seq) {
+            return id;
         }
+        let id = self.sequences.len();
+        self.ids.insert(seq.clone(), id);
+        self.sequences.push(seq);
         id
     }
 
@@ -428,14 +429,34 @@ pub(crate) fn to_tensor(x: &[Vec<f32>], norm: &(Vec<f32>, Vec<f32>)) -> Tensor {
 /// The text head: a two-layer MLP applied to every clause, then the mean over the report's
 /// clauses. Clause-level, so a prompt (one clause) and a report (many) meet in one space, and
 /// the non-linearity can map uninformative clauses ("no pleural effusion") apart from findings.
-struct ClauseHead {
+pub(crate) struct ClauseHead {
     a: nn::Linear,
     b: nn::Linear,
 }
 
 impl ClauseHead {
+    /// The two layers (`text_head_a`, `text_head_b` under `root`), seeded from `rng`.
+    pub(crate) fn new(
+        root: &nn::Path,
+        d_in: i64,
+        hidden: i64,
+        d_out: i64,
+        rng: &mut ChaCha8Rng,
+    ) -> ClauseHead {
+        ClauseHead {
+            a: seeded_linear(root / "text_head_a", d_in, hidden, rng),
+            b: seeded_linear(root / "text_head_b", hidden, d_out, rng),
+        }
+    }
+
+    /// The head on each clause row (… × D → … × out).
+    pub(crate) fn rows(&self, x: &Tensor) -> Tensor {
+        self.b.forward(&self.a.forward(x).gelu("none"))
+    }
+
+    /// The mean of a report's clause outputs (N×S×D clauses, N×S mask → N × out).
     fn forward(&self, x: &Tensor, mask: &Tensor) -> Tensor {
-        let h = self.b.forward(&self.a.forward(x).gelu("none"));
+        let h = self.rows(x);
         let m = mask.unsqueeze(-1);
         (h * &m).sum_dim_intlist([1i64].as_slice(), false, Kind::Float)
             / m.sum_dim_intlist([1i64].as_slice(), false, Kind::Float)
@@ -454,7 +475,7 @@ struct Aligner {
 }
 
 /// A `rows × cols` matrix of N(0, std²) draws from `rng` (Box-Muller).
-pub(crate) fn gaussian(rng: &mut ChaCha8Rng, rows: i64, cols: i64, std: f64) -> Tensor {
+fn gaussian(rng: &mut ChaCha8Rng, rows: i64, cols: i64, std: f64) -> Tensor {
     let v: Vec<f32> = (0..rows * cols)
         .map(|_| {
             let u1: f64 = rng.random::<f64>().max(1e-12);
@@ -463,6 +484,29 @@ pub(crate) fn gaussian(rng: &mut ChaCha8Rng, rows: i64, cols: i64, std: f64) -> 
         })
         .collect();
     Tensor::from_slice(&v).view([rows, cols])
+}
+
+/// A linear layer under `path` with N(0, 1/d_in) weights drawn from `rng` and zero bias.
+pub(crate) fn seeded_linear(
+    path: nn::Path,
+    d_in: i64,
+    d_out: i64,
+    rng: &mut ChaCha8Rng,
+) -> nn::Linear {
+    nn::Linear {
+        ws: path.var_copy(
+            "weight",
+            &gaussian(rng, d_out, d_in, 1.0 / (d_in as f64).sqrt()),
+        ),
+        bs: Some(path.var_copy("bias", &Tensor::zeros([d_out], tch::kind::FLOAT_CPU))),
+    }
+}
+
+/// `take` of the indices 0..n in a seeded random order (a sample without replacement).
+pub(crate) fn sample_without_replacement(n: usize, take: usize, rng: &mut ChaCha8Rng) -> Tensor {
+    let mut order: Vec<i64> = (0..n as i64).collect();
+    crate::metrics::shuffle(&mut order, rng);
+    Tensor::from_slice(&order[..take.min(n)])
 }
 
 struct AlignReport {
@@ -492,21 +536,8 @@ impl Aligner {
         let vs = nn::VarStore::new(Device::Cpu);
         let root = vs.root();
         let mut rng = ChaCha8Rng::seed_from_u64(p.seed as u64 ^ 0x616c69676e);
-        let lin = |name: &str, d_in: i64, d_out: i64, rng: &mut ChaCha8Rng| {
-            let p = &root / name;
-            nn::Linear {
-                ws: p.var_copy(
-                    "weight",
-                    &gaussian(rng, d_out, d_in, 1.0 / (d_in as f64).sqrt()),
-                ),
-                bs: Some(p.var_copy("bias", &Tensor::zeros([d_out], tch::kind::FLOAT_CPU))),
-            }
-        };
-        let img = lin("image_head", fi, e, &mut rng);
-        let txt = ClauseHead {
-            a: lin("text_head_a", ft, 2 * e, &mut rng),
-            b: lin("text_head_b", 2 * e, e, &mut rng),
-        };
+        let img = seeded_linear(&root / "image_head", fi, e, &mut rng);
+        let txt = ClauseHead::new(&root, ft, 2 * e, e, &mut rng);
         let logit_scale =
             root.var_copy("logit_scale", &Tensor::from_slice(&[(1.0f32 / 0.07).ln()]));
         let n = train.image.len();
@@ -538,12 +569,7 @@ impl Aligner {
                 None => None,
             };
             for step in 0..p.align_steps {
-                // A seeded sample without replacement.
-                let mut order: Vec<i64> = (0..n as i64).collect();
-                for i in (1..n).rev() {
-                    order.swap(i, rng.random_range(0..=i));
-                }
-                let idx = Tensor::from_slice(&order[..bs]);
+                let idx = sample_without_replacement(n, bs, &mut rng);
                 let features = match encoder.as_deref() {
                     Some(tm) => {
                         let vol = volumes.index_select(0, &idx).to_device(tm.model.device());
@@ -933,7 +959,8 @@ fn write_rows(path: &Path, rows: &[Row]) -> Result<(), StageError> {
     Ok(())
 }
 
-/// Runs the whole evaluation; returns the rows and the JSON summary.
+/// Runs the whole evaluation; returns the rows and the JSON summary. With `clause_targets` the
+/// alignment is the entity one, without it CT-CLIP's.
 fn evaluate(
     tm: &mut TrainedModel,
     index: &ShardIndex,
@@ -1009,8 +1036,8 @@ fn evaluate(
     if train.image.len() < 2 {
         return Err("the train split needs at least 2 samples to fit the alignment".into());
     }
-    let (aligner, align_json) = match (p.alignment.as_str(), clause_targets) {
-        ("entity", Some(targets)) => {
+    let (aligner, align_json) = match clause_targets {
+        Some(targets) => {
             let none = BTreeMap::new();
             let train_targets: Vec<Vec<Vec<f32>>> = train
                 .clauses
@@ -1071,14 +1098,7 @@ fn evaluate(
                 }),
             )
         }
-        ("entity", None) => {
-            return Err(
-                "alignment = \"entity\" needs the entities and reports stages as inputs \
-                 (clause-level finding assertions); add them, or set alignment = \"clip\""
-                    .into(),
-            );
-        }
-        _ => {
+        None => {
             let (a, r) = Aligner::fit(&train, p, p.align_encoder.then_some(&mut *tm));
             (
                 Fitted::Clip(a),
@@ -1443,6 +1463,20 @@ impl Stage for EvalStage {
     fn run(&self, ctx: &StageContext) -> Result<Value, StageError> {
         let p: P = ctx.params.parse()?;
         p.check().map_err(StageError::msg)?;
+        // Before any encoding: the entity alignment's clause targets.
+        let clause_targets = match (ctx.input("reports"), ctx.input("entities")) {
+            _ if p.alignment != "entity" => None,
+            (Ok(reports), Ok(entities)) => Some(read_clause_targets(
+                &reports.join("clauses.parquet"),
+                &entities.join("entities.parquet"),
+            )?),
+            _ => {
+                return Err(StageError::msg(
+                    "alignment = \"entity\" needs the entities and reports stages as inputs \
+                     (clause-level finding assertions); add them, or set alignment = \"clip\"",
+                ));
+            }
+        };
         let mut tm = load_trained(ctx.input("train")?, &p.device).map_err(StageError::msg)?;
         let index =
             ShardIndex::open(ctx.input("shards")?).map_err(|e| StageError::msg(e.to_string()))?;
@@ -1452,13 +1486,6 @@ impl Stage for EvalStage {
                 p.unmentioned_as_negative,
             )?),
             Err(_) => None,
-        };
-        let clause_targets = match (ctx.input("reports"), ctx.input("entities")) {
-            (Ok(reports), Ok(entities)) if p.alignment == "entity" => Some(read_clause_targets(
-                &reports.join("clauses.parquet"),
-                &entities.join("entities.parquet"),
-            )?),
-            _ => None,
         };
         let (rows_out, summary) = evaluate(
             &mut tm,
