@@ -106,7 +106,7 @@ pub fn run(
         for threads in [1, 2] {
             let work = dir.path().join(format!("work{threads}"));
             let text = format!(
-                "[pipeline]\nname = \"bench\"\nwork_dir = \"{}\"\nsalt = \"bench\"\nthreads = {threads}\n\
+                "[pipeline]\nname = \"bench\"\nwork_dir = \"{}\"\nsalt = \"bench-salt-0123456789\"\nthreads = {threads}\n\
                  [stages.ingest]\nkind = \"ingest\"\nparams = {{ dicom_roots = [\"{d}/dicom\"], nifti_roots = [\"{d}/nifti\"], ctrate_metadata = [\"{d}/metadata/train_metadata.csv\"] }}\n\
                  [stages.preprocess]\nkind = \"preprocess\"\ninputs = [\"ingest\"]\nparams = {{ preset = \"demo\" }}\n",
                 work.display(),
@@ -170,7 +170,7 @@ pub fn run(
             String::new()
         };
         let text = format!(
-            "[pipeline]\nname = \"bench-text\"\nwork_dir = \"{}\"\nsalt = \"bench\"\n\
+            "[pipeline]\nname = \"bench-text\"\nwork_dir = \"{}\"\nsalt = \"bench-salt-0123456789\"\n\
              [stages.reports]\nkind = \"reports\"\nparams = {{ files = [\"{}\"] }}\n\
              [stages.entities]\nkind = \"entities\"\ninputs = [\"reports\"]\n{tokens}",
             work.display(),

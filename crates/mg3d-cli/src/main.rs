@@ -240,6 +240,21 @@ fn load(
 }
 
 fn main() -> ExitCode {
+    // A panic's message can quote what was being parsed (a report's text, a file name): the log
+    // gets only where it happened unless MG3D_PANIC_DETAIL=1 asks for the message.
+    std::panic::set_hook(Box::new(|info| {
+        let at = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        if std::env::var_os("MG3D_PANIC_DETAIL").is_some_and(|v| v == "1") {
+            eprintln!("internal error at {at}: {info}");
+        } else {
+            eprintln!(
+                "internal error at {at} (message withheld, it may quote input data; MG3D_PANIC_DETAIL=1 shows it)"
+            );
+        }
+    }));
     let cli = Cli::parse();
     let level = if cli.quiet { "warn" } else { "info" };
     tracing_subscriber::fmt()

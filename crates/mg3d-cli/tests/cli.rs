@@ -85,7 +85,7 @@ fn run_status_rerun_and_determinism() {
 fn bad_inputs_have_exit_codes_and_messages() {
     let d = tempfile::tempdir().unwrap();
     let bad = d.path().join("bad.toml");
-    fs::write(&bad, "[pipeline]\nname = \"x\"\nsalt = \"s\"\n[stages.s]\nkind = \"synth\"\nparams = { patiens = 3 }\n").unwrap();
+    fs::write(&bad, "[pipeline]\nname = \"x\"\nsalt = \"test-salt-0123456789\"\n[stages.s]\nkind = \"synth\"\nparams = { patiens = 3 }\n").unwrap();
     let o = mg3d(d.path(), &["run", bad.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
     let t = text(&o);
@@ -137,7 +137,7 @@ fn every_shipped_pipeline_is_valid() {
         let p = e.unwrap().path();
         let o = Command::new(env!("CARGO_BIN_EXE_mg3d"))
             .current_dir(d.path())
-            .env("MG3D_SALT", "test")
+            .env("MG3D_SALT", "test-salt-0123456789")
             .args(["status", p.to_str().unwrap()])
             .output()
             .unwrap();

@@ -11,7 +11,7 @@ fn pipeline(rule: &str) -> String {
         r#"[pipeline]
 name = "cur"
 work_dir = "work"
-salt = "s"
+salt = "test-salt-0123456789"
 seed = 3
 [stages.synth]
 kind = "synth"

@@ -19,7 +19,7 @@ fn pipeline(text: &Path) -> String {
         r#"[pipeline]
 name = "evaltest"
 work_dir = "work"
-salt = "s"
+salt = "test-salt-0123456789"
 seed = 9
 
 [stages.synth]

@@ -503,15 +503,12 @@ impl<'r> Engine<'r> {
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             pool.install(|| stage.run(&ctx))
         }))
-        .unwrap_or_else(|panic| {
-            let what = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default();
-            Err(StageError::msg(format!(
-                "internal error (panic): {what}; please report it"
-            )))
+        .unwrap_or_else(|_| {
+            // The panic's message is not repeated: it may quote input data (the panic hook of the
+            // binary logs where it happened).
+            Err(StageError::msg(
+                "internal error (panic) outside any single item; please report it",
+            ))
         });
         let summary = match result {
             Ok(s) => s,
@@ -546,39 +543,60 @@ impl<'r> Engine<'r> {
     }
 }
 
-/// One `run` per work dir at a time: `WORK/.mg3d.pid` names the holder. Leftover temporary
-/// outputs of killed runs are removed once the lock is held.
-struct WorkDirLock(PathBuf);
+/// One `run` per work dir at a time: an exclusive `flock` on `WORK/.mg3d.lock`, which the kernel
+/// releases when the holder exits (even by kill -9), so a stale lock cannot block a restart and two
+/// starts cannot both proceed. Once held, promotions a kill interrupted are finished or undone and
+/// leftover temporary outputs are removed.
+struct WorkDirLock(#[allow(dead_code)] fs::File);
 
 impl WorkDirLock {
     fn acquire(work: &Path) -> Result<WorkDirLock, EngineError> {
-        let path = work.join(".mg3d.pid");
-        if let Ok(text) = fs::read_to_string(&path) {
-            let pid = text.trim();
-            if !pid.is_empty()
-                && pid != std::process::id().to_string()
-                && Path::new("/proc").join(pid).exists()
-            {
-                return Err(EngineError::Usage(format!(
-                    "another mg3d run (pid {pid}) is using {}; wait for it, or delete {} if that process is not mg3d",
-                    work.display(),
-                    path.display()
-                )));
-            }
+        let path = work.join(".mg3d.lock");
+        let mut file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        if let Err(e) = file.try_lock() {
+            let holder = fs::read_to_string(&path).unwrap_or_default();
+            return Err(EngineError::Usage(match e {
+                fs::TryLockError::WouldBlock => format!(
+                    "another mg3d run (pid {}) is using {}; wait for it to finish",
+                    holder.trim(),
+                    work.display()
+                ),
+                fs::TryLockError::Error(e) => format!("cannot lock {}: {e}", path.display()),
+            }));
         }
-        fs::write(&path, std::process::id().to_string()).map_err(io_err(&path))?;
+        use std::io::Write;
+        let _ = file.set_len(0);
+        let _ = write!(file, "{}", std::process::id());
         let tmp = work.join(".tmp");
         if tmp.exists() {
+            recover_promotions(work, &tmp).map_err(io_err(&tmp))?;
             fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
         }
-        Ok(WorkDirLock(path))
+        Ok(WorkDirLock(file))
     }
 }
 
-impl Drop for WorkDirLock {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.0);
+/// A kill between "old output -> .tmp/NAME-old-PID" and "new output -> NAME" leaves NAME missing:
+/// the previous output is moved back (the lockfile still describes it, so it is fresh again).
+fn recover_promotions(work: &Path, tmp: &Path) -> std::io::Result<()> {
+    for e in fs::read_dir(tmp)? {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some((stage, _pid)) = name.rsplit_once("-old-") {
+            let final_dir = work.join(stage);
+            if !final_dir.exists() {
+                fs::rename(e.path(), &final_dir)?;
+                tracing::warn!(stage, "restored the previous output of an interrupted promotion");
+            }
+        }
     }
+    Ok(())
 }
 
 fn check_outputs(dir: &Path, rec: &StageRecord, verify: bool) -> std::io::Result<Option<String>> {

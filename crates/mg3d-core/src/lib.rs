@@ -5,8 +5,10 @@
 //! - [`engine`]: stage keys, the lockfile, stale/fresh status with reasons, atomic output promotion.
 //! - [`items`]: per-item keys so a stage over many items resumes and processes only new items.
 //! - [`table`]: schema-checked Parquet tables (`schemas/*.json`), written with arrow-rs + parquet.
+//! - [`budget`]: a memory budget in bytes shared by a stage's in-flight items.
 //! - [`ids`]: keyed pseudonymous ids (no source identifier ever leaves ingest).
 
+pub mod budget;
 pub mod engine;
 pub mod fsutil;
 pub mod ids;

@@ -87,6 +87,9 @@ pub struct StageSpec {
     pub line: usize,
 }
 
+/// Shortest salt accepted: ids are keyed hashes, and a short key can be brute-forced.
+pub const MIN_SALT_BYTES: usize = 16;
+
 /// A validated pipeline: stages in a deterministic topological order.
 #[derive(Debug, Clone)]
 pub struct Pipeline {
@@ -154,7 +157,7 @@ impl Pipeline {
         })?;
 
         let salt = match (&raw.pipeline.salt, &raw.pipeline.salt_env) {
-            (Some(s), None) if !s.is_empty() => s.clone(),
+            (Some(s), None) => s.clone(),
             (None, Some(var)) => std::env::var(var).map_err(|_| {
                 err(
                     None,
@@ -178,6 +181,21 @@ impl Pipeline {
                 ));
             }
         };
+
+        if salt.len() < MIN_SALT_BYTES {
+            let from = match &raw.pipeline.salt_env {
+                Some(var) => format!("${var}"),
+                None => "salt".into(),
+            };
+            return Err(err(
+                None,
+                format!(
+                    "{from} is {} bytes; a salt must be at least {MIN_SALT_BYTES} (a short or empty key lets anyone recompute the ids)",
+                    salt.len()
+                ),
+                "use a long random secret, e.g. export MG3D_SALT=$(openssl rand -hex 16) with salt_env = \"MG3D_SALT\"".into(),
+            ));
+        }
 
         let names: BTreeSet<&str> = raw.stages.keys().map(|s| s.as_str()).collect();
         let list = |set: &BTreeSet<&str>| set.iter().copied().collect::<Vec<_>>().join(", ");

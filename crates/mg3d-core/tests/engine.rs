@@ -168,7 +168,7 @@ fn pipeline_text(work: &Path, a: i64, c: i64, a_fail: bool) -> String {
         r#"[pipeline]
 name = "toy"
 work_dir = "{}"
-salt = "s"
+salt = "test-salt-0123456789"
 seed = 7
 
 [stages.a]
@@ -471,7 +471,7 @@ fn per_item_work_resumes_and_adds_only_new_items() {
     let eng = Engine::new(&f.registry);
     let text = |n: i64, fail_at: i64| {
         format!(
-            "[pipeline]\nname='i'\nwork_dir='{}'\nsalt='s'\n[stages.it]\nkind='items'\nparams={{n={n}, fail_at={fail_at}}}\n",
+            "[pipeline]\nname='i'\nwork_dir='{}'\nsalt='test-salt-0123456789'\n[stages.it]\nkind='items'\nparams={{n={n}, fail_at={fail_at}}}\n",
             t.path().display()
         )
     };

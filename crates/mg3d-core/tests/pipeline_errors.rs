@@ -64,7 +64,7 @@ fn err(text: &str) -> mg3d_core::PipelineError {
     mg3d_core::Pipeline::parse(Path::new("pipelines/bad.toml"), text, &reg()).unwrap_err()
 }
 
-const HEAD: &str = "[pipeline]\nname = \"p\"\nsalt = \"s\"\n";
+const HEAD: &str = "[pipeline]\nname = \"p\"\nsalt = \"test-salt-0123456789\"\n";
 
 #[test]
 fn unknown_key_names_line() {
@@ -150,6 +150,15 @@ fn salt_required_and_defaults_filled() {
     )
     .unwrap();
     assert_eq!(p.stages[0].params.canonical(), r#"{"n":3,"ratio":1.0}"#);
-    let e = err("[pipeline]\nname = \"p\"\nsalt = \"s\"\n[stages.a\n");
+    let e = err("[pipeline]\nname = \"p\"\nsalt = \"test-salt-0123456789\"\n[stages.a\n");
     assert_eq!(e.line, Some(4), "{e}");
+}
+
+#[test]
+fn empty_or_short_salts_are_refused_with_the_fix() {
+    for salt in ["", "short-salt"] {
+        let e = err(&format!("[pipeline]\nname = \"p\"\nsalt = \"{salt}\"\n"));
+        assert!(e.message.contains("at least 16"), "{e}");
+        assert!(e.fix.contains("openssl rand"), "{e}");
+    }
 }

@@ -388,7 +388,7 @@ fn registry() -> StageRegistry {
 /// page path and the report stage's summary.
 fn run_pipeline(root: &Path, kinds: &[&str]) -> (PathBuf, Value) {
     let mut toml = format!(
-        "[pipeline]\nname = \"qc\"\nwork_dir = \"{}\"\nsalt = \"s\"\nseed = 1\n",
+        "[pipeline]\nname = \"qc\"\nwork_dir = \"{}\"\nsalt = \"test-salt-0123456789\"\nseed = 1\n",
         root.join("work").display()
     );
     for k in kinds {

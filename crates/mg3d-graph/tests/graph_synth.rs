@@ -28,7 +28,7 @@ fn run(work: &Path, top_k: usize) {
         .register(Arc::new(mg3d_report::entities_stage::EntitiesStage))
         .register(Arc::new(mg3d_graph::GraphStage));
     let text = format!(
-        "[pipeline]\nname='g'\nwork_dir='{}'\nsalt='s'\nseed=7\n[stages.synth]\nkind='synth'\nparams={{patients=150, prevalence=0.3, body_width_mm=[50.0, 55.0], z_extent_mm=[20.0, 22.0], in_plane_spacing_mm=[1.0, 1.0], slice_spacing_mm=[5.0, 5.0], second_recon_fraction=0.0}}\n\
+        "[pipeline]\nname='g'\nwork_dir='{}'\nsalt='test-salt-0123456789'\nseed=7\n[stages.synth]\nkind='synth'\nparams={{patients=150, prevalence=0.3, body_width_mm=[50.0, 55.0], z_extent_mm=[20.0, 22.0], in_plane_spacing_mm=[1.0, 1.0], slice_spacing_mm=[5.0, 5.0], second_recon_fraction=0.0}}\n\
          [stages.reports]\nkind='reports'\ninputs=['synth']\nparams={{files=['@synth/reports/train_reports.csv']}}\n[stages.entities]\nkind='entities'\ninputs=['reports']\n\
          [stages.graph]\nkind='graph'\ninputs=['reports', 'entities']\nparams={{top_k={top_k}, min_weight=0.7}}\n",
         work.display()

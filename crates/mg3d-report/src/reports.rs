@@ -352,7 +352,32 @@ impl Stage for ReportsStage {
         }
         let mut reports = reports;
         reports.sort_by(|a, b| a.key.cmp(&b.key));
-        let segmented: Vec<Segmented> = reports.par_iter().map(segment).collect();
+        // One report's failure is that report's reject, never the stage's; the panic's message is
+        // dropped because it may quote the report.
+        let segmented: Vec<Option<Segmented>> = reports
+            .par_iter()
+            .map(|r| std::panic::catch_unwind(|| segment(r)).ok())
+            .collect();
+        let (mut kept, mut kept_seg) = (Vec::new(), Vec::new());
+        for (r, seg) in reports.into_iter().zip(segmented) {
+            match seg {
+                Some(seg) => {
+                    kept.push(r);
+                    kept_seg.push(seg);
+                }
+                None => rejects.push(RowReject {
+                    source: r.source.clone(),
+                    row: r.row,
+                    key: Some(r.key.clone()),
+                    reason: "report_internal_error",
+                    message: format!(
+                        "row {}: segmenting this report hit an internal error (a bug in mg3d; please report it)",
+                        r.row
+                    ),
+                }),
+            }
+        }
+        let (reports, segmented) = (kept, kept_seg);
 
         let (
             mut r_id,
@@ -505,7 +530,8 @@ impl Stage for ReportsStage {
                     rejects
                         .iter()
                         .map(|r| match &r.key {
-                            Some(k) => format!("{} ({k})", r.message),
+                            // The id as a pseudonym (report_id's), never the source id.
+                            Some(k) => format!("{} (report {})", r.message, ctx.pseudonym("report", k)),
                             None => r.message.clone(),
                         })
                         .collect(),

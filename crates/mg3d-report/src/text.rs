@@ -25,9 +25,11 @@ fn trim(text: &str, r: Range<usize>) -> Option<Range<usize>> {
 /// The word before byte `dot` (letters, digits and inner dots), lower-cased.
 fn word_before(text: &str, dot: usize) -> String {
     let before = &text[..dot];
+    // The word starts after the last separator, which may be multi-byte (U+00A0, U+3000).
     let start = before
-        .rfind(|c: char| c.is_whitespace() || c == '(' || c == '[')
-        .map(|i| i + 1)
+        .char_indices()
+        .rfind(|&(_, c)| c.is_whitespace() || c == '(' || c == '[')
+        .map(|(i, c)| i + c.len_utf8())
         .unwrap_or(0);
     before[start..].to_lowercase()
 }
@@ -212,6 +214,21 @@ mod tests {
             .map(|r| &t[r])
             .collect();
         assert_eq!(c, ["Größe 3,5 cm;", "Läsion (µ, β) unverändert."]);
+    }
+
+    #[test]
+    fn unicode_spaces_before_a_full_stop() {
+        for sp in ['\u{a0}', '\u{202f}', '\u{3000}', '\u{2009}'] {
+            let t = format!("No{sp}effusion. Heart{sp}normal.{sp}Dr.{sp}X{sp}no. 3.");
+            let s = sents(&t);
+            assert_eq!(s.len(), 2, "{s:?}");
+            assert_eq!(s[0], format!("No{sp}effusion."));
+            for r in sentences(&t) {
+                for c in clauses(&t, r) {
+                    assert!(t.is_char_boundary(c.start) && t.is_char_boundary(c.end));
+                }
+            }
+        }
     }
 
     #[test]

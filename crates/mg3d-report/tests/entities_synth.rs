@@ -53,7 +53,7 @@ fn evaluate(templates: Option<PathBuf>, seed: u64) -> Scores {
         .map(|p| format!(", templates='{}'", p.display()))
         .unwrap_or_default();
     let text = format!(
-        "[pipeline]\nname='e'\nwork_dir='{}'\nsalt='s'\nseed={seed}\n[stages.synth]\nkind='synth'\nparams={{patients=120, prevalence=0.3, body_width_mm=[50.0, 55.0], z_extent_mm=[20.0, 22.0], in_plane_spacing_mm=[1.0, 1.0], slice_spacing_mm=[5.0, 5.0], second_recon_fraction=0.0{tpl}}}\n\
+        "[pipeline]\nname='e'\nwork_dir='{}'\nsalt='test-salt-0123456789'\nseed={seed}\n[stages.synth]\nkind='synth'\nparams={{patients=120, prevalence=0.3, body_width_mm=[50.0, 55.0], z_extent_mm=[20.0, 22.0], in_plane_spacing_mm=[1.0, 1.0], slice_spacing_mm=[5.0, 5.0], second_recon_fraction=0.0{tpl}}}\n\
          [stages.reports]\nkind='reports'\ninputs=['synth']\nparams={{files=['@synth/reports/train_reports.csv']}}\n[stages.entities]\nkind='entities'\ninputs=['reports']\n",
         t.path().display()
     );

@@ -65,7 +65,7 @@ fn tokens_stage_trains_when_no_tokenizer_is_given_and_is_byte_identical() {
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
     for d in &dirs {
         let text = format!(
-            "[pipeline]\nname='t'\nwork_dir='{}'\nsalt='s'\nseed=4\n[stages.synth]\nkind='synth'\nparams={{patients=12, body_width_mm=[50.0, 55.0], z_extent_mm=[20.0, 22.0], in_plane_spacing_mm=[1.0, 1.0], slice_spacing_mm=[5.0, 5.0]}}\n\
+            "[pipeline]\nname='t'\nwork_dir='{}'\nsalt='test-salt-0123456789'\nseed=4\n[stages.synth]\nkind='synth'\nparams={{patients=12, body_width_mm=[50.0, 55.0], z_extent_mm=[20.0, 22.0], in_plane_spacing_mm=[1.0, 1.0], slice_spacing_mm=[5.0, 5.0]}}\n\
              [stages.reports]\nkind='reports'\ninputs=['synth']\nparams={{files=['@synth/reports/train_reports.csv']}}\n[stages.tokens]\nkind='tokens'\ninputs=['reports']\nparams={{train_vocab_size=800, max_length=128}}\n",
             d.path().display()
         );

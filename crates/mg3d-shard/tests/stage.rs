@@ -206,7 +206,7 @@ fn run(work: &Path, graph_and_curate: bool) -> Value {
         .register(Arc::new(FakeGraph))
         .register(Arc::new(FakeCurate));
     let mut text = format!(
-        "[pipeline]\nname='s'\nwork_dir='{}'\nsalt='s'\nseed=3\n\
+        "[pipeline]\nname='s'\nwork_dir='{}'\nsalt='test-salt-0123456789'\nseed=3\n\
          [stages.synth]\nkind='synth'\nparams={{patients=7, faults=false, body_width_mm=[60.0, 70.0], z_extent_mm=[30.0, 40.0], in_plane_spacing_mm=[1.0, 1.5], slice_spacing_mm=[2.0, 3.0], second_recon_fraction=0.5}}\n\
          [stages.ingest]\nkind='ingest'\ninputs=['synth']\nparams={{dicom_roots=['@synth/dicom'], nifti_roots=['@synth/nifti'], ctrate_metadata=['@synth/metadata/train_metadata.csv'], accession_map='@synth/reports/accession_map.csv'}}\n\
          [stages.preprocess]\nkind='preprocess'\ninputs=['ingest']\nparams={{preset='demo'}}\n\

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use dicom_core::Tag;
+use dicom_core::{Tag, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::{DefaultDicomObject, InMemDicomObject, OpenFileOptions};
 use dicom_pixeldata::{ConvertOptions, ModalityLutOption, PixelDecoder};
@@ -169,31 +169,67 @@ fn functional_groups(obj: &InMemDicomObject) -> Vec<FrameGeo> {
         .collect()
 }
 
-fn s(obj: &DefaultDicomObject, tag: Tag) -> Option<String> {
-    obj.element_opt(tag)
-        .ok()
-        .flatten()
-        .and_then(|e| e.to_str().ok())
-        .map(|v| v.trim().trim_end_matches('\0').trim().to_string())
-        .filter(|v| !v.is_empty())
+type Element = dicom_object::mem::InMemElement;
+
+fn element(obj: &DefaultDicomObject, tag: Tag) -> Option<&Element> {
+    obj.element_opt(tag).ok().flatten()
 }
-fn f(obj: &DefaultDicomObject, tag: Tag) -> Option<f64> {
-    obj.element_opt(tag)
-        .ok()
-        .flatten()
-        .and_then(|e| e.to_float64().ok())
+
+/// An element stored with VR UN (anonymisers and PACS exports re-encode known elements so) read
+/// as its dictionary VR's text, as pydicom does: the value bytes are the ASCII the VR would hold.
+fn un_text(e: &Element) -> Option<String> {
+    let b = e.to_bytes().ok()?;
+    let t = std::str::from_utf8(&b).ok()?;
+    t.chars()
+        .all(|c| c.is_ascii_graphic() || c == ' ' || c == '\0')
+        .then(|| t.trim_matches(|c: char| c == '\0' || c.is_whitespace()).to_string())
+}
+
+/// A binary US/UL element stored as UN: 2 or 4 little-endian bytes.
+fn un_uint(e: &Element) -> Option<u32> {
+    let b = e.to_bytes().ok()?;
+    match b.len() {
+        2 => Some(u16::from_le_bytes([b[0], b[1]]) as u32),
+        4 => Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        _ => None,
+    }
+}
+
+fn s(obj: &DefaultDicomObject, tag: Tag) -> Option<String> {
+    let e = element(obj, tag)?;
+    let v = if e.vr() == VR::UN {
+        un_text(e)?
+    } else {
+        e.to_str().ok()?.into_owned()
+    };
+    Some(v.trim().trim_end_matches('\0').trim().to_string()).filter(|v| !v.is_empty())
 }
 fn fs(obj: &DefaultDicomObject, tag: Tag) -> Option<Vec<f64>> {
-    obj.element_opt(tag)
-        .ok()
-        .flatten()
-        .and_then(|e| e.to_multi_float64().ok())
+    let e = element(obj, tag)?;
+    if e.vr() == VR::UN {
+        return un_text(e)?
+            .split('\\')
+            .map(|x| x.trim().parse().ok())
+            .collect();
+    }
+    e.to_multi_float64().ok()
+}
+fn f(obj: &DefaultDicomObject, tag: Tag) -> Option<f64> {
+    let e = element(obj, tag)?;
+    if e.vr() == VR::UN {
+        return match un_text(e) {
+            Some(t) => t.split('\\').next()?.trim().parse().ok(),
+            None => un_uint(e).map(|v| v as f64),
+        };
+    }
+    e.to_float64().ok()
 }
 fn u(obj: &DefaultDicomObject, tag: Tag) -> Option<u32> {
-    obj.element_opt(tag)
-        .ok()
-        .flatten()
-        .and_then(|e| e.to_int::<u32>().ok())
+    let e = element(obj, tag)?;
+    if e.vr() == VR::UN {
+        return un_uint(e);
+    }
+    e.to_int::<u32>().ok()
 }
 
 fn has_dicm_magic(path: &Path) -> bool {
@@ -288,7 +324,11 @@ fn header_from(obj: &DefaultDicomObject, path: &Path, file_len: u64) -> SliceHea
         has_rescale: slope.is_some() || intercept.is_some(),
         slope: slope.filter(|v| *v != 0.0).unwrap_or(1.0),
         intercept: intercept.unwrap_or(0.0),
-        padding: f(obj, tags::PIXEL_PADDING_VALUE),
+        // A padding value stored as UN comes back unsigned; for signed pixels it is an SS.
+        padding: f(obj, tags::PIXEL_PADDING_VALUE).map(|p| {
+            let signed = u(obj, tags::PIXEL_REPRESENTATION) == Some(1);
+            if signed && p > 32767.0 && p <= 65535.0 { p - 65536.0 } else { p }
+        }),
         instance_number: s(obj, tags::INSTANCE_NUMBER).and_then(|v| v.parse().ok()),
         allowed,
         phi,
@@ -330,11 +370,26 @@ pub fn read_header(path: &Path) -> Result<SliceHeader, Reject> {
         }
     };
     let h = header_from(&obj, path, len);
-    let pixel_bytes = h.rows as u64
-        * h.cols as u64
-        * h.frames as u64
-        * h.samples_per_pixel as u64
-        * (h.bits_allocated as u64).div_ceil(8);
+    // Header fields can multiply past u64 (or past any sane volume) before a pixel is read.
+    let voxels = [h.cols as u64, h.frames as u64, h.samples_per_pixel as u64]
+        .iter()
+        .try_fold(h.rows as u64, |a, &b| a.checked_mul(b))
+        .filter(|&v| v <= crate::nifti_io::DEFAULT_MAX_VOXELS);
+    let Some(voxels) = voxels else {
+        return Err(Reject::new(
+            "volume_too_large",
+            format!(
+                "{}: Rows {} x Columns {} x NumberOfFrames {} x SamplesPerPixel {} is over {} values",
+                path.display(),
+                h.rows,
+                h.cols,
+                h.frames,
+                h.samples_per_pixel,
+                crate::nifti_io::DEFAULT_MAX_VOXELS
+            ),
+        ));
+    };
+    let pixel_bytes = voxels * (h.bits_allocated as u64).div_ceil(8);
     if is_native(&h.transfer_syntax) && pixel_bytes > 0 && len < pixel_bytes {
         return Err(Reject::new(
             "dicom_truncated",
@@ -537,6 +592,18 @@ fn stored_values(bytes: &[u8], h: &SliceHeader, n: usize) -> Option<Vec<f64>> {
     (vals.len() >= n).then_some(vals)
 }
 
+/// The frames of uncompressed pixel data, read straight from the PixelData bytes.
+fn native_frames(obj: &DefaultDicomObject, h: &SliceHeader, n: usize) -> Option<Vec<Vec<f64>>> {
+    let bytes = element(obj, tags::PIXEL_DATA)?.to_bytes().ok()?;
+    let frame_len = n * (h.bits_allocated as usize).div_ceil(8);
+    if frame_len == 0 {
+        return None;
+    }
+    (0..h.frames.max(1) as usize)
+        .map(|fi| stored_values(bytes.get(fi * frame_len..(fi + 1) * frame_len)?, h, n))
+        .collect()
+}
+
 /// MONOCHROME1 stores bright as low: invert within the stored range, before the rescale.
 fn invert_monochrome1(vals: &mut [f64], h: &SliceHeader) {
     let bits = h.bits_stored.clamp(1, 32) as u32;
@@ -578,38 +645,43 @@ pub fn decode_stored(h: &SliceHeader) -> Result<Vec<Vec<f64>>, Reject> {
         };
         Reject::new(code, format!("{}: {m}", h.path.display()))
     })?;
-    let decoded = obj.decode_pixel_data().map_err(|e| {
+    let n = h.rows as usize * h.cols as usize;
+    let fail = |what: String| {
         Reject::new(
             "dicom_decode_failed",
-            format!(
-                "{}: cannot decode pixel data in transfer syntax {}: {e}",
-                h.path.display(),
-                h.transfer_syntax
-            ),
+            format!("{}: {what}", h.path.display()),
         )
-    })?;
-    let n = h.rows as usize * h.cols as usize;
-    let frames = decoded.number_of_frames().max(1);
-    let mut out = Vec::with_capacity(frames as usize);
-    for fi in 0..frames {
-        let bytes = decoded.frame_data(fi).map_err(|e| {
-            Reject::new(
-                "dicom_decode_failed",
-                format!("{}: frame {fi}: {e}", h.path.display()),
-            )
-        })?;
-        let mut stored = match stored_values(bytes, h, n) {
-            Some(v) => v,
-            None => {
-                let opts = ConvertOptions::new().with_modality_lut(ModalityLutOption::None);
-                decoded.to_vec_frame_with_options(fi, &opts).map_err(|e| {
-                    Reject::new(
-                        "dicom_decode_failed",
-                        format!("{}: frame {fi}: {e}", h.path.display()),
-                    )
-                })?
-            }
-        };
+    };
+    let frames: Vec<Vec<f64>> = match obj.decode_pixel_data() {
+        Ok(decoded) => (0..decoded.number_of_frames().max(1))
+            .map(|fi| {
+                let bytes = decoded
+                    .frame_data(fi)
+                    .map_err(|e| fail(format!("frame {fi}: {e}")))?;
+                match stored_values(bytes, h, n) {
+                    Some(v) => Ok(v),
+                    None => {
+                        let opts = ConvertOptions::new().with_modality_lut(ModalityLutOption::None);
+                        decoded
+                            .to_vec_frame_with_options(fi, &opts)
+                            .map_err(|e| fail(format!("frame {fi}: {e}")))
+                    }
+                }
+            })
+            .collect::<Result<_, Reject>>()?,
+        // The decoder reads the pixel attributes itself and fails when they are stored as UN;
+        // native pixels need no decoder, and the header's values are already read leniently.
+        Err(_) if is_native(&h.transfer_syntax) => native_frames(&obj, h, n)
+            .ok_or_else(|| fail("native pixel data does not match Rows, Columns and BitsAllocated".into()))?,
+        Err(e) => {
+            return Err(fail(format!(
+                "cannot decode pixel data in transfer syntax {}: {e}",
+                h.transfer_syntax
+            )));
+        }
+    };
+    let mut out = Vec::with_capacity(frames.len());
+    for (fi, mut stored) in frames.into_iter().enumerate() {
         if stored.len() < n {
             return Err(Reject::new(
                 "dicom_decode_failed",
@@ -652,6 +724,33 @@ fn fill_padding(data: &mut [f32]) -> usize {
         }
     }
     n
+}
+
+/// Orientation, spacing and positions usable before any arithmetic on them: all finite, both
+/// direction cosines unit length (within 1%) and orthogonal (within ~1 degree), spacing positive.
+fn check_plane_geometry(
+    r: [f64; 3],
+    c: [f64; 3],
+    ps: [f64; 2],
+    positions: &[[f64; 3]],
+) -> Result<(), Reject> {
+    let bad = |m: String| Err(Reject::new("geometry_invalid", m));
+    if r.iter().chain(&c).any(|v| !v.is_finite()) {
+        return bad(format!("ImageOrientationPatient {r:?} {c:?} is not finite"));
+    }
+    let (nr, nc) = (dot(r, r).sqrt(), dot(c, c).sqrt());
+    if (nr - 1.0).abs() > 0.01 || (nc - 1.0).abs() > 0.01 || dot(r, c).abs() > 0.02 {
+        return bad(format!(
+            "ImageOrientationPatient {r:?} {c:?}: the row and column cosines must be unit length and orthogonal"
+        ));
+    }
+    if ps.iter().any(|v| !v.is_finite() || *v <= 0.0) {
+        return bad(format!("PixelSpacing {ps:?} is not positive"));
+    }
+    if let Some(p) = positions.iter().find(|p| p.iter().any(|v| !v.is_finite())) {
+        return bad(format!("ImagePositionPatient {p:?} is not finite"));
+    }
+    Ok(())
 }
 
 fn lps_to_ras(m: [[f64; 4]; 4]) -> [[f64; 4]; 4] {
@@ -757,6 +856,7 @@ pub fn assemble(group: &SeriesGroup, rules: &SpacingRules) -> Result<(Volume, Se
         ));
     }
     let (r, c) = ([iop[0], iop[1], iop[2]], [iop[3], iop[4], iop[5]]);
+    check_plane_geometry(r, c, ps, &planes.iter().map(|p| p.ipp).collect::<Vec<_>>())?;
     let n = cross(r, c);
     let nn = dot(n, n).sqrt();
     let n = [n[0] / nn, n[1] / nn, n[2] / nn];
@@ -765,10 +865,10 @@ pub fn assemble(group: &SeriesGroup, rules: &SpacingRules) -> Result<(Volume, Se
         .enumerate()
         .map(|(i, p)| (dot(n, p.ipp), i))
         .collect();
-    order.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap().then(a.1.cmp(&b.1)));
+    order.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
     let gaps: Vec<f64> = order.windows(2).map(|w| w[1].0 - w[0].0).collect();
     let mut sorted = gaps.clone();
-    sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    sorted.sort_by(f64::total_cmp);
     let median = sorted[sorted.len() / 2];
     if let Some(i) = gaps.iter().position(|g| g.abs() < rules.abs_tol.max(1e-3)) {
         return Err(Reject::new(

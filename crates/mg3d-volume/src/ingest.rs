@@ -16,8 +16,11 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::dicom_io::{SeriesGroup, SpacingRules, assemble, group_series, read_header};
-use crate::nifti_io::{read_nifti, write_nifti_i16};
+use mg3d_core::budget::ByteBudget;
+
+use crate::dicom_io::{SeriesGroup, SliceHeader, SpacingRules, assemble, group_series, read_header};
+use crate::nifti_io::{ReadOptions, probe_nifti, read_nifti_with, write_nifti_i16};
+use crate::walk::{Found, Walker};
 use crate::{Reject, Volume};
 
 /// Stage kind `ingest`.
@@ -33,6 +36,9 @@ struct P {
     allowed_metadata: Vec<String>,
     first_of_4d: bool,
     max_in_flight: i64,
+    memory_budget_mb: i64,
+    max_volume_voxels: i64,
+    allow_empty: bool,
 }
 
 /// One volumes.parquet row (also the per-item result).
@@ -87,24 +93,6 @@ pub struct RejectRow {
 enum ItemResult {
     Volume(Box<VolumeRow>),
     Reject(RejectRow),
-}
-
-fn walk(root: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d)? {
-            let e = e?;
-            let ft = e.file_type()?;
-            if ft.is_dir() {
-                stack.push(e.path());
-            } else if ft.is_file() {
-                out.push(e.path());
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
 }
 
 fn rel(root: &Path, p: &Path) -> String {
@@ -196,6 +184,7 @@ struct Ctx<'a> {
     metadata: HashMap<String, BTreeMap<String, String>>,
     accession: HashMap<String, String>,
     rules: SpacingRules,
+    budget: ByteBudget,
 }
 
 impl Ctx<'_> {
@@ -217,6 +206,34 @@ impl Ctx<'_> {
             reason: r.code.into(),
             message: r.message.clone(),
         }
+    }
+
+    /// A reject for `path` under `root`, with the root's absolute prefix removed from the message.
+    fn reject_at(&self, root: &Path, label: &str, path: &Path, level: &str, n: i32, r: Reject) -> RejectRow {
+        let r = Reject::new(r.code, r.message.replace(&format!("{}/", root.display()), ""));
+        self.reject(label, &rel(root, path), level, n, &r)
+    }
+
+    /// Holds `bytes` of the memory budget, or says why the item cannot be read at all.
+    fn reserve(&self, voxels: u64, bytes_per_voxel: u64) -> Result<mg3d_core::budget::Reservation<'_>, Reject> {
+        let max = self.p.max_volume_voxels.max(1) as u64;
+        if voxels > max {
+            return Err(Reject::new(
+                "volume_too_large",
+                format!("{voxels} voxels, over max_volume_voxels = {max}"),
+            ));
+        }
+        let bytes = voxels.saturating_mul(bytes_per_voxel);
+        self.budget.reserve(bytes).ok_or_else(|| {
+            Reject::new(
+                "over_memory_budget",
+                format!(
+                    "needs about {} MB, more than memory_budget_mb = {}",
+                    bytes >> 20,
+                    self.budget.total() >> 20
+                ),
+            )
+        })
     }
 
     fn finish_row(
@@ -269,17 +286,26 @@ impl Ctx<'_> {
         let h0 = &g.files[0];
         let folder = rel(root, h0.path.parent().unwrap_or(root));
         let n = g.files.len() as i32;
-        let (vol, info) = match assemble(g, &self.rules) {
+        let series_reject = |r: Reject| {
+            let r = Reject::new(r.code, r.message.replace(&format!("{}/", root.display()), ""));
+            Ok(ItemResult::Reject(self.reject(label, &folder, "series", n, &r)))
+        };
+        // Stored values (f64) and HU (f32) of every plane are alive at once while assembling.
+        let voxels: u64 = g
+            .files
+            .iter()
+            .map(|h| h.rows as u64 * h.cols as u64 * h.frames.max(1) as u64)
+            .sum();
+        let _held = match self.reserve(voxels, 12) {
+            Ok(h) => h,
+            Err(r) => return series_reject(r),
+        };
+        let (vol, info) = match assemble(g, &self.rules).and_then(|(v, i)| {
+            v.check_geometry()?;
+            Ok((v, i))
+        }) {
             Ok(v) => v,
-            Err(r) => {
-                let r = Reject::new(
-                    r.code,
-                    r.message.replace(&format!("{}/", root.display()), ""),
-                );
-                return Ok(ItemResult::Reject(
-                    self.reject(label, &folder, "series", n, &r),
-                ));
-            }
+            Err(r) => return series_reject(r),
         };
         let c = self.ctx;
         let series_uid = g.key.split('#').next().unwrap_or(&g.key);
@@ -342,19 +368,39 @@ impl Ctx<'_> {
         dir: &Path,
     ) -> Result<ItemResult, StageError> {
         let rp = rel(root, path);
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        let (mut vol, info) = match read_nifti(path, self.p.first_of_4d) {
-            Ok(v) => v,
-            Err(r) => {
-                let r = Reject::new(
-                    r.code,
-                    r.message.replace(&format!("{}/", root.display()), ""),
-                );
-                return Ok(ItemResult::Reject(self.reject(label, &rp, "file", 1, &r)));
-            }
+        let name = file_name(path);
+        let file_reject = |r: Reject| Ok(ItemResult::Reject(self.reject_at(root, label, path, "file", 1, r)));
+        // The header's dims decide the memory before any voxel is read: f32 values plus the
+        // int16 copy written out.
+        let voxels = match probe_nifti(path) {
+            Ok(s) => s.spatial.iter().map(|&d| d as u64).product::<u64>(),
+            Err(r) => return file_reject(r),
         };
-        let meta = self.metadata.get(&name);
+        let _held = match self.reserve(voxels, 6) {
+            Ok(h) => h,
+            Err(r) => return file_reject(r),
+        };
+        let opts = ReadOptions {
+            first_of_4d: self.p.first_of_4d,
+            max_voxels: self.p.max_volume_voxels.max(1) as u64,
+        };
+        let (mut vol, info) = match read_nifti_with(path, &opts) {
+            Ok(v) => v,
+            Err(r) => return file_reject(r),
+        };
         let mut warnings = Vec::new();
+        if info.mm_per_unit != 1.0 {
+            for row in vol.affine.iter_mut().take(3) {
+                for x in row.iter_mut() {
+                    *x *= info.mm_per_unit;
+                }
+            }
+            warnings.push(format!(
+                "xyzt_units gives {} mm per unit; the affine was converted to mm",
+                info.mm_per_unit
+            ));
+        }
+        let meta = self.metadata.get(&name);
         let num = |k: &str| {
             meta.and_then(|m| m.get(k))
                 .and_then(|v| v.trim().parse::<f64>().ok())
@@ -415,6 +461,22 @@ impl Ctx<'_> {
             if let (2, Some(z)) = (xy.len(), z) {
                 let want = [xy[0], xy[1], z];
                 let have = vol.spacing();
+                let usable = |s: &[f64; 3]| {
+                    s.iter()
+                        .all(|v| (crate::MIN_SPACING_MM..=crate::MAX_SPACING_MM).contains(v))
+                };
+                if !usable(&want) {
+                    return file_reject(Reject::new(
+                        "geometry_invalid",
+                        format!("metadata XYSpacing/ZSpacing {want:?} is not a plausible spacing in mm"),
+                    ));
+                }
+                if !usable(&have) {
+                    return file_reject(Reject::new(
+                        "geometry_invalid",
+                        format!("header spacing {have:?} cannot be rescaled to the metadata's {want:?}"),
+                    ));
+                }
                 if (0..3).any(|a| (want[a] - have[a]).abs() > 0.01 * want[a]) {
                     warnings.push(format!(
                         "header spacing {have:?} differs from metadata {want:?}; metadata used"
@@ -428,6 +490,9 @@ impl Ctx<'_> {
             }
         } else if label.starts_with("nifti") && !self.metadata.is_empty() {
             warnings.push("no metadata row for this file".into());
+        }
+        if let Err(r) = vol.check_geometry() {
+            return file_reject(r);
         }
         let c = self.ctx;
         let (patient, study) = ctrate_ids(&name).unwrap_or_else(|| (rp.clone(), rp.clone()));
@@ -578,7 +643,25 @@ impl Stage for IngestStage {
                 "max_in_flight",
                 ParamType::Int,
                 json!(4),
-                "volumes decoded at once (bounds memory)",
+                "volumes decoded at once",
+            ),
+            ParamDef::new(
+                "memory_budget_mb",
+                ParamType::Int,
+                json!(8192),
+                "memory shared by the volumes decoded at once (estimated from headers before reading); a volume needing more alone is rejected (over_memory_budget)",
+            ),
+            ParamDef::new(
+                "max_volume_voxels",
+                ParamType::Int,
+                json!(1i64 << 30),
+                "largest volume accepted, in voxels (volume_too_large above it)",
+            ),
+            ParamDef::new(
+                "allow_empty",
+                ParamType::Bool,
+                json!(false),
+                "succeed with 0 volumes when the roots hold no files (otherwise an error: an empty or unmounted root)",
             ),
         ]
     }
@@ -591,42 +674,38 @@ impl Stage for IngestStage {
     fn item_params(&self) -> Option<Vec<&'static str>> {
         Some(vec![
             "first_of_4d",
-            "accession_map",
-            "ctrate_metadata",
+            "max_volume_voxels",
             "allowed_metadata",
         ])
     }
     fn sources_fingerprint(&self, params: &Params) -> Result<Option<String>, StageError> {
-        // External roots: names and sizes of every file (content is hashed per item when it runs).
+        // Roots: the name and size of every file reached (content is hashed per item when it
+        // runs). Metadata CSVs and the accession map: their content, since a same-length edit
+        // changes volumes.
         let p: P = params.parse()?;
         let mut h = blake3::Hasher::new();
         let mut any = false;
-        for r in p
-            .dicom_roots
-            .iter()
-            .chain(&p.nifti_roots)
-            .chain(&p.ctrate_metadata)
-            .chain(std::iter::once(&p.accession_map))
-        {
-            if r.is_empty() || r.starts_with('@') {
-                continue;
-            }
+        let external = |r: &&String| !r.is_empty() && !r.starts_with('@');
+        let mut walker = Walker::new();
+        for r in p.dicom_roots.iter().chain(&p.nifti_roots).filter(external) {
             any = true;
             let root = PathBuf::from(r);
-            let files = if root.is_dir() {
-                walk(&root).map_err(|e| StageError::ctx(r, e))?
-            } else {
-                vec![root.clone()]
-            };
-            for f in files {
-                h.update(rel(&root, &f).as_bytes());
-                h.update(
-                    &std::fs::metadata(&f)
-                        .map(|m| m.len())
-                        .unwrap_or(0)
-                        .to_le_bytes(),
-                );
+            h.update(r.as_bytes());
+            for f in walker.walk(&root).map_err(|e| StageError::ctx(r, e))? {
+                h.update(rel(&root, f.path()).as_bytes());
+                let len = std::fs::metadata(f.path()).map(|m| m.len()).unwrap_or(u64::MAX);
+                h.update(&len.to_le_bytes());
             }
+        }
+        for r in p
+            .ctrate_metadata
+            .iter()
+            .chain(std::iter::once(&p.accession_map))
+            .filter(external)
+        {
+            any = true;
+            let d = mg3d_core::fsutil::hash_file(Path::new(r)).map_err(|e| StageError::ctx(r, e))?;
+            h.update(d.blake3.as_bytes());
         }
         Ok(any.then(|| h.finalize().to_hex().to_string()))
     }
@@ -666,197 +745,95 @@ impl Stage for IngestStage {
                 }
             }
         }
+        let budget_mb = p.memory_budget_mb.max(1) as u64;
         let c = Ctx {
             ctx,
             p: &p,
             metadata,
             accession,
             rules: SpacingRules::default(),
+            budget: ByteBudget::new(budget_mb << 20),
         };
-        let mut results: Vec<ItemResult> = Vec::new();
-        let mut phi: BTreeSet<String> = BTreeSet::new();
-        let mut dirs: Vec<(String, PathBuf)> = Vec::new();
-        let chunk = p.max_in_flight.max(1) as usize;
-
+        let mut out = Collected::default();
+        let mut walker = Walker::new();
+        let mut n_found = 0usize;
         for (ri, r) in p.dicom_roots.iter().enumerate() {
             let label = format!("dicom_roots[{ri}]");
             let root = ctx.resolve(r)?;
-            let files = walk(&root)
-                .map_err(|e| StageError::ctx(format!("{label} {}", root.display()), e))?;
-            let pb = ctx.progress_bar(files.len() as u64, "DICOM headers");
-            let headers: Vec<Result<_, Reject>> = files
-                .par_iter()
-                .map(|f| {
-                    let h = read_header(f);
-                    pb.inc(1);
-                    h
-                })
-                .collect();
-            pb.finish_and_clear();
-            let mut ok = Vec::new();
-            for (f, h) in files.iter().zip(headers) {
-                match h {
-                    Ok(h) if !p.modalities.is_empty() && !p.modalities.contains(&h.modality) => {
-                        phi.extend(h.phi.iter().cloned());
-                        results.push(ItemResult::Reject(c.reject(
-                            &label,
-                            &rel(&root, f),
-                            "file",
-                            1,
-                            &Reject::new(
-                                "modality_not_allowed",
-                                format!("Modality {:?} not in {:?}", h.modality, p.modalities),
-                            ),
-                        )));
-                    }
-                    Ok(h) => {
-                        phi.extend(h.phi.iter().cloned());
-                        ok.push(h);
-                    }
-                    Err(r) => {
-                        let r = Reject::new(
-                            r.code,
-                            r.message.replace(&format!("{}/", root.display()), ""),
-                        );
-                        results.push(ItemResult::Reject(c.reject(
-                            &label,
-                            &rel(&root, f),
-                            "file",
-                            1,
-                            &r,
-                        )));
-                    }
-                }
-            }
-            let (groups, rejs) = group_series(ok);
-            for (f, r) in rejs {
-                results.push(ItemResult::Reject(c.reject(
-                    &label,
-                    &rel(&root, &f),
-                    "file",
-                    1,
-                    &r,
-                )));
-            }
-            let pb = ctx.progress_bar(groups.len() as u64, "series");
-            for batch in groups.chunks(chunk) {
-                ctx.check_cancelled()?;
-                let out: Vec<Result<(ItemResult, PathBuf), StageError>> = batch
-                    .par_iter()
-                    .map(|g| {
-                        let paths: Vec<&Path> = g.files.iter().map(|h| h.path.as_path()).collect();
-                        let digest = file_digest(&paths, &root)?;
-                        let key = ctx.items().key(&g.key, &digest);
-                        let o = ctx.items().get_or_make::<StageError>(&key, |dir| {
-                            let res = c.dicom_item(&root, &label, g, dir)?;
-                            std::fs::write(
-                                dir.join("result.json"),
-                                serde_json::to_vec(&res).unwrap(),
-                            )?;
-                            Ok(())
-                        })?;
-                        pb.inc(1);
-                        let res: ItemResult =
-                            serde_json::from_slice(&std::fs::read(o.dir().join("result.json"))?)
-                                .map_err(|e| StageError::msg(e.to_string()))?;
-                        Ok((res, o.dir().to_path_buf()))
-                    })
-                    .collect();
-                for r in out {
-                    let (res, dir) = r?;
-                    if let ItemResult::Volume(v) = &res {
-                        dirs.push((v.volume_file.clone(), dir));
-                    }
-                    results.push(res);
-                }
-            }
-            pb.finish_and_clear();
+            let files = c.walk_root(&mut walker, &root, &label, &mut out)?;
+            n_found += files.len();
+            c.dicom_root(&root, &label, files, &mut out)?;
         }
-
         for (ri, r) in p.nifti_roots.iter().enumerate() {
             let label = format!("nifti_roots[{ri}]");
             let root = ctx.resolve(r)?;
-            let files = walk(&root)
-                .map_err(|e| StageError::ctx(format!("{label} {}", root.display()), e))?;
-            let pb = ctx.progress_bar(files.len() as u64, "NIfTI files");
-            for batch in files.chunks(chunk) {
-                ctx.check_cancelled()?;
-                let out: Vec<Result<(ItemResult, Option<PathBuf>), StageError>> = batch
-                    .par_iter()
-                    .map(|f| {
-                        let name = f.file_name().unwrap().to_string_lossy().into_owned();
-                        pb.inc(1);
-                        if !(name.ends_with(".nii") || name.ends_with(".nii.gz")) {
-                            return Ok((
-                                ItemResult::Reject(c.reject(
-                                    &label,
-                                    &rel(&root, f),
-                                    "file",
-                                    1,
-                                    &Reject::new(
-                                        "not_nifti",
-                                        "file name does not end in .nii or .nii.gz",
-                                    ),
-                                )),
-                                None,
-                            ));
-                        }
-                        let meta = c
-                            .metadata
-                            .get(&name)
-                            .map(|m| serde_json::to_string(m).unwrap())
-                            .unwrap_or_default();
-                        let digest = format!(
-                            "{}|{}",
-                            file_digest(&[f.as_path()], &root)?,
-                            blake3::hash(meta.as_bytes()).to_hex()
-                        );
-                        let key = ctx
-                            .items()
-                            .key(&format!("{label}/{}", rel(&root, f)), &digest);
-                        let o = ctx.items().get_or_make::<StageError>(&key, |dir| {
-                            let res = c.nifti_item(&root, &label, f, dir)?;
-                            std::fs::write(
-                                dir.join("result.json"),
-                                serde_json::to_vec(&res).unwrap(),
-                            )?;
-                            Ok(())
-                        })?;
-                        let res: ItemResult =
-                            serde_json::from_slice(&std::fs::read(o.dir().join("result.json"))?)
-                                .map_err(|e| StageError::msg(e.to_string()))?;
-                        Ok((res, Some(o.dir().to_path_buf())))
-                    })
-                    .collect();
-                for r in out {
-                    let (res, dir) = r?;
-                    if let (ItemResult::Volume(v), Some(d)) = (&res, dir) {
-                        dirs.push((v.volume_file.clone(), d));
-                    }
-                    results.push(res);
-                }
-            }
-            pb.finish_and_clear();
+            let files = c.walk_root(&mut walker, &root, &label, &mut out)?;
+            n_found += files.len();
+            c.nifti_root(&root, &label, files, &mut out)?;
         }
+        n_found += out.results.len();
+        if n_found == 0 && !p.allow_empty {
+            return Err(StageError::msg(format!(
+                "no input files under dicom_roots {:?} or nifti_roots {:?}: check that they are the right folders and are mounted, or set allow_empty = true",
+                p.dicom_roots, p.nifti_roots
+            )));
+        }
+        out.finish(ctx)
+    }
+}
 
-        // Place volumes (hard links into the item store when possible).
-        std::fs::create_dir_all(ctx.out_dir.join("volumes"))?;
-        for (file, dir) in &dirs {
-            let src = dir.join("volume.nii.gz");
-            let dst = ctx.out_dir.join(file);
-            if std::fs::hard_link(&src, &dst).is_err() {
-                std::fs::copy(&src, &dst)?;
-            }
+/// What the roots produced so far: item results, the volume files to place, identifying values.
+#[derive(Default)]
+struct Collected {
+    results: Vec<ItemResult>,
+    dirs: Vec<(String, PathBuf)>,
+    phi: BTreeSet<String>,
+}
+
+impl Collected {
+    fn push(&mut self, res: ItemResult, dir: Option<PathBuf>) {
+        if let (ItemResult::Volume(v), Some(d)) = (&res, dir) {
+            self.dirs.push((v.volume_file.clone(), d));
         }
+        self.results.push(res);
+    }
+
+    /// Places the volumes, scrubs, sorts and writes both tables; returns the summary.
+    fn finish(self, ctx: &StageContext) -> Result<Value, StageError> {
         let (mut vols, mut rejects): (Vec<VolumeRow>, Vec<RejectRow>) = (vec![], vec![]);
-        for r in results {
+        let mut placed: BTreeMap<String, PathBuf> = BTreeMap::new();
+        let dirs: HashMap<String, PathBuf> = self.dirs.into_iter().collect();
+        for r in self.results {
             match r {
-                ItemResult::Volume(v) => vols.push(*v),
+                // The same series under two roots (or copied twice) is one volume; the later
+                // copy is a reject, never a second writer of the same file.
+                ItemResult::Volume(v) if placed.contains_key(&v.volume_id) => {
+                    rejects.push(RejectRow {
+                        stage: "ingest".into(),
+                        source_root: v.source_root.clone(),
+                        path: String::new(),
+                        path_ref: v.source_ref.clone(),
+                        level: "series".into(),
+                        n_files: v.n_files,
+                        reason: "duplicate_volume".into(),
+                        message: "the same volume was already read from another path or root"
+                            .into(),
+                    });
+                }
+                ItemResult::Volume(v) => {
+                    placed.insert(v.volume_id.clone(), dirs[&v.volume_file].clone());
+                    vols.push(*v);
+                }
                 ItemResult::Reject(r) => rejects.push(r),
             }
         }
+        std::fs::create_dir_all(ctx.out_dir.join("volumes"))?;
+        for v in &vols {
+            let src = placed[&v.volume_id].join("volume.nii.gz");
+            place(&src, &ctx.out_dir.join(&v.volume_file))?;
+        }
         // Identifying values seen in headers never reach an output, not even through folder names.
-        let scrub = scrubber(&phi);
+        let scrub = scrubber(&self.phi);
         for r in rejects.iter_mut() {
             r.path = scrub(&r.path);
             r.message = scrub(&r.message);
@@ -877,6 +854,211 @@ impl Stage for IngestStage {
         Ok(
             json!({"volumes": vols.len(), "rejects": rejects.len(), "files_in_volumes": vols.iter().map(|v| v.n_files as i64).sum::<i64>(), "rejects_by_reason": by_reason}),
         )
+    }
+}
+
+/// Puts an item's volume at `dst` (a hard link into the item store when possible). An existing
+/// `dst` is removed first: copying onto a hard link of the source would truncate the source.
+fn place(src: &Path, dst: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(dst) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    if std::fs::hard_link(src, dst).is_err() {
+        std::fs::copy(src, dst)?;
+    }
+    Ok(())
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Runs one item's work; a panic in it becomes that item's reject instead of the stage's failure.
+/// The panic's message is not kept: it may quote the input.
+fn isolated(make_reject: impl FnOnce(Reject) -> ItemResult, work: impl FnOnce() -> Result<ItemResult, StageError>) -> Result<ItemResult, StageError> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
+        Ok(r) => r,
+        Err(_) => Ok(make_reject(Reject::new(
+            "internal_error",
+            "reading this input hit an internal error (a bug in mg3d; please report it with the reason code)",
+        ))),
+    }
+}
+
+impl Ctx<'_> {
+    /// The files under one root; what cannot be read as a file becomes a reject now.
+    fn walk_root(
+        &self,
+        walker: &mut Walker,
+        root: &Path,
+        label: &str,
+        out: &mut Collected,
+    ) -> Result<Vec<PathBuf>, StageError> {
+        let found = walker
+            .walk(root)
+            .map_err(|e| StageError::ctx(format!("{label} {}", root.display()), e))?;
+        let mut files = Vec::new();
+        for f in found {
+            match f {
+                Found::File(p) => files.push(p),
+                Found::Skipped(p, code, msg) => out.push(
+                    ItemResult::Reject(self.reject_at(root, label, &p, "file", 1, Reject::new(code, msg))),
+                    None,
+                ),
+            }
+        }
+        Ok(files)
+    }
+
+    /// Reads one item through the item store: reused when its key is unchanged, else made now.
+    fn stored_item(
+        &self,
+        key: &str,
+        make: impl FnOnce(&Path) -> Result<ItemResult, StageError>,
+    ) -> Result<(ItemResult, PathBuf), StageError> {
+        let ctx = self.ctx;
+        let o = ctx.items().get_or_make::<StageError>(key, |dir| {
+            let res = make(dir)?;
+            let json = serde_json::to_vec(&res).map_err(|e| StageError::msg(e.to_string()))?;
+            std::fs::write(dir.join("result.json"), json)?;
+            Ok(())
+        })?;
+        let res: ItemResult = serde_json::from_slice(&std::fs::read(o.dir().join("result.json"))?)
+            .map_err(|e| StageError::ctx(o.dir().display(), e))?;
+        Ok((res, o.dir().to_path_buf()))
+    }
+
+    fn dicom_root(
+        &self,
+        root: &Path,
+        label: &str,
+        files: Vec<PathBuf>,
+        out: &mut Collected,
+    ) -> Result<(), StageError> {
+        let ctx = self.ctx;
+        let p = self.p;
+        let pb = ctx.progress_bar(files.len() as u64, "DICOM headers");
+        let headers: Vec<Result<SliceHeader, Reject>> = files
+            .par_iter()
+            .map(|f| {
+                let h = std::panic::catch_unwind(|| read_header(f)).unwrap_or_else(|_| {
+                    Err(Reject::new(
+                        "internal_error",
+                        "reading this header hit an internal error (a bug in mg3d; please report it)",
+                    ))
+                });
+                pb.inc(1);
+                h
+            })
+            .collect();
+        pb.finish_and_clear();
+        let mut ok = Vec::new();
+        for (f, h) in files.iter().zip(headers) {
+            match h {
+                Ok(h) => {
+                    out.phi.extend(h.phi.iter().cloned());
+                    if !p.modalities.is_empty() && !p.modalities.contains(&h.modality) {
+                        let r = Reject::new(
+                            "modality_not_allowed",
+                            format!("Modality {:?} not in {:?}", h.modality, p.modalities),
+                        );
+                        out.push(ItemResult::Reject(self.reject_at(root, label, f, "file", 1, r)), None);
+                    } else {
+                        ok.push(h);
+                    }
+                }
+                Err(r) => out.push(ItemResult::Reject(self.reject_at(root, label, f, "file", 1, r)), None),
+            }
+        }
+        let (groups, rejs) = group_series(ok);
+        for (f, r) in rejs {
+            out.push(ItemResult::Reject(self.reject_at(root, label, &f, "file", 1, r)), None);
+        }
+        let pb = ctx.progress_bar(groups.len() as u64, "series");
+        for batch in groups.chunks(p.max_in_flight.max(1) as usize) {
+            ctx.check_cancelled()?;
+            let done: Vec<Result<(ItemResult, PathBuf), StageError>> = batch
+                .par_iter()
+                .map(|g| {
+                    let paths: Vec<&Path> = g.files.iter().map(|h| h.path.as_path()).collect();
+                    // The report key the accession map gives this series is part of its result.
+                    let series_uid = g.key.split('#').next().unwrap_or(&g.key);
+                    let digest = format!(
+                        "{}|{:?}",
+                        file_digest(&paths, root)?,
+                        self.accession.get(series_uid)
+                    );
+                    let key = ctx.items().key(&g.key, &digest);
+                    let folder = rel(root, g.files[0].path.parent().unwrap_or(root));
+                    let r = self.stored_item(&key, |dir| {
+                        isolated(
+                            |r| ItemResult::Reject(self.reject(label, &folder, "series", g.files.len() as i32, &r)),
+                            || self.dicom_item(root, label, g, dir),
+                        )
+                    });
+                    pb.inc(1);
+                    r
+                })
+                .collect();
+            for r in done {
+                let (res, dir) = r?;
+                out.push(res, Some(dir));
+            }
+        }
+        pb.finish_and_clear();
+        Ok(())
+    }
+
+    fn nifti_root(
+        &self,
+        root: &Path,
+        label: &str,
+        files: Vec<PathBuf>,
+        out: &mut Collected,
+    ) -> Result<(), StageError> {
+        let ctx = self.ctx;
+        let pb = ctx.progress_bar(files.len() as u64, "NIfTI files");
+        for batch in files.chunks(self.p.max_in_flight.max(1) as usize) {
+            ctx.check_cancelled()?;
+            let done: Vec<Result<(ItemResult, Option<PathBuf>), StageError>> = batch
+                .par_iter()
+                .map(|f| {
+                    pb.inc(1);
+                    let name = file_name(f);
+                    if !(name.ends_with(".nii") || name.ends_with(".nii.gz")) {
+                        let r = Reject::new("not_nifti", "file name does not end in .nii or .nii.gz");
+                        return Ok((ItemResult::Reject(self.reject_at(root, label, f, "file", 1, r)), None));
+                    }
+                    let meta = self
+                        .metadata
+                        .get(&name)
+                        .map(|m| serde_json::to_string(m).unwrap_or_default())
+                        .unwrap_or_default();
+                    let digest = format!(
+                        "{}|{}",
+                        file_digest(&[f.as_path()], root)?,
+                        blake3::hash(meta.as_bytes()).to_hex()
+                    );
+                    let key = ctx.items().key(&format!("{label}/{}", rel(root, f)), &digest);
+                    let (res, dir) = self.stored_item(&key, |dir| {
+                        isolated(
+                            |r| ItemResult::Reject(self.reject_at(root, label, f, "file", 1, r)),
+                            || self.nifti_item(root, label, f, dir),
+                        )
+                    })?;
+                    Ok((res, Some(dir)))
+                })
+                .collect();
+            for r in done {
+                let (res, dir) = r?;
+                out.push(res, dir);
+            }
+        }
+        pb.finish_and_clear();
+        Ok(())
     }
 }
 

@@ -2,8 +2,12 @@
 //!
 //! - [`Volume`]: voxels in (k, j, i) order (i fastest) with a voxel (i, j, k) -> RAS mm affine
 //!   (nibabel's convention), so every consumer sees one layout.
-//! - [`nifti_io`]: NIfTI-1 reading (sform when sform_code > 0, else qform, else pixdim; scl applied
-//!   exactly once; 4D, NaN, corrupt gzip rejected with reasons) and int16 writing.
+//! - [`nifti_header`], [`nifti_io`]: NIfTI-1/2 reading (both byte orders, nibabel's vox_offset and
+//!   scaling rules, dims checked against a voxel limit before any allocation; sform when
+//!   sform_code > 0, else qform, else pixdim; scl applied exactly once; 4D, NaN, corrupt gzip
+//!   rejected with reasons) and int16 writing.
+//! - [`check_geometry`]: the one validation every volume passes before use (finite, non-degenerate
+//!   axes, plausible spacing).
 //! - [`dicom_io`]: DICOM scanning and series assembly following the correctness rules (group by
 //!   series and orientation/size, drop localizers, sort by position along the normal, uniform spacing,
 //!   missing/duplicate slices, gantry tilt, per-slice rescale, MONOCHROME1, pixel padding, LPS -> RAS).
@@ -14,9 +18,11 @@
 pub mod dicom_io;
 pub mod ingest;
 pub mod inspect;
+pub mod nifti_header;
 pub mod nifti_io;
 pub mod ops;
 pub mod preprocess;
+pub mod walk;
 
 use serde::Serialize;
 
@@ -91,6 +97,11 @@ impl Volume {
         spacing_of(&self.affine)
     }
 
+    /// [`check_geometry`] of this volume's affine.
+    pub fn check_geometry(&self) -> Result<(), Reject> {
+        check_geometry(&self.affine)
+    }
+
     /// Orientation codes as nibabel's `aff2axcodes` gives them (e.g. "RAS", "LPS").
     pub fn axcodes(&self) -> String {
         axcodes(&self.affine)
@@ -134,6 +145,42 @@ pub fn spacing_of(a: &[[f64; 4]; 4]) -> [f64; 3] {
     s
 }
 
+/// Smallest voxel spacing accepted (mm): below it the header is in other units or broken.
+pub const MIN_SPACING_MM: f64 = 0.01;
+/// Largest voxel spacing accepted (mm).
+pub const MAX_SPACING_MM: f64 = 100.0;
+
+/// Checks a voxel -> RAS affine before any use: every entry finite, the last row (0, 0, 0, 1),
+/// each axis's spacing within [`MIN_SPACING_MM`, `MAX_SPACING_MM`], and the three axes spanning
+/// space (|det| of the direction matrix at least 0.5, so no axis repeats or vanishes; 1 for
+/// orthonormal axes, cos(tilt) for a gantry-tilted stack). Rejects name what is wrong
+/// (`geometry_invalid`).
+pub fn check_geometry(a: &[[f64; 4]; 4]) -> Result<(), Reject> {
+    let bad = |m: String| Err(Reject::new("geometry_invalid", m));
+    if a.iter().flatten().any(|v| !v.is_finite()) {
+        return bad(format!("the affine has a non-finite entry: {a:?}"));
+    }
+    let sp = spacing_of(a);
+    for (axis, s) in sp.iter().enumerate() {
+        if !(MIN_SPACING_MM..=MAX_SPACING_MM).contains(s) {
+            return bad(format!(
+                "spacing along axis {axis} is {s} mm (accepted: {MIN_SPACING_MM} to {MAX_SPACING_MM})"
+            ));
+        }
+    }
+    let d = |r: usize, c: usize| a[r][c] / sp[c];
+    let det = d(0, 0) * (d(1, 1) * d(2, 2) - d(1, 2) * d(2, 1))
+        - d(0, 1) * (d(1, 0) * d(2, 2) - d(1, 2) * d(2, 0))
+        + d(0, 2) * (d(1, 0) * d(2, 1) - d(1, 1) * d(2, 0));
+    if det.abs() < 0.5 {
+        return bad(format!(
+            "the voxel axes do not span space (|det| of the directions is {:.3}): degenerate orientation",
+            det.abs()
+        ));
+    }
+    Ok(())
+}
+
 /// For each voxel axis, the world axis it runs closest to and its sign (a greedy version of
 /// nibabel's io_orientation, exact for the axis-aligned and mildly oblique affines of CT).
 pub fn axis_map(a: &[[f64; 4]; 4]) -> [(usize, f64); 3] {
@@ -147,7 +194,7 @@ pub fn axis_map(a: &[[f64; 4]; 4]) -> [(usize, f64); 3] {
             .map(|r| (a[r][c] / sp[c].max(1e-12)).abs())
             .fold(0.0, f64::max)
     };
-    order.sort_by(|&x, &y| strength(y).partial_cmp(&strength(x)).unwrap());
+    order.sort_by(|&x, &y| strength(y).total_cmp(&strength(x)));
     for c in order {
         let (mut best, mut bv) = (0, -1.0);
         for r in 0..3 {

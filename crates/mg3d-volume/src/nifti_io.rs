@@ -1,20 +1,25 @@
-//! NIfTI-1 reading and writing.
+//! NIfTI reading (NIfTI-1 and NIfTI-2, see [`crate::nifti_header`]) and int16 NIfTI-1 writing.
 
-use std::io::Read;
+use std::io::{BufRead, Read};
 use std::path::Path;
 
 use ndarray::{Array3, ShapeBuilder};
 use nifti::writer::WriterOptions;
-use nifti::{IntoNdArray, NiftiHeader, NiftiObject, NiftiType, ReaderOptions};
+use nifti::{NiftiHeader, NiftiType};
 use serde::Serialize;
 
+use crate::nifti_header::{Header, Shape, read_header, read_values};
 use crate::{Reject, Volume};
 
 /// What the header said, for provenance.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct NiftiInfo {
+    /// 1 (NIfTI-1) or 2 (NIfTI-2).
+    pub version: u8,
     /// Datatype name (e.g. "Int16").
     pub datatype: String,
+    /// Every dimension the header declares (a 4D image has four).
+    pub dims: Vec<usize>,
     /// scl_slope as stored (0 means none).
     pub scl_slope: f64,
     /// scl_inter as stored.
@@ -22,25 +27,49 @@ pub struct NiftiInfo {
     /// Whether a non-identity scl_slope/scl_inter was applied.
     pub scaled: bool,
     /// sform_code.
-    pub sform_code: i16,
+    pub sform_code: i32,
     /// qform_code.
-    pub qform_code: i16,
+    pub qform_code: i32,
     /// "sform", "qform" or "pixdim": where the affine came from.
     pub affine_source: String,
+    /// Millimetres per unit of the affine, from xyzt_units (1 for mm or unknown).
+    pub mm_per_unit: f64,
 }
 
-fn qform_affine(h: &NiftiHeader) -> Option<[[f64; 4]; 4]> {
-    let (b, c, d) = (h.quatern_b as f64, h.quatern_c as f64, h.quatern_d as f64);
+/// Limits for [`read_nifti_with`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadOptions {
+    /// Take the first volume of a 4D (or higher) image instead of rejecting it.
+    pub first_of_4d: bool,
+    /// Largest volume (voxels of the 3D image read) accepted; larger is a `volume_too_large` reject
+    /// before any voxel is read or allocated.
+    pub max_voxels: u64,
+}
+
+impl Default for ReadOptions {
+    fn default() -> Self {
+        ReadOptions {
+            first_of_4d: false,
+            max_voxels: DEFAULT_MAX_VOXELS,
+        }
+    }
+}
+
+/// 2^31 voxels: a 1024 x 1024 x 2048 volume, 8 GiB as f32.
+pub const DEFAULT_MAX_VOXELS: u64 = 1 << 31;
+
+fn qform_affine(h: &Header) -> Option<[[f64; 4]; 4]> {
+    let [b, c, d] = h.quatern;
     let a2 = 1.0 - (b * b + c * c + d * d);
-    if a2 < -1e-5 {
+    if !a2.is_finite() || a2 < -1e-5 {
         return None;
     }
     let a = a2.max(0.0).sqrt();
-    let qfac = if h.pixdim[0] < 0.0 { -1.0 } else { 1.0 };
-    let (dx, dy, dz) = (h.pixdim[1] as f64, h.pixdim[2] as f64, h.pixdim[3] as f64);
-    if dx <= 0.0 || dy <= 0.0 || dz <= 0.0 {
-        return None;
-    }
+    // nibabel's check_fix sets a qfac other than -1 to 1.
+    let qfac = if h.pixdim[0] == -1.0 { -1.0 } else { 1.0 };
+    let (dx, dy, dz) = (h.pixdim[1], h.pixdim[2], h.pixdim[3]);
+    // nibabel takes the absolute zooms for the qform (a negative pixdim is a sign error, not a flip).
+    let (dx, dy, dz) = (dx.abs(), dy.abs(), dz.abs());
     let r = [
         [
             a * a + b * b - c * c - d * d,
@@ -58,13 +87,12 @@ fn qform_affine(h: &NiftiHeader) -> Option<[[f64; 4]; 4]> {
             a * a + d * d - b * b - c * c,
         ],
     ];
-    let off = [h.quatern_x as f64, h.quatern_y as f64, h.quatern_z as f64];
     let mut m = [[0.0; 4]; 4];
     for i in 0..3 {
         m[i][0] = r[i][0] * dx;
         m[i][1] = r[i][1] * dy;
         m[i][2] = r[i][2] * dz * qfac;
-        m[i][3] = off[i];
+        m[i][3] = h.qoffset[i];
     }
     m[3][3] = 1.0;
     Some(m)
@@ -72,14 +100,11 @@ fn qform_affine(h: &NiftiHeader) -> Option<[[f64; 4]; 4]> {
 
 /// The voxel -> RAS affine by the NIfTI rules: sform when sform_code > 0, else qform when
 /// qform_code > 0, else a pixdim diagonal (Analyze fallback, as nibabel does).
-pub fn header_affine(h: &NiftiHeader) -> ([[f64; 4]; 4], &'static str) {
+pub fn header_affine(h: &Header) -> ([[f64; 4]; 4], &'static str) {
     if h.sform_code > 0 {
-        let rows = [h.srow_x, h.srow_y, h.srow_z];
         let mut m = [[0.0; 4]; 4];
         for i in 0..3 {
-            for j in 0..4 {
-                m[i][j] = rows[i][j] as f64;
-            }
+            m[i] = h.srow[i];
         }
         m[3][3] = 1.0;
         return (m, "sform");
@@ -92,9 +117,9 @@ pub fn header_affine(h: &NiftiHeader) -> ([[f64; 4]; 4], &'static str) {
     // nibabel's base affine (Analyze): x flipped, origin at the volume centre.
     let mut m = [[0.0; 4]; 4];
     for i in 0..3 {
-        let z = (h.pixdim[i + 1] as f64).abs();
-        let z = if z > 0.0 { z } else { 1.0 };
-        let n = (h.dim[i + 1].max(1)) as f64;
+        let z = h.pixdim[i + 1].abs();
+        let z = if z > 0.0 && z.is_finite() { z } else { 1.0 };
+        let n = h.dim[i + 1].max(1) as f64;
         let sign = if i == 0 { -1.0 } else { 1.0 };
         m[i][i] = sign * z;
         m[i][3] = -sign * z * (n - 1.0) / 2.0;
@@ -103,137 +128,120 @@ pub fn header_affine(h: &NiftiHeader) -> ([[f64; 4]; 4], &'static str) {
     (m, "pixdim")
 }
 
-fn classify_read_error(path: &Path, e: &dyn std::fmt::Display) -> Reject {
-    let msg = e.to_string();
-    let code = if msg.contains("corrupt")
-        || msg.contains("invalid")
-        || msg.contains("gzip")
-        || msg.contains("deflate")
-        || msg.contains("end of file")
-        || msg.contains("magic")
-    {
-        "nifti_corrupt"
-    } else {
-        "nifti_unreadable"
-    };
-    Reject::new(code, format!("{}: {msg}", path.display()))
+/// Reads a .nii or .nii.gz (gzip recognised by its magic bytes, not the name) into a volume
+/// (values after scl_slope/scl_inter). 4D images are rejected (`nifti_4d`) unless `first_of_4d`,
+/// which takes the first volume.
+pub fn read_nifti(path: &Path, first_of_4d: bool) -> Result<(Volume, NiftiInfo), Reject> {
+    read_nifti_with(
+        path,
+        &ReadOptions {
+            first_of_4d,
+            ..ReadOptions::default()
+        },
+    )
 }
 
-/// Reads a .nii or .nii.gz into a volume (values after scl_slope/scl_inter).
-/// 4D images are rejected (`nifti_4d`) unless `first_of_4d`, which takes the first volume.
-pub fn read_nifti(path: &Path, first_of_4d: bool) -> Result<(Volume, NiftiInfo), Reject> {
-    let len = std::fs::metadata(path)
-        .map_err(|e| Reject::new("unreadable", format!("{}: {e}", path.display())))?
-        .len();
-    if len == 0 {
-        return Err(Reject::new(
-            "empty_file",
-            format!("{} has 0 bytes", path.display()),
-        ));
+/// [`read_nifti`] with explicit limits. Messages name the file.
+pub fn read_nifti_with(path: &Path, opts: &ReadOptions) -> Result<(Volume, NiftiInfo), Reject> {
+    let named = |r: Reject| Reject::new(r.code, format!("{}: {}", path.display(), r.message));
+    let f = open_nonempty(path)?;
+    read_nifti_from(std::io::BufReader::with_capacity(1 << 20, f), opts).map_err(named)
+}
+
+/// Opens a file that has at least one byte (`unreadable`, `empty_file` otherwise).
+fn open_nonempty(path: &Path) -> Result<std::fs::File, Reject> {
+    let named = |code, m: String| Reject::new(code, format!("{}: {m}", path.display()));
+    let f = std::fs::File::open(path).map_err(|e| named("unreadable", e.to_string()))?;
+    if f.metadata().map(|m| m.len()).unwrap_or(0) == 0 {
+        return Err(named("empty_file", "0 bytes".into()));
     }
-    // Check the whole gzip stream first: the nifti crate may read a truncated stream without error.
-    if path.extension().is_some_and(|e| e == "gz") {
-        let f = std::fs::File::open(path).map_err(|e| Reject::new("unreadable", e.to_string()))?;
-        let mut dec = flate2::read::GzDecoder::new(std::io::BufReader::new(f));
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            match dec.read(&mut buf) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) => {
-                    return Err(Reject::new(
-                        "nifti_corrupt",
-                        format!("{}: gzip stream: {e}", path.display()),
-                    ));
-                }
-            }
-        }
+    Ok(f)
+}
+
+/// The shape a NIfTI file's header declares, reading only the header (for memory planning).
+pub fn probe_nifti(path: &Path) -> Result<Shape, Reject> {
+    let named = |r: Reject| Reject::new(r.code, format!("{}: {}", path.display(), r.message));
+    let mut r = std::io::BufReader::new(open_nonempty(path)?);
+    let gz = r.fill_buf().map(|b| b.starts_with(&[0x1f, 0x8b])).unwrap_or(false);
+    let h = if gz {
+        read_header(&mut flate2::bufread::MultiGzDecoder::new(r))
+    } else {
+        read_header(&mut r)
+    };
+    h.and_then(|h| h.shape()).map_err(named)
+}
+
+/// Reads a NIfTI image from a stream holding the whole file (plain or gzip-compressed).
+pub fn read_nifti_from<R: BufRead>(
+    mut r: R,
+    opts: &ReadOptions,
+) -> Result<(Volume, NiftiInfo), Reject> {
+    let gz = r.fill_buf().map(|b| b.starts_with(&[0x1f, 0x8b])).unwrap_or(false);
+    if gz {
+        let mut dec = flate2::bufread::MultiGzDecoder::new(r);
+        let out = read_plain(&mut dec, opts)?;
+        // The rest of the stream must inflate cleanly too (a damaged tail is caught by its CRC);
+        // at most 64 MiB of trailing bytes are read, so a bomb after the voxels costs little.
+        let mut tail = dec.take(64 << 20);
+        std::io::copy(&mut tail, &mut std::io::sink()).map_err(|e| {
+            Reject::new("nifti_corrupt", format!("gzip stream after the voxels: {e}"))
+        })?;
+        Ok(out)
+    } else {
+        read_plain(&mut r, opts)
     }
-    let obj = std::panic::catch_unwind(|| ReaderOptions::new().read_file(path))
-        .map_err(|_| {
-            Reject::new(
-                "nifti_corrupt",
-                format!("{}: the NIfTI reader panicked on this file", path.display()),
-            )
-        })?
-        .map_err(|e| classify_read_error(path, &e))?;
-    let h = obj.header().clone();
-    let ndim = h.dim[0] as usize;
-    if !(1..=7).contains(&ndim) {
-        return Err(Reject::new(
-            "nifti_corrupt",
-            format!("{}: dim[0] = {}", path.display(), h.dim[0]),
-        ));
-    }
-    let extra: usize = (4..=ndim).map(|d| h.dim[d].max(1) as usize).product();
-    if extra > 1 && !first_of_4d {
+}
+
+fn read_plain<R: Read>(r: &mut R, opts: &ReadOptions) -> Result<(Volume, NiftiInfo), Reject> {
+    let h = read_header(r)?;
+    let shape = h.shape()?;
+    let scalar = h.scalar()?;
+    if shape.volumes > 1 && !opts.first_of_4d {
         return Err(Reject::new(
             "nifti_4d",
             format!(
-                "{}: {}D image with {} volumes; set first_of_4d to take the first",
-                path.display(),
-                ndim,
-                extra
+                "{}D image {:?} with {} volumes; set first_of_4d to take the first",
+                shape.dims.len(),
+                shape.dims,
+                shape.volumes
             ),
         ));
     }
-    let dims = [
-        h.dim[1].max(1) as usize,
-        if ndim >= 2 {
-            h.dim[2].max(1) as usize
-        } else {
-            1
-        },
-        if ndim >= 3 {
-            h.dim[3].max(1) as usize
-        } else {
-            1
-        },
-    ];
-    let datatype = h
-        .data_type()
-        .map(|t| format!("{t:?}"))
-        .unwrap_or_else(|_| format!("code {}", h.datatype));
-    let arr = obj
-        .into_volume()
-        .into_ndarray::<f32>()
-        .map_err(|e| classify_read_error(path, &e))?;
+    let dims = shape.spatial;
     let n = dims[0] * dims[1] * dims[2];
-    // Memory order of the nifti crate's arrays is x fastest: exactly our (k, j, i) layout.
-    let mut data: Vec<f32> = match arr.as_slice_memory_order() {
-        Some(s) if arr.t().is_standard_layout() || arr.ndim() == 1 => s.to_vec(),
-        _ => arr.t().iter().copied().collect(),
-    };
-    data.truncate(n);
-    if data.len() != n {
+    if n as u64 > opts.max_voxels {
         return Err(Reject::new(
-            "nifti_corrupt",
-            format!("{}: {} values for {:?}", path.display(), data.len(), dims),
+            "volume_too_large",
+            format!(
+                "{dims:?} is {n} voxels, over the limit of {}",
+                opts.max_voxels
+            ),
         ));
     }
+    let header_len = if h.version == 1 { 348 } else { 540 };
+    let data = read_values(r, &h, header_len, n)?;
     if let Some(p) = data.iter().position(|v| !v.is_finite()) {
         let nans = data.iter().filter(|v| !v.is_finite()).count();
         return Err(Reject::new(
             "nifti_nan",
-            format!(
-                "{}: {nans} non-finite voxel(s), first at index {p}",
-                path.display()
-            ),
+            format!("{nans} non-finite voxel(s), first at index {p}"),
         ));
     }
     let (affine, source) = header_affine(&h);
-    let (slope, inter) = (h.scl_slope as f64, h.scl_inter as f64);
-    let scaled = slope != 0.0 && slope.is_finite() && (slope != 1.0 || inter != 0.0);
+    let scaled = h.scaling()?.is_some();
     Ok((
         Volume { dims, data, affine },
         NiftiInfo {
-            datatype,
-            scl_slope: slope,
-            scl_inter: inter,
+            version: h.version,
+            datatype: format!("{scalar:?}"),
+            dims: shape.dims,
+            scl_slope: h.scl_slope,
+            scl_inter: h.scl_inter,
             scaled,
             sform_code: h.sform_code,
             qform_code: h.qform_code,
             affine_source: source.to_string(),
+            mm_per_unit: h.mm_per_unit(),
         },
     ))
 }

@@ -5,7 +5,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, FixedSizeListBuilder, Float64Array, Float64Builder, Int32Builder, StringArray,
+    Array, ArrayRef, FixedSizeListArray, FixedSizeListBuilder, Float64Array, Float64Builder,
+    Int32Array, Int32Builder, StringArray,
 };
 use mg3d_core::stage::{InputDecl, ParamDef, ParamType, Stage, StageContext, StageError};
 use mg3d_core::table::{TableSchema, read_table, write_columns};
@@ -13,7 +14,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::Volume;
+use crate::{Reject, Volume};
 use crate::nifti_io::{read_nifti, write_nifti_i16};
 use crate::ops::{Interp, crop_pad, foreground_box, reorient_ras, resample, window};
 
@@ -168,6 +169,28 @@ pub struct PreprocessStage;
 struct P {
     preset: String,
     max_in_flight: i64,
+    max_output_voxels: i64,
+}
+
+/// One ingest volume to preprocess.
+struct Item {
+    id: String,
+    file: String,
+    /// Voxel hash and geometry: a corrected spacing or orientation (CT-RATE's v1 -> v2 repair)
+    /// changes the key even when the voxels are the same.
+    digest: String,
+    /// Voxels of the input and of the resampled grid before cropping.
+    work_voxels: f64,
+}
+
+/// Voxels the preset's resampling makes of a volume (before the crop), plus the input's own.
+fn work_voxels(dims: [f64; 3], spacing: [f64; 3], preset: &Preset) -> f64 {
+    let input: f64 = dims.iter().product();
+    let resampled: f64 = (0..3)
+        .map(|a| (dims[a] * spacing[a]).abs())
+        .product::<f64>()
+        / preset.spacing_mm.iter().product::<f64>();
+    input + resampled
 }
 
 #[derive(Serialize, Deserialize)]
@@ -208,6 +231,12 @@ impl Stage for PreprocessStage {
                 json!(4),
                 "volumes processed at once (bounds memory)",
             ),
+            ParamDef::new(
+                "max_output_voxels",
+                ParamType::Int,
+                json!(1i64 << 30),
+                "largest input + resampled grid accepted, in voxels; a volume over it is a reject (preprocess_too_large), never an abort",
+            ),
         ]
     }
     fn inputs(&self) -> Vec<InputDecl> {
@@ -217,7 +246,7 @@ impl Stage for PreprocessStage {
         }]
     }
     fn item_params(&self) -> Option<Vec<&'static str>> {
-        Some(vec!["preset"])
+        Some(vec!["preset", "max_output_voxels"])
     }
     fn sources_fingerprint(
         &self,
@@ -240,7 +269,7 @@ impl Stage for PreprocessStage {
             &ingest.join("volumes.parquet"),
             &TableSchema::get("volumes")?,
         )?;
-        let mut items: Vec<(String, String, String)> = Vec::new();
+        let mut items: Vec<Item> = Vec::new();
         for b in &batches {
             let s = |n: &str| {
                 b.column_by_name(n)
@@ -250,70 +279,96 @@ impl Stage for PreprocessStage {
                     .unwrap()
                     .clone()
             };
+            let list = |n: &str| {
+                b.column_by_name(n)
+                    .unwrap()
+                    .as_any()
+                    .downcast_ref::<FixedSizeListArray>()
+                    .unwrap()
+                    .clone()
+            };
             let (ids, files, hashes) = (s("volume_id"), s("volume_file"), s("content_hash"));
+            let (dims, spacing, affine) = (list("dims"), list("spacing_mm"), list("affine_ras"));
             for r in 0..b.num_rows() {
-                items.push((
-                    ids.value(r).to_string(),
-                    files.value(r).to_string(),
-                    hashes.value(r).to_string(),
-                ));
+                let f64s = |a: &FixedSizeListArray| -> Vec<f64> {
+                    let v = a.value(r);
+                    match v.as_any().downcast_ref::<Float64Array>() {
+                        Some(x) => x.values().to_vec(),
+                        None => v
+                            .as_any()
+                            .downcast_ref::<Int32Array>()
+                            .map(|x| x.values().iter().map(|&d| d as f64).collect())
+                            .unwrap_or_default(),
+                    }
+                };
+                let (d, sp, af) = (f64s(&dims), f64s(&spacing), f64s(&affine));
+                let digest = format!("{}|{:?}|{:?}", hashes.value(r), d, af);
+                items.push(Item {
+                    id: ids.value(r).to_string(),
+                    file: files.value(r).to_string(),
+                    digest,
+                    work_voxels: work_voxels([d[0], d[1], d[2]], [sp[0], sp[1], sp[2]], &preset),
+                });
             }
         }
         std::fs::create_dir_all(ctx.out_dir.join("volumes"))?;
         let pb = ctx.progress_bar(items.len() as u64, "volumes");
         let mut rows: Vec<Row> = Vec::new();
+        let mut rejects: Vec<(String, Reject)> = Vec::new();
+        let max = p.max_output_voxels.max(1) as f64;
         for batch in items.chunks(p.max_in_flight.max(1) as usize) {
             ctx.check_cancelled()?;
-            let out: Vec<Result<Row, StageError>> = batch
+            let out: Vec<Result<Result<Row, Reject>, StageError>> = batch
                 .par_iter()
-                .map(|(id, file, hash)| {
-                    let key = ctx.items().key(id, hash);
+                .map(|it| {
+                    pb.inc(1);
+                    if it.work_voxels > max {
+                        return Ok(Err(Reject::new(
+                            "preprocess_too_large",
+                            format!(
+                                "resampling to {:?} mm needs {:.0} voxels, over max_output_voxels = {max}",
+                                preset.spacing_mm, it.work_voxels
+                            ),
+                        )));
+                    }
+                    let key = ctx.items().key(&it.id, &it.digest);
                     let o = ctx.items().get_or_make::<StageError>(&key, |dir| {
-                        let (v, _) = read_nifti(&ingest.join(file), false)
-                            .map_err(|r| StageError::msg(r.to_string()))?;
-                        let (out, center) = apply_preset(&v, &preset);
-                        write_nifti_i16(&dir.join("volume.nii.gz"), &out)
-                            .map_err(StageError::msg)?;
-                        let n = out.data.len() as f64;
-                        let st = out.stats();
-                        let var = out
-                            .data
-                            .iter()
-                            .map(|&x| (x as f64 - st.mean).powi(2))
-                            .sum::<f64>()
-                            / n;
-                        let row = Row {
-                            volume_id: id.clone(),
-                            file: format!("volumes/{id}.nii.gz"),
-                            dims: out.dims.map(|d| d as i32),
-                            spacing: out.spacing(),
-                            affine: std::array::from_fn(|i| out.affine[i / 4][i % 4]),
-                            center,
-                            mean: st.mean,
-                            std: var.sqrt(),
-                            fg: out.data.iter().filter(|&&x| x > -500.0).count() as f64 / n,
-                            hash: {
-                                let mut h = blake3::Hasher::new();
-                                for x in &out.data {
-                                    h.update(&(x.round() as i16).to_le_bytes());
-                                }
-                                h.finalize().to_hex().to_string()
-                            },
+                        let res = std::panic::catch_unwind(|| {
+                            preprocess_one(&ingest.join(&it.file), &it.id, &preset, dir)
+                        })
+                        .unwrap_or_else(|_| {
+                            Ok(Err(Reject::new(
+                                "internal_error",
+                                "preprocessing this volume hit an internal error (a bug in mg3d; please report it)",
+                            )))
+                        })?;
+                        let json = match res {
+                            Ok(row) => serde_json::to_vec(&Ok::<Row, (String, String)>(row)),
+                            Err(r) => serde_json::to_vec(&Err::<Row, _>((r.code.to_string(), r.message))),
                         };
-                        std::fs::write(dir.join("row.json"), serde_json::to_vec(&row).unwrap())?;
+                        std::fs::write(dir.join("row.json"), json.map_err(|e| StageError::msg(e.to_string()))?)?;
                         Ok(())
                     })?;
-                    let dst = ctx.out_dir.join(format!("volumes/{id}.nii.gz"));
-                    if std::fs::hard_link(o.dir().join("volume.nii.gz"), &dst).is_err() {
-                        std::fs::copy(o.dir().join("volume.nii.gz"), &dst)?;
+                    let res: Result<Row, (String, String)> =
+                        serde_json::from_slice(&std::fs::read(o.dir().join("row.json"))?)
+                            .map_err(|e| StageError::ctx(o.dir().display(), e))?;
+                    match res {
+                        Ok(row) => {
+                            let dst = ctx.out_dir.join(format!("volumes/{}.nii.gz", it.id));
+                            if std::fs::hard_link(o.dir().join("volume.nii.gz"), &dst).is_err() {
+                                std::fs::copy(o.dir().join("volume.nii.gz"), &dst)?;
+                            }
+                            Ok(Ok(row))
+                        }
+                        Err((code, msg)) => Ok(Err(Reject::new(reject_code(&code), msg))),
                     }
-                    pb.inc(1);
-                    serde_json::from_slice(&std::fs::read(o.dir().join("row.json"))?)
-                        .map_err(|e| StageError::msg(e.to_string()))
                 })
                 .collect();
-            for r in out {
-                rows.push(r?);
+            for (it, r) in batch.iter().zip(out) {
+                match r? {
+                    Ok(row) => rows.push(row),
+                    Err(rej) => rejects.push((it.id.clone(), rej)),
+                }
             }
         }
         pb.finish_and_clear();
@@ -324,10 +379,81 @@ impl Stage for PreprocessStage {
             &p.preset,
             &preset,
         )?;
+        write_rejects(ctx, &rejects)?;
         Ok(
-            json!({"volumes": rows.len(), "preset": p.preset, "shape": preset.shape, "spacing_mm": preset.spacing_mm}),
+            json!({"volumes": rows.len(), "rejects": rejects.len(), "preset": p.preset, "shape": preset.shape, "spacing_mm": preset.spacing_mm}),
         )
     }
+}
+
+/// Reads, applies the preset and writes one volume into `dir`; a volume that cannot be read is a
+/// reject, not a failure of the stage.
+fn preprocess_one(
+    file: &Path,
+    id: &str,
+    preset: &Preset,
+    dir: &Path,
+) -> Result<Result<Row, Reject>, StageError> {
+    let v = match read_nifti(file, false).and_then(|(v, _)| v.check_geometry().map(|_| v)) {
+        Ok(v) => v,
+        Err(r) => return Ok(Err(r)),
+    };
+    let (out, center) = apply_preset(&v, preset);
+    write_nifti_i16(&dir.join("volume.nii.gz"), &out).map_err(StageError::msg)?;
+    let n = out.data.len() as f64;
+    let st = out.stats();
+    let var = out
+        .data
+        .iter()
+        .map(|&x| (x as f64 - st.mean).powi(2))
+        .sum::<f64>()
+        / n;
+    let mut h = blake3::Hasher::new();
+    for x in &out.data {
+        h.update(&(x.round() as i16).to_le_bytes());
+    }
+    Ok(Ok(Row {
+        volume_id: id.to_string(),
+        file: format!("volumes/{id}.nii.gz"),
+        dims: out.dims.map(|d| d as i32),
+        spacing: out.spacing(),
+        affine: std::array::from_fn(|i| out.affine[i / 4][i % 4]),
+        center,
+        mean: st.mean,
+        std: var.sqrt(),
+        fg: out.data.iter().filter(|&&x| x > -500.0).count() as f64 / n,
+        hash: h.finalize().to_hex().to_string(),
+    }))
+}
+
+/// Reason codes a stored item may carry back (kept `'static` for [`Reject`]).
+fn reject_code(code: &str) -> &'static str {
+    match code {
+        "preprocess_too_large" => "preprocess_too_large",
+        "internal_error" => "internal_error",
+        "geometry_invalid" => "geometry_invalid",
+        "nifti_truncated" => "nifti_truncated",
+        _ => "volume_unreadable",
+    }
+}
+
+/// `rejects.parquet` of preprocess: volumes ingest kept that could not be preprocessed.
+fn write_rejects(ctx: &StageContext, rejects: &[(String, Reject)]) -> Result<(), StageError> {
+    let schema = TableSchema::get("rejects")?;
+    let n = rejects.len();
+    let s = |v: Vec<String>| Arc::new(StringArray::from(v)) as ArrayRef;
+    let cols = vec![
+        s(vec!["preprocess".into(); n]),
+        s(vec!["ingest".into(); n]),
+        s(rejects.iter().map(|(id, _)| format!("volumes/{id}.nii.gz")).collect()),
+        s(rejects.iter().map(|(id, _)| id.clone()).collect()),
+        s(vec!["volume".into(); n]),
+        Arc::new(Int32Array::from(vec![1; n])) as ArrayRef,
+        s(rejects.iter().map(|(_, r)| r.code.to_string()).collect()),
+        s(rejects.iter().map(|(_, r)| r.message.clone()).collect()),
+    ];
+    write_columns(&ctx.out_dir.join("rejects.parquet"), &schema, cols)?;
+    Ok(())
 }
 
 fn write_rows(path: &Path, rows: &[Row], name: &str, preset: &Preset) -> Result<(), StageError> {
