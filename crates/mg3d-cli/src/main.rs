@@ -104,6 +104,15 @@ enum Cmd {
         /// File or folder.
         path: PathBuf,
     },
+    /// Print the input paths behind `path_ref`s of ingest rejects (rejects tables never hold
+    /// paths, since folder and file names can identify patients). Prints to the terminal only.
+    Locate {
+        /// Pipeline file.
+        pipeline: PathBuf,
+        /// path_ref values from a rejects table.
+        #[arg(required = true)]
+        refs: Vec<String>,
+    },
     /// Describe the runtime: libtorch (CUDA, threads), the Python reference environment.
     Doctor,
     /// Benchmarks: synthetic corpus generation, output hashing, table writing (use a release build).
@@ -494,6 +503,25 @@ fn run(cli: Cli) -> Result<(), Fail> {
                 return Err(Fail(1, anyhow::anyhow!("{}: {}", r.code, r.message)));
             }
         },
+        Cmd::Locate { pipeline, refs } => {
+            let p = load(Some(pipeline), &reg, None)?;
+            let resolve = |r: &str| match r.strip_prefix('@') {
+                Some(rest) => p.work_dir.join(rest),
+                None => PathBuf::from(r),
+            };
+            let mut found = 0;
+            for spec in p.stages.iter().filter(|s| s.kind == "ingest") {
+                let hits = mg3d_volume::ingest::locate(&spec.params, &p.salt, resolve, &refs)
+                    .map_err(|e| Fail(1, e.into()))?;
+                for (r, path) in hits {
+                    println!("{r}\t{}", path.display());
+                    found += 1;
+                }
+            }
+            if found == 0 {
+                return Err(Fail(1, anyhow::anyhow!("no input under the ingest roots has these refs")));
+            }
+        }
         Cmd::Doctor => {
             let py = Path::new(".venv/bin/python");
             let report = serde_json::json!({

@@ -5,3 +5,4 @@
 mod cli;
 mod curate;
 mod eval;
+mod hostile;

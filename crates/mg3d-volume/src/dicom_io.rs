@@ -637,8 +637,17 @@ pub fn decode_file(h: &SliceHeader) -> Result<Vec<Vec<f32>>, Reject> {
 /// before any rescale.
 pub fn decode_stored(h: &SliceHeader) -> Result<Vec<Vec<f64>>, Reject> {
     let obj = dicom_object::open_file(&h.path).map_err(|e| {
-        let m = e.to_string();
-        let code = if m.contains("end of") || m.contains("EOF") || m.contains("nexpected") {
+        // The whole chain: the cause ("failed to fill whole buffer") is below the top message.
+        let mut m = e.to_string();
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            m = format!("{m}: {s}");
+            src = s.source();
+        }
+        let code = if ["end of", "EOF", "nexpected", "fill whole buffer"]
+            .iter()
+            .any(|k| m.contains(k))
+        {
             "dicom_truncated"
         } else {
             "dicom_unreadable"

@@ -196,10 +196,12 @@ impl Ctx<'_> {
         n_files: i32,
         r: &Reject,
     ) -> RejectRow {
+        // Folder and file names can identify patients (`Surname_Name_MRN/`), so the path itself
+        // never leaves ingest: `mg3d locate` turns path_ref back into it where the inputs live.
         RejectRow {
             stage: "ingest".into(),
             source_root: root_label.into(),
-            path: path.into(),
+            path: String::new(),
             path_ref: self.ctx.pseudonym("path", &format!("{root_label}/{path}")),
             level: level.into(),
             n_files,
@@ -208,9 +210,9 @@ impl Ctx<'_> {
         }
     }
 
-    /// A reject for `path` under `root`, with the root's absolute prefix removed from the message.
+    /// A reject for `path` under `root`; the message names no path.
     fn reject_at(&self, root: &Path, label: &str, path: &Path, level: &str, n: i32, r: Reject) -> RejectRow {
-        let r = Reject::new(r.code, r.message.replace(&format!("{}/", root.display()), ""));
+        let r = Reject::new(r.code, without_paths(&r.message, root, &[path]));
         self.reject(label, &rel(root, path), level, n, &r)
     }
 
@@ -287,7 +289,8 @@ impl Ctx<'_> {
         let folder = rel(root, h0.path.parent().unwrap_or(root));
         let n = g.files.len() as i32;
         let series_reject = |r: Reject| {
-            let r = Reject::new(r.code, r.message.replace(&format!("{}/", root.display()), ""));
+            let paths: Vec<&Path> = g.files.iter().map(|h| h.path.as_path()).collect();
+            let r = Reject::new(r.code, without_paths(&r.message, root, &paths));
             Ok(ItemResult::Reject(self.reject(label, &folder, "series", n, &r)))
         };
         // Stored values (f64) and HU (f32) of every plane are alive at once while assembling.
@@ -870,6 +873,42 @@ fn place(src: &Path, dst: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A reader's message with the input paths it may quote replaced: each of `paths` by "file N"
+/// (its index in the item, so a series message still tells which slices), anything else under
+/// `root` by "[path]".
+fn without_paths(msg: &str, root: &Path, paths: &[&Path]) -> String {
+    let mut out = msg.to_string();
+    let mut named: Vec<(String, usize)> = paths
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.display().to_string(), i))
+        .collect();
+    named.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+    for (p, i) in named {
+        if !p.is_empty() && out.contains(&p) {
+            let label = if paths.len() == 1 {
+                "the file".to_string()
+            } else {
+                format!("file {}", i + 1)
+            };
+            out = out.replace(&p, &label);
+        }
+    }
+    let root = root.display().to_string();
+    if root.is_empty() {
+        return out;
+    }
+    let (mut done, mut rest) = (String::new(), out.as_str());
+    while let Some(at) = rest.find(&root) {
+        done.push_str(&rest[..at]);
+        done.push_str("[path]");
+        let tail = &rest[at + root.len()..];
+        rest = &tail[tail.find([':', ' ', ',', ')']).unwrap_or(tail.len())..];
+    }
+    done.push_str(rest);
+    done
+}
+
 fn file_name(p: &Path) -> String {
     p.file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -1060,6 +1099,46 @@ impl Ctx<'_> {
         pb.finish_and_clear();
         Ok(())
     }
+}
+
+/// The input paths behind reject `path_ref`s of an ingest stage: walks its roots (`resolve` turns
+/// a root param, including `@stage/...`, into a folder) and returns (ref, path) for each match. For
+/// the operator's terminal only: the paths are what outputs must not hold.
+pub fn locate(
+    params: &Params,
+    salt: &str,
+    resolve: impl Fn(&str) -> PathBuf,
+    refs: &[String],
+) -> Result<Vec<(String, PathBuf)>, StageError> {
+    let p: P = params.parse()?;
+    let mut out = Vec::new();
+    let mut walker = Walker::new();
+    let roots = p
+        .dicom_roots
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (format!("dicom_roots[{i}]"), r))
+        .chain(
+            p.nifti_roots
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (format!("nifti_roots[{i}]"), r)),
+        );
+    for (label, r) in roots {
+        let root = resolve(r);
+        let mut seen = BTreeSet::new();
+        for f in walker.walk(&root).map_err(|e| StageError::ctx(r, e))? {
+            // A file's own ref, and its folder's (series rejects name the folder).
+            let folder = f.path().parent().unwrap_or(&root).to_path_buf();
+            for cand in [f.path().to_path_buf(), folder] {
+                let id = mg3d_core::ids::pseudonym(salt, "path", &format!("{label}/{}", rel(&root, &cand)));
+                if refs.contains(&id) && seen.insert(cand.clone()) {
+                    out.push((id, cand));
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Replaces every identifying value (and its path-safe variants) with "[redacted]", longest first.

@@ -371,6 +371,12 @@ fn read_full<R: Read>(r: &mut R, buf: &mut [u8], what: &str) -> Result<(), Rejec
             }
             Ok(n) => got += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return Err(Reject::new(
+                    "nifti_truncated",
+                    format!("the compressed stream ends inside the {what}"),
+                ));
+            }
             Err(e) => return Err(corrupt(format!("{what}: {e}"))),
         }
     }

@@ -1,0 +1,503 @@
+//! The hostile-input corpus: crafted DICOM series, NIfTI files, links and report rows of every
+//! class real archives contain (odd Unicode, links, degenerate geometry, odd headers, VR UN,
+//! bombs, identifiers in folder names), each with the outcome it must have. One `mg3d run` over
+//! all of them must finish, account for every file exactly once, give the right voxels or the
+//! right reason code, and write no planted identifier into any output or its log.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use dicom_core::{DataElement, PrimitiveValue, VR};
+use dicom_dictionary_std::{tags, uids};
+use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
+use mg3d_core::table::{TableSchema, read_table};
+
+use crate::cli::{mg3d, text};
+
+const SALT: &str = "hostile-corpus-salt-0001";
+/// Identifiers planted in headers and folder names; none may reach an output or the log.
+const PHI: [&str; 7] = [
+    "ZEBULON",
+    "QUIXOTE",
+    "MRN4471923",
+    "ACC99120077",
+    "19470312",
+    "20190517",
+    "St Elsewhere Clinic",
+];
+
+/// What an input must become.
+#[derive(Debug, Clone, PartialEq)]
+enum Expect {
+    /// A volume whose HU minimum and maximum are these.
+    Volume(f64, f64),
+    /// A reject with this reason.
+    Reject(&'static str),
+}
+
+struct Corpus {
+    dir: PathBuf,
+    /// (root label, path relative to the root, expected outcome).
+    cases: Vec<(String, String, Expect)>,
+    files: usize,
+}
+
+impl Corpus {
+    fn case(&mut self, label: &str, rel: &str, e: Expect) {
+        self.cases.push((label.into(), rel.into(), e));
+    }
+}
+
+// ---------------------------------------------------------------- DICOM
+
+type Edit = Box<dyn Fn(&mut InMemDicomObject, usize)>;
+
+/// Writes a 3-slice 4x4 CT series (stored 1000 + 10k + i, intercept -1024) into `dir`, each slice
+/// passed through `edit` (slice index) before writing.
+fn series(dir: &Path, uid: &str, n: usize, edit: Edit) -> usize {
+    fs::create_dir_all(dir).unwrap();
+    for k in 0..n {
+        let sop = format!("{uid}.{}", k + 1);
+        let px: Vec<u16> = (0..16).map(|i| 1000 + 10 * k as u16 + i).collect();
+        let ds = |v: &[f64]| {
+            PrimitiveValue::Strs(v.iter().map(|x| x.to_string()).collect::<Vec<_>>().into())
+        };
+        let mut o = InMemDicomObject::from_element_iter([
+            DataElement::new(tags::SOP_CLASS_UID, VR::UI, uids::CT_IMAGE_STORAGE),
+            DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, sop.as_str()),
+            DataElement::new(tags::STUDY_DATE, VR::DA, "20190517"),
+            DataElement::new(tags::ACCESSION_NUMBER, VR::SH, "ACC99120077"),
+            DataElement::new(tags::MODALITY, VR::CS, "CT"),
+            DataElement::new(tags::INSTITUTION_NAME, VR::LO, "St Elsewhere Clinic"),
+            DataElement::new(tags::PATIENT_NAME, VR::PN, "QUIXOTE^ZEBULON"),
+            DataElement::new(tags::PATIENT_ID, VR::LO, "MRN4471923"),
+            DataElement::new(tags::PATIENT_BIRTH_DATE, VR::DA, "19470312"),
+            DataElement::new(tags::STUDY_INSTANCE_UID, VR::UI, "2.25.1"),
+            DataElement::new(tags::SERIES_INSTANCE_UID, VR::UI, uid),
+            DataElement::new(tags::IMAGE_POSITION_PATIENT, VR::DS, ds(&[0.0, 0.0, 2.5 * k as f64])),
+            DataElement::new(tags::IMAGE_ORIENTATION_PATIENT, VR::DS, ds(&[1.0, 0.0, 0.0, 0.0, 1.0, 0.0])),
+            DataElement::new(tags::PIXEL_SPACING, VR::DS, ds(&[0.7, 0.7])),
+            DataElement::new(tags::SLICE_THICKNESS, VR::DS, "2.5"),
+            DataElement::new(tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(1u16)),
+            DataElement::new(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2"),
+            DataElement::new(tags::ROWS, VR::US, PrimitiveValue::from(4u16)),
+            DataElement::new(tags::COLUMNS, VR::US, PrimitiveValue::from(4u16)),
+            DataElement::new(tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(16u16)),
+            DataElement::new(tags::BITS_STORED, VR::US, PrimitiveValue::from(16u16)),
+            DataElement::new(tags::HIGH_BIT, VR::US, PrimitiveValue::from(15u16)),
+            DataElement::new(tags::PIXEL_REPRESENTATION, VR::US, PrimitiveValue::from(0u16)),
+            DataElement::new(tags::RESCALE_INTERCEPT, VR::DS, "-1024"),
+            DataElement::new(tags::RESCALE_SLOPE, VR::DS, "1"),
+            DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(px.into())),
+        ]);
+        edit(&mut o, k);
+        let f = o
+            .with_meta(
+                FileMetaTableBuilder::new()
+                    .transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)
+                    .media_storage_sop_class_uid(uids::CT_IMAGE_STORAGE)
+                    .media_storage_sop_instance_uid(sop.as_str()),
+            )
+            .unwrap();
+        f.write_to_file(dir.join(format!("IM{:04}.dcm", k + 1))).unwrap();
+    }
+    n
+}
+
+fn put(o: &mut InMemDicomObject, tag: dicom_core::Tag, vr: VR, v: impl Into<PrimitiveValue>) {
+    o.put(DataElement::new(tag, vr, v.into()));
+}
+
+fn un(o: &mut InMemDicomObject, tag: dicom_core::Tag, bytes: &[u8]) {
+    o.put(DataElement::new(tag, VR::UN, PrimitiveValue::U8(bytes.to_vec().into())));
+}
+
+fn ds_str(o: &mut InMemDicomObject, tag: dicom_core::Tag, v: &str) {
+    put(o, tag, VR::DS, v);
+}
+
+fn dicom_cases(c: &mut Corpus) {
+    let root = c.dir.join("dicom");
+    let l = "dicom_roots[0]";
+    let good = Expect::Volume(-24.0, 1000.0 - 1024.0 + 20.0 + 15.0);
+    // A plain series, in a folder named after the patient.
+    c.files += series(&root.join("QUIXOTE_ZEBULON_MRN4471923"), "2.25.10", 3, Box::new(|_, _| {}));
+    c.case(l, "QUIXOTE_ZEBULON_MRN4471923", good.clone());
+    // Every element an anonymiser re-encoded as UN: the rescale and the pixel sign survive.
+    c.files += series(
+        &root.join("vr_un"),
+        "2.25.11",
+        3,
+        Box::new(|o, k| {
+            un(o, tags::RESCALE_INTERCEPT, b"-1024 ");
+            un(o, tags::RESCALE_SLOPE, b"1 ");
+            un(o, tags::SLICE_THICKNESS, b"2.5 ");
+            un(o, tags::IMAGE_POSITION_PATIENT, format!("0\\0\\{} ", 2.5 * k as f64).as_bytes());
+            un(o, tags::PIXEL_SPACING, b"0.7\\0.7 ");
+            un(o, tags::ROWS, &4u16.to_le_bytes());
+            un(o, tags::COLUMNS, &4u16.to_le_bytes());
+            un(o, tags::PIXEL_REPRESENTATION, &1u16.to_le_bytes());
+            let px: Vec<u16> = (0..16).map(|i| (-1000i16 + 10 * k as i16 + i) as u16).collect();
+            put(o, tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(px.into()));
+        }),
+    );
+    c.case(l, "vr_un", Expect::Volume(-2024.0, -2024.0 + 20.0 + 15.0));
+    let bad_geometry: [(&str, &str, Edit); 7] = [
+        ("iop_repeated", "2.25.12", Box::new(|o, _| ds_str(o, tags::IMAGE_ORIENTATION_PATIENT, "1\\0\\0\\1\\0\\0"))),
+        ("iop_zeros", "2.25.13", Box::new(|o, _| ds_str(o, tags::IMAGE_ORIENTATION_PATIENT, "0\\0\\0\\0\\0\\0"))),
+        ("ipp_nan", "2.25.14", Box::new(|o, k| if k == 1 { ds_str(o, tags::IMAGE_POSITION_PATIENT, "0\\NaN\\2.5") })),
+        ("ipp_inf", "2.25.15", Box::new(|o, k| if k == 2 { ds_str(o, tags::IMAGE_POSITION_PATIENT, "0\\0\\inf") })),
+        ("spacing_zero", "2.25.16", Box::new(|o, _| ds_str(o, tags::PIXEL_SPACING, "0\\0"))),
+        ("spacing_negative", "2.25.17", Box::new(|o, _| ds_str(o, tags::PIXEL_SPACING, "-0.7\\0.7"))),
+        ("slices_500mm_apart", "2.25.18", Box::new(|o, k| ds_str(o, tags::IMAGE_POSITION_PATIENT, &format!("0\\0\\{}", 500 * k)))),
+    ];
+    for (name, uid, edit) in bad_geometry {
+        c.files += series(&root.join(name), uid, 3, edit);
+        c.case(l, name, Expect::Reject("geometry_invalid"));
+    }
+    c.files += series(&root.join("same_position"), "2.25.19", 3, Box::new(|o, _| ds_str(o, tags::IMAGE_POSITION_PATIENT, "0\\0\\0")));
+    c.case(l, "same_position", Expect::Reject("series_duplicate_slice"));
+    c.files += series(&root.join("one_slice"), "2.25.20", 1, Box::new(|_, _| {}));
+    c.case(l, "one_slice", Expect::Reject("series_too_few_slices"));
+    c.files += series(&root.join("mr"), "2.25.21", 2, Box::new(|o, _| put(o, tags::MODALITY, VR::CS, "MR")));
+    c.case(l, "mr/IM0001.dcm", Expect::Reject("modality_not_allowed"));
+    c.case(l, "mr/IM0002.dcm", Expect::Reject("modality_not_allowed"));
+    // Header fields that multiply past any memory before a pixel is read.
+    c.files += series(
+        &root.join("huge_header"),
+        "2.25.22",
+        1,
+        Box::new(|o, _| {
+            put(o, tags::ROWS, VR::US, PrimitiveValue::from(65535u16));
+            put(o, tags::COLUMNS, VR::US, PrimitiveValue::from(65535u16));
+            put(o, tags::NUMBER_OF_FRAMES, VR::IS, "999999999");
+        }),
+    );
+    c.case(l, "huge_header/IM0001.dcm", Expect::Reject("volume_too_large"));
+    // A truncated file, a text file, an empty file.
+    c.files += series(&root.join("truncated"), "2.25.23", 3, Box::new(|_, _| {}));
+    let t = root.join("truncated/IM0002.dcm");
+    let b = fs::read(&t).unwrap();
+    fs::write(&t, &b[..b.len() - 20]).unwrap();
+    c.case(l, "truncated", Expect::Reject("dicom_truncated"));
+    fs::write(root.join("README.txt"), "exported by PACS for QUIXOTE").unwrap();
+    fs::write(root.join("empty.dcm"), "").unwrap();
+    c.files += 2;
+    c.case(l, "README.txt", Expect::Reject("not_dicom"));
+    c.case(l, "empty.dcm", Expect::Reject("empty_file"));
+    // The same series again under a second root: one volume, the copy reported.
+    let root2 = c.dir.join("dicom_copy");
+    c.files += series(&root2.join("again"), "2.25.10", 3, Box::new(|_, _| {}));
+    c.case("dicom_roots[1]", "again", Expect::Reject("duplicate_volume"));
+}
+
+// ---------------------------------------------------------------- NIfTI
+
+/// A NIfTI-1 single file: int16 values, the given vox_offset, sform rows and xyzt_units.
+struct Nii {
+    dims: Vec<i16>,
+    datatype: i16,
+    bitpix: i16,
+    vox_offset: f32,
+    srow: [[f32; 4]; 3],
+    units: u8,
+    magic: &'static [u8; 4],
+    big: bool,
+    data: Vec<u8>,
+}
+
+impl Nii {
+    fn int16(dims: &[i16], values: &[i16]) -> Nii {
+        Nii {
+            dims: dims.to_vec(),
+            datatype: 4,
+            bitpix: 16,
+            vox_offset: 352.0,
+            srow: [[0.7, 0.0, 0.0, 0.0], [0.0, 0.7, 0.0, 0.0], [0.0, 0.0, 2.5, 0.0]],
+            units: 2,
+            magic: b"n+1\0",
+            big: false,
+            data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        }
+    }
+    fn bytes(&self) -> Vec<u8> {
+        let mut b = vec![0u8; 352];
+        let e16 = |v: i16| if self.big { v.to_be_bytes() } else { v.to_le_bytes() };
+        let e32 = |v: i32| if self.big { v.to_be_bytes() } else { v.to_le_bytes() };
+        let f32b = |v: f32| if self.big { v.to_be_bytes() } else { v.to_le_bytes() };
+        b[0..4].copy_from_slice(&e32(348));
+        let mut dim = [1i16; 8];
+        dim[0] = self.dims.len() as i16;
+        dim[1..=self.dims.len()].copy_from_slice(&self.dims);
+        for (i, d) in dim.iter().enumerate() {
+            b[40 + 2 * i..42 + 2 * i].copy_from_slice(&e16(*d));
+        }
+        b[70..72].copy_from_slice(&e16(self.datatype));
+        b[72..74].copy_from_slice(&e16(self.bitpix));
+        for i in 0..8 {
+            b[76 + 4 * i..80 + 4 * i].copy_from_slice(&f32b(1.0));
+        }
+        b[108..112].copy_from_slice(&f32b(self.vox_offset));
+        b[123] = self.units;
+        b[254..256].copy_from_slice(&e16(1)); // sform_code
+        for r in 0..3 {
+            for c in 0..4 {
+                let at = 280 + 16 * r + 4 * c;
+                b[at..at + 4].copy_from_slice(&f32b(self.srow[r][c]));
+            }
+        }
+        b[344..348].copy_from_slice(self.magic);
+        let mut data = self.data.clone();
+        if self.big {
+            for ch in data.chunks_exact_mut(2) {
+                ch.swap(0, 1);
+            }
+        }
+        b.extend(data);
+        b
+    }
+}
+
+fn gz(b: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(b).unwrap();
+    e.finish().unwrap()
+}
+
+fn nifti_cases(c: &mut Corpus) {
+    let root = c.dir.join("nifti");
+    let l = "nifti_roots[0]";
+    fs::create_dir_all(root.join("QUIXOTE_ZEBULON_MRN4471923")).unwrap();
+    let vals: Vec<i16> = (0..32).map(|i| -1000 + 50 * i).collect();
+    let good = Nii::int16(&[4, 4, 2], &vals);
+    let ok = Expect::Volume(-1000.0, 550.0);
+    let write = |c: &mut Corpus, rel: &str, bytes: Vec<u8>, e: Expect| {
+        fs::write(root.join(rel), bytes).unwrap();
+        c.files += 1;
+        c.case(l, rel, e);
+    };
+    write(c, "QUIXOTE_ZEBULON_MRN4471923/scan.nii.gz", gz(&good.bytes()), ok.clone());
+    write(c, "plain.nii", good.bytes(), ok.clone());
+    write(c, "big_endian.nii", Nii { big: true, ..Nii::int16(&[4, 4, 2], &vals) }.bytes(), ok.clone());
+    // Older tools wrote vox_offset = 0; the voxels are at 352 as nibabel reads them.
+    write(c, "vox_offset_zero.nii", Nii { vox_offset: 0.0, ..Nii::int16(&[4, 4, 2], &vals) }.bytes(), ok.clone());
+    // Metres in xyzt_units: converted to mm (0.0007 m -> 0.7 mm).
+    let metres = Nii {
+        units: 1,
+        srow: [[0.0007, 0.0, 0.0, 0.0], [0.0, 0.0007, 0.0, 0.0], [0.0, 0.0, 0.0025, 0.0]],
+        ..Nii::int16(&[4, 4, 2], &vals)
+    };
+    write(c, "metres.nii", metres.bytes(), ok.clone());
+    let four_d: Vec<i16> = (0..64).map(|i| i as i16).collect();
+    write(c, "four_d.nii.gz", gz(&Nii::int16(&[4, 4, 2, 2], &four_d).bytes()), Expect::Reject("nifti_4d"));
+    let mut nan = Nii::int16(&[2, 2, 2], &[0; 16]);
+    nan.datatype = 16;
+    nan.bitpix = 32;
+    nan.data = [0.0f32, f32::NAN, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    write(c, "float_nan.nii", nan.bytes(), Expect::Reject("nifti_nan"));
+    let full = gz(&good.bytes());
+    write(c, "truncated.nii.gz", full[..full.len() / 2].to_vec(), Expect::Reject("nifti_truncated"));
+    write(c, "truncated_plain.nii", good.bytes()[..370].to_vec(), Expect::Reject("nifti_truncated"));
+    write(c, "empty.nii.gz", vec![], Expect::Reject("empty_file"));
+    write(c, "garbage.nii", b"this is not a NIfTI file at all, QUIXOTE".repeat(20), Expect::Reject("nifti_corrupt"));
+    write(c, "pair_header.nii", Nii { magic: b"ni1\0", ..Nii::int16(&[4, 4, 2], &vals) }.bytes(), Expect::Reject("nifti_pair"));
+    write(c, "complex.nii", Nii { datatype: 32, ..Nii::int16(&[4, 4, 2], &vals) }.bytes(), Expect::Reject("nifti_datatype"));
+    // A 2 KB gzip whose header declares 32768^2 x 2048 voxels: refused before allocating.
+    write(c, "bomb.nii.gz", gz(&Nii::int16(&[32767, 32767, 2048], &[0; 512]).bytes()), Expect::Reject("volume_too_large"));
+    write(c, "dim_negative.nii", Nii::int16(&[4, -4, 2], &vals).bytes(), Expect::Reject("nifti_corrupt"));
+    let geo = |srow: [[f32; 4]; 3]| Nii { srow, ..Nii::int16(&[4, 4, 2], &vals) }.bytes();
+    write(c, "sform_zero.nii", geo([[0.0; 4]; 3]), Expect::Reject("geometry_invalid"));
+    write(c, "sform_nan.nii", geo([[f32::NAN, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]]), Expect::Reject("geometry_invalid"));
+    write(c, "sform_absurd.nii", geo([[1000.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]]), Expect::Reject("geometry_invalid"));
+    write(c, "sform_collinear.nii", geo([[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]]), Expect::Reject("geometry_invalid"));
+    write(c, "notes.txt", b"QUIXOTE ZEBULON MRN4471923".to_vec(), Expect::Reject("not_nifti"));
+    // Links, as a Hugging Face hub cache lays out a CT-RATE download.
+    let blobs = c.dir.join("blobs");
+    fs::create_dir_all(&blobs).unwrap();
+    fs::write(blobs.join("0a1b2c"), gz(&good.bytes())).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::symlink;
+        symlink(blobs.join("0a1b2c"), root.join("linked.nii.gz")).unwrap();
+        symlink(blobs.join("0a1b2c"), root.join("linked_twice.nii.gz")).unwrap();
+        symlink(blobs.join("missing"), root.join("dangling.nii.gz")).unwrap();
+        symlink(&root, root.join("QUIXOTE_ZEBULON_MRN4471923/loop")).unwrap();
+        c.files += 3;
+        c.case(l, "linked.nii.gz", ok.clone());
+        c.case(l, "linked_twice.nii.gz", Expect::Reject("duplicate_input"));
+        c.case(l, "dangling.nii.gz", Expect::Reject("broken_link"));
+    }
+}
+
+// ---------------------------------------------------------------- reports
+
+fn report_cases(c: &mut Corpus) -> usize {
+    let mut csv = b"VolumeName,ClinicalInformation_EN,Technique_EN,Findings_EN,Impressions_EN\n".to_vec();
+    let rows: [&[u8]; 8] = [
+        "r1,,,No\u{a0}effusion. Heart\u{a0}normal.,Normal.\n".as_bytes(),
+        "r2,,,Small\u{202f}nodule.\u{3000}No effusion.,Nodule.\n".as_bytes(),
+        "r3,,,\u{2003}Lungs clear.\u{feff} Dr.\u{a0}X reviewed.,Clear\u{a0}lungs.\n".as_bytes(),
+        b"r4,,,Bad byte \xff here.,x\n",
+        b",,,No id here.,x\n",
+        b"r6,,,,\n",
+        b"r7,,,\"unterminated quote,x\n",
+        "r8,,,1.\u{a0}Emphysema.\n2.\u{a0}Atelectasis.,Done.\n".as_bytes(),
+    ];
+    for r in rows {
+        csv.extend_from_slice(r);
+    }
+    fs::write(c.dir.join("reports.csv"), csv).unwrap();
+    3 // r1, r2, r3 at least parse
+}
+
+fn strings(b: &RecordBatch, n: &str) -> Vec<String> {
+    let a = b.column_by_name(n).unwrap().as_string::<i32>();
+    (0..a.len()).map(|i| a.value(i).to_string()).collect()
+}
+
+#[test]
+fn every_hostile_input_ends_as_a_correct_volume_or_a_reasoned_reject() {
+    let t = tempfile::tempdir().unwrap();
+    let mut c = Corpus {
+        dir: t.path().join("in"),
+        cases: vec![],
+        files: 0,
+    };
+    dicom_cases(&mut c);
+    nifti_cases(&mut c);
+    let min_reports = report_cases(&mut c);
+    assert!(c.cases.len() >= 40, "{} cases", c.cases.len());
+    let work = t.path().join("work");
+    let pipeline = format!(
+        r#"[pipeline]
+name = "hostile"
+work_dir = "{work}"
+salt = "{SALT}"
+[stages.ingest]
+kind = "ingest"
+params = {{ dicom_roots = ["{d}/dicom", "{d}/dicom_copy"], nifti_roots = ["{d}/nifti"], max_volume_voxels = 100000000 }}
+[stages.preprocess]
+kind = "preprocess"
+inputs = ["ingest"]
+params = {{ preset = "demo" }}
+[stages.reports]
+kind = "reports"
+params = {{ files = ["{d}/reports.csv"] }}
+"#,
+        work = work.display(),
+        d = c.dir.display()
+    );
+    let pf = t.path().join("hostile.toml");
+    fs::write(&pf, pipeline).unwrap();
+    let o = mg3d(t.path(), &["run", pf.to_str().unwrap()]);
+    let log = text(&o);
+    assert!(o.status.success(), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+
+    // Outcomes, found by the keyed refs of their paths.
+    let read = |f: &str, table: &str| read_table(&work.join(f), &TableSchema::get(table).unwrap()).unwrap();
+    let mut volumes: BTreeMap<String, (f64, f64, i32)> = BTreeMap::new();
+    for b in read("ingest/volumes.parquet", "volumes") {
+        let refs = strings(&b, "source_ref");
+        let f = |n: &str| b.column_by_name(n).unwrap().as_primitive::<arrow::datatypes::Float64Type>().clone();
+        let (lo, hi) = (f("hu_min"), f("hu_max"));
+        let n = b.column_by_name("n_files").unwrap().as_primitive::<arrow::datatypes::Int32Type>().clone();
+        for (i, r) in refs.iter().enumerate() {
+            volumes.insert(r.clone(), (lo.value(i), hi.value(i), n.value(i)));
+        }
+    }
+    let mut rejects: BTreeMap<String, (String, i32)> = BTreeMap::new();
+    let mut reject_files = 0;
+    for b in read("ingest/rejects.parquet", "rejects") {
+        let (refs, reasons) = (strings(&b, "path_ref"), strings(&b, "reason"));
+        let n = b.column_by_name("n_files").unwrap().as_primitive::<arrow::datatypes::Int32Type>().clone();
+        for i in 0..refs.len() {
+            reject_files += n.value(i);
+            rejects.insert(refs[i].clone(), (reasons[i].clone(), n.value(i)));
+        }
+    }
+    let mut wrong = vec![];
+    for (label, rel, e) in &c.cases {
+        let r = mg3d_core::ids::pseudonym(SALT, "path", &format!("{label}/{rel}"));
+        let got = match (volumes.get(&r), rejects.get(&r)) {
+            (Some(&(lo, hi, _)), _) => Expect::Volume(lo, hi),
+            (None, Some((code, _))) => Expect::Reject(Box::leak(code.clone().into_boxed_str())),
+            (None, None) => Expect::Reject("MISSING"),
+        };
+        if &got != e {
+            wrong.push(format!("{label}/{rel}: expected {e:?}, got {got:?}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    // Every file accounted for exactly once.
+    let vol_files: i32 = volumes.values().map(|v| v.2).sum();
+    assert_eq!(vol_files + reject_files, c.files as i32, "volumes {volumes:?}\nrejects {rejects:?}");
+    // Preprocess took every volume.
+    let pre: usize = read("preprocess/preprocessed.parquet", "preprocessed").iter().map(|b| b.num_rows()).sum();
+    assert_eq!(pre, volumes.len());
+    // Reports: no-break and other Unicode spaces parse; bad rows are rejects.
+    let n_reports: usize = read("reports/reports.parquet", "reports").iter().map(|b| b.num_rows()).sum();
+    assert!(n_reports >= min_reports, "{n_reports}");
+    let reasons: BTreeSet<String> = read("reports/rejects.parquet", "rejects")
+        .iter()
+        .flat_map(|b| strings(b, "reason"))
+        .collect();
+    for want in ["report_not_utf8", "report_no_id", "report_empty"] {
+        assert!(reasons.contains(want), "{reasons:?}");
+    }
+
+    // No planted identifier in any output file or in the log.
+    let mut leaks = vec![];
+    for stage in ["ingest", "preprocess", "reports"] {
+        let dir = work.join(stage);
+        for f in mg3d_core::fsutil::hash_dir(&dir).unwrap().keys() {
+            let bytes = fs::read(dir.join(f)).unwrap();
+            let raw = if f.ends_with(".gz") {
+                let mut s = Vec::new();
+                std::io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(&bytes[..]), &mut s).unwrap();
+                s
+            } else {
+                bytes
+            };
+            let hay = String::from_utf8_lossy(&raw).to_lowercase();
+            for p in PHI {
+                if hay.contains(&p.to_lowercase()) {
+                    leaks.push(format!("{stage}/{f}: {p}"));
+                }
+            }
+        }
+    }
+    for p in PHI {
+        if log.to_lowercase().contains(&p.to_lowercase()) {
+            leaks.push(format!("log: {p}"));
+        }
+    }
+    assert!(leaks.is_empty(), "{leaks:?}");
+
+    // `mg3d locate` gives the operator the paths back, on the terminal only.
+    let r = mg3d_core::ids::pseudonym(SALT, "path", "nifti_roots[0]/garbage.nii");
+    let o = mg3d(t.path(), &["locate", pf.to_str().unwrap(), &r]);
+    assert!(text(&o).contains("garbage.nii"), "{}", text(&o));
+
+    // An empty or unmounted root is an error, not a successful run that prunes every item.
+    let empty = t.path().join("empty");
+    fs::create_dir_all(&empty).unwrap();
+    let p2 = t.path().join("empty.toml");
+    fs::write(
+        &p2,
+        format!(
+            "[pipeline]\nname = \"e\"\nwork_dir = \"{}\"\nsalt = \"{SALT}\"\n[stages.ingest]\nkind = \"ingest\"\nparams = {{ nifti_roots = [\"{}\"] }}\n",
+            t.path().join("w2").display(),
+            empty.display()
+        ),
+    )
+    .unwrap();
+    let o = mg3d(t.path(), &["run", p2.to_str().unwrap()]);
+    assert!(!o.status.success() && text(&o).contains("allow_empty"), "{}", text(&o));
+}
