@@ -9,7 +9,7 @@ TORCH_VERSION := 2.11.0
 MG3D  := target/debug/mg3d
 PIPELINE ?= pipelines/demo.toml
 
-.PHONY: setup cmake chromium pipeline test bench build stage status fmt clippy clean-work
+.PHONY: setup cmake chromium pipeline test fuzz bench build stage status fmt clippy clean-work
 
 ## setup: project-local Python venv with torch (libtorch for tch) and the reference packages.
 setup: cmake chromium $(VENV)/.torch-$(TORCH_VERSION) $(VENV)/.requirements $(VENV)/libtorch $(VENV)/minilm
@@ -64,6 +64,11 @@ pipeline: build
 ## test: every test in the workspace (unit, engine, end-to-end, Python cross-checks).
 test: setup
 	MG3D_REQUIRE_PYTHON=1 MG3D_REQUIRE_BROWSER=1 cargo test --workspace --no-fail-fast
+
+## fuzz: the parser mutation fuzzer at length (1,000,000 mutated NIfTI, DICOM and report inputs;
+## `make test` runs 30,000 of them).
+fuzz: setup
+	MG3D_FUZZ_ITERS=$${MG3D_FUZZ_ITERS:-1000000} cargo test --workspace --test volume_tests fuzz:: -- --nocapture
 
 ## bench: the benchmarks (`mg3d bench`), in release mode.
 bench: setup

@@ -519,7 +519,10 @@ fn run(cli: Cli) -> Result<(), Fail> {
                 }
             }
             if found == 0 {
-                return Err(Fail(1, anyhow::anyhow!("no input under the ingest roots has these refs")));
+                return Err(Fail(
+                    1,
+                    anyhow::anyhow!("no input under the ingest roots has these refs"),
+                ));
             }
         }
         Cmd::Doctor => {

@@ -77,8 +77,16 @@ fn series(dir: &Path, uid: &str, n: usize, edit: Edit) -> usize {
             DataElement::new(tags::PATIENT_BIRTH_DATE, VR::DA, "19470312"),
             DataElement::new(tags::STUDY_INSTANCE_UID, VR::UI, "2.25.1"),
             DataElement::new(tags::SERIES_INSTANCE_UID, VR::UI, uid),
-            DataElement::new(tags::IMAGE_POSITION_PATIENT, VR::DS, ds(&[0.0, 0.0, 2.5 * k as f64])),
-            DataElement::new(tags::IMAGE_ORIENTATION_PATIENT, VR::DS, ds(&[1.0, 0.0, 0.0, 0.0, 1.0, 0.0])),
+            DataElement::new(
+                tags::IMAGE_POSITION_PATIENT,
+                VR::DS,
+                ds(&[0.0, 0.0, 2.5 * k as f64]),
+            ),
+            DataElement::new(
+                tags::IMAGE_ORIENTATION_PATIENT,
+                VR::DS,
+                ds(&[1.0, 0.0, 0.0, 0.0, 1.0, 0.0]),
+            ),
             DataElement::new(tags::PIXEL_SPACING, VR::DS, ds(&[0.7, 0.7])),
             DataElement::new(tags::SLICE_THICKNESS, VR::DS, "2.5"),
             DataElement::new(tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(1u16)),
@@ -88,7 +96,11 @@ fn series(dir: &Path, uid: &str, n: usize, edit: Edit) -> usize {
             DataElement::new(tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(16u16)),
             DataElement::new(tags::BITS_STORED, VR::US, PrimitiveValue::from(16u16)),
             DataElement::new(tags::HIGH_BIT, VR::US, PrimitiveValue::from(15u16)),
-            DataElement::new(tags::PIXEL_REPRESENTATION, VR::US, PrimitiveValue::from(0u16)),
+            DataElement::new(
+                tags::PIXEL_REPRESENTATION,
+                VR::US,
+                PrimitiveValue::from(0u16),
+            ),
             DataElement::new(tags::RESCALE_INTERCEPT, VR::DS, "-1024"),
             DataElement::new(tags::RESCALE_SLOPE, VR::DS, "1"),
             DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(px.into())),
@@ -102,7 +114,8 @@ fn series(dir: &Path, uid: &str, n: usize, edit: Edit) -> usize {
                     .media_storage_sop_instance_uid(sop.as_str()),
             )
             .unwrap();
-        f.write_to_file(dir.join(format!("IM{:04}.dcm", k + 1))).unwrap();
+        f.write_to_file(dir.join(format!("IM{:04}.dcm", k + 1)))
+            .unwrap();
     }
     n
 }
@@ -112,7 +125,11 @@ fn put(o: &mut InMemDicomObject, tag: dicom_core::Tag, vr: VR, v: impl Into<Prim
 }
 
 fn un(o: &mut InMemDicomObject, tag: dicom_core::Tag, bytes: &[u8]) {
-    o.put(DataElement::new(tag, VR::UN, PrimitiveValue::U8(bytes.to_vec().into())));
+    o.put(DataElement::new(
+        tag,
+        VR::UN,
+        PrimitiveValue::U8(bytes.to_vec().into()),
+    ));
 }
 
 fn ds_str(o: &mut InMemDicomObject, tag: dicom_core::Tag, v: &str) {
@@ -124,7 +141,12 @@ fn dicom_cases(c: &mut Corpus) {
     let l = "dicom_roots[0]";
     let good = Expect::Volume(-24.0, 1000.0 - 1024.0 + 20.0 + 15.0);
     // A plain series, in a folder named after the patient.
-    c.files += series(&root.join("QUIXOTE_ZEBULON_MRN4471923"), "2.25.10", 3, Box::new(|_, _| {}));
+    c.files += series(
+        &root.join("QUIXOTE_ZEBULON_MRN4471923"),
+        "2.25.10",
+        3,
+        Box::new(|_, _| {}),
+    );
     c.case(l, "QUIXOTE_ZEBULON_MRN4471923", good.clone());
     // Every element an anonymiser re-encoded as UN: the rescale and the pixel sign survive.
     c.files += series(
@@ -135,34 +157,92 @@ fn dicom_cases(c: &mut Corpus) {
             un(o, tags::RESCALE_INTERCEPT, b"-1024 ");
             un(o, tags::RESCALE_SLOPE, b"1 ");
             un(o, tags::SLICE_THICKNESS, b"2.5 ");
-            un(o, tags::IMAGE_POSITION_PATIENT, format!("0\\0\\{} ", 2.5 * k as f64).as_bytes());
+            un(
+                o,
+                tags::IMAGE_POSITION_PATIENT,
+                format!("0\\0\\{} ", 2.5 * k as f64).as_bytes(),
+            );
             un(o, tags::PIXEL_SPACING, b"0.7\\0.7 ");
             un(o, tags::ROWS, &4u16.to_le_bytes());
             un(o, tags::COLUMNS, &4u16.to_le_bytes());
             un(o, tags::PIXEL_REPRESENTATION, &1u16.to_le_bytes());
-            let px: Vec<u16> = (0..16).map(|i| (-1000i16 + 10 * k as i16 + i) as u16).collect();
+            let px: Vec<u16> = (0..16)
+                .map(|i| (-1000i16 + 10 * k as i16 + i) as u16)
+                .collect();
             put(o, tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(px.into()));
         }),
     );
     c.case(l, "vr_un", Expect::Volume(-2024.0, -2024.0 + 20.0 + 15.0));
     let bad_geometry: [(&str, &str, Edit); 7] = [
-        ("iop_repeated", "2.25.12", Box::new(|o, _| ds_str(o, tags::IMAGE_ORIENTATION_PATIENT, "1\\0\\0\\1\\0\\0"))),
-        ("iop_zeros", "2.25.13", Box::new(|o, _| ds_str(o, tags::IMAGE_ORIENTATION_PATIENT, "0\\0\\0\\0\\0\\0"))),
-        ("ipp_nan", "2.25.14", Box::new(|o, k| if k == 1 { ds_str(o, tags::IMAGE_POSITION_PATIENT, "0\\NaN\\2.5") })),
-        ("ipp_inf", "2.25.15", Box::new(|o, k| if k == 2 { ds_str(o, tags::IMAGE_POSITION_PATIENT, "0\\0\\inf") })),
-        ("spacing_zero", "2.25.16", Box::new(|o, _| ds_str(o, tags::PIXEL_SPACING, "0\\0"))),
-        ("spacing_negative", "2.25.17", Box::new(|o, _| ds_str(o, tags::PIXEL_SPACING, "-0.7\\0.7"))),
-        ("slices_500mm_apart", "2.25.18", Box::new(|o, k| ds_str(o, tags::IMAGE_POSITION_PATIENT, &format!("0\\0\\{}", 500 * k)))),
+        (
+            "iop_repeated",
+            "2.25.12",
+            Box::new(|o, _| ds_str(o, tags::IMAGE_ORIENTATION_PATIENT, "1\\0\\0\\1\\0\\0")),
+        ),
+        (
+            "iop_zeros",
+            "2.25.13",
+            Box::new(|o, _| ds_str(o, tags::IMAGE_ORIENTATION_PATIENT, "0\\0\\0\\0\\0\\0")),
+        ),
+        (
+            "ipp_nan",
+            "2.25.14",
+            Box::new(|o, k| {
+                if k == 1 {
+                    ds_str(o, tags::IMAGE_POSITION_PATIENT, "0\\NaN\\2.5")
+                }
+            }),
+        ),
+        (
+            "ipp_inf",
+            "2.25.15",
+            Box::new(|o, k| {
+                if k == 2 {
+                    ds_str(o, tags::IMAGE_POSITION_PATIENT, "0\\0\\inf")
+                }
+            }),
+        ),
+        (
+            "spacing_zero",
+            "2.25.16",
+            Box::new(|o, _| ds_str(o, tags::PIXEL_SPACING, "0\\0")),
+        ),
+        (
+            "spacing_negative",
+            "2.25.17",
+            Box::new(|o, _| ds_str(o, tags::PIXEL_SPACING, "-0.7\\0.7")),
+        ),
+        (
+            "slices_500mm_apart",
+            "2.25.18",
+            Box::new(|o, k| {
+                ds_str(
+                    o,
+                    tags::IMAGE_POSITION_PATIENT,
+                    &format!("0\\0\\{}", 500 * k),
+                )
+            }),
+        ),
     ];
     for (name, uid, edit) in bad_geometry {
         c.files += series(&root.join(name), uid, 3, edit);
         c.case(l, name, Expect::Reject("geometry_invalid"));
     }
-    c.files += series(&root.join("same_position"), "2.25.19", 3, Box::new(|o, _| ds_str(o, tags::IMAGE_POSITION_PATIENT, "0\\0\\0")));
+    c.files += series(
+        &root.join("same_position"),
+        "2.25.19",
+        3,
+        Box::new(|o, _| ds_str(o, tags::IMAGE_POSITION_PATIENT, "0\\0\\0")),
+    );
     c.case(l, "same_position", Expect::Reject("series_duplicate_slice"));
     c.files += series(&root.join("one_slice"), "2.25.20", 1, Box::new(|_, _| {}));
     c.case(l, "one_slice", Expect::Reject("series_too_few_slices"));
-    c.files += series(&root.join("mr"), "2.25.21", 2, Box::new(|o, _| put(o, tags::MODALITY, VR::CS, "MR")));
+    c.files += series(
+        &root.join("mr"),
+        "2.25.21",
+        2,
+        Box::new(|o, _| put(o, tags::MODALITY, VR::CS, "MR")),
+    );
     c.case(l, "mr/IM0001.dcm", Expect::Reject("modality_not_allowed"));
     c.case(l, "mr/IM0002.dcm", Expect::Reject("modality_not_allowed"));
     // Header fields that multiply past any memory before a pixel is read.
@@ -176,7 +256,11 @@ fn dicom_cases(c: &mut Corpus) {
             put(o, tags::NUMBER_OF_FRAMES, VR::IS, "999999999");
         }),
     );
-    c.case(l, "huge_header/IM0001.dcm", Expect::Reject("volume_too_large"));
+    c.case(
+        l,
+        "huge_header/IM0001.dcm",
+        Expect::Reject("volume_too_large"),
+    );
     // A truncated file, a text file, an empty file.
     c.files += series(&root.join("truncated"), "2.25.23", 3, Box::new(|_, _| {}));
     let t = root.join("truncated/IM0002.dcm");
@@ -191,7 +275,11 @@ fn dicom_cases(c: &mut Corpus) {
     // The same series again under a second root: one volume, the copy reported.
     let root2 = c.dir.join("dicom_copy");
     c.files += series(&root2.join("again"), "2.25.10", 3, Box::new(|_, _| {}));
-    c.case("dicom_roots[1]", "again", Expect::Reject("duplicate_volume"));
+    c.case(
+        "dicom_roots[1]",
+        "again",
+        Expect::Reject("duplicate_volume"),
+    );
 }
 
 // ---------------------------------------------------------------- NIfTI
@@ -216,7 +304,11 @@ impl Nii {
             datatype: 4,
             bitpix: 16,
             vox_offset: 352.0,
-            srow: [[0.7, 0.0, 0.0, 0.0], [0.0, 0.7, 0.0, 0.0], [0.0, 0.0, 2.5, 0.0]],
+            srow: [
+                [0.7, 0.0, 0.0, 0.0],
+                [0.0, 0.7, 0.0, 0.0],
+                [0.0, 0.0, 2.5, 0.0],
+            ],
             units: 2,
             magic: b"n+1\0",
             big: false,
@@ -225,9 +317,27 @@ impl Nii {
     }
     fn bytes(&self) -> Vec<u8> {
         let mut b = vec![0u8; 352];
-        let e16 = |v: i16| if self.big { v.to_be_bytes() } else { v.to_le_bytes() };
-        let e32 = |v: i32| if self.big { v.to_be_bytes() } else { v.to_le_bytes() };
-        let f32b = |v: f32| if self.big { v.to_be_bytes() } else { v.to_le_bytes() };
+        let e16 = |v: i16| {
+            if self.big {
+                v.to_be_bytes()
+            } else {
+                v.to_le_bytes()
+            }
+        };
+        let e32 = |v: i32| {
+            if self.big {
+                v.to_be_bytes()
+            } else {
+                v.to_le_bytes()
+            }
+        };
+        let f32b = |v: f32| {
+            if self.big {
+                v.to_be_bytes()
+            } else {
+                v.to_le_bytes()
+            }
+        };
         b[0..4].copy_from_slice(&e32(348));
         let mut dim = [1i16; 8];
         dim[0] = self.dims.len() as i16;
@@ -279,20 +389,52 @@ fn nifti_cases(c: &mut Corpus) {
         c.files += 1;
         c.case(l, rel, e);
     };
-    write(c, "QUIXOTE_ZEBULON_MRN4471923/scan.nii.gz", gz(&good.bytes()), ok.clone());
+    write(
+        c,
+        "QUIXOTE_ZEBULON_MRN4471923/scan.nii.gz",
+        gz(&good.bytes()),
+        ok.clone(),
+    );
     write(c, "plain.nii", good.bytes(), ok.clone());
-    write(c, "big_endian.nii", Nii { big: true, ..Nii::int16(&[4, 4, 2], &vals) }.bytes(), ok.clone());
+    write(
+        c,
+        "big_endian.nii",
+        Nii {
+            big: true,
+            ..Nii::int16(&[4, 4, 2], &vals)
+        }
+        .bytes(),
+        ok.clone(),
+    );
     // Older tools wrote vox_offset = 0; the voxels are at 352 as nibabel reads them.
-    write(c, "vox_offset_zero.nii", Nii { vox_offset: 0.0, ..Nii::int16(&[4, 4, 2], &vals) }.bytes(), ok.clone());
+    write(
+        c,
+        "vox_offset_zero.nii",
+        Nii {
+            vox_offset: 0.0,
+            ..Nii::int16(&[4, 4, 2], &vals)
+        }
+        .bytes(),
+        ok.clone(),
+    );
     // Metres in xyzt_units: converted to mm (0.0007 m -> 0.7 mm).
     let metres = Nii {
         units: 1,
-        srow: [[0.0007, 0.0, 0.0, 0.0], [0.0, 0.0007, 0.0, 0.0], [0.0, 0.0, 0.0025, 0.0]],
+        srow: [
+            [0.0007, 0.0, 0.0, 0.0],
+            [0.0, 0.0007, 0.0, 0.0],
+            [0.0, 0.0, 0.0025, 0.0],
+        ],
         ..Nii::int16(&[4, 4, 2], &vals)
     };
     write(c, "metres.nii", metres.bytes(), ok.clone());
     let four_d: Vec<i16> = (0..64).map(|i| i as i16).collect();
-    write(c, "four_d.nii.gz", gz(&Nii::int16(&[4, 4, 2, 2], &four_d).bytes()), Expect::Reject("nifti_4d"));
+    write(
+        c,
+        "four_d.nii.gz",
+        gz(&Nii::int16(&[4, 4, 2, 2], &four_d).bytes()),
+        Expect::Reject("nifti_4d"),
+    );
     let mut nan = Nii::int16(&[2, 2, 2], &[0; 16]);
     nan.datatype = 16;
     nan.bitpix = 32;
@@ -302,21 +444,107 @@ fn nifti_cases(c: &mut Corpus) {
         .collect();
     write(c, "float_nan.nii", nan.bytes(), Expect::Reject("nifti_nan"));
     let full = gz(&good.bytes());
-    write(c, "truncated.nii.gz", full[..full.len() / 2].to_vec(), Expect::Reject("nifti_truncated"));
-    write(c, "truncated_plain.nii", good.bytes()[..370].to_vec(), Expect::Reject("nifti_truncated"));
+    write(
+        c,
+        "truncated.nii.gz",
+        full[..full.len() / 2].to_vec(),
+        Expect::Reject("nifti_truncated"),
+    );
+    write(
+        c,
+        "truncated_plain.nii",
+        good.bytes()[..370].to_vec(),
+        Expect::Reject("nifti_truncated"),
+    );
     write(c, "empty.nii.gz", vec![], Expect::Reject("empty_file"));
-    write(c, "garbage.nii", b"this is not a NIfTI file at all, QUIXOTE".repeat(20), Expect::Reject("nifti_corrupt"));
-    write(c, "pair_header.nii", Nii { magic: b"ni1\0", ..Nii::int16(&[4, 4, 2], &vals) }.bytes(), Expect::Reject("nifti_pair"));
-    write(c, "complex.nii", Nii { datatype: 32, ..Nii::int16(&[4, 4, 2], &vals) }.bytes(), Expect::Reject("nifti_datatype"));
+    write(
+        c,
+        "garbage.nii",
+        b"this is not a NIfTI file at all, QUIXOTE".repeat(20),
+        Expect::Reject("nifti_corrupt"),
+    );
+    write(
+        c,
+        "pair_header.nii",
+        Nii {
+            magic: b"ni1\0",
+            ..Nii::int16(&[4, 4, 2], &vals)
+        }
+        .bytes(),
+        Expect::Reject("nifti_pair"),
+    );
+    write(
+        c,
+        "complex.nii",
+        Nii {
+            datatype: 32,
+            ..Nii::int16(&[4, 4, 2], &vals)
+        }
+        .bytes(),
+        Expect::Reject("nifti_datatype"),
+    );
     // A 2 KB gzip whose header declares 32768^2 x 2048 voxels: refused before allocating.
-    write(c, "bomb.nii.gz", gz(&Nii::int16(&[32767, 32767, 2048], &[0; 512]).bytes()), Expect::Reject("volume_too_large"));
-    write(c, "dim_negative.nii", Nii::int16(&[4, -4, 2], &vals).bytes(), Expect::Reject("nifti_corrupt"));
-    let geo = |srow: [[f32; 4]; 3]| Nii { srow, ..Nii::int16(&[4, 4, 2], &vals) }.bytes();
-    write(c, "sform_zero.nii", geo([[0.0; 4]; 3]), Expect::Reject("geometry_invalid"));
-    write(c, "sform_nan.nii", geo([[f32::NAN, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]]), Expect::Reject("geometry_invalid"));
-    write(c, "sform_absurd.nii", geo([[1000.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]]), Expect::Reject("geometry_invalid"));
-    write(c, "sform_collinear.nii", geo([[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]]), Expect::Reject("geometry_invalid"));
-    write(c, "notes.txt", b"QUIXOTE ZEBULON MRN4471923".to_vec(), Expect::Reject("not_nifti"));
+    write(
+        c,
+        "bomb.nii.gz",
+        gz(&Nii::int16(&[32767, 32767, 2048], &[0; 512]).bytes()),
+        Expect::Reject("volume_too_large"),
+    );
+    write(
+        c,
+        "dim_negative.nii",
+        Nii::int16(&[4, -4, 2], &vals).bytes(),
+        Expect::Reject("nifti_corrupt"),
+    );
+    let geo = |srow: [[f32; 4]; 3]| {
+        Nii {
+            srow,
+            ..Nii::int16(&[4, 4, 2], &vals)
+        }
+        .bytes()
+    };
+    write(
+        c,
+        "sform_zero.nii",
+        geo([[0.0; 4]; 3]),
+        Expect::Reject("geometry_invalid"),
+    );
+    write(
+        c,
+        "sform_nan.nii",
+        geo([
+            [f32::NAN, 0.0, 0.0, 0.0],
+            [0.0, 1.0, 0.0, 0.0],
+            [0.0, 0.0, 1.0, 0.0],
+        ]),
+        Expect::Reject("geometry_invalid"),
+    );
+    write(
+        c,
+        "sform_absurd.nii",
+        geo([
+            [1000.0, 0.0, 0.0, 0.0],
+            [0.0, 1.0, 0.0, 0.0],
+            [0.0, 0.0, 1.0, 0.0],
+        ]),
+        Expect::Reject("geometry_invalid"),
+    );
+    write(
+        c,
+        "sform_collinear.nii",
+        geo([
+            [1.0, 1.0, 0.0, 0.0],
+            [0.0, 0.0, 0.0, 0.0],
+            [0.0, 0.0, 1.0, 0.0],
+        ]),
+        Expect::Reject("geometry_invalid"),
+    );
+    write(
+        c,
+        "notes.txt",
+        b"QUIXOTE ZEBULON MRN4471923".to_vec(),
+        Expect::Reject("not_nifti"),
+    );
     // Links, as a Hugging Face hub cache lays out a CT-RATE download.
     let blobs = c.dir.join("blobs");
     fs::create_dir_all(&blobs).unwrap();
@@ -338,7 +566,8 @@ fn nifti_cases(c: &mut Corpus) {
 // ---------------------------------------------------------------- reports
 
 fn report_cases(c: &mut Corpus) -> usize {
-    let mut csv = b"VolumeName,ClinicalInformation_EN,Technique_EN,Findings_EN,Impressions_EN\n".to_vec();
+    let mut csv =
+        b"VolumeName,ClinicalInformation_EN,Technique_EN,Findings_EN,Impressions_EN\n".to_vec();
     let rows: [&[u8]; 8] = [
         "r1,,,No\u{a0}effusion. Heart\u{a0}normal.,Normal.\n".as_bytes(),
         "r2,,,Small\u{202f}nodule.\u{3000}No effusion.,Nodule.\n".as_bytes(),
@@ -401,13 +630,24 @@ params = {{ files = ["{d}/reports.csv"] }}
     assert!(!log.contains("panicked"), "{log}");
 
     // Outcomes, found by the keyed refs of their paths.
-    let read = |f: &str, table: &str| read_table(&work.join(f), &TableSchema::get(table).unwrap()).unwrap();
+    let read = |f: &str, table: &str| {
+        read_table(&work.join(f), &TableSchema::get(table).unwrap()).unwrap()
+    };
     let mut volumes: BTreeMap<String, (f64, f64, i32)> = BTreeMap::new();
     for b in read("ingest/volumes.parquet", "volumes") {
         let refs = strings(&b, "source_ref");
-        let f = |n: &str| b.column_by_name(n).unwrap().as_primitive::<arrow::datatypes::Float64Type>().clone();
+        let f = |n: &str| {
+            b.column_by_name(n)
+                .unwrap()
+                .as_primitive::<arrow::datatypes::Float64Type>()
+                .clone()
+        };
         let (lo, hi) = (f("hu_min"), f("hu_max"));
-        let n = b.column_by_name("n_files").unwrap().as_primitive::<arrow::datatypes::Int32Type>().clone();
+        let n = b
+            .column_by_name("n_files")
+            .unwrap()
+            .as_primitive::<arrow::datatypes::Int32Type>()
+            .clone();
         for (i, r) in refs.iter().enumerate() {
             volumes.insert(r.clone(), (lo.value(i), hi.value(i), n.value(i)));
         }
@@ -416,7 +656,11 @@ params = {{ files = ["{d}/reports.csv"] }}
     let mut reject_files = 0;
     for b in read("ingest/rejects.parquet", "rejects") {
         let (refs, reasons) = (strings(&b, "path_ref"), strings(&b, "reason"));
-        let n = b.column_by_name("n_files").unwrap().as_primitive::<arrow::datatypes::Int32Type>().clone();
+        let n = b
+            .column_by_name("n_files")
+            .unwrap()
+            .as_primitive::<arrow::datatypes::Int32Type>()
+            .clone();
         for i in 0..refs.len() {
             reject_files += n.value(i);
             rejects.insert(refs[i].clone(), (reasons[i].clone(), n.value(i)));
@@ -437,12 +681,22 @@ params = {{ files = ["{d}/reports.csv"] }}
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     // Every file accounted for exactly once.
     let vol_files: i32 = volumes.values().map(|v| v.2).sum();
-    assert_eq!(vol_files + reject_files, c.files as i32, "volumes {volumes:?}\nrejects {rejects:?}");
+    assert_eq!(
+        vol_files + reject_files,
+        c.files as i32,
+        "volumes {volumes:?}\nrejects {rejects:?}"
+    );
     // Preprocess took every volume.
-    let pre: usize = read("preprocess/preprocessed.parquet", "preprocessed").iter().map(|b| b.num_rows()).sum();
+    let pre: usize = read("preprocess/preprocessed.parquet", "preprocessed")
+        .iter()
+        .map(|b| b.num_rows())
+        .sum();
     assert_eq!(pre, volumes.len());
     // Reports: no-break and other Unicode spaces parse; bad rows are rejects.
-    let n_reports: usize = read("reports/reports.parquet", "reports").iter().map(|b| b.num_rows()).sum();
+    let n_reports: usize = read("reports/reports.parquet", "reports")
+        .iter()
+        .map(|b| b.num_rows())
+        .sum();
     assert!(n_reports >= min_reports, "{n_reports}");
     let reasons: BTreeSet<String> = read("reports/rejects.parquet", "rejects")
         .iter()
@@ -460,7 +714,11 @@ params = {{ files = ["{d}/reports.csv"] }}
             let bytes = fs::read(dir.join(f)).unwrap();
             let raw = if f.ends_with(".gz") {
                 let mut s = Vec::new();
-                std::io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(&bytes[..]), &mut s).unwrap();
+                std::io::Read::read_to_end(
+                    &mut flate2::read::MultiGzDecoder::new(&bytes[..]),
+                    &mut s,
+                )
+                .unwrap();
                 s
             } else {
                 bytes
@@ -499,5 +757,9 @@ params = {{ files = ["{d}/reports.csv"] }}
     )
     .unwrap();
     let o = mg3d(t.path(), &["run", p2.to_str().unwrap()]);
-    assert!(!o.status.success() && text(&o).contains("allow_empty"), "{}", text(&o));
+    assert!(
+        !o.status.success() && text(&o).contains("allow_empty"),
+        "{}",
+        text(&o)
+    );
 }

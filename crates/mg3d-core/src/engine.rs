@@ -592,7 +592,10 @@ fn recover_promotions(work: &Path, tmp: &Path) -> std::io::Result<()> {
             let final_dir = work.join(stage);
             if !final_dir.exists() {
                 fs::rename(e.path(), &final_dir)?;
-                tracing::warn!(stage, "restored the previous output of an interrupted promotion");
+                tracing::warn!(
+                    stage,
+                    "restored the previous output of an interrupted promotion"
+                );
             }
         }
     }

@@ -531,7 +531,9 @@ impl Stage for ReportsStage {
                         .iter()
                         .map(|r| match &r.key {
                             // The id as a pseudonym (report_id's), never the source id.
-                            Some(k) => format!("{} (report {})", r.message, ctx.pseudonym("report", k)),
+                            Some(k) => {
+                                format!("{} (report {})", r.message, ctx.pseudonym("report", k))
+                            }
                             None => r.message.clone(),
                         })
                         .collect(),

@@ -182,7 +182,10 @@ fn un_text(e: &Element) -> Option<String> {
     let t = std::str::from_utf8(&b).ok()?;
     t.chars()
         .all(|c| c.is_ascii_graphic() || c == ' ' || c == '\0')
-        .then(|| t.trim_matches(|c: char| c == '\0' || c.is_whitespace()).to_string())
+        .then(|| {
+            t.trim_matches(|c: char| c == '\0' || c.is_whitespace())
+                .to_string()
+        })
 }
 
 /// A binary US/UL element stored as UN: 2 or 4 little-endian bytes.
@@ -327,7 +330,11 @@ fn header_from(obj: &DefaultDicomObject, path: &Path, file_len: u64) -> SliceHea
         // A padding value stored as UN comes back unsigned; for signed pixels it is an SS.
         padding: f(obj, tags::PIXEL_PADDING_VALUE).map(|p| {
             let signed = u(obj, tags::PIXEL_REPRESENTATION) == Some(1);
-            if signed && p > 32767.0 && p <= 65535.0 { p - 65536.0 } else { p }
+            if signed && p > 32767.0 && p <= 65535.0 {
+                p - 65536.0
+            } else {
+                p
+            }
         }),
         instance_number: s(obj, tags::INSTANCE_NUMBER).and_then(|v| v.parse().ok()),
         allowed,
@@ -355,6 +362,16 @@ pub fn read_header(path: &Path) -> Result<SliceHeader, Reject> {
             format!("{} has 0 bytes", path.display()),
         ));
     }
+    let prefix = {
+        use std::io::Read;
+        let mut b = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(16 << 20).read_to_end(&mut b))
+            .map_err(|e| Reject::new("unreadable", format!("{}: {e}", path.display())))?;
+        b
+    };
+    check_element_lengths(&prefix, len)
+        .map_err(|r| Reject::new(r.code, format!("{}: {}", path.display(), r.message)))?;
     let obj = match OpenFileOptions::new()
         .read_until(tags::PIXEL_DATA)
         .open_file(path)
@@ -369,7 +386,30 @@ pub fn read_header(path: &Path) -> Result<SliceHeader, Reject> {
             return Err(Reject::new(code, format!("{}: {e}", path.display())));
         }
     };
-    let h = header_from(&obj, path, len);
+    checked_header(header_from(&obj, path, len))
+}
+
+/// A header from a whole file held in memory (preamble included), as [`read_header`] reads it
+/// from disk: for callers that hold bytes (and the parser fuzzer).
+pub fn read_header_bytes(bytes: &[u8]) -> Result<SliceHeader, Reject> {
+    if bytes.is_empty() {
+        return Err(Reject::new("empty_file", "0 bytes"));
+    }
+    if bytes.get(128..132) != Some(b"DICM") {
+        return Err(Reject::new("not_dicom", "no DICM magic after the preamble"));
+    }
+    check_element_lengths(bytes, bytes.len() as u64)?;
+    let obj = OpenFileOptions::new()
+        .read_until(tags::PIXEL_DATA)
+        .read_preamble(dicom_object::file::ReadPreamble::Never)
+        .from_reader(&bytes[128..])
+        .map_err(|e| Reject::new("dicom_unreadable", e.to_string()))?;
+    checked_header(header_from(&obj, Path::new(""), bytes.len() as u64))
+}
+
+/// Rejects headers whose sizes cannot be real before any pixel is read.
+fn checked_header(h: SliceHeader) -> Result<SliceHeader, Reject> {
+    let (path, len) = (&h.path, h.file_len);
     // Header fields can multiply past u64 (or past any sane volume) before a pixel is read.
     let voxels = [h.cols as u64, h.frames as u64, h.samples_per_pixel as u64]
         .iter()
@@ -680,8 +720,9 @@ pub fn decode_stored(h: &SliceHeader) -> Result<Vec<Vec<f64>>, Reject> {
             .collect::<Result<_, Reject>>()?,
         // The decoder reads the pixel attributes itself and fails when they are stored as UN;
         // native pixels need no decoder, and the header's values are already read leniently.
-        Err(_) if is_native(&h.transfer_syntax) => native_frames(&obj, h, n)
-            .ok_or_else(|| fail("native pixel data does not match Rows, Columns and BitsAllocated".into()))?,
+        Err(_) if is_native(&h.transfer_syntax) => native_frames(&obj, h, n).ok_or_else(|| {
+            fail("native pixel data does not match Rows, Columns and BitsAllocated".into())
+        })?,
         Err(e) => {
             return Err(fail(format!(
                 "cannot decode pixel data in transfer syntax {}: {e}",
@@ -1045,4 +1086,171 @@ pub fn single_file_volume(h: &SliceHeader) -> Result<Volume, Reject> {
         data,
         affine: lps_to_ras(lps),
     })
+}
+
+/// Deepest sequence nesting accepted (real objects nest a handful of levels).
+const MAX_SEQUENCE_DEPTH: usize = 64;
+
+/// Walks a file's element headers (preamble, meta group, data set up to and including the
+/// PixelData header) and rejects one whose declared lengths run past the end of the file or
+/// whose sequences nest deeper than [`MAX_SEQUENCE_DEPTH`]. The DICOM parser allocates what a
+/// length declares before it finds the file too short, so without this a 1 KB file could ask for
+/// gigabytes and seconds, and deep nesting could overflow a worker's stack. `prefix` is the start
+/// of the file (scanning stops at its end), `file_len` the whole file's size.
+pub fn check_element_lengths(prefix: &[u8], file_len: u64) -> Result<(), Reject> {
+    let bad = |m: String| Err(Reject::new("dicom_corrupt", m));
+    if prefix.get(128..132) != Some(b"DICM") {
+        return Ok(()); // not Part 10: the parser decides
+    }
+    let mut pos = 132usize;
+    let mut explicit = true;
+    let mut big = false;
+    let mut meta_end: Option<usize> = None;
+    let mut depth = 0usize;
+    let u16_at = |p: usize, big: bool| {
+        prefix.get(p..p + 2).map(|b| {
+            if big {
+                u16::from_be_bytes([b[0], b[1]])
+            } else {
+                u16::from_le_bytes([b[0], b[1]])
+            }
+        })
+    };
+    let u32_at = |p: usize, big: bool| {
+        prefix.get(p..p + 4).map(|b| {
+            let a = [b[0], b[1], b[2], b[3]];
+            if big {
+                u32::from_be_bytes(a)
+            } else {
+                u32::from_le_bytes(a)
+            }
+        })
+    };
+    loop {
+        if let Some(end) = meta_end
+            && pos >= end
+        {
+            // Leaving the meta group: the data set's own encoding applies.
+            meta_end = None;
+            let ts = find_transfer_syntax(&prefix[132..end.min(prefix.len())]);
+            explicit = ts.as_deref() != Some("1.2.840.10008.1.2");
+            big = ts.as_deref() == Some("1.2.840.10008.1.2.2");
+            if ts.as_deref() == Some("1.2.840.10008.1.2.1.99") {
+                return Ok(()); // deflated: the lengths are inside the compressed stream
+            }
+        }
+        let (Some(group), Some(elem)) = (u16_at(pos, big), u16_at(pos + 2, big)) else {
+            return Ok(()); // end of the prefix
+        };
+        let remaining = file_len.saturating_sub(pos as u64 + 8);
+        if group == 0xFFFE {
+            // Item, item delimiter or sequence delimiter: always a 4-byte length, no VR.
+            let Some(len) = u32_at(pos + 4, big) else {
+                return Ok(());
+            };
+            if elem == 0xE000 {
+                if len != u32::MAX && len as u64 > remaining {
+                    return bad(format!(
+                        "an item declares {len} bytes; {remaining} remain in the file"
+                    ));
+                }
+            } else if elem == 0xE0DD {
+                depth = depth.saturating_sub(1);
+            }
+            pos += 8;
+            continue;
+        }
+        let in_meta = group == 0x0002;
+        let (vr, len, header) = if explicit || in_meta {
+            let Some(vr) = prefix.get(pos + 4..pos + 6) else {
+                return Ok(());
+            };
+            let long = matches!(
+                vr,
+                b"OB"
+                    | b"OD"
+                    | b"OF"
+                    | b"OL"
+                    | b"OV"
+                    | b"OW"
+                    | b"SQ"
+                    | b"SV"
+                    | b"UC"
+                    | b"UN"
+                    | b"UR"
+                    | b"UT"
+                    | b"UV"
+            );
+            if long {
+                let Some(len) = u32_at(pos + 8, big && !in_meta) else {
+                    return Ok(());
+                };
+                ([vr[0], vr[1]], len, 12)
+            } else {
+                let Some(len) = u16_at(pos + 6, big && !in_meta) else {
+                    return Ok(());
+                };
+                ([vr[0], vr[1]], len as u32, 8)
+            }
+        } else {
+            let Some(len) = u32_at(pos + 4, big) else {
+                return Ok(());
+            };
+            (*b"  ", len, 8)
+        };
+        if in_meta && group == 0x0002 && elem == 0x0000 && meta_end.is_none() {
+            if let Some(n) = u32_at(pos + header, false) {
+                meta_end = Some(pos + header + 4 + n as usize);
+            }
+        }
+        let remaining = file_len.saturating_sub((pos + header) as u64);
+        let is_sequence = &vr == b"SQ" || (len == u32::MAX && &vr != b"OB" && &vr != b"OW");
+        if is_sequence {
+            depth += 1;
+            if depth > MAX_SEQUENCE_DEPTH {
+                return bad(format!(
+                    "sequences nest deeper than {MAX_SEQUENCE_DEPTH} levels"
+                ));
+            }
+            if len != u32::MAX && len as u64 > remaining {
+                return bad(format!(
+                    "a sequence declares {len} bytes; {remaining} remain in the file"
+                ));
+            }
+            if len != u32::MAX {
+                // A defined-length sequence: its end is not marked, so it is not counted as open.
+                depth -= 1;
+            }
+            pos += header;
+            continue;
+        }
+        if (group, elem) == (0x7FE0, 0x0010) {
+            // Short pixel data is decided when the series is assembled (`dicom_truncated` for the
+            // whole series), so a truncated slice cannot silently drop out of its series here.
+            return Ok(());
+        }
+        if len == u32::MAX {
+            return Ok(()); // an undefined length outside a sequence: the parser decides
+        }
+        if len as u64 > remaining {
+            return bad(format!(
+                "element ({group:04X},{elem:04X}) declares {len} bytes; {remaining} remain in the file"
+            ));
+        }
+        pos += header + len as usize;
+    }
+}
+
+/// The TransferSyntaxUID value inside a meta group's bytes (explicit VR little endian).
+fn find_transfer_syntax(meta: &[u8]) -> Option<String> {
+    let at = meta
+        .windows(6)
+        .position(|w| w == [0x02, 0x00, 0x10, 0x00, b'U', b'I'])?;
+    let len = u16::from_le_bytes([*meta.get(at + 6)?, *meta.get(at + 7)?]) as usize;
+    let v = meta.get(at + 8..at + 8 + len)?;
+    Some(
+        String::from_utf8_lossy(v)
+            .trim_end_matches(['\0', ' '])
+            .to_string(),
+    )
 }

@@ -18,7 +18,9 @@ use serde_json::{Value, json};
 
 use mg3d_core::budget::ByteBudget;
 
-use crate::dicom_io::{SeriesGroup, SliceHeader, SpacingRules, assemble, group_series, read_header};
+use crate::dicom_io::{
+    SeriesGroup, SliceHeader, SpacingRules, assemble, group_series, read_header,
+};
 use crate::nifti_io::{ReadOptions, probe_nifti, read_nifti_with, write_nifti_i16};
 use crate::walk::{Found, Walker};
 use crate::{Reject, Volume};
@@ -211,13 +213,25 @@ impl Ctx<'_> {
     }
 
     /// A reject for `path` under `root`; the message names no path.
-    fn reject_at(&self, root: &Path, label: &str, path: &Path, level: &str, n: i32, r: Reject) -> RejectRow {
+    fn reject_at(
+        &self,
+        root: &Path,
+        label: &str,
+        path: &Path,
+        level: &str,
+        n: i32,
+        r: Reject,
+    ) -> RejectRow {
         let r = Reject::new(r.code, without_paths(&r.message, root, &[path]));
         self.reject(label, &rel(root, path), level, n, &r)
     }
 
     /// Holds `bytes` of the memory budget, or says why the item cannot be read at all.
-    fn reserve(&self, voxels: u64, bytes_per_voxel: u64) -> Result<mg3d_core::budget::Reservation<'_>, Reject> {
+    fn reserve(
+        &self,
+        voxels: u64,
+        bytes_per_voxel: u64,
+    ) -> Result<mg3d_core::budget::Reservation<'_>, Reject> {
         let max = self.p.max_volume_voxels.max(1) as u64;
         if voxels > max {
             return Err(Reject::new(
@@ -291,7 +305,9 @@ impl Ctx<'_> {
         let series_reject = |r: Reject| {
             let paths: Vec<&Path> = g.files.iter().map(|h| h.path.as_path()).collect();
             let r = Reject::new(r.code, without_paths(&r.message, root, &paths));
-            Ok(ItemResult::Reject(self.reject(label, &folder, "series", n, &r)))
+            Ok(ItemResult::Reject(
+                self.reject(label, &folder, "series", n, &r),
+            ))
         };
         // Stored values (f64) and HU (f32) of every plane are alive at once while assembling.
         let voxels: u64 = g
@@ -372,7 +388,11 @@ impl Ctx<'_> {
     ) -> Result<ItemResult, StageError> {
         let rp = rel(root, path);
         let name = file_name(path);
-        let file_reject = |r: Reject| Ok(ItemResult::Reject(self.reject_at(root, label, path, "file", 1, r)));
+        let file_reject = |r: Reject| {
+            Ok(ItemResult::Reject(
+                self.reject_at(root, label, path, "file", 1, r),
+            ))
+        };
         // The header's dims decide the memory before any voxel is read: f32 values plus the
         // int16 copy written out.
         let voxels = match probe_nifti(path) {
@@ -471,13 +491,17 @@ impl Ctx<'_> {
                 if !usable(&want) {
                     return file_reject(Reject::new(
                         "geometry_invalid",
-                        format!("metadata XYSpacing/ZSpacing {want:?} is not a plausible spacing in mm"),
+                        format!(
+                            "metadata XYSpacing/ZSpacing {want:?} is not a plausible spacing in mm"
+                        ),
                     ));
                 }
                 if !usable(&have) {
                     return file_reject(Reject::new(
                         "geometry_invalid",
-                        format!("header spacing {have:?} cannot be rescaled to the metadata's {want:?}"),
+                        format!(
+                            "header spacing {have:?} cannot be rescaled to the metadata's {want:?}"
+                        ),
                     ));
                 }
                 if (0..3).any(|a| (want[a] - have[a]).abs() > 0.01 * want[a]) {
@@ -675,11 +699,7 @@ impl Stage for IngestStage {
         }]
     }
     fn item_params(&self) -> Option<Vec<&'static str>> {
-        Some(vec![
-            "first_of_4d",
-            "max_volume_voxels",
-            "allowed_metadata",
-        ])
+        Some(vec!["first_of_4d", "max_volume_voxels", "allowed_metadata"])
     }
     fn sources_fingerprint(&self, params: &Params) -> Result<Option<String>, StageError> {
         // Roots: the name and size of every file reached (content is hashed per item when it
@@ -696,7 +716,9 @@ impl Stage for IngestStage {
             h.update(r.as_bytes());
             for f in walker.walk(&root).map_err(|e| StageError::ctx(r, e))? {
                 h.update(rel(&root, f.path()).as_bytes());
-                let len = std::fs::metadata(f.path()).map(|m| m.len()).unwrap_or(u64::MAX);
+                let len = std::fs::metadata(f.path())
+                    .map(|m| m.len())
+                    .unwrap_or(u64::MAX);
                 h.update(&len.to_le_bytes());
             }
         }
@@ -707,7 +729,8 @@ impl Stage for IngestStage {
             .filter(external)
         {
             any = true;
-            let d = mg3d_core::fsutil::hash_file(Path::new(r)).map_err(|e| StageError::ctx(r, e))?;
+            let d =
+                mg3d_core::fsutil::hash_file(Path::new(r)).map_err(|e| StageError::ctx(r, e))?;
             h.update(d.blake3.as_bytes());
         }
         Ok(any.then(|| h.finalize().to_hex().to_string()))
@@ -917,7 +940,10 @@ fn file_name(p: &Path) -> String {
 
 /// Runs one item's work; a panic in it becomes that item's reject instead of the stage's failure.
 /// The panic's message is not kept: it may quote the input.
-fn isolated(make_reject: impl FnOnce(Reject) -> ItemResult, work: impl FnOnce() -> Result<ItemResult, StageError>) -> Result<ItemResult, StageError> {
+fn isolated(
+    make_reject: impl FnOnce(Reject) -> ItemResult,
+    work: impl FnOnce() -> Result<ItemResult, StageError>,
+) -> Result<ItemResult, StageError> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
         Ok(r) => r,
         Err(_) => Ok(make_reject(Reject::new(
@@ -944,7 +970,14 @@ impl Ctx<'_> {
             match f {
                 Found::File(p) => files.push(p),
                 Found::Skipped(p, code, msg) => out.push(
-                    ItemResult::Reject(self.reject_at(root, label, &p, "file", 1, Reject::new(code, msg))),
+                    ItemResult::Reject(self.reject_at(
+                        root,
+                        label,
+                        &p,
+                        "file",
+                        1,
+                        Reject::new(code, msg),
+                    )),
                     None,
                 ),
             }
@@ -1004,17 +1037,26 @@ impl Ctx<'_> {
                             "modality_not_allowed",
                             format!("Modality {:?} not in {:?}", h.modality, p.modalities),
                         );
-                        out.push(ItemResult::Reject(self.reject_at(root, label, f, "file", 1, r)), None);
+                        out.push(
+                            ItemResult::Reject(self.reject_at(root, label, f, "file", 1, r)),
+                            None,
+                        );
                     } else {
                         ok.push(h);
                     }
                 }
-                Err(r) => out.push(ItemResult::Reject(self.reject_at(root, label, f, "file", 1, r)), None),
+                Err(r) => out.push(
+                    ItemResult::Reject(self.reject_at(root, label, f, "file", 1, r)),
+                    None,
+                ),
             }
         }
         let (groups, rejs) = group_series(ok);
         for (f, r) in rejs {
-            out.push(ItemResult::Reject(self.reject_at(root, label, &f, "file", 1, r)), None);
+            out.push(
+                ItemResult::Reject(self.reject_at(root, label, &f, "file", 1, r)),
+                None,
+            );
         }
         let pb = ctx.progress_bar(groups.len() as u64, "series");
         for batch in groups.chunks(p.max_in_flight.max(1) as usize) {
@@ -1034,7 +1076,15 @@ impl Ctx<'_> {
                     let folder = rel(root, g.files[0].path.parent().unwrap_or(root));
                     let r = self.stored_item(&key, |dir| {
                         isolated(
-                            |r| ItemResult::Reject(self.reject(label, &folder, "series", g.files.len() as i32, &r)),
+                            |r| {
+                                ItemResult::Reject(self.reject(
+                                    label,
+                                    &folder,
+                                    "series",
+                                    g.files.len() as i32,
+                                    &r,
+                                ))
+                            },
                             || self.dicom_item(root, label, g, dir),
                         )
                     });
@@ -1068,8 +1118,12 @@ impl Ctx<'_> {
                     pb.inc(1);
                     let name = file_name(f);
                     if !(name.ends_with(".nii") || name.ends_with(".nii.gz")) {
-                        let r = Reject::new("not_nifti", "file name does not end in .nii or .nii.gz");
-                        return Ok((ItemResult::Reject(self.reject_at(root, label, f, "file", 1, r)), None));
+                        let r =
+                            Reject::new("not_nifti", "file name does not end in .nii or .nii.gz");
+                        return Ok((
+                            ItemResult::Reject(self.reject_at(root, label, f, "file", 1, r)),
+                            None,
+                        ));
                     }
                     let meta = self
                         .metadata
@@ -1081,7 +1135,9 @@ impl Ctx<'_> {
                         file_digest(&[f.as_path()], root)?,
                         blake3::hash(meta.as_bytes()).to_hex()
                     );
-                    let key = ctx.items().key(&format!("{label}/{}", rel(root, f)), &digest);
+                    let key = ctx
+                        .items()
+                        .key(&format!("{label}/{}", rel(root, f)), &digest);
                     let (res, dir) = self.stored_item(&key, |dir| {
                         isolated(
                             |r| ItemResult::Reject(self.reject_at(root, label, f, "file", 1, r)),
@@ -1131,7 +1187,11 @@ pub fn locate(
             // A file's own ref, and its folder's (series rejects name the folder).
             let folder = f.path().parent().unwrap_or(&root).to_path_buf();
             for cand in [f.path().to_path_buf(), folder] {
-                let id = mg3d_core::ids::pseudonym(salt, "path", &format!("{label}/{}", rel(&root, &cand)));
+                let id = mg3d_core::ids::pseudonym(
+                    salt,
+                    "path",
+                    &format!("{label}/{}", rel(&root, &cand)),
+                );
                 if refs.contains(&id) && seen.insert(cand.clone()) {
                     out.push((id, cand));
                 }

@@ -137,7 +137,9 @@ struct Fields<'a> {
 
 impl Fields<'_> {
     fn bytes<const N: usize>(&self, at: usize) -> [u8; N] {
-        let mut a: [u8; N] = self.b[at..at + N].try_into().expect("header length checked");
+        let mut a: [u8; N] = self.b[at..at + N]
+            .try_into()
+            .expect("header length checked");
         if self.big {
             a.reverse();
         }
@@ -398,10 +400,7 @@ pub fn read_values<R: Read>(
     if skipped < skip {
         return Err(Reject::new(
             "nifti_truncated",
-            format!(
-                "vox_offset {} is past the end of the file",
-                h.vox_offset
-            ),
+            format!("vox_offset {} is past the end of the file", h.vox_offset),
         ));
     }
     let scale = h.scaling()?;
@@ -411,7 +410,9 @@ pub fn read_values<R: Read>(
     while out.len() < count {
         let want = ((count - out.len()) * size).min(buf.len());
         read_full(r, &mut buf[..want], "voxel data")?;
-        let chunk = buf[..want].chunks_exact(size).map(|b| scalar.decode(b, h.big_endian));
+        let chunk = buf[..want]
+            .chunks_exact(size)
+            .map(|b| scalar.decode(b, h.big_endian));
         match scale {
             Some((s, i)) => out.extend(chunk.map(|v| (v * s + i) as f32)),
             None => out.extend(chunk.map(|v| v as f32)),
@@ -428,12 +429,28 @@ mod tests {
     fn nifti1(vox_offset: f32, big: bool) -> Vec<u8> {
         let mut b = vec![0u8; 352];
         let put16 = |b: &mut Vec<u8>, at: usize, v: i16| {
-            let x = if big { v.to_be_bytes() } else { v.to_le_bytes() };
+            let x = if big {
+                v.to_be_bytes()
+            } else {
+                v.to_le_bytes()
+            };
             b[at..at + 2].copy_from_slice(&x);
         };
         let put32 = |b: &mut Vec<u8>, at: usize, x: [u8; 4]| b[at..at + 4].copy_from_slice(&x);
-        let f = |v: f32| if big { v.to_be_bytes() } else { v.to_le_bytes() };
-        let i = |v: i32| if big { v.to_be_bytes() } else { v.to_le_bytes() };
+        let f = |v: f32| {
+            if big {
+                v.to_be_bytes()
+            } else {
+                v.to_le_bytes()
+            }
+        };
+        let i = |v: i32| {
+            if big {
+                v.to_be_bytes()
+            } else {
+                v.to_le_bytes()
+            }
+        };
         put32(&mut b, 0, i(348));
         for (k, d) in [3i16, 2, 2, 1, 1, 1, 1, 1].iter().enumerate() {
             put16(&mut b, 40 + 2 * k, *d);
@@ -446,7 +463,11 @@ mod tests {
         put32(&mut b, 108, f(vox_offset));
         b[344..348].copy_from_slice(b"n+1\0");
         for v in [1i16, -2, 300, -32768] {
-            b.extend(if big { v.to_be_bytes() } else { v.to_le_bytes() });
+            b.extend(if big {
+                v.to_be_bytes()
+            } else {
+                v.to_le_bytes()
+            });
         }
         b
     }

@@ -162,7 +162,10 @@ fn open_nonempty(path: &Path) -> Result<std::fs::File, Reject> {
 pub fn probe_nifti(path: &Path) -> Result<Shape, Reject> {
     let named = |r: Reject| Reject::new(r.code, format!("{}: {}", path.display(), r.message));
     let mut r = std::io::BufReader::new(open_nonempty(path)?);
-    let gz = r.fill_buf().map(|b| b.starts_with(&[0x1f, 0x8b])).unwrap_or(false);
+    let gz = r
+        .fill_buf()
+        .map(|b| b.starts_with(&[0x1f, 0x8b]))
+        .unwrap_or(false);
     let h = if gz {
         read_header(&mut flate2::bufread::MultiGzDecoder::new(r))
     } else {
@@ -176,7 +179,10 @@ pub fn read_nifti_from<R: BufRead>(
     mut r: R,
     opts: &ReadOptions,
 ) -> Result<(Volume, NiftiInfo), Reject> {
-    let gz = r.fill_buf().map(|b| b.starts_with(&[0x1f, 0x8b])).unwrap_or(false);
+    let gz = r
+        .fill_buf()
+        .map(|b| b.starts_with(&[0x1f, 0x8b]))
+        .unwrap_or(false);
     if gz {
         let mut dec = flate2::bufread::MultiGzDecoder::new(r);
         let out = read_plain(&mut dec, opts)?;
@@ -184,7 +190,10 @@ pub fn read_nifti_from<R: BufRead>(
         // at most 64 MiB of trailing bytes are read, so a bomb after the voxels costs little.
         let mut tail = dec.take(64 << 20);
         std::io::copy(&mut tail, &mut std::io::sink()).map_err(|e| {
-            Reject::new("nifti_corrupt", format!("gzip stream after the voxels: {e}"))
+            Reject::new(
+                "nifti_corrupt",
+                format!("gzip stream after the voxels: {e}"),
+            )
         })?;
         Ok(out)
     } else {

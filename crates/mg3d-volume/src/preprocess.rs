@@ -14,9 +14,9 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::{Reject, Volume};
 use crate::nifti_io::{read_nifti, write_nifti_i16};
 use crate::ops::{Interp, crop_pad, foreground_box, reorient_ras, resample, window};
+use crate::{Reject, Volume};
 
 /// A preprocessing preset.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -445,7 +445,10 @@ fn write_rejects(ctx: &StageContext, rejects: &[(String, Reject)]) -> Result<(),
     let cols = vec![
         s(vec!["preprocess".into(); n]),
         s(vec!["ingest".into(); n]),
-        s(rejects.iter().map(|(id, _)| format!("volumes/{id}.nii.gz")).collect()),
+        s(rejects
+            .iter()
+            .map(|(id, _)| format!("volumes/{id}.nii.gz"))
+            .collect()),
         s(rejects.iter().map(|(id, _)| id.clone()).collect()),
         s(vec!["volume".into(); n]),
         Arc::new(Int32Array::from(vec![1; n])) as ArrayRef,

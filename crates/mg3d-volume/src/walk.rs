@@ -62,7 +62,9 @@ impl Walker {
             };
             // Sorted, and folders walked in name order, so which of two paths to one file counts
             // as the duplicate does not depend on the file system's listing order.
-            let mut paths = entries.map(|e| e.map(|e| e.path())).collect::<Result<Vec<_>, _>>()?;
+            let mut paths = entries
+                .map(|e| e.map(|e| e.path()))
+                .collect::<Result<Vec<_>, _>>()?;
             paths.sort();
             let mut subdirs = Vec::new();
             for path in paths {

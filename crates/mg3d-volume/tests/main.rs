@@ -2,6 +2,7 @@
 //! large dependency set instead of one per file). Run one group with
 //! `cargo test --workspace --test volume_tests <module>::`.
 
+mod fuzz;
 mod ingest_synth;
 mod presets;
 mod real_files;
