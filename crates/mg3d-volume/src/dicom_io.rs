@@ -362,16 +362,18 @@ pub fn read_header(path: &Path) -> Result<SliceHeader, Reject> {
             format!("{} has 0 bytes", path.display()),
         ));
     }
-    let prefix = {
-        use std::io::Read;
-        let mut b = Vec::new();
-        std::fs::File::open(path)
-            .and_then(|f| f.take(16 << 20).read_to_end(&mut b))
-            .map_err(|e| Reject::new("unreadable", format!("{}: {e}", path.display())))?;
-        b
-    };
-    check_element_lengths(&prefix, len)
-        .map_err(|r| Reject::new(r.code, format!("{}: {}", path.display(), r.message)))?;
+    let named = |r: Reject| Reject::new(r.code, format!("{}: {}", path.display(), r.message));
+    // The file is read once, as far as its element headers reach the pixel data; the header is
+    // parsed from those bytes. A header the prefix cannot hold goes to the parser on the file.
+    if let Some(prefix) = read_prefix(path, len).map_err(named)? {
+        match header_from_prefix(&prefix, path, len) {
+            Ok(h) => return checked_header(h),
+            Err(r) if r.code == "dicom_corrupt" || (prefix.len() as u64) == len => {
+                return Err(named(r));
+            }
+            Err(_) => {}
+        }
+    }
     let obj = match OpenFileOptions::new()
         .read_until(tags::PIXEL_DATA)
         .open_file(path)
@@ -389,6 +391,43 @@ pub fn read_header(path: &Path) -> Result<SliceHeader, Reject> {
     checked_header(header_from(&obj, path, len))
 }
 
+/// The start of a Part 10 file, grown (64 KiB, x4, up to 16 MiB) until [`check_element_lengths`]
+/// has seen every element header before the pixel data. `None` for a file without the DICM magic
+/// or a header longer than 16 MiB (the parser reads those from the file).
+fn read_prefix(path: &Path, len: u64) -> Result<Option<Vec<u8>>, Reject> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| Reject::new("unreadable", e.to_string()))?;
+    let mut buf = Vec::new();
+    let mut want = 64usize << 10;
+    loop {
+        let have = buf.len();
+        (&mut f)
+            .take((want - have) as u64)
+            .read_to_end(&mut buf)
+            .map_err(|e| Reject::new("unreadable", e.to_string()))?;
+        if buf.get(128..132).is_some_and(|m| m != b"DICM") || buf.len() < 132 {
+            return Ok(None);
+        }
+        if check_element_lengths(&buf, len)? == Scan::Done || buf.len() as u64 >= len {
+            return Ok(Some(buf));
+        }
+        if want >= 16 << 20 {
+            return Ok(None);
+        }
+        want *= 4;
+    }
+}
+
+/// A header parsed from the start of a Part 10 file (preamble included).
+fn header_from_prefix(prefix: &[u8], path: &Path, len: u64) -> Result<SliceHeader, Reject> {
+    let obj = OpenFileOptions::new()
+        .read_until(tags::PIXEL_DATA)
+        .read_preamble(dicom_object::file::ReadPreamble::Never)
+        .from_reader(&prefix[128..])
+        .map_err(|e| Reject::new("dicom_unreadable", e.to_string()))?;
+    Ok(header_from(&obj, path, len))
+}
+
 /// A header from a whole file held in memory (preamble included), as [`read_header`] reads it
 /// from disk: for callers that hold bytes (and the parser fuzzer).
 pub fn read_header_bytes(bytes: &[u8]) -> Result<SliceHeader, Reject> {
@@ -399,12 +438,11 @@ pub fn read_header_bytes(bytes: &[u8]) -> Result<SliceHeader, Reject> {
         return Err(Reject::new("not_dicom", "no DICM magic after the preamble"));
     }
     check_element_lengths(bytes, bytes.len() as u64)?;
-    let obj = OpenFileOptions::new()
-        .read_until(tags::PIXEL_DATA)
-        .read_preamble(dicom_object::file::ReadPreamble::Never)
-        .from_reader(&bytes[128..])
-        .map_err(|e| Reject::new("dicom_unreadable", e.to_string()))?;
-    checked_header(header_from(&obj, Path::new(""), bytes.len() as u64))
+    checked_header(header_from_prefix(
+        bytes,
+        Path::new(""),
+        bytes.len() as u64,
+    )?)
 }
 
 /// Rejects headers whose sizes cannot be real before any pixel is read.
@@ -1088,6 +1126,15 @@ pub fn single_file_volume(h: &SliceHeader) -> Result<Volume, Reject> {
     })
 }
 
+/// How far [`check_element_lengths`] got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scan {
+    /// Every element header before the pixel data was checked (or the rest is the parser's).
+    Done,
+    /// The bytes ended before the pixel data: a longer prefix is needed.
+    NeedMore,
+}
+
 /// Deepest sequence nesting accepted (real objects nest a handful of levels).
 const MAX_SEQUENCE_DEPTH: usize = 64;
 
@@ -1097,11 +1144,19 @@ const MAX_SEQUENCE_DEPTH: usize = 64;
 /// length declares before it finds the file too short, so without this a 1 KB file could ask for
 /// gigabytes and seconds, and deep nesting could overflow a worker's stack. `prefix` is the start
 /// of the file (scanning stops at its end), `file_len` the whole file's size.
-pub fn check_element_lengths(prefix: &[u8], file_len: u64) -> Result<(), Reject> {
+pub fn check_element_lengths(prefix: &[u8], file_len: u64) -> Result<Scan, Reject> {
     let bad = |m: String| Err(Reject::new("dicom_corrupt", m));
     if prefix.get(128..132) != Some(b"DICM") {
-        return Ok(()); // not Part 10: the parser decides
+        return Ok(Scan::Done); // not Part 10: the parser decides
     }
+    // Out of bytes before deciding: more of the file is needed, unless there is none.
+    let more = || {
+        Ok(if (prefix.len() as u64) < file_len {
+            Scan::NeedMore
+        } else {
+            Scan::Done
+        })
+    };
     let mut pos = 132usize;
     let mut explicit = true;
     let mut big = false;
@@ -1136,17 +1191,17 @@ pub fn check_element_lengths(prefix: &[u8], file_len: u64) -> Result<(), Reject>
             explicit = ts.as_deref() != Some("1.2.840.10008.1.2");
             big = ts.as_deref() == Some("1.2.840.10008.1.2.2");
             if ts.as_deref() == Some("1.2.840.10008.1.2.1.99") {
-                return Ok(()); // deflated: the lengths are inside the compressed stream
+                return Ok(Scan::Done); // deflated: the lengths are inside the compressed stream
             }
         }
         let (Some(group), Some(elem)) = (u16_at(pos, big), u16_at(pos + 2, big)) else {
-            return Ok(()); // end of the prefix
+            return more();
         };
         let remaining = file_len.saturating_sub(pos as u64 + 8);
         if group == 0xFFFE {
             // Item, item delimiter or sequence delimiter: always a 4-byte length, no VR.
             let Some(len) = u32_at(pos + 4, big) else {
-                return Ok(());
+                return more();
             };
             if elem == 0xE000 {
                 if len != u32::MAX && len as u64 > remaining {
@@ -1163,7 +1218,7 @@ pub fn check_element_lengths(prefix: &[u8], file_len: u64) -> Result<(), Reject>
         let in_meta = group == 0x0002;
         let (vr, len, header) = if explicit || in_meta {
             let Some(vr) = prefix.get(pos + 4..pos + 6) else {
-                return Ok(());
+                return more();
             };
             let long = matches!(
                 vr,
@@ -1183,18 +1238,18 @@ pub fn check_element_lengths(prefix: &[u8], file_len: u64) -> Result<(), Reject>
             );
             if long {
                 let Some(len) = u32_at(pos + 8, big && !in_meta) else {
-                    return Ok(());
+                    return more();
                 };
                 ([vr[0], vr[1]], len, 12)
             } else {
                 let Some(len) = u16_at(pos + 6, big && !in_meta) else {
-                    return Ok(());
+                    return more();
                 };
                 ([vr[0], vr[1]], len as u32, 8)
             }
         } else {
             let Some(len) = u32_at(pos + 4, big) else {
-                return Ok(());
+                return more();
             };
             (*b"  ", len, 8)
         };
@@ -1227,10 +1282,15 @@ pub fn check_element_lengths(prefix: &[u8], file_len: u64) -> Result<(), Reject>
         if (group, elem) == (0x7FE0, 0x0010) {
             // Short pixel data is decided when the series is assembled (`dicom_truncated` for the
             // whole series), so a truncated slice cannot silently drop out of its series here.
-            return Ok(());
+            // The parser reads this element's header before it stops: it must be in the prefix.
+            return if prefix.len() >= pos + header {
+                Ok(Scan::Done)
+            } else {
+                more()
+            };
         }
         if len == u32::MAX {
-            return Ok(()); // an undefined length outside a sequence: the parser decides
+            return Ok(Scan::Done); // an undefined length outside a sequence: the parser decides
         }
         if len as u64 > remaining {
             return bad(format!(

@@ -21,7 +21,7 @@ use mg3d_core::budget::ByteBudget;
 use crate::dicom_io::{
     SeriesGroup, SliceHeader, SpacingRules, assemble, group_series, read_header,
 };
-use crate::nifti_io::{ReadOptions, probe_nifti, read_nifti_with, write_nifti_i16};
+use crate::nifti_io::{NiftiReader, ReadOptions, write_nifti_i16};
 use crate::walk::{Found, Walker};
 use crate::{Reject, Volume};
 
@@ -395,10 +395,11 @@ impl Ctx<'_> {
         };
         // The header's dims decide the memory before any voxel is read: f32 values plus the
         // int16 copy written out.
-        let voxels = match probe_nifti(path) {
-            Ok(s) => s.spatial.iter().map(|&d| d as u64).product::<u64>(),
+        let reader = match NiftiReader::open(path) {
+            Ok(r) => r,
             Err(r) => return file_reject(r),
         };
+        let voxels = reader.shape().spatial.iter().map(|&d| d as u64).product();
         let _held = match self.reserve(voxels, 6) {
             Ok(h) => h,
             Err(r) => return file_reject(r),
@@ -407,7 +408,7 @@ impl Ctx<'_> {
             first_of_4d: self.p.first_of_4d,
             max_voxels: self.p.max_volume_voxels.max(1) as u64,
         };
-        let (mut vol, info) = match read_nifti_with(path, &opts) {
+        let (mut vol, info) = match reader.read(&opts) {
             Ok(v) => v,
             Err(r) => return file_reject(r),
         };

@@ -17,7 +17,7 @@ const NIFTI1_HEADER: usize = 348;
 const NIFTI2_HEADER: usize = 540;
 
 /// A parsed NIfTI-1 or NIfTI-2 header, widened to the NIfTI-2 types.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Header {
     /// 1 or 2.
     pub version: u8,
@@ -200,17 +200,7 @@ pub fn parse_header(b: &[u8]) -> Result<Header, Reject> {
     }
     let f = Fields { b, big };
     let h = if size == NIFTI1_HEADER {
-        let magic = &b[344..348];
-        match magic {
-            b"n+1\0" => {}
-            b"ni1\0" => {
-                return Err(Reject::new(
-                    "nifti_pair",
-                    "a NIfTI-1 pair header (magic ni1): the voxels are in a separate .img file",
-                ));
-            }
-            _ => return Err(corrupt(format!("NIfTI-1 magic is {magic:?}, not \"n+1\""))),
-        }
+        check_magic(&b[344..348], 1)?;
         Header {
             version: 1,
             big_endian: big,
@@ -228,17 +218,7 @@ pub fn parse_header(b: &[u8]) -> Result<Header, Reject> {
             srow: std::array::from_fn(|r| std::array::from_fn(|c| f.f32(280 + 16 * r + 4 * c))),
         }
     } else {
-        let magic = &b[4..12];
-        match &magic[..4] {
-            b"n+2\0" => {}
-            b"ni2\0" => {
-                return Err(Reject::new(
-                    "nifti_pair",
-                    "a NIfTI-2 pair header (magic ni2): the voxels are in a separate .img file",
-                ));
-            }
-            _ => return Err(corrupt(format!("NIfTI-2 magic is {magic:?}, not \"n+2\""))),
-        }
+        check_magic(&b[4..8], 2)?;
         Header {
             version: 2,
             big_endian: big,
@@ -259,6 +239,30 @@ pub fn parse_header(b: &[u8]) -> Result<Header, Reject> {
     Ok(h)
 }
 
+/// A single file's magic ("n+1" / "n+2"); a pair header ("ni1" / "ni2") keeps its voxels in a
+/// separate .img file.
+fn check_magic(magic: &[u8], version: u8) -> Result<(), Reject> {
+    let (single, pair) = if version == 1 {
+        (b"n+1\0", b"ni1\0")
+    } else {
+        (b"n+2\0", b"ni2\0")
+    };
+    if magic == single {
+        Ok(())
+    } else if magic == pair {
+        Err(Reject::new(
+            "nifti_pair",
+            format!(
+                "a NIfTI-{version} pair header (magic ni{version}): the voxels are in a separate .img file"
+            ),
+        ))
+    } else {
+        Err(corrupt(format!(
+            "NIfTI-{version} magic is {magic:?}, not \"n+{version}\""
+        )))
+    }
+}
+
 /// nibabel's single-file rule: an offset inside the header means "right after it".
 fn offset(stored: f64, min: u64) -> Result<u64, Reject> {
     if !stored.is_finite() || stored < 0.0 || stored > (1u64 << 40) as f64 {
@@ -268,7 +272,7 @@ fn offset(stored: f64, min: u64) -> Result<u64, Reject> {
 }
 
 /// What a header says about the image's shape.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Shape {
     /// Every dimension (dim[1..=dim[0]]).
     pub dims: Vec<usize>,
@@ -279,6 +283,15 @@ pub struct Shape {
 }
 
 impl Header {
+    /// Bytes of this header on disk (348 or 540).
+    pub fn size(&self) -> usize {
+        if self.version == 2 {
+            NIFTI2_HEADER
+        } else {
+            NIFTI1_HEADER
+        }
+    }
+
     /// The shape, checked: dim[0] in 1..=7, each used dim positive, products without overflow.
     pub fn shape(&self) -> Result<Shape, Reject> {
         let nd = self.dim[0];
@@ -477,7 +490,7 @@ mod tests {
         let h = read_header(&mut r)?;
         let s = h.shape()?;
         let n = s.spatial.iter().product();
-        read_values(&mut r, &h, if h.version == 1 { 348 } else { 540 }, n)
+        read_values(&mut r, &h, h.size() as u64, n)
     }
 
     #[test]

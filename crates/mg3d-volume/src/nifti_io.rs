@@ -143,116 +143,147 @@ pub fn read_nifti(path: &Path, first_of_4d: bool) -> Result<(Volume, NiftiInfo),
 
 /// [`read_nifti`] with explicit limits. Messages name the file.
 pub fn read_nifti_with(path: &Path, opts: &ReadOptions) -> Result<(Volume, NiftiInfo), Reject> {
-    let named = |r: Reject| Reject::new(r.code, format!("{}: {}", path.display(), r.message));
-    let f = open_nonempty(path)?;
-    read_nifti_from(std::io::BufReader::with_capacity(1 << 20, f), opts).map_err(named)
-}
-
-/// Opens a file that has at least one byte (`unreadable`, `empty_file` otherwise).
-fn open_nonempty(path: &Path) -> Result<std::fs::File, Reject> {
-    let named = |code, m: String| Reject::new(code, format!("{}: {m}", path.display()));
-    let f = std::fs::File::open(path).map_err(|e| named("unreadable", e.to_string()))?;
-    if f.metadata().map(|m| m.len()).unwrap_or(0) == 0 {
-        return Err(named("empty_file", "0 bytes".into()));
-    }
-    Ok(f)
-}
-
-/// The shape a NIfTI file's header declares, reading only the header (for memory planning).
-pub fn probe_nifti(path: &Path) -> Result<Shape, Reject> {
-    let named = |r: Reject| Reject::new(r.code, format!("{}: {}", path.display(), r.message));
-    let mut r = std::io::BufReader::new(open_nonempty(path)?);
-    let gz = r
-        .fill_buf()
-        .map(|b| b.starts_with(&[0x1f, 0x8b]))
-        .unwrap_or(false);
-    let h = if gz {
-        read_header(&mut flate2::bufread::MultiGzDecoder::new(r))
-    } else {
-        read_header(&mut r)
-    };
-    h.and_then(|h| h.shape()).map_err(named)
+    NiftiReader::open(path)?.read(opts)
 }
 
 /// Reads a NIfTI image from a stream holding the whole file (plain or gzip-compressed).
 pub fn read_nifti_from<R: BufRead>(
-    mut r: R,
+    r: R,
     opts: &ReadOptions,
 ) -> Result<(Volume, NiftiInfo), Reject> {
-    let gz = r
-        .fill_buf()
-        .map(|b| b.starts_with(&[0x1f, 0x8b]))
-        .unwrap_or(false);
-    if gz {
-        let mut dec = flate2::bufread::MultiGzDecoder::new(r);
-        let out = read_plain(&mut dec, opts)?;
-        // The rest of the stream must inflate cleanly too (a damaged tail is caught by its CRC);
-        // at most 64 MiB of trailing bytes are read, so a bomb after the voxels costs little.
-        let mut tail = dec.take(64 << 20);
-        std::io::copy(&mut tail, &mut std::io::sink()).map_err(|e| {
-            Reject::new(
-                "nifti_corrupt",
-                format!("gzip stream after the voxels: {e}"),
-            )
-        })?;
-        Ok(out)
-    } else {
-        read_plain(&mut r, opts)
+    NiftiReader::from_reader(r, String::new())?.read(opts)
+}
+
+/// A NIfTI image opened as far as its header: its shape is known before any voxel is read (so a
+/// caller can plan memory from it), then [`NiftiReader::read`] reads the voxels from the same
+/// stream.
+pub struct NiftiReader<'a> {
+    header: Header,
+    shape: Shape,
+    stream: Box<dyn Read + 'a>,
+    gz: bool,
+    /// Prefix of every message (the file's path, or empty).
+    name: String,
+}
+
+impl NiftiReader<'static> {
+    /// Opens a file (`unreadable`, `empty_file` or a header reject, naming the file).
+    pub fn open(path: &Path) -> Result<Self, Reject> {
+        let named = |code, m: String| Reject::new(code, format!("{}: {m}", path.display()));
+        let f = std::fs::File::open(path).map_err(|e| named("unreadable", e.to_string()))?;
+        if f.metadata().map(|m| m.len()).unwrap_or(0) == 0 {
+            return Err(named("empty_file", "0 bytes".into()));
+        }
+        let r = std::io::BufReader::with_capacity(1 << 20, f);
+        NiftiReader::from_reader(r, path.display().to_string())
     }
 }
 
-fn read_plain<R: Read>(r: &mut R, opts: &ReadOptions) -> Result<(Volume, NiftiInfo), Reject> {
-    let h = read_header(r)?;
-    let shape = h.shape()?;
-    let scalar = h.scalar()?;
-    if shape.volumes > 1 && !opts.first_of_4d {
-        return Err(Reject::new(
-            "nifti_4d",
-            format!(
-                "{}D image {:?} with {} volumes; set first_of_4d to take the first",
-                shape.dims.len(),
-                shape.dims,
-                shape.volumes
-            ),
-        ));
+impl<'a> NiftiReader<'a> {
+    /// Reads the header from a stream holding the whole file, plain or gzip (recognised by its
+    /// magic bytes, not a name). `name` prefixes messages.
+    pub fn from_reader<R: BufRead + 'a>(mut r: R, name: String) -> Result<Self, Reject> {
+        let gz = r.fill_buf().is_ok_and(|b| b.starts_with(&[0x1f, 0x8b]));
+        let mut stream: Box<dyn Read + 'a> = if gz {
+            Box::new(flate2::bufread::MultiGzDecoder::new(r))
+        } else {
+            Box::new(r)
+        };
+        let mut reader = NiftiReader {
+            header: Header::default(),
+            shape: Shape::default(),
+            stream: Box::new(std::io::empty()),
+            gz,
+            name,
+        };
+        let header = read_header(&mut stream).map_err(|e| reader.named(e))?;
+        reader.shape = header.shape().map_err(|e| reader.named(e))?;
+        reader.header = header;
+        reader.stream = stream;
+        Ok(reader)
     }
-    let dims = shape.spatial;
-    let n = dims[0] * dims[1] * dims[2];
-    if n as u64 > opts.max_voxels {
-        return Err(Reject::new(
-            "volume_too_large",
-            format!(
-                "{dims:?} is {n} voxels, over the limit of {}",
-                opts.max_voxels
-            ),
-        ));
+
+    /// The shape the header declares.
+    pub fn shape(&self) -> &Shape {
+        &self.shape
     }
-    let header_len = if h.version == 1 { 348 } else { 540 };
-    let data = read_values(r, &h, header_len, n)?;
-    if let Some(p) = data.iter().position(|v| !v.is_finite()) {
-        let nans = data.iter().filter(|v| !v.is_finite()).count();
-        return Err(Reject::new(
-            "nifti_nan",
-            format!("{nans} non-finite voxel(s), first at index {p}"),
-        ));
+
+    fn named(&self, r: Reject) -> Reject {
+        if self.name.is_empty() {
+            r
+        } else {
+            Reject::new(r.code, format!("{}: {}", self.name, r.message))
+        }
     }
-    let (affine, source) = header_affine(&h);
-    let scaled = h.scaling()?.is_some();
-    Ok((
-        Volume { dims, data, affine },
-        NiftiInfo {
-            version: h.version,
-            datatype: format!("{scalar:?}"),
-            dims: shape.dims,
-            scl_slope: h.scl_slope,
-            scl_inter: h.scl_inter,
-            scaled,
-            sform_code: h.sform_code,
-            qform_code: h.qform_code,
-            affine_source: source.to_string(),
-            mm_per_unit: h.mm_per_unit(),
-        },
-    ))
+
+    /// Reads the voxels (values after scl_slope/scl_inter).
+    pub fn read(mut self, opts: &ReadOptions) -> Result<(Volume, NiftiInfo), Reject> {
+        let out = self.read_voxels(opts).map_err(|e| self.named(e))?;
+        if self.gz {
+            // The rest of the stream must inflate cleanly too (a damaged tail is caught by its
+            // CRC); at most 64 MiB of trailing bytes are read, so a bomb after the voxels costs
+            // little.
+            let mut tail = (&mut self.stream).take(64 << 20);
+            std::io::copy(&mut tail, &mut std::io::sink()).map_err(|e| {
+                self.named(Reject::new(
+                    "nifti_corrupt",
+                    format!("gzip stream after the voxels: {e}"),
+                ))
+            })?;
+        }
+        Ok(out)
+    }
+
+    fn read_voxels(&mut self, opts: &ReadOptions) -> Result<(Volume, NiftiInfo), Reject> {
+        let (h, shape) = (&self.header, &self.shape);
+        let scalar = h.scalar()?;
+        if shape.volumes > 1 && !opts.first_of_4d {
+            return Err(Reject::new(
+                "nifti_4d",
+                format!(
+                    "{}D image {:?} with {} volumes; set first_of_4d to take the first",
+                    shape.dims.len(),
+                    shape.dims,
+                    shape.volumes
+                ),
+            ));
+        }
+        let dims = shape.spatial;
+        let n = dims[0] * dims[1] * dims[2];
+        if n as u64 > opts.max_voxels {
+            return Err(Reject::new(
+                "volume_too_large",
+                format!(
+                    "{dims:?} is {n} voxels, over the limit of {}",
+                    opts.max_voxels
+                ),
+            ));
+        }
+        let data = read_values(&mut self.stream, h, h.size() as u64, n)?;
+        if let Some(p) = data.iter().position(|v| !v.is_finite()) {
+            let nans = data.iter().filter(|v| !v.is_finite()).count();
+            return Err(Reject::new(
+                "nifti_nan",
+                format!("{nans} non-finite voxel(s), first at index {p}"),
+            ));
+        }
+        let (affine, source) = header_affine(h);
+        Ok((
+            Volume { dims, data, affine },
+            NiftiInfo {
+                version: h.version,
+                datatype: format!("{scalar:?}"),
+                dims: shape.dims.clone(),
+                scl_slope: h.scl_slope,
+                scl_inter: h.scl_inter,
+                scaled: h.scaling()?.is_some(),
+                sform_code: h.sform_code,
+                qform_code: h.qform_code,
+                affine_source: source.to_string(),
+                mm_per_unit: h.mm_per_unit(),
+            },
+        ))
+    }
 }
 
 /// A header with sform and qform (both code 1, scanner anatomical) for a voxel -> RAS affine,
