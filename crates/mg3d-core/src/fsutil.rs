@@ -27,6 +27,19 @@ pub fn tmp_sibling(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
+/// Puts `src` at `dst` as a hard link (a copy across file systems). An existing `dst` is removed
+/// first: copying onto a hard link of `src` would truncate `src` itself.
+pub fn link_or_copy(src: &Path, dst: &Path) -> io::Result<()> {
+    match fs::remove_file(dst) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    if fs::hard_link(src, dst).is_err() {
+        fs::copy(src, dst)?;
+    }
+    Ok(())
+}
+
 /// Size and blake3 of one output file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileDigest {

@@ -783,23 +783,20 @@ impl Stage for IngestStage {
         };
         let mut out = Collected::default();
         let mut walker = Walker::new();
-        let mut n_found = 0usize;
         for (ri, r) in p.dicom_roots.iter().enumerate() {
             let label = format!("dicom_roots[{ri}]");
             let root = ctx.resolve(r)?;
             let files = c.walk_root(&mut walker, &root, &label, &mut out)?;
-            n_found += files.len();
             c.dicom_root(&root, &label, files, &mut out)?;
         }
         for (ri, r) in p.nifti_roots.iter().enumerate() {
             let label = format!("nifti_roots[{ri}]");
             let root = ctx.resolve(r)?;
             let files = c.walk_root(&mut walker, &root, &label, &mut out)?;
-            n_found += files.len();
             c.nifti_root(&root, &label, files, &mut out)?;
         }
-        n_found += out.results.len();
-        if n_found == 0 && !p.allow_empty {
+        // Every file found becomes a result (a reject, or part of a volume).
+        if out.results.is_empty() && !p.allow_empty {
             return Err(StageError::msg(format!(
                 "no input files under dicom_roots {:?} or nifti_roots {:?}: check that they are the right folders and are mounted, or set allow_empty = true",
                 p.dicom_roots, p.nifti_roots
@@ -812,25 +809,21 @@ impl Stage for IngestStage {
 /// What the roots produced so far: item results, the volume files to place, identifying values.
 #[derive(Default)]
 struct Collected {
-    results: Vec<ItemResult>,
-    dirs: Vec<(String, PathBuf)>,
+    /// Each result with its item directory (where a volume's file is).
+    results: Vec<(ItemResult, Option<PathBuf>)>,
     phi: BTreeSet<String>,
 }
 
 impl Collected {
     fn push(&mut self, res: ItemResult, dir: Option<PathBuf>) {
-        if let (ItemResult::Volume(v), Some(d)) = (&res, dir) {
-            self.dirs.push((v.volume_file.clone(), d));
-        }
-        self.results.push(res);
+        self.results.push((res, dir));
     }
 
     /// Places the volumes, scrubs, sorts and writes both tables; returns the summary.
     fn finish(self, ctx: &StageContext) -> Result<Value, StageError> {
         let (mut vols, mut rejects): (Vec<VolumeRow>, Vec<RejectRow>) = (vec![], vec![]);
         let mut placed: BTreeMap<String, PathBuf> = BTreeMap::new();
-        let dirs: HashMap<String, PathBuf> = self.dirs.into_iter().collect();
-        for r in self.results {
+        for (r, dir) in self.results {
             match r {
                 // The same series under two roots (or copied twice) is one volume; the later
                 // copy is a reject, never a second writer of the same file.
@@ -848,7 +841,8 @@ impl Collected {
                     });
                 }
                 ItemResult::Volume(v) => {
-                    placed.insert(v.volume_id.clone(), dirs[&v.volume_file].clone());
+                    let dir = dir.ok_or_else(|| StageError::msg("a volume without its item"))?;
+                    placed.insert(v.volume_id.clone(), dir);
                     vols.push(*v);
                 }
                 ItemResult::Reject(r) => rejects.push(r),
@@ -857,7 +851,7 @@ impl Collected {
         std::fs::create_dir_all(ctx.out_dir.join("volumes"))?;
         for v in &vols {
             let src = placed[&v.volume_id].join("volume.nii.gz");
-            place(&src, &ctx.out_dir.join(&v.volume_file))?;
+            mg3d_core::fsutil::link_or_copy(&src, &ctx.out_dir.join(&v.volume_file))?;
         }
         // Identifying values seen in headers never reach an output, not even through folder names.
         let scrub = scrubber(&self.phi);
@@ -882,19 +876,6 @@ impl Collected {
             json!({"volumes": vols.len(), "rejects": rejects.len(), "files_in_volumes": vols.iter().map(|v| v.n_files as i64).sum::<i64>(), "rejects_by_reason": by_reason}),
         )
     }
-}
-
-/// Puts an item's volume at `dst` (a hard link into the item store when possible). An existing
-/// `dst` is removed first: copying onto a hard link of the source would truncate the source.
-fn place(src: &Path, dst: &Path) -> std::io::Result<()> {
-    match std::fs::remove_file(dst) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-        _ => {}
-    }
-    if std::fs::hard_link(src, dst).is_err() {
-        std::fs::copy(src, dst)?;
-    }
-    Ok(())
 }
 
 /// A reader's message with the input paths it may quote replaced: each of `paths` by "file N"
@@ -939,21 +920,6 @@ fn file_name(p: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// Runs one item's work; a panic in it becomes that item's reject instead of the stage's failure.
-/// The panic's message is not kept: it may quote the input.
-fn isolated(
-    make_reject: impl FnOnce(Reject) -> ItemResult,
-    work: impl FnOnce() -> Result<ItemResult, StageError>,
-) -> Result<ItemResult, StageError> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
-        Ok(r) => r,
-        Err(_) => Ok(make_reject(Reject::new(
-            "internal_error",
-            "reading this input hit an internal error (a bug in mg3d; please report it with the reason code)",
-        ))),
-    }
-}
-
 impl Ctx<'_> {
     /// The files under one root; what cannot be read as a file becomes a reject now.
     fn walk_root(
@@ -987,21 +953,22 @@ impl Ctx<'_> {
     }
 
     /// Reads one item through the item store: reused when its key is unchanged, else made now.
+    /// A panic in `make` becomes the item's reject (`on_panic`), not the stage's failure.
     fn stored_item(
         &self,
         key: &str,
+        on_panic: impl FnOnce() -> RejectRow,
         make: impl FnOnce(&Path) -> Result<ItemResult, StageError>,
-    ) -> Result<(ItemResult, PathBuf), StageError> {
-        let ctx = self.ctx;
-        let o = ctx.items().get_or_make::<StageError>(key, |dir| {
-            let res = make(dir)?;
+    ) -> Result<(ItemResult, Option<PathBuf>), StageError> {
+        let o = self.ctx.items().get_or_make::<StageError>(key, |dir| {
+            let res = crate::catch_panic(|| make(dir), |_| Ok(ItemResult::Reject(on_panic())))?;
             let json = serde_json::to_vec(&res).map_err(|e| StageError::msg(e.to_string()))?;
             std::fs::write(dir.join("result.json"), json)?;
             Ok(())
         })?;
         let res: ItemResult = serde_json::from_slice(&std::fs::read(o.dir().join("result.json"))?)
             .map_err(|e| StageError::ctx(o.dir().display(), e))?;
-        Ok((res, o.dir().to_path_buf()))
+        Ok((res, Some(o.dir().to_path_buf())))
     }
 
     fn dicom_root(
@@ -1017,12 +984,7 @@ impl Ctx<'_> {
         let headers: Vec<Result<SliceHeader, Reject>> = files
             .par_iter()
             .map(|f| {
-                let h = std::panic::catch_unwind(|| read_header(f)).unwrap_or_else(|_| {
-                    Err(Reject::new(
-                        "internal_error",
-                        "reading this header hit an internal error (a bug in mg3d; please report it)",
-                    ))
-                });
+                let h = crate::catch_panic(|| read_header(f), Err);
                 pb.inc(1);
                 h
             })
@@ -1059,47 +1021,24 @@ impl Ctx<'_> {
                 None,
             );
         }
-        let pb = ctx.progress_bar(groups.len() as u64, "series");
-        for batch in groups.chunks(p.max_in_flight.max(1) as usize) {
-            ctx.check_cancelled()?;
-            let done: Vec<Result<(ItemResult, PathBuf), StageError>> = batch
-                .par_iter()
-                .map(|g| {
-                    let paths: Vec<&Path> = g.files.iter().map(|h| h.path.as_path()).collect();
-                    // The report key the accession map gives this series is part of its result.
-                    let series_uid = g.key.split('#').next().unwrap_or(&g.key);
-                    let digest = format!(
-                        "{}|{:?}",
-                        file_digest(&paths, root)?,
-                        self.accession.get(series_uid)
-                    );
-                    let key = ctx.items().key(&g.key, &digest);
-                    let folder = rel(root, g.files[0].path.parent().unwrap_or(root));
-                    let r = self.stored_item(&key, |dir| {
-                        isolated(
-                            |r| {
-                                ItemResult::Reject(self.reject(
-                                    label,
-                                    &folder,
-                                    "series",
-                                    g.files.len() as i32,
-                                    &r,
-                                ))
-                            },
-                            || self.dicom_item(root, label, g, dir),
-                        )
-                    });
-                    pb.inc(1);
-                    r
-                })
-                .collect();
-            for r in done {
-                let (res, dir) = r?;
-                out.push(res, Some(dir));
-            }
-        }
-        pb.finish_and_clear();
-        Ok(())
+        self.in_batches(&groups, "series", out, |g| {
+            let paths: Vec<&Path> = g.files.iter().map(|h| h.path.as_path()).collect();
+            // The report key the accession map gives this series is part of its result.
+            let series_uid = g.key.split('#').next().unwrap_or(&g.key);
+            let digest = format!(
+                "{}|{:?}",
+                file_digest(&paths, root)?,
+                self.accession.get(series_uid)
+            );
+            let key = ctx.items().key(&g.key, &digest);
+            let folder = rel(root, g.files[0].path.parent().unwrap_or(root));
+            let n = g.files.len() as i32;
+            self.stored_item(
+                &key,
+                || self.reject(label, &folder, "series", n, &crate::internal_error()),
+                |dir| self.dicom_item(root, label, g, dir),
+            )
+        })
     }
 
     fn nifti_root(
@@ -1109,43 +1048,55 @@ impl Ctx<'_> {
         files: Vec<PathBuf>,
         out: &mut Collected,
     ) -> Result<(), StageError> {
-        let ctx = self.ctx;
-        let pb = ctx.progress_bar(files.len() as u64, "NIfTI files");
-        for batch in files.chunks(self.p.max_in_flight.max(1) as usize) {
-            ctx.check_cancelled()?;
-            let done: Vec<Result<(ItemResult, Option<PathBuf>), StageError>> = batch
+        self.in_batches(&files, "NIfTI files", out, |f| {
+            let name = file_name(f);
+            if !(name.ends_with(".nii") || name.ends_with(".nii.gz")) {
+                let r = Reject::new("not_nifti", "file name does not end in .nii or .nii.gz");
+                return Ok((
+                    ItemResult::Reject(self.reject_at(root, label, f, "file", 1, r)),
+                    None,
+                ));
+            }
+            let meta = self
+                .metadata
+                .get(&name)
+                .map(|m| serde_json::to_string(m).unwrap_or_default())
+                .unwrap_or_default();
+            let digest = format!(
+                "{}|{}",
+                file_digest(&[f.as_path()], root)?,
+                blake3::hash(meta.as_bytes()).to_hex()
+            );
+            let key = self
+                .ctx
+                .items()
+                .key(&format!("{label}/{}", rel(root, f)), &digest);
+            self.stored_item(
+                &key,
+                || self.reject_at(root, label, f, "file", 1, crate::internal_error()),
+                |dir| self.nifti_item(root, label, f, dir),
+            )
+        })
+    }
+
+    /// Runs `work` on `items`, `max_in_flight` at a time in parallel, with a progress bar and a
+    /// cancellation check between batches; collects the results in item order.
+    fn in_batches<T: Sync>(
+        &self,
+        items: &[T],
+        what: &str,
+        out: &mut Collected,
+        work: impl Fn(&T) -> Result<(ItemResult, Option<PathBuf>), StageError> + Sync,
+    ) -> Result<(), StageError> {
+        let pb = self.ctx.progress_bar(items.len() as u64, what);
+        for batch in items.chunks(self.p.max_in_flight.max(1) as usize) {
+            self.ctx.check_cancelled()?;
+            let done: Vec<_> = batch
                 .par_iter()
-                .map(|f| {
+                .map(|it| {
+                    let r = work(it);
                     pb.inc(1);
-                    let name = file_name(f);
-                    if !(name.ends_with(".nii") || name.ends_with(".nii.gz")) {
-                        let r =
-                            Reject::new("not_nifti", "file name does not end in .nii or .nii.gz");
-                        return Ok((
-                            ItemResult::Reject(self.reject_at(root, label, f, "file", 1, r)),
-                            None,
-                        ));
-                    }
-                    let meta = self
-                        .metadata
-                        .get(&name)
-                        .map(|m| serde_json::to_string(m).unwrap_or_default())
-                        .unwrap_or_default();
-                    let digest = format!(
-                        "{}|{}",
-                        file_digest(&[f.as_path()], root)?,
-                        blake3::hash(meta.as_bytes()).to_hex()
-                    );
-                    let key = ctx
-                        .items()
-                        .key(&format!("{label}/{}", rel(root, f)), &digest);
-                    let (res, dir) = self.stored_item(&key, |dir| {
-                        isolated(
-                            |r| ItemResult::Reject(self.reject_at(root, label, f, "file", 1, r)),
-                            || self.nifti_item(root, label, f, dir),
-                        )
-                    })?;
-                    Ok((res, Some(dir)))
+                    r
                 })
                 .collect();
             for r in done {

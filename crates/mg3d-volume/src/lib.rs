@@ -46,6 +46,22 @@ impl Reject {
     }
 }
 
+/// The reject of an item whose work panicked. The panic's message is not kept: it may quote the
+/// input (a file name, a header value).
+pub(crate) fn internal_error() -> Reject {
+    Reject::new(
+        "internal_error",
+        "reading this input hit an internal error (a bug in mg3d; please report it with the reason code)",
+    )
+}
+
+/// Runs one item's work; a panic in it becomes `on_panic(internal_error())` instead of unwinding
+/// through the stage.
+pub(crate) fn catch_panic<T>(work: impl FnOnce() -> T, on_panic: impl FnOnce(Reject) -> T) -> T {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work))
+        .unwrap_or_else(|_| on_panic(internal_error()))
+}
+
 /// A 3D scalar volume in patient space.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Volume {

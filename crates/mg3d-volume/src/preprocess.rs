@@ -314,11 +314,11 @@ impl Stage for PreprocessStage {
         std::fs::create_dir_all(ctx.out_dir.join("volumes"))?;
         let pb = ctx.progress_bar(items.len() as u64, "volumes");
         let mut rows: Vec<Row> = Vec::new();
-        let mut rejects: Vec<(String, Reject)> = Vec::new();
+        let mut rejects: Vec<(String, Failed)> = Vec::new();
         let max = p.max_output_voxels.max(1) as f64;
         for batch in items.chunks(p.max_in_flight.max(1) as usize) {
             ctx.check_cancelled()?;
-            let out: Vec<Result<Result<Row, Reject>, StageError>> = batch
+            let out: Vec<Result<Result<Row, Failed>, StageError>> = batch
                 .par_iter()
                 .map(|it| {
                     pb.inc(1);
@@ -329,45 +329,34 @@ impl Stage for PreprocessStage {
                                 "resampling to {:?} mm needs {:.0} voxels, over max_output_voxels = {max}",
                                 preset.spacing_mm, it.work_voxels
                             ),
-                        )));
+                        )
+                        .into()));
                     }
                     let key = ctx.items().key(&it.id, &it.digest);
                     let o = ctx.items().get_or_make::<StageError>(&key, |dir| {
-                        let res = std::panic::catch_unwind(|| {
-                            preprocess_one(&ingest.join(&it.file), &it.id, &preset, dir)
-                        })
-                        .unwrap_or_else(|_| {
-                            Ok(Err(Reject::new(
-                                "internal_error",
-                                "preprocessing this volume hit an internal error (a bug in mg3d; please report it)",
-                            )))
-                        })?;
-                        let json = match res {
-                            Ok(row) => serde_json::to_vec(&Ok::<Row, (String, String)>(row)),
-                            Err(r) => serde_json::to_vec(&Err::<Row, _>((r.code.to_string(), r.message))),
-                        };
-                        std::fs::write(dir.join("row.json"), json.map_err(|e| StageError::msg(e.to_string()))?)?;
+                        let res = crate::catch_panic(
+                            || preprocess_one(&ingest.join(&it.file), &it.id, &preset, dir),
+                            |r| Ok(Err(r)),
+                        )?
+                        .map_err(Failed::from);
+                        let json = serde_json::to_vec(&res).map_err(|e| StageError::msg(e.to_string()))?;
+                        std::fs::write(dir.join("row.json"), json)?;
                         Ok(())
                     })?;
-                    let res: Result<Row, (String, String)> =
+                    let res: Result<Row, Failed> =
                         serde_json::from_slice(&std::fs::read(o.dir().join("row.json"))?)
                             .map_err(|e| StageError::ctx(o.dir().display(), e))?;
-                    match res {
-                        Ok(row) => {
-                            let dst = ctx.out_dir.join(format!("volumes/{}.nii.gz", it.id));
-                            if std::fs::hard_link(o.dir().join("volume.nii.gz"), &dst).is_err() {
-                                std::fs::copy(o.dir().join("volume.nii.gz"), &dst)?;
-                            }
-                            Ok(Ok(row))
-                        }
-                        Err((code, msg)) => Ok(Err(Reject::new(reject_code(&code), msg))),
+                    if res.is_ok() {
+                        let dst = ctx.out_dir.join(format!("volumes/{}.nii.gz", it.id));
+                        mg3d_core::fsutil::link_or_copy(&o.dir().join("volume.nii.gz"), &dst)?;
                     }
+                    Ok(res)
                 })
                 .collect();
             for (it, r) in batch.iter().zip(out) {
                 match r? {
                     Ok(row) => rows.push(row),
-                    Err(rej) => rejects.push((it.id.clone(), rej)),
+                    Err(f) => rejects.push((it.id.clone(), f)),
                 }
             }
         }
@@ -426,19 +415,24 @@ fn preprocess_one(
     }))
 }
 
-/// Reason codes a stored item may carry back (kept `'static` for [`Reject`]).
-fn reject_code(code: &str) -> &'static str {
-    match code {
-        "preprocess_too_large" => "preprocess_too_large",
-        "internal_error" => "internal_error",
-        "geometry_invalid" => "geometry_invalid",
-        "nifti_truncated" => "nifti_truncated",
-        _ => "volume_unreadable",
+/// Why a volume was not preprocessed, as its item stores it.
+#[derive(Serialize, Deserialize)]
+struct Failed {
+    reason: String,
+    message: String,
+}
+
+impl From<Reject> for Failed {
+    fn from(r: Reject) -> Self {
+        Failed {
+            reason: r.code.to_string(),
+            message: r.message,
+        }
     }
 }
 
 /// `rejects.parquet` of preprocess: volumes ingest kept that could not be preprocessed.
-fn write_rejects(ctx: &StageContext, rejects: &[(String, Reject)]) -> Result<(), StageError> {
+fn write_rejects(ctx: &StageContext, rejects: &[(String, Failed)]) -> Result<(), StageError> {
     let schema = TableSchema::get("rejects")?;
     let n = rejects.len();
     let s = |v: Vec<String>| Arc::new(StringArray::from(v)) as ArrayRef;
@@ -452,7 +446,7 @@ fn write_rejects(ctx: &StageContext, rejects: &[(String, Reject)]) -> Result<(),
         s(rejects.iter().map(|(id, _)| id.clone()).collect()),
         s(vec!["volume".into(); n]),
         Arc::new(Int32Array::from(vec![1; n])) as ArrayRef,
-        s(rejects.iter().map(|(_, r)| r.code.to_string()).collect()),
+        s(rejects.iter().map(|(_, r)| r.reason.clone()).collect()),
         s(rejects.iter().map(|(_, r)| r.message.clone()).collect()),
     ];
     write_columns(&ctx.out_dir.join("rejects.parquet"), &schema, cols)?;
