@@ -68,7 +68,7 @@ test: setup
 ## fuzz: the parser mutation fuzzer at length (1,000,000 mutated NIfTI, DICOM and report inputs;
 ## `make test` runs 30,000 of them).
 fuzz: setup
-	MG3D_FUZZ_ITERS=$${MG3D_FUZZ_ITERS:-1000000} cargo test --workspace --test volume_tests fuzz:: -- --nocapture
+	MG3D_FUZZ_ITERS=$${MG3D_FUZZ_ITERS:-1000000} cargo test --workspace fuzz:: -- --nocapture
 
 ## bench: the benchmarks (`mg3d bench`), in release mode.
 bench: setup

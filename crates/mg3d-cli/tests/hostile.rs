@@ -6,28 +6,18 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::{tags, uids};
-use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
+use dicom_object::InMemDicomObject;
 use mg3d_core::table::{TableSchema, read_table};
+use mg3d_testkit::crafted::{Nii, PLANTED, ct_slice, gz};
 
 use crate::cli::{mg3d, text};
 
 const SALT: &str = "hostile-corpus-salt-0001";
-/// Identifiers planted in headers and folder names; none may reach an output or the log.
-const PHI: [&str; 7] = [
-    "ZEBULON",
-    "QUIXOTE",
-    "MRN4471923",
-    "ACC99120077",
-    "19470312",
-    "20190517",
-    "St Elsewhere Clinic",
-];
 
 /// What an input must become.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,67 +45,13 @@ impl Corpus {
 
 type Edit = Box<dyn Fn(&mut InMemDicomObject, usize)>;
 
-/// Writes a 3-slice 4x4 CT series (stored 1000 + 10k + i, intercept -1024) into `dir`, each slice
-/// passed through `edit` (slice index) before writing.
+/// Writes `n` slices of a crafted CT series ([`ct_slice`]) into `dir`, each passed through `edit`
+/// (with its slice index); returns `n`.
 fn series(dir: &Path, uid: &str, n: usize, edit: Edit) -> usize {
     fs::create_dir_all(dir).unwrap();
     for k in 0..n {
-        let sop = format!("{uid}.{}", k + 1);
-        let px: Vec<u16> = (0..16).map(|i| 1000 + 10 * k as u16 + i).collect();
-        let ds = |v: &[f64]| {
-            PrimitiveValue::Strs(v.iter().map(|x| x.to_string()).collect::<Vec<_>>().into())
-        };
-        let mut o = InMemDicomObject::from_element_iter([
-            DataElement::new(tags::SOP_CLASS_UID, VR::UI, uids::CT_IMAGE_STORAGE),
-            DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, sop.as_str()),
-            DataElement::new(tags::STUDY_DATE, VR::DA, "20190517"),
-            DataElement::new(tags::ACCESSION_NUMBER, VR::SH, "ACC99120077"),
-            DataElement::new(tags::MODALITY, VR::CS, "CT"),
-            DataElement::new(tags::INSTITUTION_NAME, VR::LO, "St Elsewhere Clinic"),
-            DataElement::new(tags::PATIENT_NAME, VR::PN, "QUIXOTE^ZEBULON"),
-            DataElement::new(tags::PATIENT_ID, VR::LO, "MRN4471923"),
-            DataElement::new(tags::PATIENT_BIRTH_DATE, VR::DA, "19470312"),
-            DataElement::new(tags::STUDY_INSTANCE_UID, VR::UI, "2.25.1"),
-            DataElement::new(tags::SERIES_INSTANCE_UID, VR::UI, uid),
-            DataElement::new(
-                tags::IMAGE_POSITION_PATIENT,
-                VR::DS,
-                ds(&[0.0, 0.0, 2.5 * k as f64]),
-            ),
-            DataElement::new(
-                tags::IMAGE_ORIENTATION_PATIENT,
-                VR::DS,
-                ds(&[1.0, 0.0, 0.0, 0.0, 1.0, 0.0]),
-            ),
-            DataElement::new(tags::PIXEL_SPACING, VR::DS, ds(&[0.7, 0.7])),
-            DataElement::new(tags::SLICE_THICKNESS, VR::DS, "2.5"),
-            DataElement::new(tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(1u16)),
-            DataElement::new(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2"),
-            DataElement::new(tags::ROWS, VR::US, PrimitiveValue::from(4u16)),
-            DataElement::new(tags::COLUMNS, VR::US, PrimitiveValue::from(4u16)),
-            DataElement::new(tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(16u16)),
-            DataElement::new(tags::BITS_STORED, VR::US, PrimitiveValue::from(16u16)),
-            DataElement::new(tags::HIGH_BIT, VR::US, PrimitiveValue::from(15u16)),
-            DataElement::new(
-                tags::PIXEL_REPRESENTATION,
-                VR::US,
-                PrimitiveValue::from(0u16),
-            ),
-            DataElement::new(tags::RESCALE_INTERCEPT, VR::DS, "-1024"),
-            DataElement::new(tags::RESCALE_SLOPE, VR::DS, "1"),
-            DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(px.into())),
-        ]);
-        edit(&mut o, k);
-        let f = o
-            .with_meta(
-                FileMetaTableBuilder::new()
-                    .transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)
-                    .media_storage_sop_class_uid(uids::CT_IMAGE_STORAGE)
-                    .media_storage_sop_instance_uid(sop.as_str()),
-            )
-            .unwrap();
-        f.write_to_file(dir.join(format!("IM{:04}.dcm", k + 1)))
-            .unwrap();
+        let bytes = ct_slice(uid, k, uids::EXPLICIT_VR_LITTLE_ENDIAN, |o| edit(o, k));
+        fs::write(dir.join(format!("IM{:04}.dcm", k + 1)), bytes).unwrap();
     }
     n
 }
@@ -283,99 +219,6 @@ fn dicom_cases(c: &mut Corpus) {
 }
 
 // ---------------------------------------------------------------- NIfTI
-
-/// A NIfTI-1 single file: int16 values, the given vox_offset, sform rows and xyzt_units.
-struct Nii {
-    dims: Vec<i16>,
-    datatype: i16,
-    bitpix: i16,
-    vox_offset: f32,
-    srow: [[f32; 4]; 3],
-    units: u8,
-    magic: &'static [u8; 4],
-    big: bool,
-    data: Vec<u8>,
-}
-
-impl Nii {
-    fn int16(dims: &[i16], values: &[i16]) -> Nii {
-        Nii {
-            dims: dims.to_vec(),
-            datatype: 4,
-            bitpix: 16,
-            vox_offset: 352.0,
-            srow: [
-                [0.7, 0.0, 0.0, 0.0],
-                [0.0, 0.7, 0.0, 0.0],
-                [0.0, 0.0, 2.5, 0.0],
-            ],
-            units: 2,
-            magic: b"n+1\0",
-            big: false,
-            data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        }
-    }
-    fn bytes(&self) -> Vec<u8> {
-        let mut b = vec![0u8; 352];
-        let e16 = |v: i16| {
-            if self.big {
-                v.to_be_bytes()
-            } else {
-                v.to_le_bytes()
-            }
-        };
-        let e32 = |v: i32| {
-            if self.big {
-                v.to_be_bytes()
-            } else {
-                v.to_le_bytes()
-            }
-        };
-        let f32b = |v: f32| {
-            if self.big {
-                v.to_be_bytes()
-            } else {
-                v.to_le_bytes()
-            }
-        };
-        b[0..4].copy_from_slice(&e32(348));
-        let mut dim = [1i16; 8];
-        dim[0] = self.dims.len() as i16;
-        dim[1..=self.dims.len()].copy_from_slice(&self.dims);
-        for (i, d) in dim.iter().enumerate() {
-            b[40 + 2 * i..42 + 2 * i].copy_from_slice(&e16(*d));
-        }
-        b[70..72].copy_from_slice(&e16(self.datatype));
-        b[72..74].copy_from_slice(&e16(self.bitpix));
-        for i in 0..8 {
-            b[76 + 4 * i..80 + 4 * i].copy_from_slice(&f32b(1.0));
-        }
-        b[108..112].copy_from_slice(&f32b(self.vox_offset));
-        b[123] = self.units;
-        b[254..256].copy_from_slice(&e16(1)); // sform_code
-        for r in 0..3 {
-            for c in 0..4 {
-                let at = 280 + 16 * r + 4 * c;
-                b[at..at + 4].copy_from_slice(&f32b(self.srow[r][c]));
-            }
-        }
-        b[344..348].copy_from_slice(self.magic);
-        let mut data = self.data.clone();
-        if self.big {
-            for ch in data.chunks_exact_mut(2) {
-                ch.swap(0, 1);
-            }
-        }
-        b.extend(data);
-        b
-    }
-}
-
-fn gz(b: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    e.write_all(b).unwrap();
-    e.finish().unwrap()
-}
 
 fn nifti_cases(c: &mut Corpus) {
     let root = c.dir.join("nifti");
@@ -724,14 +567,14 @@ params = {{ files = ["{d}/reports.csv"] }}
                 bytes
             };
             let hay = String::from_utf8_lossy(&raw).to_lowercase();
-            for p in PHI {
+            for p in PLANTED {
                 if hay.contains(&p.to_lowercase()) {
                     leaks.push(format!("{stage}/{f}: {p}"));
                 }
             }
         }
     }
-    for p in PHI {
+    for p in PLANTED {
         if log.to_lowercase().contains(&p.to_lowercase()) {
             leaks.push(format!("log: {p}"));
         }

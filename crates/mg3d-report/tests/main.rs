@@ -3,6 +3,7 @@
 //! `cargo test --workspace --test report_tests <module>::`.
 
 mod entities_synth;
+mod fuzz;
 mod reports_synth;
 mod tokens_reference;
 mod tokens_train;

@@ -4,6 +4,10 @@
 //! nibabel, transformers, scikit-learn, ...) or the real all-MiniLM-L6-v2 folder (`.venv/minilm`)
 //! skip with a message when it is missing, unless `MG3D_REQUIRE_PYTHON=1` (as `make test` sets),
 //! where a missing piece fails the test.
+//!
+//! [`crafted`]: hand-built NIfTI and DICOM inputs and the fuzzer's byte mutator.
+
+pub mod crafted;
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -438,51 +438,14 @@ pub fn read_values<R: Read>(
 mod tests {
     use super::*;
 
-    /// A minimal NIfTI-1 single file: 2x2x1 int16, given vox_offset, little- or big-endian.
+    /// A 2x2x1 int16 single file with the given vox_offset and byte order.
     fn nifti1(vox_offset: f32, big: bool) -> Vec<u8> {
-        let mut b = vec![0u8; 352];
-        let put16 = |b: &mut Vec<u8>, at: usize, v: i16| {
-            let x = if big {
-                v.to_be_bytes()
-            } else {
-                v.to_le_bytes()
-            };
-            b[at..at + 2].copy_from_slice(&x);
-        };
-        let put32 = |b: &mut Vec<u8>, at: usize, x: [u8; 4]| b[at..at + 4].copy_from_slice(&x);
-        let f = |v: f32| {
-            if big {
-                v.to_be_bytes()
-            } else {
-                v.to_le_bytes()
-            }
-        };
-        let i = |v: i32| {
-            if big {
-                v.to_be_bytes()
-            } else {
-                v.to_le_bytes()
-            }
-        };
-        put32(&mut b, 0, i(348));
-        for (k, d) in [3i16, 2, 2, 1, 1, 1, 1, 1].iter().enumerate() {
-            put16(&mut b, 40 + 2 * k, *d);
+        mg3d_testkit::crafted::Nii {
+            vox_offset,
+            big,
+            ..mg3d_testkit::crafted::Nii::int16(&[2, 2, 1], &[1, -2, 300, -32768])
         }
-        put16(&mut b, 70, 4);
-        put16(&mut b, 72, 16);
-        for k in 0..8 {
-            put32(&mut b, 76 + 4 * k, f(1.0));
-        }
-        put32(&mut b, 108, f(vox_offset));
-        b[344..348].copy_from_slice(b"n+1\0");
-        for v in [1i16, -2, 300, -32768] {
-            b.extend(if big {
-                v.to_be_bytes()
-            } else {
-                v.to_le_bytes()
-            });
-        }
-        b
+        .bytes()
     }
 
     fn read(bytes: &[u8]) -> Result<Vec<f32>, Reject> {
