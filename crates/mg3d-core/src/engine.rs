@@ -547,7 +547,10 @@ impl<'r> Engine<'r> {
 /// releases when the holder exits (even by kill -9), so a stale lock cannot block a restart and two
 /// starts cannot both proceed. Once held, promotions a kill interrupted are finished or undone and
 /// leftover temporary outputs are removed.
-struct WorkDirLock(#[allow(dead_code)] fs::File);
+struct WorkDirLock {
+    /// Held open for the lock's lifetime; closing it releases the lock.
+    _file: fs::File,
+}
 
 impl WorkDirLock {
     fn acquire(work: &Path) -> Result<WorkDirLock, EngineError> {
@@ -578,7 +581,7 @@ impl WorkDirLock {
             recover_promotions(work, &tmp).map_err(io_err(&tmp))?;
             fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
         }
-        Ok(WorkDirLock(file))
+        Ok(WorkDirLock { _file: file })
     }
 }
 

@@ -16,6 +16,7 @@
 #![allow(clippy::needless_range_loop)] // matrix and voxel code reads better with indices
 
 pub mod dicom_io;
+pub mod dicom_scan;
 pub mod ingest;
 pub mod inspect;
 pub mod nifti_header;

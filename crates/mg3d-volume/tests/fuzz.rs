@@ -77,29 +77,35 @@ fn parsers_survive_mutated_inputs() {
     (0..iters).into_par_iter().for_each(|i| {
         let mut rng = ChaCha8Rng::seed_from_u64(i);
         let start = Instant::now();
-        let ok = match i % 2 {
-            0 => {
-                let input = mutate(&nii[rng.random_range(0..nii.len())], &mut rng);
-                std::panic::catch_unwind(|| {
-                    let _ = read_nifti_from(&input[..], &opts);
-                })
+        let seeds = if i % 2 == 0 { &nii } else { &dcm };
+        let input = mutate(&seeds[rng.random_range(0..seeds.len())], &mut rng);
+        let ok = std::panic::catch_unwind(|| {
+            if i % 2 == 0 {
+                let _ = read_nifti_from(&input[..], &opts);
+            } else {
+                let _ = read_header_bytes(&input);
             }
-            _ => {
-                let input = mutate(&dcm[rng.random_range(0..dcm.len())], &mut rng);
-                std::panic::catch_unwind(|| {
-                    let _ = read_header_bytes(&input);
-                })
-            }
-        };
+        });
         let us = start.elapsed().as_micros() as u64;
+        if ok.is_err() || us > 1_000_000 {
+            // MG3D_FUZZ_DUMP=DIR keeps failing and slow inputs for a reproduction.
+            if let Some(dir) = std::env::var_os("MG3D_FUZZ_DUMP") {
+                let _ = std::fs::write(
+                    std::path::Path::new(&dir).join(format!("input-{i}.bin")),
+                    &input,
+                );
+            }
+            eprintln!(
+                "input {i} (case {}): {:.1} s{}",
+                i % 2,
+                us as f64 / 1e6,
+                if ok.is_err() { ", panicked" } else { "" }
+            );
+        }
         slowest_us[(i % 2) as usize].fetch_max(us, Ordering::Relaxed);
         total_us[(i % 2) as usize].fetch_add(us, Ordering::Relaxed);
         if ok.is_err() {
             panics.fetch_add(1, Ordering::Relaxed);
-            eprintln!(
-                "panic on input {i} (rerun: ChaCha8 seed {i}, case {})",
-                i % 3
-            );
         }
     });
     let ms = |a: &[AtomicU64; 2]| {

@@ -1,0 +1,323 @@
+//! A pre-scan of a DICOM Part 10 file's element headers, before dicom-rs parses it.
+//!
+//! dicom-rs allocates whatever an element's length declares before it finds the file too short,
+//! so a 1 KB file could ask for gigabytes and seconds; and it recurses into nested sequences, so deep
+//! nesting could overflow a worker's stack. This scan walks the meta group and the data set up to
+//! the pixel data (inflating a deflated data set), checking every declared length against the bytes
+//! that remain and the nesting depth, and rejects what dicom-rs would misread: implicit VR under an
+//! explicit transfer syntax, undefined-length UN elements, a meta group length that disagrees with
+//! the meta group.
+
+use std::io::Read;
+
+use crate::Reject;
+
+/// Deepest sequence nesting accepted (real objects nest a handful of levels).
+pub const MAX_SEQUENCE_DEPTH: usize = 64;
+
+/// Largest inflated data set scanned (a deflated file inflating past it is left to the parser).
+const MAX_INFLATED: u64 = 256 << 20;
+
+/// How far [`check_element_lengths`] got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scan {
+    /// Every element header before the pixel data was checked (or the rest is the parser's).
+    Done,
+    /// The bytes ended before the pixel data: a longer prefix is needed.
+    NeedMore,
+}
+
+const IMPLICIT_LE: &str = "1.2.840.10008.1.2";
+const EXPLICIT_BE: &str = "1.2.840.10008.1.2.2";
+const DEFLATED: &str = "1.2.840.10008.1.2.1.99";
+
+/// Checks the start of a file (`prefix`, preamble included) whose whole size is `file_len`.
+/// Files without the DICM magic are left to the parser.
+pub fn check_element_lengths(prefix: &[u8], file_len: u64) -> Result<Scan, Reject> {
+    if prefix.get(128..132) != Some(b"DICM") {
+        return Ok(Scan::Done);
+    }
+    let complete = prefix.len() as u64 >= file_len;
+    let mut meta = Cursor {
+        b: prefix,
+        pos: 132,
+        total: file_len,
+        explicit: true,
+        big: false,
+        complete,
+    };
+    let Some(ts) = meta.meta_group()? else {
+        return Ok(meta.out_of_bytes());
+    };
+    let mut data = Cursor {
+        explicit: ts.as_deref() != Some(IMPLICIT_LE),
+        big: ts.as_deref() == Some(EXPLICIT_BE),
+        ..meta
+    };
+    if ts.as_deref() == Some(DEFLATED) {
+        if !complete {
+            return Ok(Scan::NeedMore);
+        }
+        let mut inflated = Vec::new();
+        flate2::read::DeflateDecoder::new(&prefix[data.pos..])
+            .take(MAX_INFLATED)
+            .read_to_end(&mut inflated)
+            .map_err(|e| corrupt(format!("the deflated data set does not inflate: {e}")))?;
+        data = Cursor {
+            b: &inflated,
+            pos: 0,
+            total: inflated.len() as u64,
+            complete: true,
+            ..data
+        };
+        return data.data_set();
+    }
+    data.data_set()
+}
+
+fn corrupt(m: String) -> Reject {
+    Reject::new("dicom_corrupt", m)
+}
+
+fn unreadable(m: String) -> Reject {
+    Reject::new("dicom_unreadable", m)
+}
+
+/// A position in a byte buffer holding the start (or all) of a data set of `total` bytes.
+#[derive(Clone, Copy)]
+struct Cursor<'a> {
+    b: &'a [u8],
+    pos: usize,
+    total: u64,
+    explicit: bool,
+    big: bool,
+    /// Whether `b` holds all `total` bytes.
+    complete: bool,
+}
+
+/// One element header.
+struct Element {
+    group: u16,
+    elem: u16,
+    vr: [u8; 2],
+    len: u32,
+    header: usize,
+}
+
+impl Cursor<'_> {
+    fn u16(&self, at: usize) -> Option<u16> {
+        let b: [u8; 2] = self.b.get(at..at + 2)?.try_into().ok()?;
+        Some(if self.big {
+            u16::from_be_bytes(b)
+        } else {
+            u16::from_le_bytes(b)
+        })
+    }
+
+    fn u32(&self, at: usize) -> Option<u32> {
+        let b: [u8; 4] = self.b.get(at..at + 4)?.try_into().ok()?;
+        Some(if self.big {
+            u32::from_be_bytes(b)
+        } else {
+            u32::from_le_bytes(b)
+        })
+    }
+
+    fn out_of_bytes(&self) -> Scan {
+        if self.complete {
+            Scan::Done
+        } else {
+            Scan::NeedMore
+        }
+    }
+
+    /// Bytes of the data set after `n` more from the cursor.
+    fn remaining_after(&self, n: usize) -> u64 {
+        self.total.saturating_sub((self.pos + n) as u64)
+    }
+
+    /// The element header at the cursor (`None`: the bytes end inside it).
+    fn element(&self) -> Result<Option<Element>, Reject> {
+        let (Some(group), Some(elem)) = (self.u16(self.pos), self.u16(self.pos + 2)) else {
+            return Ok(None);
+        };
+        if group == 0xFFFE || !self.explicit {
+            // Items and delimiters never have a VR; implicit VR elements neither.
+            let Some(len) = self.u32(self.pos + 4) else {
+                return Ok(None);
+            };
+            return Ok(Some(Element {
+                group,
+                elem,
+                vr: *b"  ",
+                len,
+                header: 8,
+            }));
+        }
+        let Some(vr) = self.b.get(self.pos + 4..self.pos + 6) else {
+            return Ok(None);
+        };
+        if !vr.iter().all(u8::is_ascii_uppercase) {
+            // pydicom guesses implicit VR and reads on; dicom-rs would take value bytes for lengths.
+            return Err(unreadable(format!(
+                "element ({group:04X},{elem:04X}) has no valid VR although the transfer syntax is explicit VR"
+            )));
+        }
+        let vr = [vr[0], vr[1]];
+        let long = matches!(
+            &vr,
+            b"OB"
+                | b"OD"
+                | b"OF"
+                | b"OL"
+                | b"OV"
+                | b"OW"
+                | b"SQ"
+                | b"SV"
+                | b"UC"
+                | b"UN"
+                | b"UR"
+                | b"UT"
+                | b"UV"
+        );
+        let (len, header) = if long {
+            (self.u32(self.pos + 8), 12)
+        } else {
+            (self.u16(self.pos + 6).map(u32::from), 8)
+        };
+        Ok(len.map(|len| Element {
+            group,
+            elem,
+            vr,
+            len,
+            header,
+        }))
+    }
+
+    /// Walks the meta group (explicit VR little endian); returns its transfer syntax (`None`
+    /// inside: absent) with the cursor on the data set, or `None` when the bytes end first.
+    #[allow(clippy::option_option)]
+    fn meta_group(&mut self) -> Result<Option<Option<String>>, Reject> {
+        let start = self.pos;
+        let mut declared_end = None;
+        loop {
+            let Some(group) = self.u16(self.pos) else {
+                return Ok(None);
+            };
+            if group != 0x0002 {
+                if let Some(end) = declared_end
+                    && end != self.pos
+                {
+                    return Err(corrupt(format!(
+                        "the meta group length ends it at byte {end}, but its elements end at {}",
+                        self.pos
+                    )));
+                }
+                return Ok(Some(transfer_syntax(&self.b[start..self.pos])));
+            }
+            let Some(e) = self.element()? else {
+                return Ok(None);
+            };
+            if e.elem == 0x0000 {
+                declared_end = self
+                    .u32(self.pos + e.header)
+                    .map(|n| self.pos + e.header + 4 + n as usize);
+            }
+            if e.len as u64 > self.remaining_after(e.header) {
+                return Err(corrupt(format!("a meta element declares {} bytes", e.len)));
+            }
+            self.pos += e.header + e.len as usize;
+        }
+    }
+
+    /// Walks the data set to the pixel data.
+    fn data_set(&mut self) -> Result<Scan, Reject> {
+        // Open sequences: the end of a defined-length one, `None` for one closed by a delimiter.
+        let mut open: Vec<Option<usize>> = Vec::new();
+        loop {
+            while let Some(Some(end)) = open.last()
+                && self.pos >= *end
+            {
+                open.pop();
+            }
+            let Some(e) = self.element()? else {
+                return Ok(self.out_of_bytes());
+            };
+            let remaining = self.remaining_after(e.header);
+            let defined = e.len != u32::MAX;
+            if e.group == 0xFFFE {
+                if e.elem == 0xE000 && defined && e.len as u64 > remaining {
+                    return Err(corrupt(format!(
+                        "an item declares {} bytes; {remaining} remain",
+                        e.len
+                    )));
+                }
+                if e.elem == 0xE0DD {
+                    // Closes the innermost delimited sequence (and any defined one left inside it).
+                    while let Some(Some(_)) = open.last() {
+                        open.pop();
+                    }
+                    open.pop();
+                }
+                self.pos += e.header; // item contents are elements: walked, not skipped
+                continue;
+            }
+            if (e.group, e.elem) == (0x7FE0, 0x0010) {
+                // Short pixel data is decided when the series is assembled (`dicom_truncated` for
+                // the whole series). The parser reads this header before it stops: it must be here.
+                return Ok(if self.b.len() >= self.pos + e.header {
+                    Scan::Done
+                } else {
+                    self.out_of_bytes()
+                });
+            }
+            if &e.vr == b"UN" && !defined {
+                // A sequence re-encoded as UN (implicit VR inside an explicit data set): pydicom
+                // reads it, dicom-rs cannot and misreads the lengths inside it.
+                return Err(unreadable(format!(
+                    "element ({:04X},{:04X}) is an undefined-length UN (a sequence in implicit VR), which mg3d's DICOM parser cannot read",
+                    e.group, e.elem
+                )));
+            }
+            if defined && e.len as u64 > remaining {
+                return Err(corrupt(format!(
+                    "element ({:04X},{:04X}) declares {} bytes; {remaining} remain",
+                    e.group, e.elem, e.len
+                )));
+            }
+            let starts_item = self.b.get(self.pos + e.header..self.pos + e.header + 4)
+                == Some(&[0xFE, 0xFF, 0x00, 0xE0][..]);
+            let sequence = &e.vr == b"SQ"
+                || (!defined && &e.vr != b"OB" && &e.vr != b"OW")
+                || (!self.explicit && defined && starts_item);
+            if sequence {
+                open.push(defined.then_some(self.pos + e.header + e.len as usize));
+                if open.len() > MAX_SEQUENCE_DEPTH {
+                    return Err(corrupt(format!(
+                        "sequences nest deeper than {MAX_SEQUENCE_DEPTH} levels"
+                    )));
+                }
+                self.pos += e.header;
+                continue;
+            }
+            if !defined {
+                return Ok(Scan::Done); // an undefined-length OB/OW outside the pixel data
+            }
+            self.pos += e.header + e.len as usize;
+        }
+    }
+}
+
+/// The TransferSyntaxUID value inside a meta group's bytes (explicit VR little endian).
+fn transfer_syntax(meta: &[u8]) -> Option<String> {
+    let at = meta
+        .windows(6)
+        .position(|w| w == [0x02, 0x00, 0x10, 0x00, b'U', b'I'])?;
+    let len = u16::from_le_bytes([*meta.get(at + 6)?, *meta.get(at + 7)?]) as usize;
+    let v = meta.get(at + 8..at + 8 + len)?;
+    Some(
+        String::from_utf8_lossy(v)
+            .trim_end_matches(['\0', ' '])
+            .to_string(),
+    )
+}
