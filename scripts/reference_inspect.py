@@ -5,7 +5,7 @@ Usage: reference_inspect.py FILE... ; prints one JSON list. For DICOM files: sha
 frames], RAS affine built from ImageOrientationPatient / ImagePositionPatient / PixelSpacing /
 SliceThickness (LPS -> RAS), and value statistics after the modality LUT (MONOCHROME1 inverted first,
 PixelPaddingValue mapped to the minimum). For NIfTI: nibabel's affine and scaled data (first volume
-of 4D images).
+of 4D images) and every dimension of the file.
 """
 import json, sys
 
@@ -60,7 +60,7 @@ def nifti_ref(path):
     while data.ndim > 3:
         data = data[..., 0]
     a = img.affine
-    return {"shape": list(data.shape) + [1] * (3 - data.ndim), "affine": a.tolist(), "single_frame_geometry": True, "values": stats(data)}
+    return {"shape": list(data.shape) + [1] * (3 - data.ndim), "dims": [int(d) for d in img.shape], "affine": a.tolist(), "single_frame_geometry": True, "values": stats(data)}
 
 
 def stats(v):

@@ -468,7 +468,8 @@ fn checked_header(h: SliceHeader) -> Result<SliceHeader, Reject> {
             ),
         ));
     };
-    let pixel_bytes = voxels * (h.bits_allocated as u64).div_ceil(8);
+    // Bits, not bytes, per sample: 1-bit data (segmentations) packs eight to a byte.
+    let pixel_bytes = voxels.saturating_mul(h.bits_allocated as u64).div_ceil(8);
     if is_native(&h.transfer_syntax) && pixel_bytes > 0 && len < pixel_bytes {
         return Err(Reject::new(
             "dicom_truncated",
@@ -652,6 +653,10 @@ fn stored_values(bytes: &[u8], h: &SliceHeader, n: usize) -> Option<Vec<f64>> {
     };
     let big_endian = h.transfer_syntax == "1.2.840.10008.1.2.2";
     let vals: Vec<f64> = match h.bits_allocated {
+        // Packed eight to a byte, least significant bit first (segmentations).
+        1 => (0..n)
+            .map(|i| bytes.get(i / 8).map(|b| ((b >> (i % 8)) & 1) as f64))
+            .collect::<Option<_>>()?,
         8 => bytes.iter().take(n).map(|&b| ext(b as u64)).collect(),
         16 => bytes
             .chunks_exact(2)
@@ -674,7 +679,7 @@ fn stored_values(bytes: &[u8], h: &SliceHeader, n: usize) -> Option<Vec<f64>> {
 /// The frames of uncompressed pixel data, read straight from the PixelData bytes.
 fn native_frames(obj: &DefaultDicomObject, h: &SliceHeader, n: usize) -> Option<Vec<Vec<f64>>> {
     let bytes = element(obj, tags::PIXEL_DATA)?.to_bytes().ok()?;
-    let frame_len = n * (h.bits_allocated as usize).div_ceil(8);
+    let frame_len = (n * h.bits_allocated as usize).div_ceil(8);
     if frame_len == 0 {
         return None;
     }
@@ -740,33 +745,45 @@ pub fn decode_stored(h: &SliceHeader) -> Result<Vec<Vec<f64>>, Reject> {
             format!("{}: {what}", h.path.display()),
         )
     };
-    let frames: Vec<Vec<f64>> = match obj.decode_pixel_data() {
-        Ok(decoded) => (0..decoded.number_of_frames().max(1))
-            .map(|fi| {
-                let bytes = decoded
-                    .frame_data(fi)
-                    .map_err(|e| fail(format!("frame {fi}: {e}")))?;
-                match stored_values(bytes, h, n) {
-                    Some(v) => Ok(v),
-                    None => {
-                        let opts = ConvertOptions::new().with_modality_lut(ModalityLutOption::None);
-                        decoded
-                            .to_vec_frame_with_options(fi, &opts)
-                            .map_err(|e| fail(format!("frame {fi}: {e}")))
+    let native = is_native(&h.transfer_syntax);
+    let native_or = |what: &str| {
+        native_frames(&obj, h, n).ok_or_else(|| {
+            fail(format!(
+                "{what} pixel data does not match Rows, Columns and BitsAllocated"
+            ))
+        })
+    };
+    let frames: Vec<Vec<f64>> = if native && h.bits_allocated == 1 {
+        // dicom-pixeldata's frames of 1-bit data come back empty; the bits are unpacked here.
+        native_or("1-bit")?
+    } else {
+        match obj.decode_pixel_data() {
+            Ok(decoded) => (0..decoded.number_of_frames().max(1))
+                .map(|fi| {
+                    let bytes = decoded
+                        .frame_data(fi)
+                        .map_err(|e| fail(format!("frame {fi}: {e}")))?;
+                    match stored_values(bytes, h, n) {
+                        Some(v) => Ok(v),
+                        None => {
+                            let opts =
+                                ConvertOptions::new().with_modality_lut(ModalityLutOption::None);
+                            decoded
+                                .to_vec_frame_with_options(fi, &opts)
+                                .map_err(|e| fail(format!("frame {fi}: {e}")))
+                        }
                     }
-                }
-            })
-            .collect::<Result<_, Reject>>()?,
-        // The decoder reads the pixel attributes itself and fails when they are stored as UN;
-        // native pixels need no decoder, and the header's values are already read leniently.
-        Err(_) if is_native(&h.transfer_syntax) => native_frames(&obj, h, n).ok_or_else(|| {
-            fail("native pixel data does not match Rows, Columns and BitsAllocated".into())
-        })?,
-        Err(e) => {
-            return Err(fail(format!(
-                "cannot decode pixel data in transfer syntax {}: {e}",
-                h.transfer_syntax
-            )));
+                })
+                .collect::<Result<_, Reject>>()?,
+            // The decoder reads the pixel attributes itself and fails when they are stored as
+            // UN; native pixels need no decoder, and the header's values are read leniently.
+            Err(_) if native => native_or("native")?,
+            Err(e) => {
+                return Err(fail(format!(
+                    "cannot decode pixel data in transfer syntax {}: {e}",
+                    h.transfer_syntax
+                )));
+            }
         }
     };
     let mut out = Vec::with_capacity(frames.len());

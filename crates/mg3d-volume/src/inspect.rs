@@ -102,6 +102,9 @@ fn inspect_inner(path: &Path) -> Result<Value, Reject> {
         let mut out = describe(&v);
         let o = out.as_object_mut().unwrap();
         o.insert("kind".into(), json!("nifti"));
+        // "shape" is the volume read (the first of a 4D image); "dims" every dimension.
+        o.insert("dims".into(), json!(info.dims));
+        o.insert("nifti_version".into(), json!(info.version));
         o.insert("dtype".into(), json!(info.datatype));
         o.insert(
             "slope".into(),
