@@ -447,7 +447,7 @@ impl<'r> Engine<'r> {
             }
             let t0 = Instant::now();
             tracing::info!(stage = %spec.name, kind = %spec.kind, reasons = ?reasons, "running");
-            let rec = self.run_stage(p, spec, inputs, ctx_inputs, &pool, &progress)?;
+            let (rec, this_run) = self.run_stage(p, spec, inputs, ctx_inputs, &pool, &progress)?;
             lock.stages.insert(spec.name.clone(), rec.clone());
             lock.format = 1;
             lock.save(&p.work_dir).map_err(io_err(&p.work_dir))?;
@@ -458,7 +458,7 @@ impl<'r> Engine<'r> {
                 action: "ran".into(),
                 reasons,
                 seconds,
-                summary: rec.summary.clone(),
+                summary: with_this_run(rec.summary.clone(), this_run),
             });
             st.state = StageState::Fresh;
             st.reasons.clear();
@@ -476,7 +476,7 @@ impl<'r> Engine<'r> {
         ctx_inputs: Vec<StageInput>,
         pool: &rayon::ThreadPool,
         progress: &MultiProgress,
-    ) -> Result<StageRecord, EngineError> {
+    ) -> Result<(StageRecord, Option<Value>), EngineError> {
         let stage = self.registry.get(&spec.kind).unwrap().clone();
         let fail = |source: StageError| EngineError::Stage {
             stage: spec.name.clone(),
@@ -510,13 +510,18 @@ impl<'r> Engine<'r> {
                 "internal error (panic) outside any single item; please report it",
             ))
         });
-        let summary = match result {
+        let mut summary = match result {
             Ok(s) => s,
             Err(e) => {
                 let _ = fs::remove_dir_all(&tmp);
                 return Err(fail(e));
             }
         };
+        // What only this run knows (wall times, a resume) is reported, not kept in the lockfile,
+        // so the same inputs give the same lockfile however the run went.
+        let this_run = summary
+            .as_object_mut()
+            .and_then(|o| o.remove(crate::stage::THIS_RUN));
         let files = hash_dir(&tmp).map_err(io_err(&tmp))?;
         let output_digest = dir_digest(&files);
         // Promote: old -> trash, tmp -> final, drop trash.
@@ -529,7 +534,7 @@ impl<'r> Engine<'r> {
         fs::rename(&tmp, &final_dir).map_err(io_err(&final_dir))?;
         let _ = fs::remove_dir_all(&trash);
         let _ = ctx.items.prune_unused();
-        Ok(StageRecord {
+        let record = StageRecord {
             kind: spec.kind.clone(),
             key,
             code_version: stage.code_version().to_string(),
@@ -539,8 +544,17 @@ impl<'r> Engine<'r> {
             output_digest,
             files,
             summary,
-        })
+        };
+        Ok((record, this_run))
     }
+}
+
+/// A stage's summary with its run-only part put back, for the run report.
+fn with_this_run(mut summary: Value, this_run: Option<Value>) -> Value {
+    if let (Some(o), Some(r)) = (summary.as_object_mut(), this_run) {
+        o.insert(crate::stage::THIS_RUN.into(), r);
+    }
+    summary
 }
 
 /// One `run` per work dir at a time: an exclusive `flock` on `WORK/.mg3d.lock`, which the kernel

@@ -196,6 +196,9 @@ impl From<crate::table::TableError> for StageError {
     }
 }
 
+/// The summary key for what only this run knows (see [`Stage::run`]).
+pub const THIS_RUN: &str = "this_run";
+
 /// A stage kind: what the engine needs to validate, key and run it.
 pub trait Stage: Send + Sync {
     /// Kind name used in pipeline files (`kind = "..."`).
@@ -230,7 +233,9 @@ pub trait Stage: Send + Sync {
     fn item_params(&self) -> Option<Vec<&'static str>> {
         None
     }
-    /// Does the work, writing only under `ctx.out_dir`. Returns a JSON summary (counts).
+    /// Does the work, writing only under `ctx.out_dir`. Returns a JSON summary (counts); what
+    /// depends on how this run went rather than on the inputs (wall times, a resumed checkpoint)
+    /// goes under the key [`THIS_RUN`], which the run report shows and the lockfile leaves out.
     fn run(&self, ctx: &StageContext) -> Result<Value, StageError>;
 }
 

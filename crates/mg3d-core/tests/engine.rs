@@ -39,7 +39,7 @@ impl Stage for Gen {
         ]
     }
     fn run(&self, ctx: &StageContext) -> Result<Value, StageError> {
-        self.runs.fetch_add(1, Ordering::SeqCst);
+        let nth = self.runs.fetch_add(1, Ordering::SeqCst);
         let v = ctx.params.as_map()["value"].as_i64().unwrap();
         fs::write(ctx.out_dir.join("value.txt"), format!("{v}\n"))?;
         if ctx.params.as_map()["fail_after_write"].as_bool().unwrap() {
@@ -47,7 +47,8 @@ impl Stage for Gen {
         }
         fs::create_dir_all(ctx.out_dir.join("sub"))?;
         fs::write(ctx.out_dir.join("sub/square.txt"), format!("{}\n", v * v))?;
-        Ok(json!({"value": v}))
+        // Something only this run knows: reported, never in the lockfile.
+        Ok(json!({"value": v, "this_run": {"nth_run": nth}}))
     }
 }
 
@@ -367,14 +368,19 @@ fn two_runs_give_byte_identical_outputs() {
     let eng = Engine::new(&f.registry);
     for t in [&t1, &t2] {
         let p = load(&f.registry, &pipeline_text(t.path(), 4, 5, false));
-        eng.run(&p, &quiet()).unwrap();
+        let report = eng.run(&p, &quiet()).unwrap();
+        assert!(
+            report.stages[0].summary["this_run"]["nth_run"].is_u64(),
+            "{report:?}"
+        );
     }
     for stage in ["a", "b", "c", "d"] {
         let h1 = mg3d_core::fsutil::hash_dir(&t1.path().join(stage)).unwrap();
         let h2 = mg3d_core::fsutil::hash_dir(&t2.path().join(stage)).unwrap();
         assert_eq!(h1, h2, "stage {stage}");
     }
-    // The lockfiles agree too: keys hold no absolute paths or times.
+    // The lockfiles agree too: keys hold no absolute paths or times, and summaries no run-only
+    // facts (the two runs' `this_run` differ).
     let l1: Value =
         serde_json::from_slice(&fs::read(t1.path().join("mg3d.lock.json")).unwrap()).unwrap();
     let l2: Value =

@@ -358,13 +358,10 @@ impl Stage for ReportsStage {
             .par_iter()
             .map(|r| std::panic::catch_unwind(|| segment(r)).ok())
             .collect();
-        let (mut kept, mut kept_seg) = (Vec::new(), Vec::new());
+        let mut kept: Vec<(Report, Segmented)> = Vec::new();
         for (r, seg) in reports.into_iter().zip(segmented) {
             match seg {
-                Some(seg) => {
-                    kept.push(r);
-                    kept_seg.push(seg);
-                }
+                Some(seg) => kept.push((r, seg)),
                 None => rejects.push(RowReject {
                     source: r.source.clone(),
                     row: r.row,
@@ -377,7 +374,7 @@ impl Stage for ReportsStage {
                 }),
             }
         }
-        let (reports, segmented) = (kept, kept_seg);
+        let (reports, segmented): (Vec<Report>, Vec<Segmented>) = kept.into_iter().unzip();
 
         let (
             mut r_id,

@@ -372,15 +372,18 @@ impl Stage for TrainStage {
             ctx.out_dir.join("train.json"),
             serde_json::to_string_pretty(&record).unwrap_or_default() + "\n",
         )?;
-        // Wall-clock numbers only in the run summary (outputs stay reproducible).
+        // Wall-clock numbers and the resume only in the run report (outputs and the lockfile stay
+        // reproducible).
         Ok(json!({
             "steps": all.len(),
-            "resumed_from": resume.map(|r| r.file_name().map(|n| n.to_string_lossy().to_string())),
             "device": format!("{device:?}"),
-            "mean_step_seconds": step_s,
-            "mean_samples_per_s": sps,
             "first_total": all.first().map(|m| m.total),
             "last_total": all.last().map(|m| m.total),
+            mg3d_core::stage::THIS_RUN: {
+                "resumed_from": resume.map(|r| r.file_name().map(|n| n.to_string_lossy().to_string())),
+                "mean_step_seconds": step_s,
+                "mean_samples_per_s": sps,
+            },
         }))
     }
 }
