@@ -27,6 +27,13 @@ pub enum Scan {
     NeedMore,
 }
 
+/// The value representations of DICOM PS3.5 (6.2).
+const KNOWN_VRS: [[u8; 2]; 34] = [
+    *b"AE", *b"AS", *b"AT", *b"CS", *b"DA", *b"DS", *b"DT", *b"FD", *b"FL", *b"IS", *b"LO", *b"LT",
+    *b"OB", *b"OD", *b"OF", *b"OL", *b"OV", *b"OW", *b"PN", *b"SH", *b"SL", *b"SQ", *b"SS", *b"ST",
+    *b"SV", *b"TM", *b"UC", *b"UI", *b"UL", *b"UN", *b"UR", *b"US", *b"UT", *b"UV",
+];
+
 const IMPLICIT_LE: &str = "1.2.840.10008.1.2";
 const EXPLICIT_BE: &str = "1.2.840.10008.1.2.2";
 const DEFLATED: &str = "1.2.840.10008.1.2.1.99";
@@ -157,13 +164,15 @@ impl Cursor<'_> {
         let Some(vr) = self.b.get(self.pos + 4..self.pos + 6) else {
             return Ok(None);
         };
-        if !vr.iter().all(u8::is_ascii_uppercase) {
-            // pydicom guesses implicit VR and reads on; dicom-rs would take value bytes for lengths.
+        let vr = [vr[0], vr[1]];
+        if !KNOWN_VRS.contains(&vr) {
+            // Implicit VR under an explicit syntax (pydicom guesses and reads on) or a VR nobody
+            // defines: dicom-rs would take value bytes for lengths.
             return Err(unreadable(format!(
-                "element ({group:04X},{elem:04X}) has no valid VR although the transfer syntax is explicit VR"
+                "element ({group:04X},{elem:04X}) has no valid VR ({:?}) although the transfer syntax is explicit VR",
+                String::from_utf8_lossy(&vr)
             )));
         }
-        let vr = [vr[0], vr[1]];
         let long = matches!(
             &vr,
             b"OB"
@@ -300,10 +309,45 @@ impl Cursor<'_> {
                 self.pos += e.header;
                 continue;
             }
+            self.pos += e.header;
             if !defined {
-                return Ok(Scan::Done); // an undefined-length OB/OW outside the pixel data
+                // An undefined-length OB/OW outside the pixel data holds fragments (items of
+                // bytes) up to a sequence delimiter: their lengths are checked and skipped.
+                match self.fragments()? {
+                    Some(()) => continue,
+                    None => return Ok(self.out_of_bytes()),
+                }
             }
-            self.pos += e.header + e.len as usize;
+            self.pos += e.len as usize;
+        }
+    }
+}
+
+impl Cursor<'_> {
+    /// Skips encapsulated fragments to their sequence delimiter (`None`: the bytes end first).
+    fn fragments(&mut self) -> Result<Option<()>, Reject> {
+        loop {
+            let (Some(group), Some(elem), Some(len)) = (
+                self.u16(self.pos),
+                self.u16(self.pos + 2),
+                self.u32(self.pos + 4),
+            ) else {
+                return Ok(None);
+            };
+            match (group, elem) {
+                (0xFFFE, 0xE0DD) => {
+                    self.pos += 8;
+                    return Ok(Some(()));
+                }
+                (0xFFFE, 0xE000) if len as u64 <= self.remaining_after(8) => {
+                    self.pos += 8 + len as usize;
+                }
+                _ => {
+                    return Err(corrupt(format!(
+                        "an encapsulated value holds ({group:04X},{elem:04X}) of {len} bytes where a fragment item belongs"
+                    )));
+                }
+            }
         }
     }
 }
