@@ -888,7 +888,7 @@ fn without_paths(msg: &str, root: &Path, paths: &[&Path]) -> String {
         .enumerate()
         .map(|(i, p)| (p.display().to_string(), i))
         .collect();
-    named.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+    named.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
     for (p, i) in named {
         if !p.is_empty() && out.contains(&p) {
             let label = if paths.len() == 1 {

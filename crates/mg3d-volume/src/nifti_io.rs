@@ -103,9 +103,7 @@ fn qform_affine(h: &Header) -> Option<[[f64; 4]; 4]> {
 pub fn header_affine(h: &Header) -> ([[f64; 4]; 4], &'static str) {
     if h.sform_code > 0 {
         let mut m = [[0.0; 4]; 4];
-        for i in 0..3 {
-            m[i] = h.srow[i];
-        }
+        m[..3].copy_from_slice(&h.srow);
         m[3][3] = 1.0;
         return (m, "sform");
     }
