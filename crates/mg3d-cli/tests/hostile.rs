@@ -203,6 +203,33 @@ fn dicom_cases(c: &mut Corpus) {
     let b = fs::read(&t).unwrap();
     fs::write(&t, &b[..b.len() - 20]).unwrap();
     c.case(l, "truncated", Expect::Reject("dicom_truncated"));
+    // A slice whose header is cut short: the file is a reject, and so is the series it leaves
+    // with a missing slice (the folder's only series).
+    c.files += series(&root.join("cut_header"), "2.25.24", 3, Box::new(|_, _| {}));
+    let t = root.join("cut_header/IM0003.dcm");
+    let b = fs::read(&t).unwrap();
+    fs::write(&t, &b[..300]).unwrap();
+    c.case(l, "cut_header", Expect::Reject("series_incomplete"));
+    c.case(l, "cut_header/IM0003.dcm", Expect::Reject("dicom_corrupt"));
+    // A slice whose header says far more pixels than the file holds: the file is a reject, and
+    // its series (known from the header) lost it.
+    c.files += series(
+        &root.join("short_slice"),
+        "2.25.25",
+        3,
+        Box::new(|o, k| {
+            if k == 2 {
+                put(o, tags::ROWS, VR::US, PrimitiveValue::from(256u16));
+                put(o, tags::COLUMNS, VR::US, PrimitiveValue::from(256u16));
+            }
+        }),
+    );
+    c.case(l, "short_slice", Expect::Reject("series_incomplete"));
+    c.case(
+        l,
+        "short_slice/IM0003.dcm",
+        Expect::Reject("dicom_truncated"),
+    );
     fs::write(root.join("README.txt"), "exported by PACS for QUIXOTE").unwrap();
     fs::write(root.join("empty.dcm"), "").unwrap();
     c.files += 2;
@@ -290,6 +317,21 @@ fn nifti_cases(c: &mut Corpus) {
     write(
         c,
         "truncated.nii.gz",
+        full[..full.len() / 2].to_vec(),
+        Expect::Reject("nifti_truncated"),
+    );
+    // Identifiers in file and folder names, in other cases and separators: neither the volume's
+    // report key nor a reject message may carry them.
+    write(
+        c,
+        "Zebulon.Quixote_1947-03-12.nii.gz",
+        full.clone(),
+        ok.clone(),
+    );
+    fs::create_dir_all(root.join("quixote, zebulon (12.03.1947)")).unwrap();
+    write(
+        c,
+        "quixote, zebulon (12.03.1947)/mrn4471923.nii.gz",
         full[..full.len() / 2].to_vec(),
         Expect::Reject("nifti_truncated"),
     );
@@ -411,10 +453,13 @@ fn nifti_cases(c: &mut Corpus) {
 fn report_cases(c: &mut Corpus) -> usize {
     let mut csv =
         b"VolumeName,ClinicalInformation_EN,Technique_EN,Findings_EN,Impressions_EN\n".to_vec();
-    let rows: [&[u8]; 8] = [
+    let rows: [&[u8]; 10] = [
         "r1,,,No\u{a0}effusion. Heart\u{a0}normal.,Normal.\n".as_bytes(),
         "r2,,,Small\u{202f}nodule.\u{3000}No effusion.,Nodule.\n".as_bytes(),
         "r3,,,\u{2003}Lungs clear.\u{feff} Dr.\u{a0}X reviewed.,Clear\u{a0}lungs.\n".as_bytes(),
+        // A hospital export keyed by accession number: the id never reaches an output.
+        b"ACC99120077,,,No effusion.,Normal.\n",
+        b"ACC99120077-2,,,,\n",
         b"r4,,,Bad byte \xff here.,x\n",
         b",,,No id here.,x\n",
         b"r6,,,,\n",
@@ -425,7 +470,7 @@ fn report_cases(c: &mut Corpus) -> usize {
         csv.extend_from_slice(r);
     }
     fs::write(c.dir.join("reports.csv"), csv).unwrap();
-    3 // r1, r2, r3 at least parse
+    4 // r1, r2, r3 and the accession-keyed row at least parse
 }
 
 fn strings(b: &RecordBatch, n: &str) -> Vec<String> {
@@ -549,33 +594,23 @@ params = {{ files = ["{d}/reports.csv"] }}
         assert!(reasons.contains(want), "{reasons:?}");
     }
 
-    // No planted identifier in any output file or in the log.
+    // No planted identifier, in any case or the other ways it was written, in any file of the
+    // work directory (outputs, item caches, lockfile) or in the log.
+    let mut hay_words: Vec<String> = PLANTED.iter().map(|p| p.to_lowercase()).collect();
+    hay_words.extend(["1947-03-12", "12.03.1947"].map(String::from));
     let mut leaks = vec![];
-    for stage in ["ingest", "preprocess", "reports"] {
-        let dir = work.join(stage);
-        for f in mg3d_core::fsutil::hash_dir(&dir).unwrap().keys() {
-            let bytes = fs::read(dir.join(f)).unwrap();
-            let raw = if f.ends_with(".gz") {
-                let mut s = Vec::new();
-                std::io::Read::read_to_end(
-                    &mut flate2::read::MultiGzDecoder::new(&bytes[..]),
-                    &mut s,
-                )
-                .unwrap();
-                s
-            } else {
-                bytes
-            };
-            let hay = String::from_utf8_lossy(&raw).to_lowercase();
-            for p in PLANTED {
-                if hay.contains(&p.to_lowercase()) {
-                    leaks.push(format!("{stage}/{f}: {p}"));
-                }
+    let files = mg3d_testkit::all_files(&work);
+    assert!(files.len() > 20, "{files:?}");
+    for f in files {
+        let hay = String::from_utf8_lossy(&mg3d_testkit::readable_text(&f)).to_lowercase();
+        for p in &hay_words {
+            if hay.contains(p.as_str()) {
+                leaks.push(format!("{}: {p}", f.strip_prefix(&work).unwrap().display()));
             }
         }
     }
-    for p in PLANTED {
-        if log.to_lowercase().contains(&p.to_lowercase()) {
+    for p in &hay_words {
+        if log.to_lowercase().contains(p.as_str()) {
             leaks.push(format!("log: {p}"));
         }
     }

@@ -7,6 +7,7 @@
 //! - [`table`]: schema-checked Parquet tables (`schemas/*.json`), written with arrow-rs + parquet.
 //! - [`budget`]: a memory budget in bytes shared by a stage's in-flight items.
 //! - [`ids`]: keyed pseudonymous ids (no source identifier ever leaves ingest).
+//! - [`phi`]: identifying values seen in the inputs and the scrubber for messages and paths.
 
 pub mod budget;
 pub mod engine;
@@ -15,6 +16,7 @@ pub mod ids;
 pub mod items;
 pub mod labels;
 pub mod lock;
+pub mod phi;
 pub mod pipeline;
 pub mod stage;
 pub mod table;

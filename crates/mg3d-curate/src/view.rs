@@ -19,7 +19,7 @@ pub const FIXED_COLUMNS: &[(&str, &str)] = &[
     ("study_id", "study pseudonym"),
     (
         "report_key",
-        "source report id joining volumes and reports (CT-RATE VolumeName)",
+        "pseudonym of the source report id (CT-RATE VolumeName) joining volumes and reports",
     ),
     ("source_kind", "dicom | nifti"),
     ("modality", "DICOM modality (CT)"),

@@ -61,7 +61,9 @@ fn truth(work: &Path) -> BTreeMap<String, BTreeSet<(String, String)>> {
             col::<StringArray>(&b, "laterality"),
         );
         for i in 0..b.num_rows() {
-            let e = out.entry(v.value(i).to_string()).or_default();
+            // Keyed as reports.report_key is: the pseudonym of the source id.
+            let key = mg3d_core::ids::pseudonym("test-salt-0123456789", "report", v.value(i));
+            let e = out.entry(key).or_default();
             if r.value(i) {
                 let side = if lat.is_null(i) { "" } else { lat.value(i) };
                 e.insert((f.value(i).to_string(), side.to_string()));

@@ -436,8 +436,10 @@ impl Stage for ReportsStage {
                 .iter()
                 .map(|s| r.sections.get(s).map(|t| t.as_str()).unwrap_or(""))
                 .collect();
+            // The source id itself never leaves the stage: report_key is its pseudonym, the same
+            // one ingest gives volumes.report_key, so the two still join.
+            r_key.push(id.clone());
             r_id.push(id);
-            r_key.push(r.key.clone());
             r_src.push(r.source.clone());
             r_row.push(r.row);
             r_nsec.push(r.sections.len() as i32);

@@ -120,7 +120,11 @@ fn evaluate(templates: Option<PathBuf>, seed: u64) -> Scores {
             "impression"
         };
         truth.push((
-            e["volume_name"].as_str().unwrap().into(),
+            mg3d_core::ids::pseudonym(
+                "test-salt-0123456789",
+                "report",
+                e["volume_name"].as_str().unwrap(),
+            ),
             sec.into(),
             e["finding"].as_str().unwrap().into(),
             e["assertion"].as_str().unwrap().into(),
@@ -177,7 +181,12 @@ fn evaluate(templates: Option<PathBuf>, seed: u64) -> Scores {
             };
             want.insert(
                 (
-                    s(&b, "volume_name").value(r).to_string(),
+                    // labels.report_key is the pseudonym of the source id.
+                    mg3d_core::ids::pseudonym(
+                        "test-salt-0123456789",
+                        "report",
+                        s(&b, "volume_name").value(r),
+                    ),
                     s(&b, "finding").value(r).to_string(),
                 ),
                 v,

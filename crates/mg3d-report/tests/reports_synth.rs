@@ -175,7 +175,12 @@ fn synthetic_reports_segment_exactly_and_faults_are_rejected() {
         .lines()
     {
         let e: serde_json::Value = serde_json::from_str(l).unwrap();
-        let Some(id) = by_key.get(e["volume_name"].as_str().unwrap()) else {
+        let vn = e["volume_name"].as_str().unwrap();
+        let Some(id) = by_key.get(&mg3d_core::ids::pseudonym(
+            "test-salt-0123456789",
+            "report",
+            vn,
+        )) else {
             continue;
         };
         let key = (

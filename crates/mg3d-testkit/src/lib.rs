@@ -6,10 +6,11 @@
 //! where a missing piece fails the test.
 //!
 //! [`crafted`]: hand-built NIfTI and DICOM inputs and the fuzzer's byte mutator.
+//! [`readable_text`] and [`all_files`]: search every output for identifiers.
 
 pub mod crafted;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The repository root.
@@ -62,4 +63,50 @@ pub fn minilm() -> Option<PathBuf> {
             p.display()
         ))
     }
+}
+
+/// The text an output file holds, for searching it for identifiers: a Parquet file's every value
+/// (its pages are compressed, so its bytes hide strings), a gzip file's decompressed bytes, any
+/// other file's bytes.
+pub fn readable_text(path: &Path) -> Vec<u8> {
+    use std::io::Read;
+    let name = path.to_string_lossy();
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{name}: {e}"));
+    if name.ends_with(".parquet") {
+        let file = std::fs::File::open(path).unwrap();
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .and_then(|b| b.build())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let batches: Vec<_> = reader.map(|b| b.unwrap()).collect();
+        arrow::util::pretty::pretty_format_batches(&batches)
+            .unwrap()
+            .to_string()
+            .into_bytes()
+    } else if name.ends_with(".gz") {
+        let mut out = Vec::new();
+        flate2::read::MultiGzDecoder::new(&bytes[..])
+            .read_to_end(&mut out)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        out
+    } else {
+        bytes
+    }
+}
+
+/// Every file under `dir`, hidden ones (`.items/`, the lockfile) included, symlinks not followed.
+pub fn all_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                stack.push(e.path());
+            } else if t.is_file() {
+                out.push(e.path());
+            }
+        }
+    }
+    out.sort();
+    out
 }

@@ -78,8 +78,10 @@ pub struct SliceHeader {
     pub instance_number: Option<i64>,
     /// Allowed, non-identifying metadata (PatientSex, PatientAge, Manufacturer, model, kernel, position).
     pub allowed: BTreeMap<String, String>,
-    /// Identifying values (PatientID, PatientName, birth date, accession, institution): for scrubbing only.
-    pub phi: Vec<String>,
+    /// PatientID, for the patient pseudonym only.
+    pub patient_id: Option<String>,
+    /// Identifying values (ids, names, dates, institution, station): for scrubbing only.
+    pub phi: mg3d_core::phi::Phi,
     /// Enhanced multi-frame objects: each frame's geometry and rescale from the shared and
     /// per-frame functional groups (empty for single-frame objects).
     pub frames_geo: Vec<FrameGeo>,
@@ -261,24 +263,44 @@ fn header_from(obj: &DefaultDicomObject, path: &Path, file_len: u64) -> SliceHea
             allowed.insert(k.to_string(), v);
         }
     }
-    let mut phi = Vec::new();
+    let mut phi = mg3d_core::phi::Phi::new();
+    let multi = |t| {
+        s(obj, t).into_iter().flat_map(|v| {
+            v.split('\\')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(String::from)
+                .collect::<Vec<_>>()
+        })
+    };
     for t in [
         tags::PATIENT_ID,
-        tags::PATIENT_NAME,
-        tags::PATIENT_BIRTH_DATE,
+        Tag(0x0010, 0x1000), // OtherPatientIDs (retired, still written by PACS)
         tags::ACCESSION_NUMBER,
+        tags::STUDY_ID,
         tags::INSTITUTION_NAME,
-        tags::REFERRING_PHYSICIAN_NAME,
+        tags::INSTITUTION_ADDRESS,
+        tags::PATIENT_ADDRESS,
+        tags::STATION_NAME,
     ] {
-        if let Some(v) = s(obj, t) {
-            phi.push(v.clone());
-            // Name components too ("DOE^JANE" -> "DOE", "JANE").
-            phi.extend(
-                v.split('^')
-                    .map(|p| p.trim().to_string())
-                    .filter(|p| p.len() >= 3),
-            );
-        }
+        multi(t).for_each(|v| phi.add_value(&v));
+    }
+    for t in [
+        tags::PATIENT_NAME,
+        tags::REFERRING_PHYSICIAN_NAME,
+        tags::PERFORMING_PHYSICIAN_NAME,
+        tags::OPERATORS_NAME,
+    ] {
+        multi(t).for_each(|v| phi.add_name(&v));
+    }
+    for t in [
+        tags::PATIENT_BIRTH_DATE,
+        tags::STUDY_DATE,
+        tags::SERIES_DATE,
+        tags::ACQUISITION_DATE,
+        tags::CONTENT_DATE,
+    ] {
+        multi(t).for_each(|v| phi.add_date(&v));
     }
     let arr = |v: Option<Vec<f64>>, n: usize| v.filter(|v| v.len() >= n);
     let slope = f(obj, tags::RESCALE_SLOPE);
@@ -339,6 +361,7 @@ fn header_from(obj: &DefaultDicomObject, path: &Path, file_len: u64) -> SliceHea
         }),
         instance_number: s(obj, tags::INSTANCE_NUMBER).and_then(|v| v.parse().ok()),
         allowed,
+        patient_id: s(obj, tags::PATIENT_ID).filter(|v| !v.trim().is_empty()),
         phi,
         frames_geo: functional_groups(obj),
     }
@@ -352,8 +375,15 @@ fn is_native(ts: &str) -> bool {
 }
 
 /// Reads one file's header (up to the pixel data). Rejects: `empty_file`, `not_dicom`,
-/// `dicom_truncated` (file shorter than its native pixel data), `dicom_unreadable`.
+/// `dicom_truncated` (file shorter than its native pixel data), `dicom_unreadable`,
+/// `dicom_corrupt`, `volume_too_large`.
 pub fn read_header(path: &Path) -> Result<SliceHeader, Reject> {
+    parse_header(path).and_then(checked_header)
+}
+
+/// [`read_header`] without [`checked_header`]'s size checks: a header that parses, whether or not
+/// its file can hold its pixels.
+pub(crate) fn parse_header(path: &Path) -> Result<SliceHeader, Reject> {
     let len = std::fs::metadata(path)
         .map_err(|e| Reject::new("unreadable", format!("{}: {e}", path.display())))?
         .len();
@@ -368,7 +398,7 @@ pub fn read_header(path: &Path) -> Result<SliceHeader, Reject> {
     // parsed from those bytes. A header the prefix cannot hold goes to the parser on the file.
     if let Some(prefix) = read_prefix(path, len).map_err(named)? {
         match header_from_prefix(&prefix, path, len) {
-            Ok(h) => return checked_header(h),
+            Ok(h) => return Ok(h),
             Err(r) if r.code == "dicom_corrupt" || (prefix.len() as u64) == len => {
                 return Err(named(r));
             }
@@ -389,7 +419,7 @@ pub fn read_header(path: &Path) -> Result<SliceHeader, Reject> {
             return Err(Reject::new(code, format!("{}: {e}", path.display())));
         }
     };
-    checked_header(header_from(&obj, path, len))
+    Ok(header_from(&obj, path, len))
 }
 
 /// The start of a Part 10 file, grown (64 KiB, x4, up to 16 MiB) until [`check_element_lengths`]
@@ -447,7 +477,7 @@ pub fn read_header_bytes(bytes: &[u8]) -> Result<SliceHeader, Reject> {
 }
 
 /// Rejects headers whose sizes cannot be real before any pixel is read.
-fn checked_header(h: SliceHeader) -> Result<SliceHeader, Reject> {
+pub(crate) fn checked_header(h: SliceHeader) -> Result<SliceHeader, Reject> {
     let (path, len) = (&h.path, h.file_len);
     // Header fields can multiply past u64 (or past any sane volume) before a pixel is read.
     let voxels = [h.cols as u64, h.frames as u64, h.samples_per_pixel as u64]

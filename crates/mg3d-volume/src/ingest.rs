@@ -17,9 +17,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use mg3d_core::budget::ByteBudget;
+use mg3d_core::phi::Phi;
 
 use crate::dicom_io::{
-    SeriesGroup, SliceHeader, SpacingRules, assemble, group_series, read_header,
+    SeriesGroup, SliceHeader, SpacingRules, assemble, checked_header, group_series, parse_header,
 };
 use crate::nifti_io::{NiftiReader, ReadOptions, write_nifti_i16};
 use crate::walk::{Found, Walker};
@@ -95,6 +96,19 @@ pub struct RejectRow {
 enum ItemResult {
     Volume(Box<VolumeRow>),
     Reject(RejectRow),
+}
+
+impl ItemResult {
+    /// Removes the values of `phi` from the texts a result carries (messages, warnings).
+    fn scrub(&mut self, phi: &Phi) {
+        match self {
+            ItemResult::Volume(v) => v.warnings.iter_mut().for_each(|w| *w = phi.scrub(w)),
+            ItemResult::Reject(r) => {
+                r.path = phi.scrub(&r.path);
+                r.message = phi.scrub(&r.message);
+            }
+        }
+    }
 }
 
 fn rel(root: &Path, p: &Path) -> String {
@@ -328,11 +342,10 @@ impl Ctx<'_> {
         };
         let c = self.ctx;
         let series_uid = g.key.split('#').next().unwrap_or(&g.key);
-        let pid = if h0.phi.is_empty() {
-            h0.study_uid.clone()
-        } else {
-            h0.phi[0].clone()
-        };
+        let pid = h0
+            .patient_id
+            .clone()
+            .unwrap_or_else(|| h0.study_uid.clone());
         let has_rescale = h0.has_rescale
             || h0
                 .frames_geo
@@ -343,7 +356,10 @@ impl Ctx<'_> {
             volume_id: c.pseudonym("volume", &g.key),
             patient_id: c.pseudonym("patient", &pid),
             study_id: c.pseudonym("study", &h0.study_uid),
-            report_key: self.accession.get(series_uid).cloned(),
+            report_key: self
+                .accession
+                .get(series_uid)
+                .map(|k| c.pseudonym("report", k)),
             source_kind: "dicom".into(),
             source_root: label.into(),
             source_ref: c.pseudonym("path", &format!("{label}/{folder}")),
@@ -528,7 +544,7 @@ impl Ctx<'_> {
             volume_id: c.pseudonym("volume", &format!("{label}/{rp}")),
             patient_id: c.pseudonym("patient", &patient),
             study_id: c.pseudonym("study", &study),
-            report_key: Some(name.clone()),
+            report_key: Some(c.pseudonym("report", &name)),
             source_kind: if meta.is_some() { "ct-rate" } else { "nifti" }.into(),
             source_root: label.into(),
             source_ref: c.pseudonym("path", &format!("{label}/{rp}")),
@@ -782,6 +798,9 @@ impl Stage for IngestStage {
             budget: ByteBudget::new(budget_mb << 20),
         };
         let mut out = Collected::default();
+        for k in c.accession.values() {
+            out.phi.add_value(k);
+        }
         let mut walker = Walker::new();
         for (ri, r) in p.dicom_roots.iter().enumerate() {
             let label = format!("dicom_roots[{ri}]");
@@ -811,7 +830,8 @@ impl Stage for IngestStage {
 struct Collected {
     /// Each result with its item directory (where a volume's file is).
     results: Vec<(ItemResult, Option<PathBuf>)>,
-    phi: BTreeSet<String>,
+    /// Every identifying value seen: header values, input paths, the accession map's keys.
+    phi: Phi,
 }
 
 impl Collected {
@@ -823,7 +843,10 @@ impl Collected {
     fn finish(self, ctx: &StageContext) -> Result<Value, StageError> {
         let (mut vols, mut rejects): (Vec<VolumeRow>, Vec<RejectRow>) = (vec![], vec![]);
         let mut placed: BTreeMap<String, PathBuf> = BTreeMap::new();
-        for (r, dir) in self.results {
+        for (mut r, dir) in self.results {
+            // Items were scrubbed of their own values; a value seen in another item (a name in
+            // one series' header, quoted by another's message) is removed here.
+            r.scrub(&self.phi);
             match r {
                 // The same series under two roots (or copied twice) is one volume; the later
                 // copy is a reject, never a second writer of the same file.
@@ -852,15 +875,6 @@ impl Collected {
         for v in &vols {
             let src = placed[&v.volume_id].join("volume.nii.gz");
             mg3d_core::fsutil::link_or_copy(&src, &ctx.out_dir.join(&v.volume_file))?;
-        }
-        // Identifying values seen in headers never reach an output, not even through folder names.
-        let scrub = scrubber(&self.phi);
-        for r in rejects.iter_mut() {
-            r.path = scrub(&r.path);
-            r.message = scrub(&r.message);
-        }
-        for v in vols.iter_mut() {
-            v.warnings = v.warnings.iter().map(|w| scrub(w)).collect();
         }
         vols.sort_by(|a, b| a.volume_id.cmp(&b.volume_id));
         rejects.sort_by(|a, b| {
@@ -934,6 +948,10 @@ impl Ctx<'_> {
             .map_err(|e| StageError::ctx(format!("{label} {}", root.display()), e))?;
         let mut files = Vec::new();
         for f in found {
+            let p = match &f {
+                Found::File(p) | Found::Skipped(p, ..) => p,
+            };
+            out.phi.add_path(Path::new(&rel(root, p)));
             match f {
                 Found::File(p) => files.push(p),
                 Found::Skipped(p, code, msg) => out.push(
@@ -954,14 +972,17 @@ impl Ctx<'_> {
 
     /// Reads one item through the item store: reused when its key is unchanged, else made now.
     /// A panic in `make` becomes the item's reject (`on_panic`), not the stage's failure.
+    /// The result is scrubbed of the item's own identifying values (`phi`) before it is stored.
     fn stored_item(
         &self,
         key: &str,
+        phi: &Phi,
         on_panic: impl FnOnce() -> RejectRow,
         make: impl FnOnce(&Path) -> Result<ItemResult, StageError>,
     ) -> Result<(ItemResult, Option<PathBuf>), StageError> {
         let o = self.ctx.items().get_or_make::<StageError>(key, |dir| {
-            let res = crate::catch_panic(|| make(dir), |_| Ok(ItemResult::Reject(on_panic())))?;
+            let mut res = crate::catch_panic(|| make(dir), |_| Ok(ItemResult::Reject(on_panic())))?;
+            res.scrub(phi);
             let json = serde_json::to_vec(&res).map_err(|e| StageError::msg(e.to_string()))?;
             std::fs::write(dir.join("result.json"), json)?;
             Ok(())
@@ -984,17 +1005,37 @@ impl Ctx<'_> {
         let headers: Vec<Result<SliceHeader, Reject>> = files
             .par_iter()
             .map(|f| {
-                let h = crate::catch_panic(|| read_header(f), Err);
+                let h = crate::catch_panic(|| parse_header(f), Err);
                 pb.inc(1);
                 h
             })
             .collect();
         pb.finish_and_clear();
         let mut ok = Vec::new();
+        // A series must not lose a slice silently to a file-level reject. Files whose header
+        // parsed but that cannot be read (truncated, oversized) name their series and instance;
+        // for the others only their folder is known.
+        let mut lost: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let mut unreadable: BTreeMap<PathBuf, usize> = BTreeMap::new();
         for (f, h) in files.iter().zip(headers) {
+            let h = match h.map(|h| (h.series_uid.clone(), h.sop_uid.clone(), checked_header(h))) {
+                Ok((series, sop, Err(r))) => {
+                    lost.entry(series).or_default().insert(sop);
+                    Err(r)
+                }
+                Ok((.., Ok(h))) => Ok(h),
+                Err(r) => {
+                    if !matches!(r.code, "not_dicom" | "empty_file") {
+                        *unreadable
+                            .entry(f.parent().unwrap_or(root).to_path_buf())
+                            .or_default() += 1;
+                    }
+                    Err(r)
+                }
+            };
             match h {
                 Ok(h) => {
-                    out.phi.extend(h.phi.iter().cloned());
+                    out.phi.extend(&h.phi);
                     if !p.modalities.is_empty() && !p.modalities.contains(&h.modality) {
                         let r = Reject::new(
                             "modality_not_allowed",
@@ -1021,6 +1062,12 @@ impl Ctx<'_> {
                 None,
             );
         }
+        let mut series_in: BTreeMap<PathBuf, usize> = BTreeMap::new();
+        for g in &groups {
+            *series_in
+                .entry(g.files[0].path.parent().unwrap_or(root).to_path_buf())
+                .or_default() += 1;
+        }
         self.in_batches(&groups, "series", out, |g| {
             let paths: Vec<&Path> = g.files.iter().map(|h| h.path.as_path()).collect();
             // The report key the accession map gives this series is part of its result.
@@ -1033,11 +1080,52 @@ impl Ctx<'_> {
             let key = ctx.items().key(&g.key, &digest);
             let folder = rel(root, g.files[0].path.parent().unwrap_or(root));
             let n = g.files.len() as i32;
-            self.stored_item(
+            let mut phi = Phi::new();
+            for h in &g.files {
+                phi.extend(&h.phi);
+                phi.add_path(Path::new(&rel(root, &h.path)));
+            }
+            let (mut res, dir) = self.stored_item(
                 &key,
+                &phi,
                 || self.reject(label, &folder, "series", n, &crate::internal_error()),
                 |dir| self.dicom_item(root, label, g, dir),
-            )
+            )?;
+            let parent = g.files[0].path.parent().unwrap_or(root);
+            let ItemResult::Volume(v) = &mut res else {
+                return Ok((res, dir));
+            };
+            // An unreadable copy of a slice the series has is no loss.
+            let missing = lost.get(series_uid).map_or(0, |sops| {
+                sops.iter()
+                    .filter(|s| !g.files.iter().any(|h| &h.sop_uid == *s))
+                    .count()
+            });
+            if missing > 0 {
+                let r = Reject::new(
+                    "series_incomplete",
+                    format!("{missing} slice file(s) of this series could not be read"),
+                );
+                return Ok((
+                    ItemResult::Reject(self.reject(label, &folder, "series", n, &r)),
+                    None,
+                ));
+            }
+            if let Some(&bad) = unreadable.get(parent) {
+                let m = format!(
+                    "{bad} DICOM file(s) in the series' folder could not be read: the series may be missing those slices"
+                );
+                if series_in.get(parent) == Some(&1) {
+                    // The folder's only series: the unreadable files are almost surely its own.
+                    let r = Reject::new("series_incomplete", m);
+                    return Ok((
+                        ItemResult::Reject(self.reject(label, &folder, "series", n, &r)),
+                        None,
+                    ));
+                }
+                v.warnings.push(m);
+            }
+            Ok((res, dir))
         })
     }
 
@@ -1071,8 +1159,11 @@ impl Ctx<'_> {
                 .ctx
                 .items()
                 .key(&format!("{label}/{}", rel(root, f)), &digest);
+            let mut phi = Phi::new();
+            phi.add_path(Path::new(&rel(root, f)));
             self.stored_item(
                 &key,
+                &phi,
                 || self.reject_at(root, label, f, "file", 1, crate::internal_error()),
                 |dir| self.nifti_item(root, label, f, dir),
             )
@@ -1151,21 +1242,6 @@ pub fn locate(
         }
     }
     Ok(out)
-}
-
-/// Replaces every identifying value (and its path-safe variants) with "[redacted]", longest first.
-pub fn scrubber(phi: &BTreeSet<String>) -> impl Fn(&str) -> String {
-    let mut words: Vec<String> = phi.iter().filter(|w| w.len() >= 3).cloned().collect();
-    words.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
-    move |s: &str| {
-        let mut out = s.to_string();
-        for w in &words {
-            if out.contains(w.as_str()) {
-                out = out.replace(w.as_str(), "[redacted]");
-            }
-        }
-        out
-    }
 }
 
 fn strings<'a>(v: impl Iterator<Item = Option<&'a str>>) -> ArrayRef {

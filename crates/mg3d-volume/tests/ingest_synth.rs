@@ -14,6 +14,11 @@ use mg3d_core::table::{TableSchema, read_table};
 
 const SALT: &str = "ingest-test-salt";
 
+/// volumes.report_key of a source report id.
+fn report_key(name: &str) -> String {
+    mg3d_core::ids::pseudonym(SALT, "report", name)
+}
+
 fn pipeline(work: &Path) -> String {
     format!(
         r#"[pipeline]
@@ -82,7 +87,7 @@ fn synthetic_corpus_ingests_to_its_truth() {
     // Geometry and HU: every truth volume that is not a fault is a volumes row with equal affine and HU digest.
     let geo: BTreeMap<String, serde_json::Value> = jsonl(&synth.join("truth/geometry.jsonl"))
         .into_iter()
-        .map(|g| (g["volume_name"].as_str().unwrap().to_string(), g))
+        .map(|g| (report_key(g["volume_name"].as_str().unwrap()), g))
         .collect();
     let vols = read_table(
         &ingest.join("volumes.parquet"),
@@ -190,7 +195,7 @@ fn synthetic_corpus_ingests_to_its_truth() {
         let n = n.trim_end_matches(',');
         assert!(
             vols.iter()
-                .any(|b| (0..b.num_rows()).any(|r| strs(b, "report_key").value(r) == n)),
+                .any(|b| (0..b.num_rows()).any(|r| strs(b, "report_key").value(r) == report_key(n))),
             "{n} missing"
         );
     }
@@ -214,35 +219,7 @@ fn synthetic_corpus_ingests_to_its_truth() {
     for stage in ["ingest", "preprocess"] {
         for rel in mg3d_core::fsutil::list_files(&t.path().join(stage)).unwrap() {
             let path = t.path().join(stage).join(&rel);
-            let text: Vec<u8> = if rel.ends_with(".parquet") {
-                let mut out = Vec::new();
-                let schema =
-                    TableSchema::get(Path::new(&rel).file_stem().unwrap().to_str().unwrap())
-                        .unwrap();
-                for b in read_table(&path, &schema).unwrap() {
-                    for c in b.columns() {
-                        if let Some(s) = c.as_any().downcast_ref::<StringArray>() {
-                            for v in s.iter().flatten() {
-                                out.extend_from_slice(v.as_bytes());
-                                out.push(b'\n');
-                            }
-                        } else if let Some(l) = c.as_list_opt::<i32>() {
-                            for v in l.values().as_string::<i32>().iter().flatten() {
-                                out.extend_from_slice(v.as_bytes());
-                            }
-                        }
-                    }
-                }
-                out
-            } else if rel.ends_with(".gz") {
-                let mut out = Vec::new();
-                flate2::read::GzDecoder::new(std::fs::File::open(&path).unwrap())
-                    .read_to_end(&mut out)
-                    .unwrap();
-                out
-            } else {
-                std::fs::read(&path).unwrap()
-            };
+            let text = mg3d_testkit::readable_text(&path);
             for w in &phi {
                 assert!(
                     !text.windows(w.len()).any(|x| x == w.as_bytes()),
