@@ -2,11 +2,10 @@
 //! rejected with its expected reason, and no identifying header value in any output byte.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, FixedSizeListArray, Float64Array, StringArray};
+use arrow::array::{Array, FixedSizeListArray, Float64Array, StringArray};
 use mg3d_core::Pipeline;
 use mg3d_core::engine::{Engine, RunOptions};
 use mg3d_core::stage::StageRegistry;

@@ -1,5 +1,6 @@
-//! `inspect` on files nobody here wrote: pydicom's bundled DICOM test files and nibabel's bundled
-//! NIfTI test data (installed into .venv by `make setup`), compared with pydicom+numpy / nibabel
+//! `inspect` on files nobody here wrote: pydicom's bundled DICOM test files, the larger set of the
+//! pydicom-data package, deid-data's CT, MR, ultrasound and animal images, and nibabel's bundled
+//! NIfTI and DICOM test data (installed into .venv by `make setup`), compared with pydicom+numpy / nibabel
 //! reference values computed by scripts/reference_inspect.py in the same run. Files we cannot decode
 //! must come back as rejects with a reason, never as a panic. Skipped (with a message) without the
 //! Python environment unless MG3D_REQUIRE_PYTHON=1.
@@ -11,14 +12,15 @@ use mg3d_testkit::repo_root as root;
 use serde_json::Value;
 
 fn python() -> Option<PathBuf> {
-    mg3d_testkit::python_with(&["pydicom", "nibabel", "numpy"])
+    mg3d_testkit::python_with(&["pydicom", "nibabel", "numpy", "data_store", "deid_data"])
 }
 
-/// The folders of DICOM and NIfTI files the two packages ship: pydicom's test files and
-/// character-set files, nibabel's test data and its DICOM (nicom) test data.
+/// The folders of DICOM and NIfTI files the packages ship: pydicom's test files and character-set
+/// files, pydicom-data's files, deid-data's images, nibabel's test data and its DICOM (nicom)
+/// test data.
 fn data_dirs(py: &Path) -> Vec<PathBuf> {
     let out = Command::new(py)
-        .args(["-c", "import os, pydicom, nibabel as n; p = os.path.dirname(pydicom.__file__); b = os.path.dirname(n.__file__); print(os.path.join(p, 'data', 'test_files')); print(os.path.join(p, 'data', 'charset_files')); print(os.path.join(b, 'tests', 'data')); print(os.path.join(b, 'nicom', 'tests', 'data'))"])
+        .args(["-c", "import os, pydicom, nibabel as n, data_store, deid_data; d = os.path.dirname; p = d(pydicom.__file__); b = d(n.__file__); print(os.path.join(p, 'data', 'test_files')); print(os.path.join(p, 'data', 'charset_files')); print(os.path.join(d(data_store.__file__), 'data')); print(os.path.join(d(deid_data.__file__), 'data')); print(os.path.join(b, 'tests', 'data')); print(os.path.join(b, 'nicom', 'tests', 'data'))"])
         .output()
         .unwrap();
     String::from_utf8(out.stdout)
@@ -33,7 +35,13 @@ fn close(a: f64, b: f64, rel: f64) -> bool {
 }
 
 /// Files that must decode and match the reference (several transfer syntaxes, CT and MR).
-const REQUIRED: [&str; 13] = [
+const REQUIRED: [&str; 19] = [
+    "MR2_UNCR.dcm",
+    "MR2_J2KR.dcm",
+    "liver.dcm",
+    "explicit_VR-UN.dcm",
+    "emri_small_big_endian.dcm",
+    "MR-SIEMENS-DICOM-WithOverlays.dcm",
     "CT_small.dcm",
     "MR_small_jpeg_ls_lossless.dcm",
     "JPEGLSNearLossless_16.dcm",
@@ -54,7 +62,7 @@ fn inspect_matches_pydicom_and_nibabel_on_their_own_test_files() {
     let Some(py) = python() else { return };
     let mut files: Vec<PathBuf> = data_dirs(&py)
         .iter()
-        .flat_map(|d| std::fs::read_dir(d).unwrap().map(|e| e.unwrap().path()))
+        .flat_map(|d| mg3d_testkit::all_files(d))
         .filter(|p| {
             let n = p.to_string_lossy();
             n.ends_with(".dcm") || n.ends_with(".nii") || n.ends_with(".nii.gz")
@@ -155,5 +163,5 @@ fn inspect_matches_pydicom_and_nibabel_on_their_own_test_files() {
             "{req} must decode and match (rejected: {rejected:?})"
         );
     }
-    assert!(compared.len() >= 20, "{}", compared.len());
+    assert!(compared.len() >= 80, "{}", compared.len());
 }
