@@ -718,6 +718,32 @@ fn native_frames(obj: &DefaultDicomObject, h: &SliceHeader, n: usize) -> Option<
         .collect()
 }
 
+const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
+
+/// The frames of RLE Lossless pixel data, decoded here (one fragment per frame, or all fragments
+/// of a single frame together).
+fn rle_frames(obj: &DefaultDicomObject, h: &SliceHeader, n: usize) -> Option<Vec<Vec<f64>>> {
+    let frags = element(obj, tags::PIXEL_DATA)?.value().fragments()?;
+    let frames = h.frames.max(1) as usize;
+    let bps = match h.bits_allocated {
+        8 | 16 | 32 => h.bits_allocated as usize / 8,
+        _ => return None,
+    };
+    let joined;
+    let per_frame: Vec<&[u8]> = if frags.len() == frames {
+        frags.iter().map(|f| f.as_slice()).collect()
+    } else if frames == 1 {
+        joined = frags.concat();
+        vec![&joined]
+    } else {
+        return None;
+    };
+    per_frame
+        .into_iter()
+        .map(|f| stored_values(&crate::rle::decode_frame(f, n, bps)?, h, n))
+        .collect()
+}
+
 /// MONOCHROME1 stores bright as low: invert within the stored range, before the rescale.
 fn invert_monochrome1(vals: &mut [f64], h: &SliceHeader) {
     let bits = h.bits_stored.clamp(1, 32) as u32;
@@ -808,6 +834,13 @@ pub fn decode_stored(h: &SliceHeader) -> Result<Vec<Vec<f64>>, Reject> {
             // The decoder reads the pixel attributes itself and fails when they are stored as
             // UN; native pixels need no decoder, and the header's values are read leniently.
             Err(_) if native => native_or("native")?,
+            Err(e) if h.transfer_syntax == RLE_LOSSLESS => rle_frames(&obj, h, n).ok_or_else(|| {
+                fail(format!(
+                    "cannot decode RLE pixel data ({e}), nor as {} frames of {n} {}-bit samples",
+                    h.frames.max(1),
+                    h.bits_allocated
+                ))
+            })?,
             Err(e) => {
                 return Err(fail(format!(
                     "cannot decode pixel data in transfer syntax {}: {e}",

@@ -23,6 +23,7 @@ pub mod nifti_header;
 pub mod nifti_io;
 pub mod ops;
 pub mod preprocess;
+pub mod rle;
 pub mod walk;
 
 use serde::Serialize;

@@ -6,3 +6,4 @@ mod fuzz;
 mod ingest_synth;
 mod presets;
 mod real_files;
+mod rle;

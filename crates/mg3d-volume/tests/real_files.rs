@@ -35,7 +35,9 @@ fn close(a: f64, b: f64, rel: f64) -> bool {
 }
 
 /// Files that must decode and match the reference (several transfer syntaxes, CT and MR).
-const REQUIRED: [&str; 19] = [
+const REQUIRED: [&str; 21] = [
+    "rtdose_rle.dcm",
+    "rtdose_rle_1frame.dcm",
     "MR2_UNCR.dcm",
     "MR2_J2KR.dcm",
     "liver.dcm",
