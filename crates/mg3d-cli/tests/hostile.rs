@@ -203,6 +203,23 @@ fn dicom_cases(c: &mut Corpus) {
     let b = fs::read(&t).unwrap();
     fs::write(&t, &b[..b.len() - 20]).unwrap();
     c.case(l, "truncated", Expect::Reject("dicom_truncated"));
+    // Implicit VR data sets under a meta group that says explicit VR (an exporter's defect that
+    // pydicom reads through): read as implicit VR.
+    let dir = root.join("implicit_as_explicit");
+    fs::create_dir_all(&dir).unwrap();
+    for k in 0..3 {
+        let b = ct_slice("2.25.26", k, uids::IMPLICIT_VR_LITTLE_ENDIAN, |_| {});
+        let mut meta = dicom_object::FileMetaTable::from_reader(&b[128..]).unwrap();
+        let data_start = 132 + 12 + meta.information_group_length as usize;
+        meta.transfer_syntax = format!("{}\0", uids::EXPLICIT_VR_LITTLE_ENDIAN);
+        meta.update_information_group_length();
+        let mut out = b[..132].to_vec();
+        meta.write(&mut out).unwrap();
+        out.extend_from_slice(&b[data_start..]);
+        fs::write(dir.join(format!("IM{k}.dcm")), out).unwrap();
+    }
+    c.files += 3;
+    c.case(l, "implicit_as_explicit", good.clone());
     // A slice whose header is cut short: the file is a reject, and so is the series it leaves
     // with a missing slice (the folder's only series).
     c.files += series(&root.join("cut_header"), "2.25.24", 3, Box::new(|_, _| {}));

@@ -82,6 +82,9 @@ pub struct SliceHeader {
     pub patient_id: Option<String>,
     /// Identifying values (ids, names, dates, institution, station): for scrubbing only.
     pub phi: mg3d_core::phi::Phi,
+    /// The data set is implicit VR although the meta group says explicit VR (read as implicit,
+    /// as pydicom does).
+    pub implicit_vr_data_set: bool,
     /// Enhanced multi-frame objects: each frame's geometry and rescale from the shared and
     /// per-frame functional groups (empty for single-frame objects).
     pub frames_geo: Vec<FrameGeo>,
@@ -363,6 +366,7 @@ fn header_from(obj: &DefaultDicomObject, path: &Path, file_len: u64) -> SliceHea
         allowed,
         patient_id: s(obj, tags::PATIENT_ID).filter(|v| !v.trim().is_empty()),
         phi,
+        implicit_vr_data_set: false,
         frames_geo: functional_groups(obj),
     }
 }
@@ -396,8 +400,8 @@ pub(crate) fn parse_header(path: &Path) -> Result<SliceHeader, Reject> {
     let named = |r: Reject| Reject::new(r.code, format!("{}: {}", path.display(), r.message));
     // The file is read once, as far as its element headers reach the pixel data; the header is
     // parsed from those bytes. A header the prefix cannot hold goes to the parser on the file.
-    if let Some(prefix) = read_prefix(path, len).map_err(named)? {
-        match header_from_prefix(&prefix, path, len) {
+    if let Some((prefix, scan)) = read_prefix(path, len).map_err(named)? {
+        match header_from_prefix(&prefix, scan, path, len) {
             Ok(h) => return Ok(h),
             Err(r) if r.code == "dicom_corrupt" || (prefix.len() as u64) == len => {
                 return Err(named(r));
@@ -425,7 +429,7 @@ pub(crate) fn parse_header(path: &Path) -> Result<SliceHeader, Reject> {
 /// The start of a Part 10 file, grown (64 KiB, x4, up to 16 MiB) until [`check_element_lengths`]
 /// has seen every element header before the pixel data. `None` for a file without the DICM magic
 /// or a header longer than 16 MiB (the parser reads those from the file).
-fn read_prefix(path: &Path, len: u64) -> Result<Option<Vec<u8>>, Reject> {
+fn read_prefix(path: &Path, len: u64) -> Result<Option<(Vec<u8>, Scan)>, Reject> {
     use std::io::Read;
     let mut f = std::fs::File::open(path).map_err(|e| Reject::new("unreadable", e.to_string()))?;
     let mut buf = Vec::new();
@@ -439,8 +443,9 @@ fn read_prefix(path: &Path, len: u64) -> Result<Option<Vec<u8>>, Reject> {
         if buf.get(128..132).is_some_and(|m| m != b"DICM") || buf.len() < 132 {
             return Ok(None);
         }
-        if check_element_lengths(&buf, len)? == Scan::Done || buf.len() as u64 >= len {
-            return Ok(Some(buf));
+        let scan = check_element_lengths(&buf, len)?;
+        if scan != Scan::NeedMore || buf.len() as u64 >= len {
+            return Ok(Some((buf, scan)));
         }
         if want >= 16 << 20 {
             return Ok(None);
@@ -449,14 +454,43 @@ fn read_prefix(path: &Path, len: u64) -> Result<Option<Vec<u8>>, Reject> {
     }
 }
 
-/// A header parsed from the start of a Part 10 file (preamble included).
-fn header_from_prefix(prefix: &[u8], path: &Path, len: u64) -> Result<SliceHeader, Reject> {
+/// A header parsed from the start of a Part 10 file (preamble included), as the pre-scan found it.
+fn header_from_prefix(
+    prefix: &[u8],
+    scan: Scan,
+    path: &Path,
+    len: u64,
+) -> Result<SliceHeader, Reject> {
+    let relabelled;
+    let bytes = match scan {
+        Scan::DoneImplicitVr { data_start } => {
+            relabelled = as_implicit_vr(prefix, data_start)?;
+            &relabelled
+        }
+        _ => prefix,
+    };
     let obj = OpenFileOptions::new()
         .read_until(tags::PIXEL_DATA)
         .read_preamble(dicom_object::file::ReadPreamble::Never)
-        .from_reader(&prefix[128..])
+        .from_reader(&bytes[128..])
         .map_err(|e| Reject::new("dicom_unreadable", e.to_string()))?;
-    Ok(header_from(&obj, path, len))
+    let mut h = header_from(&obj, path, len);
+    h.implicit_vr_data_set = matches!(scan, Scan::DoneImplicitVr { .. });
+    Ok(h)
+}
+
+/// A Part 10 file (preamble included) whose meta group says explicit VR but whose data set, from
+/// `data_start`, is implicit VR: the same file with the meta group saying implicit VR.
+fn as_implicit_vr(bytes: &[u8], data_start: usize) -> Result<Vec<u8>, Reject> {
+    let unreadable = |e: &dyn std::fmt::Display| Reject::new("dicom_unreadable", e.to_string());
+    let mut meta = dicom_object::FileMetaTable::from_reader(&bytes[128..data_start])
+        .map_err(|e| unreadable(&e))?;
+    meta.transfer_syntax = "1.2.840.10008.1.2\0".into();
+    meta.update_information_group_length();
+    let mut out = bytes[..132].to_vec();
+    meta.write(&mut out).map_err(|e| unreadable(&e))?;
+    out.extend_from_slice(&bytes[data_start..]);
+    Ok(out)
 }
 
 /// A header from a whole file held in memory (preamble included), as [`read_header`] reads it
@@ -468,9 +502,10 @@ pub fn read_header_bytes(bytes: &[u8]) -> Result<SliceHeader, Reject> {
     if bytes.get(128..132) != Some(b"DICM") {
         return Err(Reject::new("not_dicom", "no DICM magic after the preamble"));
     }
-    check_element_lengths(bytes, bytes.len() as u64)?;
+    let scan = check_element_lengths(bytes, bytes.len() as u64)?;
     checked_header(header_from_prefix(
         bytes,
+        scan,
         Path::new(""),
         bytes.len() as u64,
     )?)
@@ -776,7 +811,12 @@ pub fn decode_file(h: &SliceHeader) -> Result<Vec<Vec<f32>>, Reject> {
 /// Decodes all frames of a file into stored values (MONOCHROME1 inverted; padding as NaN),
 /// before any rescale.
 pub fn decode_stored(h: &SliceHeader) -> Result<Vec<Vec<f64>>, Reject> {
-    let obj = dicom_object::open_file(&h.path).map_err(|e| {
+    let opened = if h.implicit_vr_data_set {
+        open_implicit_vr(&h.path)?
+    } else {
+        dicom_object::open_file(&h.path)
+    };
+    let obj = opened.map_err(|e| {
         // The whole chain: the cause ("failed to fill whole buffer") is below the top message.
         let mut m = e.to_string();
         let mut src = std::error::Error::source(&e);
@@ -876,6 +916,28 @@ pub fn decode_stored(h: &SliceHeader) -> Result<Vec<Vec<f64>>, Reject> {
         );
     }
     Ok(out)
+}
+
+/// A whole file whose data set is implicit VR under an explicit-VR meta group (see
+/// [`SliceHeader::implicit_vr_data_set`]), read as implicit VR.
+fn open_implicit_vr(
+    path: &Path,
+) -> Result<Result<DefaultDicomObject, dicom_object::ReadError>, Reject> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| Reject::new("unreadable", format!("{}: {e}", path.display())))?;
+    let data_start = match check_element_lengths(&bytes, bytes.len() as u64)? {
+        Scan::DoneImplicitVr { data_start } => data_start,
+        _ => {
+            return Err(Reject::new(
+                "dicom_unreadable",
+                format!("{}: changed since its header was read", path.display()),
+            ));
+        }
+    };
+    let relabelled = as_implicit_vr(&bytes, data_start)?;
+    Ok(OpenFileOptions::new()
+        .read_preamble(dicom_object::file::ReadPreamble::Never)
+        .from_reader(&relabelled[128..]))
 }
 
 /// Replaces padding (NaN) with the minimum real value; returns how many voxels were padding.

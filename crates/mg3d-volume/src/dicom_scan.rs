@@ -4,9 +4,11 @@
 //! so a 1 KB file could ask for gigabytes and seconds; and it recurses into nested sequences, so deep
 //! nesting could overflow a worker's stack. This scan walks the meta group and the data set up to
 //! the pixel data (inflating a deflated data set), checking every declared length against the bytes
-//! that remain and the nesting depth, and rejects what dicom-rs would misread: implicit VR under an
-//! explicit transfer syntax, undefined-length UN elements, a meta group length that disagrees with
-//! the meta group.
+//! that remain and the nesting depth, and rejects what dicom-rs would misread: elements without a
+//! valid VR under an explicit transfer syntax, undefined-length UN elements, a meta group length
+//! that disagrees with the meta group. A data set that is implicit VR from its first element
+//! although the meta group says explicit is reported ([`Scan::DoneImplicitVr`]) to be parsed as
+//! implicit VR, as pydicom does.
 
 use std::io::Read;
 
@@ -23,6 +25,13 @@ const MAX_INFLATED: u64 = 256 << 20;
 pub enum Scan {
     /// Every element header before the pixel data was checked (or the rest is the parser's).
     Done,
+    /// As `Done`, but the data set (from byte `data_start`) is implicit VR little endian although
+    /// the meta group says explicit VR little endian, a defect of some exporters that pydicom reads
+    /// through: the data set must be parsed as implicit VR.
+    DoneImplicitVr {
+        /// Where the data set starts (after the meta group).
+        data_start: usize,
+    },
     /// The bytes ended before the pixel data: a longer prefix is needed.
     NeedMore,
 }
@@ -35,6 +44,7 @@ const KNOWN_VRS: [[u8; 2]; 34] = [
 ];
 
 const IMPLICIT_LE: &str = "1.2.840.10008.1.2";
+const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
 const EXPLICIT_BE: &str = "1.2.840.10008.1.2.2";
 const DEFLATED: &str = "1.2.840.10008.1.2.1.99";
 
@@ -78,6 +88,18 @@ pub fn check_element_lengths(prefix: &[u8], file_len: u64) -> Result<Scan, Rejec
             ..data
         };
         return data.data_set();
+    }
+    // pydicom's test: a first element without a valid VR means the data set is implicit VR.
+    if ts.as_deref() == Some(EXPLICIT_LE)
+        && let Some(vr) = data.b.get(data.pos + 4..data.pos + 6)
+        && !KNOWN_VRS.iter().any(|k| k == vr)
+    {
+        let data_start = data.pos;
+        data.explicit = false;
+        return Ok(match data.data_set()? {
+            Scan::Done => Scan::DoneImplicitVr { data_start },
+            other => other,
+        });
     }
     data.data_set()
 }
