@@ -220,6 +220,29 @@ fn dicom_cases(c: &mut Corpus) {
     }
     c.files += 3;
     c.case(l, "implicit_as_explicit", good.clone());
+    // A private sequence an archive re-encoded as UN of undefined length (implicit VR inside):
+    // pydicom reads it; mg3d drops it for the parser and reads the rest.
+    let dir = root.join("un_sequence");
+    fs::create_dir_all(&dir).unwrap();
+    for k in 0..3 {
+        let b = ct_slice("2.25.27", k, uids::EXPLICIT_VR_LITTLE_ENDIAN, |_| {});
+        let px = b
+            .windows(6)
+            .rposition(|w| w == [0xE0, 0x7F, 0x10, 0x00, b'O', b'W'])
+            .unwrap();
+        let mut un: Vec<u8> = vec![0xDF, 0x7F, 0x10, 0x10, b'U', b'N', 0, 0];
+        un.extend_from_slice(&u32::MAX.to_le_bytes());
+        un.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0]);
+        un.extend_from_slice(&u32::MAX.to_le_bytes());
+        un.extend_from_slice(&[0xDF, 0x7F, 0x11, 0x10, 4, 0, 0, 0]);
+        un.extend_from_slice(b"abcd");
+        un.extend_from_slice(&[0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0]);
+        un.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+        let out = [&b[..px], &un[..], &b[px..]].concat();
+        fs::write(dir.join(format!("IM{k}.dcm")), out).unwrap();
+    }
+    c.files += 3;
+    c.case(l, "un_sequence", good.clone());
     // A slice whose header is cut short: the file is a reject, and so is the series it leaves
     // with a missing slice (the folder's only series).
     c.files += series(&root.join("cut_header"), "2.25.24", 3, Box::new(|_, _| {}));

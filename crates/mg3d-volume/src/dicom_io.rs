@@ -15,7 +15,7 @@ use dicom_object::{DefaultDicomObject, InMemDicomObject, OpenFileOptions};
 use dicom_pixeldata::{ConvertOptions, ModalityLutOption, PixelDecoder};
 use serde::Serialize;
 
-use crate::dicom_scan::{Scan, check_element_lengths};
+use crate::dicom_scan::{Repairs, Scan, check_element_lengths};
 use crate::{Reject, Volume};
 
 /// What one DICOM file's header says (values needed for grouping, geometry and provenance).
@@ -82,9 +82,9 @@ pub struct SliceHeader {
     pub patient_id: Option<String>,
     /// Identifying values (ids, names, dates, institution, station): for scrubbing only.
     pub phi: mg3d_core::phi::Phi,
-    /// The data set is implicit VR although the meta group says explicit VR (read as implicit,
-    /// as pydicom does).
-    pub implicit_vr_data_set: bool,
+    /// The file was parsed after [`Repairs`] (implicit VR under an explicit-VR meta group,
+    /// top-level undefined-length UN elements dropped), as pydicom reads such files.
+    pub repaired: bool,
     /// Enhanced multi-frame objects: each frame's geometry and rescale from the shared and
     /// per-frame functional groups (empty for single-frame objects).
     pub frames_geo: Vec<FrameGeo>,
@@ -366,7 +366,7 @@ fn header_from(obj: &DefaultDicomObject, path: &Path, file_len: u64) -> SliceHea
         allowed,
         patient_id: s(obj, tags::PATIENT_ID).filter(|v| !v.trim().is_empty()),
         phi,
-        implicit_vr_data_set: false,
+        repaired: false,
         frames_geo: functional_groups(obj),
     }
 }
@@ -401,7 +401,7 @@ pub(crate) fn parse_header(path: &Path) -> Result<SliceHeader, Reject> {
     // The file is read once, as far as its element headers reach the pixel data; the header is
     // parsed from those bytes. A header the prefix cannot hold goes to the parser on the file.
     if let Some((prefix, scan)) = read_prefix(path, len).map_err(named)? {
-        match header_from_prefix(&prefix, scan, path, len) {
+        match header_from_prefix(&prefix, &scan, path, len) {
             Ok(h) => return Ok(h),
             Err(r) if r.code == "dicom_corrupt" || (prefix.len() as u64) == len => {
                 return Err(named(r));
@@ -457,17 +457,17 @@ fn read_prefix(path: &Path, len: u64) -> Result<Option<(Vec<u8>, Scan)>, Reject>
 /// A header parsed from the start of a Part 10 file (preamble included), as the pre-scan found it.
 fn header_from_prefix(
     prefix: &[u8],
-    scan: Scan,
+    scan: &Scan,
     path: &Path,
     len: u64,
 ) -> Result<SliceHeader, Reject> {
-    let relabelled;
-    let bytes = match scan {
-        Scan::DoneImplicitVr { data_start } => {
-            relabelled = as_implicit_vr(prefix, data_start)?;
-            &relabelled
+    let fixed;
+    let (bytes, repaired) = match scan {
+        Scan::Done(r) if !r.is_empty() => {
+            fixed = repaired(prefix, r)?;
+            (&fixed[..], true)
         }
-        _ => prefix,
+        _ => (prefix, false),
     };
     let obj = OpenFileOptions::new()
         .read_until(tags::PIXEL_DATA)
@@ -475,13 +475,24 @@ fn header_from_prefix(
         .from_reader(&bytes[128..])
         .map_err(|e| Reject::new("dicom_unreadable", e.to_string()))?;
     let mut h = header_from(&obj, path, len);
-    h.implicit_vr_data_set = matches!(scan, Scan::DoneImplicitVr { .. });
+    h.repaired = repaired;
     Ok(h)
 }
 
-/// A Part 10 file (preamble included) whose meta group says explicit VR but whose data set, from
-/// `data_start`, is implicit VR: the same file with the meta group saying implicit VR.
-fn as_implicit_vr(bytes: &[u8], data_start: usize) -> Result<Vec<u8>, Reject> {
+/// The bytes of a Part 10 file (preamble included, or its start) after `r`: the dropped ranges
+/// removed, and the meta group saying implicit VR where the data set is implicit VR.
+fn repaired(bytes: &[u8], r: &Repairs) -> Result<Vec<u8>, Reject> {
+    let mut body = Vec::with_capacity(bytes.len());
+    let mut pos = 0;
+    for d in &r.dropped {
+        body.extend_from_slice(bytes.get(pos..d.start).unwrap_or_default());
+        pos = d.end;
+    }
+    body.extend_from_slice(bytes.get(pos..).unwrap_or_default());
+    let Some(data_start) = r.implicit_vr_from else {
+        return Ok(body);
+    };
+    // Dropped ranges lie in the data set, after `data_start`: the meta group is where it was.
     let unreadable = |e: &dyn std::fmt::Display| Reject::new("dicom_unreadable", e.to_string());
     let mut meta = dicom_object::FileMetaTable::from_reader(&bytes[128..data_start])
         .map_err(|e| unreadable(&e))?;
@@ -489,7 +500,7 @@ fn as_implicit_vr(bytes: &[u8], data_start: usize) -> Result<Vec<u8>, Reject> {
     meta.update_information_group_length();
     let mut out = bytes[..132].to_vec();
     meta.write(&mut out).map_err(|e| unreadable(&e))?;
-    out.extend_from_slice(&bytes[data_start..]);
+    out.extend_from_slice(&body[data_start..]);
     Ok(out)
 }
 
@@ -505,7 +516,7 @@ pub fn read_header_bytes(bytes: &[u8]) -> Result<SliceHeader, Reject> {
     let scan = check_element_lengths(bytes, bytes.len() as u64)?;
     checked_header(header_from_prefix(
         bytes,
-        scan,
+        &scan,
         Path::new(""),
         bytes.len() as u64,
     )?)
@@ -811,8 +822,8 @@ pub fn decode_file(h: &SliceHeader) -> Result<Vec<Vec<f32>>, Reject> {
 /// Decodes all frames of a file into stored values (MONOCHROME1 inverted; padding as NaN),
 /// before any rescale.
 pub fn decode_stored(h: &SliceHeader) -> Result<Vec<Vec<f64>>, Reject> {
-    let opened = if h.implicit_vr_data_set {
-        open_implicit_vr(&h.path)?
+    let opened = if h.repaired {
+        open_repaired(&h.path)?
     } else {
         dicom_object::open_file(&h.path)
     };
@@ -918,26 +929,22 @@ pub fn decode_stored(h: &SliceHeader) -> Result<Vec<Vec<f64>>, Reject> {
     Ok(out)
 }
 
-/// A whole file whose data set is implicit VR under an explicit-VR meta group (see
-/// [`SliceHeader::implicit_vr_data_set`]), read as implicit VR.
-fn open_implicit_vr(
+/// A whole file that needs [`Repairs`] to parse (see [`SliceHeader::repaired`]), parsed after them.
+fn open_repaired(
     path: &Path,
 ) -> Result<Result<DefaultDicomObject, dicom_object::ReadError>, Reject> {
     let bytes = std::fs::read(path)
         .map_err(|e| Reject::new("unreadable", format!("{}: {e}", path.display())))?;
-    let data_start = match check_element_lengths(&bytes, bytes.len() as u64)? {
-        Scan::DoneImplicitVr { data_start } => data_start,
-        _ => {
-            return Err(Reject::new(
-                "dicom_unreadable",
-                format!("{}: changed since its header was read", path.display()),
-            ));
-        }
+    let Scan::Done(r) = check_element_lengths(&bytes, bytes.len() as u64)? else {
+        return Err(Reject::new(
+            "dicom_truncated",
+            format!("{}: shorter than when its header was read", path.display()),
+        ));
     };
-    let relabelled = as_implicit_vr(&bytes, data_start)?;
+    let fixed = repaired(&bytes, &r)?;
     Ok(OpenFileOptions::new()
         .read_preamble(dicom_object::file::ReadPreamble::Never)
-        .from_reader(&relabelled[128..]))
+        .from_reader(&fixed[128..]))
 }
 
 /// Replaces padding (NaN) with the minimum real value; returns how many voxels were padding.

@@ -5,10 +5,10 @@
 //! nesting could overflow a worker's stack. This scan walks the meta group and the data set up to
 //! the pixel data (inflating a deflated data set), checking every declared length against the bytes
 //! that remain and the nesting depth, and rejects what dicom-rs would misread: elements without a
-//! valid VR under an explicit transfer syntax, undefined-length UN elements, a meta group length
-//! that disagrees with the meta group. A data set that is implicit VR from its first element
-//! although the meta group says explicit is reported ([`Scan::DoneImplicitVr`]) to be parsed as
-//! implicit VR, as pydicom does.
+//! valid VR under an explicit transfer syntax, nested undefined-length UN elements, a meta group
+//! length that disagrees with the meta group. Two defects pydicom reads through are reported as
+//! [`Repairs`] for the parser instead: a data set that is implicit VR from its first element
+//! although the meta group says explicit, and top-level undefined-length UN elements (dropped).
 
 use std::io::Read;
 
@@ -21,18 +21,37 @@ pub const MAX_SEQUENCE_DEPTH: usize = 64;
 const MAX_INFLATED: u64 = 256 << 20;
 
 /// How far [`check_element_lengths`] got.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Scan {
-    /// Every element header before the pixel data was checked (or the rest is the parser's).
-    Done,
-    /// As `Done`, but the data set (from byte `data_start`) is implicit VR little endian although
-    /// the meta group says explicit VR little endian, a defect of some exporters that pydicom reads
-    /// through: the data set must be parsed as implicit VR.
-    DoneImplicitVr {
-        /// Where the data set starts (after the meta group).
-        data_start: usize,
-    },
+    /// Every element header before the pixel data was checked (or the rest is the parser's); the
+    /// file can be parsed after these repairs.
+    Done(Repairs),
     /// The bytes ended before the pixel data: a longer prefix is needed.
+    NeedMore,
+}
+
+/// What the parser must be given instead of the file's bytes, for defects pydicom reads through.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Repairs {
+    /// The data set, from this byte (after the meta group), is implicit VR little endian although
+    /// the meta group says explicit VR little endian: it is to be parsed as implicit VR.
+    pub implicit_vr_from: Option<usize>,
+    /// Top-level undefined-length UN elements (sequences re-encoded as UN, implicit VR inside,
+    /// which dicom-rs cannot parse), as byte ranges to drop; mg3d reads none of them.
+    pub dropped: Vec<std::ops::Range<usize>>,
+}
+
+impl Repairs {
+    /// True when the file can be parsed as it is.
+    pub fn is_empty(&self) -> bool {
+        self.implicit_vr_from.is_none() && self.dropped.is_empty()
+    }
+}
+
+/// How far a walk got (inside the scan).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Walk {
+    Done,
     NeedMore,
 }
 
@@ -52,8 +71,16 @@ const DEFLATED: &str = "1.2.840.10008.1.2.1.99";
 /// Files without the DICM magic are left to the parser.
 pub fn check_element_lengths(prefix: &[u8], file_len: u64) -> Result<Scan, Reject> {
     if prefix.get(128..132) != Some(b"DICM") {
-        return Ok(Scan::Done);
+        return Ok(Scan::Done(Repairs::default()));
     }
+    let mut repairs = Repairs::default();
+    Ok(match walk(prefix, file_len, &mut repairs)? {
+        Walk::Done => Scan::Done(repairs),
+        Walk::NeedMore => Scan::NeedMore,
+    })
+}
+
+fn walk(prefix: &[u8], file_len: u64, repairs: &mut Repairs) -> Result<Walk, Reject> {
     let complete = prefix.len() as u64 >= file_len;
     let mut meta = Cursor {
         b: prefix,
@@ -73,7 +100,7 @@ pub fn check_element_lengths(prefix: &[u8], file_len: u64) -> Result<Scan, Rejec
     };
     if ts.as_deref() == Some(DEFLATED) {
         if !complete {
-            return Ok(Scan::NeedMore);
+            return Ok(Walk::NeedMore);
         }
         let mut inflated = Vec::new();
         flate2::read::DeflateDecoder::new(&prefix[data.pos..])
@@ -87,21 +114,18 @@ pub fn check_element_lengths(prefix: &[u8], file_len: u64) -> Result<Scan, Rejec
             complete: true,
             ..data
         };
-        return data.data_set();
+        // Repairs are offsets into the file's bytes, which an inflated data set is not.
+        return data.data_set(None);
     }
     // pydicom's test: a first element without a valid VR means the data set is implicit VR.
     if ts.as_deref() == Some(EXPLICIT_LE)
         && let Some(vr) = data.b.get(data.pos + 4..data.pos + 6)
         && !KNOWN_VRS.iter().any(|k| k == vr)
     {
-        let data_start = data.pos;
+        repairs.implicit_vr_from = Some(data.pos);
         data.explicit = false;
-        return Ok(match data.data_set()? {
-            Scan::Done => Scan::DoneImplicitVr { data_start },
-            other => other,
-        });
     }
-    data.data_set()
+    data.data_set(Some(&mut repairs.dropped))
 }
 
 fn corrupt(m: String) -> Reject {
@@ -152,11 +176,11 @@ impl Cursor<'_> {
         })
     }
 
-    fn out_of_bytes(&self) -> Scan {
+    fn out_of_bytes(&self) -> Walk {
         if self.complete {
-            Scan::Done
+            Walk::Done
         } else {
-            Scan::NeedMore
+            Walk::NeedMore
         }
     }
 
@@ -261,8 +285,12 @@ impl Cursor<'_> {
         }
     }
 
-    /// Walks the data set to the pixel data.
-    fn data_set(&mut self) -> Result<Scan, Reject> {
+    /// Walks the data set to the pixel data. Top-level undefined-length UN elements are skipped
+    /// and their ranges pushed to `dropped`; without it (or nested) they are unreadable.
+    fn data_set(
+        &mut self,
+        mut dropped: Option<&mut Vec<std::ops::Range<usize>>>,
+    ) -> Result<Walk, Reject> {
         // Open sequences: the end of a defined-length one, `None` for one closed by a delimiter.
         let mut open: Vec<Option<usize>> = Vec::new();
         loop {
@@ -297,14 +325,33 @@ impl Cursor<'_> {
                 // Short pixel data is decided when the series is assembled (`dicom_truncated` for
                 // the whole series). The parser reads this header before it stops: it must be here.
                 return Ok(if self.b.len() >= self.pos + e.header {
-                    Scan::Done
+                    Walk::Done
                 } else {
                     self.out_of_bytes()
                 });
             }
             if &e.vr == b"UN" && !defined {
                 // A sequence re-encoded as UN (implicit VR inside an explicit data set): pydicom
-                // reads it, dicom-rs cannot and misreads the lengths inside it.
+                // reads it, dicom-rs cannot and misreads the lengths inside it. At the top level
+                // (no enclosing length to fix) it is dropped for the parser.
+                if open.is_empty()
+                    && let Some(dropped) = dropped.as_deref_mut()
+                {
+                    let start = self.pos;
+                    let mut inner = Cursor {
+                        pos: self.pos + e.header,
+                        explicit: false,
+                        ..*self
+                    };
+                    match inner.implicit_sequence()? {
+                        Some(()) => {
+                            dropped.push(start..inner.pos);
+                            self.pos = inner.pos;
+                            continue;
+                        }
+                        None => return Ok(self.out_of_bytes()),
+                    }
+                }
                 return Err(unreadable(format!(
                     "element ({:04X},{:04X}) is an undefined-length UN (a sequence in implicit VR), which mg3d's DICOM parser cannot read",
                     e.group, e.elem
@@ -346,6 +393,53 @@ impl Cursor<'_> {
 }
 
 impl Cursor<'_> {
+    /// Skips the items of an undefined-length sequence in implicit VR, nested sequences included,
+    /// past its sequence delimiter (`None`: the bytes end first).
+    fn implicit_sequence(&mut self) -> Result<Option<()>, Reject> {
+        let mut depth = 0usize;
+        loop {
+            let (Some(group), Some(elem), Some(len)) = (
+                self.u16(self.pos),
+                self.u16(self.pos + 2),
+                self.u32(self.pos + 4),
+            ) else {
+                return Ok(None);
+            };
+            let defined = len != u32::MAX;
+            match (group, elem) {
+                (0xFFFE, 0xE0DD) => {
+                    self.pos += 8;
+                    if depth == 0 {
+                        return Ok(Some(()));
+                    }
+                    depth -= 1;
+                }
+                // Items: their elements are walked; a delimiter ends an undefined-length one.
+                (0xFFFE, 0xE000) | (0xFFFE, 0xE00D) => self.pos += 8,
+                (0xFFFE, _) => {
+                    return Err(corrupt(format!(
+                        "an undefined-length UN holds (FFFE,{elem:04X})"
+                    )));
+                }
+                _ if !defined => {
+                    depth += 1;
+                    if depth > MAX_SEQUENCE_DEPTH {
+                        return Err(corrupt(format!(
+                            "sequences nest deeper than {MAX_SEQUENCE_DEPTH} levels"
+                        )));
+                    }
+                    self.pos += 8;
+                }
+                _ if len as u64 > self.remaining_after(8) => {
+                    return Err(corrupt(format!(
+                        "element ({group:04X},{elem:04X}) in an undefined-length UN declares {len} bytes"
+                    )));
+                }
+                _ => self.pos += 8 + len as usize,
+            }
+        }
+    }
+
     /// Skips encapsulated fragments to their sequence delimiter (`None`: the bytes end first).
     fn fragments(&mut self) -> Result<Option<()>, Reject> {
         loop {
