@@ -349,7 +349,13 @@ impl Cursor<'_> {
                             self.pos = inner.pos;
                             continue;
                         }
-                        None => return Ok(self.out_of_bytes()),
+                        None if self.complete => {
+                            return Err(corrupt(format!(
+                                "the undefined-length UN ({:04X},{:04X}) has no sequence delimiter before the file ends",
+                                e.group, e.elem
+                            )));
+                        }
+                        None => return Ok(Walk::NeedMore),
                     }
                 }
                 return Err(unreadable(format!(
