@@ -9,7 +9,7 @@ TORCH_VERSION := 2.11.0
 MG3D  := target/debug/mg3d
 PIPELINE ?= pipelines/demo.toml
 
-.PHONY: setup cmake chromium pipeline test fuzz bench build stage status fmt clippy clean-work
+.PHONY: setup cmake chromium pipeline test fuzz bench build stage status fmt lint clippy clean-work
 
 ## setup: project-local Python venv with torch (libtorch for tch) and the reference packages.
 setup: cmake chromium $(VENV)/.torch-$(TORCH_VERSION) $(VENV)/.requirements $(VENV)/libtorch $(VENV)/minilm
@@ -85,8 +85,12 @@ status: build
 fmt:
 	cargo fmt --all
 
-clippy:
+## lint: what CI enforces before the tests: formatting, and clippy with warnings as errors.
+lint: setup
+	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
+
+clippy: lint
 
 clean-work:
 	rm -rf work

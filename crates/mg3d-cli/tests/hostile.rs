@@ -655,6 +655,8 @@ params = {{ files = ["{d}/reports.csv"] }}
         }
     }
     assert!(leaks.is_empty(), "{leaks:?}");
+    // A log written to a pipe carries no terminal colour codes.
+    assert!(!log.contains('\u{1b}'), "{log}");
 
     // `mg3d locate` gives the operator the paths back, on the terminal only.
     let r = mg3d_core::ids::pseudonym(SALT, "path", "nifti_roots[0]/garbage.nii");

@@ -26,9 +26,8 @@ use rand_chacha::ChaCha8Rng;
 use tch::nn::{self, Module, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 
-use crate::stage::{
-    ClauseHead, clause_tensor, sample_without_replacement, seeded_linear, standardiser, to_tensor,
-};
+use crate::align::{ClauseHead, sample_without_replacement, seeded_linear, standardiser};
+use crate::features::{clause_tensor, to_tensor};
 
 /// Per report id, per clause index: the findings the clause asserts (label index, +1 or -1).
 pub type ClauseTargets = BTreeMap<String, BTreeMap<i32, Vec<(usize, f32)>>>;

@@ -1,15 +1,23 @@
 //! mg3d-eval: how good is the corpus and the model.
 //!
+//! - [`features`]: a trained model's frozen image and clause features, and the prompts;
+//! - [`align`]: CLIP alignment and what both alignment methods share;
 //! - [`entity_align`]: clause-level finding targets from the entities stage and the
 //!   entity-grounded alignment heads;
+//! - [`tasks`]: label scoring with bootstrap intervals and the rows of eval.parquet;
+//! - [`params`]: the eval stage's parameters;
 //! - [`metrics`]: AUC (ties as half), Youden point, bootstrap intervals, Recall@K, MAP@K;
 //! - [`probe`]: the linear probe (L2 logistic regression by Newton's method);
 //! - [`stage`]: the `eval` stage (CT-CLIP-style alignment on the train split, zero-shot labels,
 //!   report→volume and volume→volume retrieval, linear probe) → eval.parquet, eval.json;
 //! - [`report`]: the `report` stage → one self-contained QC page (qc/index.html).
 
+pub mod align;
 pub mod entity_align;
+pub mod features;
 pub mod metrics;
+pub mod params;
 pub mod probe;
 pub mod report;
 pub mod stage;
+pub mod tasks;

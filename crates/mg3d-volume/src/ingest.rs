@@ -47,48 +47,92 @@ struct P {
 /// One volumes.parquet row (also the per-item result).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VolumeRow {
+    /// Keyed pseudonym of the volume's source identity (SeriesInstanceUID or relative file path).
     pub volume_id: String,
+    /// Keyed pseudonym of the patient (DICOM PatientID, or the CT-RATE train_<n> prefix).
     pub patient_id: String,
+    /// Keyed pseudonym of the study (StudyInstanceUID, or CT-RATE train_<n>_<scan>).
     pub study_id: String,
+    /// Pseudonym (namespace "report") of the source report id (CT-RATE VolumeName from the file
+    /// name, or the accession map's id); equals reports.report_id of its report; null if unknown.
     pub report_key: Option<String>,
+    /// dicom | nifti | ct-rate.
     pub source_kind: String,
+    /// Which configured source (e.g. dicom_roots[0]); never a path.
     pub source_root: String,
+    /// Keyed hash of the relative source path (folder or file), to find it again with the salt.
     pub source_ref: String,
+    /// Input files making up the volume.
     pub n_files: i32,
+    /// DICOM Modality (CT for NIfTI sources).
     pub modality: String,
+    /// DICOM transfer syntax UID (null for NIfTI).
     pub transfer_syntax: Option<String>,
+    /// Voxels along i, j, k.
     pub dims: [i32; 3],
+    /// Voxel spacing along i, j, k (mm).
     pub spacing_mm: [f64; 3],
+    /// Voxel (i,j,k) -> RAS mm, row-major 4x4 (nibabel's convention).
     pub affine_ras: [f64; 16],
+    /// Orientation codes of the source grid (nibabel aff2axcodes), e.g. LPS.
     pub axcodes: String,
+    /// Rescale slope applied (null when none).
     pub slope: Option<f64>,
+    /// Rescale intercept applied (null when none).
     pub intercept: Option<f64>,
+    /// How values became HU, exactly once: dicom_rescale | nifti_scl | ctrate_metadata | already_hu
+    /// | none.
     pub hu_applied: String,
+    /// Why that choice (e.g. 'min -1024 < 0 with intercept -1024: values are already HU').
     pub hu_evidence: String,
+    /// Minimum value after conversion.
     pub hu_min: f64,
+    /// Maximum value after conversion.
     pub hu_max: f64,
+    /// Mean value after conversion.
     pub hu_mean: f64,
+    /// PatientSex (allowed metadata).
     pub sex: Option<String>,
+    /// Age in 10-year buckets ('60-69'), 90+ collapsed.
     pub age_bucket: Option<String>,
+    /// Scanner manufacturer (allowed metadata).
     pub manufacturer: Option<String>,
+    /// Scanner model (allowed metadata).
     pub model: Option<String>,
+    /// Reconstruction kernel (allowed metadata).
     pub kernel: Option<String>,
+    /// SliceThickness tag / metadata (allowed metadata).
     pub slice_thickness_mm: Option<f64>,
+    /// Things noticed and handled (padding, MONOCHROME1, spacing vs thickness, metadata
+    /// disagreements).
     pub warnings: Vec<String>,
+    /// The HU volume in this stage's output (volumes/<volume_id>.nii.gz, int16).
     pub volume_file: String,
+    /// blake3 of the HU voxels (int16 LE, (k,j,i) order).
     pub content_hash: String,
 }
 
 /// One rejects.parquet row.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RejectRow {
+    /// Stage that rejected it (ingest, reports, ...).
     pub stage: String,
+    /// Which configured source (e.g. nifti_roots[0]).
     pub source_root: String,
+    /// Where the input is, when that cannot identify anyone: "row N" for report rows; empty for
+    /// ingest, whose folder and file names can (`mg3d locate PIPELINE PATH_REF` prints the path on
+    /// the machine holding the inputs).
     pub path: String,
+    /// Keyed hash of the unredacted relative path.
     pub path_ref: String,
+    /// file | series | row.
     pub level: String,
+    /// Input files covered by this row (a series counts its files).
     pub n_files: i32,
+    /// Stable reason code, e.g. series_missing_slice (docs/ARCHITECTURE.md lists them).
     pub reason: String,
+    /// What was found, naming no input path (files of a series as "file N") and with identifying
+    /// values seen in the inputs replaced by [redacted].
     pub message: String,
 }
 
