@@ -4,10 +4,8 @@
 //! - [`regions`]: the region/finding layout (`configs/graph/regions.toml`);
 //! - [`signature`]: per-report signatures and the disentangled similarity (defined there);
 //! - [`graph`]: collapse identical signatures, inverted-index candidates, parallel scoring, top-k;
-//! - [`clause`]: clause-level similarity targets shared with the trainer;
 //! - [`stage`]: the `graph` stage (polars for the joins, rayon for scoring).
 
-pub mod clause;
 pub mod graph;
 pub mod regions;
 pub mod signature;

@@ -1,7 +1,6 @@
-//! The similarity definition on hand-made signatures, graph building invariants, and the clause
-//! targets, all against values computed by hand.
+//! The similarity definition on hand-made signatures, and graph building invariants, against values
+//! computed by hand.
 
-use mg3d_graph::clause::{matching_loss, matching_targets};
 use mg3d_graph::graph::{GraphParams, build, id_key};
 use mg3d_graph::regions::Layout;
 use mg3d_graph::signature::{Metric, Signature, SignatureBuilder, State, explain, similarity};
@@ -313,23 +312,4 @@ fn graph_is_deterministic_and_collapses_identical_signatures() {
             assert!((w - expect).abs() < 1e-6);
         }
     }
-}
-
-#[test]
-fn clause_targets_match_hand_values() {
-    // a: two clauses, b: two clauses, dim 2.
-    let a = [1.0f32, 0.0, 1.0, 1.0];
-    let b = [1.0f32, 0.0, 0.0, 1.0];
-    let t = matching_targets(&a, &b, 2);
-    let r = std::f32::consts::FRAC_1_SQRT_2;
-    assert_eq!((t.rows, t.cols), (2, 2));
-    let want = [1.0, 0.0, r, r];
-    for (x, y) in t.similarity.iter().zip(want) {
-        assert!((x - y).abs() < 1e-6);
-    }
-    assert_eq!(t.positive, [true, false, false, false]);
-    assert_eq!(t.negative, [false, true, false, false]);
-    // P = [0.5, 0.2, 0.9, 0.1]: |0.5-1| + |0.2-0| + 0 + 0 over 4.
-    let loss = matching_loss(&[0.5, 0.2, 0.9, 0.1], &t);
-    assert!((loss - 0.7 / 4.0).abs() < 1e-9);
 }

@@ -4,12 +4,14 @@
 //! - [`bert`]: the text encoder, a Hugging Face BERT loaded from a model folder;
 //! - [`swin`]: the 3D Swin Transformer image encoder with MONAI SwinViT parameter names;
 //! - [`fusion`]: gated cross layers, gates, poolers, heads and the MIM decoder;
+//! - [`clause_targets`]: the clause-level similarity targets of inter-patient matching (SSM);
 //! - [`losses`]: the five MG-3D objectives as tensor functions;
 //! - [`model`]: the whole model and one step's losses;
 //! - [`trainer`]: AdamW with lr groups, schedule, clipping, accumulation, checkpoints, resume;
 //! - [`stage`]: the `train` stage.
 
 pub mod bert;
+pub mod clause_targets;
 pub mod fusion;
 pub mod losses;
 pub mod model;

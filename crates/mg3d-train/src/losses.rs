@@ -7,7 +7,7 @@
 //! - [`sal_loss`]: clause alignment, weighted 0.1 (§3.2.4);
 //! - [`info_nce`]: the symmetric contrast of CML (fused vs unfused, §3.3) and DCL (§3.4);
 //! - [`ssm_loss`]: inter-patient clause similarity matching (§3.5) with the text targets of
-//!   `mg3d_graph::clause` (cosine of clause embeddings, positives >= 0.9, negatives <= 0.6);
+//!   `crate::clause_targets` (cosine of clause embeddings, positives >= 0.9, negatives <= 0.6);
 //! - [`clause_gather`]: mean of token features per clause.
 
 use rand::{Rng, SeedableRng};
@@ -190,7 +190,7 @@ pub fn sal_loss(r: &Tensor, t: &Tensor, mask: &Tensor, weight: f64) -> Tensor {
 /// pair loss `mean |P⊙(pos+neg) − T⊙pos|` over existing clause pairs, averaged over pairs. Zero
 /// (with a graph) for a batch of one.
 pub fn ssm_loss(text: &Tensor, visual: &Tensor, mask: &Tensor) -> Tensor {
-    use mg3d_graph::clause::{NEGATIVE_THRESHOLD, POSITIVE_THRESHOLD};
+    use crate::clause_targets::{NEGATIVE_THRESHOLD, POSITIVE_THRESHOLD};
     let b = visual.size()[0];
     let mut total = visual.sum(visual.kind()) * 0.0;
     let mut pairs = 0i64;

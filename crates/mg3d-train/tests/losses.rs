@@ -168,18 +168,18 @@ fn ssm_matches_the_shared_f64_definition() {
         &mask,
     )
     .double_value(&[]);
-    // Reference: mg3d_graph::clause in f64 per pair, then the mean over pairs.
+    // Reference: mg3d_train::clause_targets in f64 per pair, then the mean over pairs.
     let mut want = 0.0;
     let mut pairs = 0;
     for i in 0..3 {
         for j in i + 1..3 {
             let ti: Vec<f32> = text[i][..n_clauses[i]].iter().flatten().copied().collect();
             let tj: Vec<f32> = text[j][..n_clauses[j]].iter().flatten().copied().collect();
-            let targets = mg3d_graph::clause::matching_targets(&ti, &tj, 3);
+            let targets = mg3d_train::clause_targets::matching_targets(&ti, &tj, 3);
             let vi: Vec<f32> = vis[i][..n_clauses[i]].iter().flatten().copied().collect();
             let vj: Vec<f32> = vis[j][..n_clauses[j]].iter().flatten().copied().collect();
-            let p = mg3d_graph::clause::clause_cosine(&vi, &vj, 2);
-            want += mg3d_graph::clause::matching_loss(&p, &targets);
+            let p = mg3d_train::clause_targets::clause_cosine(&vi, &vj, 2);
+            want += mg3d_train::clause_targets::matching_loss(&p, &targets);
             pairs += 1;
         }
     }
@@ -191,4 +191,23 @@ fn ssm_matches_the_shared_f64_definition() {
         &mask.narrow(0, 0, 1),
     );
     assert_eq!(one.double_value(&[]), 0.0);
+}
+
+#[test]
+fn clause_targets_match_hand_values() {
+    // a: two clauses, b: two clauses, dim 2.
+    let a = [1.0f32, 0.0, 1.0, 1.0];
+    let b = [1.0f32, 0.0, 0.0, 1.0];
+    let t = mg3d_train::clause_targets::matching_targets(&a, &b, 2);
+    let r = std::f32::consts::FRAC_1_SQRT_2;
+    assert_eq!((t.rows, t.cols), (2, 2));
+    let want = [1.0, 0.0, r, r];
+    for (x, y) in t.similarity.iter().zip(want) {
+        assert!((x - y).abs() < 1e-6);
+    }
+    assert_eq!(t.positive, [true, false, false, false]);
+    assert_eq!(t.negative, [false, true, false, false]);
+    // P = [0.5, 0.2, 0.9, 0.1]: |0.5-1| + |0.2-0| + 0 + 0 over 4.
+    let loss = mg3d_train::clause_targets::matching_loss(&[0.5, 0.2, 0.9, 0.1], &t);
+    assert!((loss - 0.7 / 4.0).abs() < 1e-9);
 }

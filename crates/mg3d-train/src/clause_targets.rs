@@ -1,6 +1,6 @@
 //! Clause-level similarity targets for the inter-patient matching objective (MG-3D "SSM",
-//! shared/reference/mg3d-method.md §3.5), in plain Rust so the trainer and the graph use one
-//! definition.
+//! shared/reference/mg3d-method.md §3.5), in plain Rust (a reference the
+//! tensor implementation in [`crate::losses`] is tested against).
 //!
 //! For two reports i and j with clause embeddings `e_i` (S_i x d) and `e_j` (S_j x d), the target
 //! is `T = cos(e_i, e_j)` (S_i x S_j); pairs with `T >= POSITIVE_THRESHOLD` are positives (the
