@@ -268,7 +268,7 @@ impl Stage for ReportsStage {
         "reports"
     }
     fn code_version(&self) -> &'static str {
-        "1"
+        "2"
     }
     fn describe(&self) -> &'static str {
         "report CSV/JSONL -> reports, sections, sentences, clauses (exact byte offsets), rejects"

@@ -671,7 +671,7 @@ impl Stage for IngestStage {
         "ingest"
     }
     fn code_version(&self) -> &'static str {
-        "1"
+        "2"
     }
     fn describe(&self) -> &'static str {
         "DICOM series, NIfTI files and CT-RATE metadata -> HU volumes (original grid), volumes.parquet, rejects.parquet"

@@ -212,7 +212,7 @@ impl Stage for PreprocessStage {
         "preprocess"
     }
     fn code_version(&self) -> &'static str {
-        "1"
+        "2"
     }
     fn describe(&self) -> &'static str {
         "ingest volumes -> RAS, resampled, windowed, cropped int16 HU NIfTI (preset) + preprocessed.parquet"
