@@ -204,8 +204,8 @@ fn parse_range(s: &str) -> Result<[f64; 2], String> {
 fn registry() -> StageRegistry {
     let mut r = StageRegistry::new();
     r.register(Arc::new(mg3d_synth::SynthStage));
-    r.register(Arc::new(mg3d_volume::ingest::IngestStage));
-    r.register(Arc::new(mg3d_volume::preprocess::PreprocessStage));
+    r.register(Arc::new(mg3d_ingest::ingest::IngestStage));
+    r.register(Arc::new(mg3d_ingest::preprocess::PreprocessStage));
     r.register(Arc::new(mg3d_report::reports::ReportsStage));
     r.register(Arc::new(mg3d_report::entities_stage::EntitiesStage));
     r.register(Arc::new(mg3d_report::tokens::TokensStage));
@@ -486,7 +486,7 @@ fn run(cli: Cli) -> Result<(), Fail> {
                 }
             }
         }
-        Cmd::Inspect { path } => match mg3d_volume::inspect::inspect(&path) {
+        Cmd::Inspect { path } => match mg3d_ingest::inspect::inspect(&path) {
             Ok(v) => println!(
                 "{}",
                 if cli.json {
@@ -513,7 +513,7 @@ fn run(cli: Cli) -> Result<(), Fail> {
             };
             let mut found = 0;
             for spec in p.stages.iter().filter(|s| s.kind == "ingest") {
-                let hits = mg3d_volume::ingest::locate(&spec.params, &p.salt, resolve, &refs)
+                let hits = mg3d_ingest::ingest::locate(&spec.params, &p.salt, resolve, &refs)
                     .map_err(|e| Fail(1, e.into()))?;
                 for (r, path) in hits {
                     println!("{r}\t{}", path.display());

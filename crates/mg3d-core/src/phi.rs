@@ -45,6 +45,13 @@ fn tokens(s: &str) -> Vec<(usize, usize)> {
     out
 }
 
+/// Whether a value (separators removed) can identify anyone: two characters or more, and four
+/// digits or more if it is a number.
+fn identifying(joined: &str) -> bool {
+    let n = joined.chars().count();
+    n >= 2 && (n >= 4 || !joined.chars().all(|c| c.is_ascii_digit()))
+}
+
 fn lower_tokens(s: &str) -> Vec<String> {
     tokens(s)
         .into_iter()
@@ -64,12 +71,12 @@ impl Phi {
     }
 
     /// Adds an identifier (an id, an accession number, an institution): the whole value, matched
-    /// as a token sequence, and as a substring when long. Values without a letter or digit, and
-    /// single characters, are ignored.
+    /// as a token sequence, and as a substring when long. Single characters, and numbers of fewer
+    /// than four digits (a StudyID of "15" would redact every 15 in a message), are ignored.
     pub fn add_value(&mut self, v: &str) {
         let toks = lower_tokens(v);
         let joined: String = toks.concat();
-        if joined.chars().count() < 2 {
+        if !identifying(&joined) {
             return;
         }
         if joined.chars().count() >= SUBSTRING_MIN {
@@ -80,7 +87,7 @@ impl Phi {
 
     /// Adds a person name (DICOM PN: `Family^Given^Middle^Prefix^Suffix`, with `=` between
     /// alphabetic, ideographic and phonetic forms): the whole name in both orders, and every
-    /// part of two or more characters on its own.
+    /// part that can identify on its own (see `add_value`).
     pub fn add_name(&mut self, pn: &str) {
         for group in pn.split('=') {
             let parts: Vec<&str> = group
@@ -99,7 +106,7 @@ impl Phi {
             }
             for p in parts {
                 for t in lower_tokens(p) {
-                    if t.chars().count() >= 2 {
+                    if identifying(&t) {
                         self.seqs.insert(vec![t]);
                     }
                 }
@@ -270,6 +277,11 @@ mod tests {
             assert!(!out.contains("1947"), "{s} -> {out}");
         }
         assert_eq!(p.scrub("1947 cases"), "1947 cases");
+        // A short number is no identifier: messages keep their numbers.
+        let mut q = Phi::new();
+        q.add_value("15");
+        q.add_name("DOE^JANE^15");
+        assert_eq!(q.scrub("tilted 15.00 degrees"), "tilted 15.00 degrees");
     }
 
     #[test]

@@ -197,8 +197,8 @@ impl Stage for FakeCurate {
 fn run(work: &Path, graph_and_curate: bool) -> Value {
     let mut reg = StageRegistry::new();
     reg.register(Arc::new(mg3d_synth::SynthStage))
-        .register(Arc::new(mg3d_volume::ingest::IngestStage))
-        .register(Arc::new(mg3d_volume::preprocess::PreprocessStage))
+        .register(Arc::new(mg3d_ingest::ingest::IngestStage))
+        .register(Arc::new(mg3d_ingest::preprocess::PreprocessStage))
         .register(Arc::new(mg3d_report::reports::ReportsStage))
         .register(Arc::new(mg3d_report::entities_stage::EntitiesStage))
         .register(Arc::new(mg3d_report::tokens::TokensStage))

@@ -17,8 +17,8 @@ use tch::{Device, nn};
 fn shards(work: &Path, text: &Path) -> PathBuf {
     let mut reg = StageRegistry::new();
     reg.register(Arc::new(mg3d_synth::SynthStage))
-        .register(Arc::new(mg3d_volume::ingest::IngestStage))
-        .register(Arc::new(mg3d_volume::preprocess::PreprocessStage))
+        .register(Arc::new(mg3d_ingest::ingest::IngestStage))
+        .register(Arc::new(mg3d_ingest::preprocess::PreprocessStage))
         .register(Arc::new(mg3d_report::reports::ReportsStage))
         .register(Arc::new(mg3d_report::tokens::TokensStage))
         .register(Arc::new(mg3d_report::entities_stage::EntitiesStage))

@@ -1,4 +1,5 @@
-//! mg3d-volume: CT volumes with correct intensities and geometry.
+//! mg3d-volume: CT volumes with correct intensities and geometry (DICOM is read by mg3d-dicom,
+//! the ingest and preprocess stages are in mg3d-ingest).
 //!
 //! - [`Volume`]: voxels in (k, j, i) order (i fastest) with a voxel (i, j, k) -> RAS mm affine
 //!   (nibabel's convention), so every consumer sees one layout.
@@ -8,23 +9,14 @@
 //!   rejected with reasons) and int16 writing.
 //! - [`check_geometry`]: the one validation every volume passes before use (finite, non-degenerate
 //!   axes, plausible spacing).
-//! - [`dicom_io`]: DICOM scanning and series assembly following the correctness rules (group by
-//!   series and orientation/size, drop localizers, sort by position along the normal, uniform spacing,
-//!   missing/duplicate slices, gantry tilt, per-slice rescale, MONOCHROME1, pixel padding, LPS -> RAS).
+//! - [`Reject`], [`catch_panic`]: a reasoned reject, and one item's panic turned into one.
 //! - [`ops`]: reorientation to RAS, trilinear/nearest resampling, HU windowing, crop/pad.
 
 #![allow(clippy::needless_range_loop)] // matrix and voxel code reads better with indices
 
-pub mod dicom_io;
-pub mod dicom_scan;
-pub mod ingest;
-pub mod inspect;
 pub mod nifti_header;
 pub mod nifti_io;
 pub mod ops;
-pub mod preprocess;
-pub mod rle;
-pub mod walk;
 
 use serde::Serialize;
 
@@ -50,7 +42,7 @@ impl Reject {
 
 /// The reject of an item whose work panicked. The panic's message is not kept: it may quote the
 /// input (a file name, a header value).
-pub(crate) fn internal_error() -> Reject {
+pub fn internal_error() -> Reject {
     Reject::new(
         "internal_error",
         "reading this input hit an internal error (a bug in mg3d; please report it with the reason code)",
@@ -59,7 +51,7 @@ pub(crate) fn internal_error() -> Reject {
 
 /// Runs one item's work; a panic in it becomes `on_panic(internal_error())` instead of unwinding
 /// through the stage.
-pub(crate) fn catch_panic<T>(work: impl FnOnce() -> T, on_panic: impl FnOnce(Reject) -> T) -> T {
+pub fn catch_panic<T>(work: impl FnOnce() -> T, on_panic: impl FnOnce(Reject) -> T) -> T {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(work))
         .unwrap_or_else(|_| on_panic(internal_error()))
 }

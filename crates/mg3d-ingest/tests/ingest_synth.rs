@@ -44,8 +44,8 @@ params = {{ preset = "demo" }}
 fn registry() -> StageRegistry {
     let mut r = StageRegistry::new();
     r.register(Arc::new(mg3d_synth::SynthStage))
-        .register(Arc::new(mg3d_volume::ingest::IngestStage))
-        .register(Arc::new(mg3d_volume::preprocess::PreprocessStage));
+        .register(Arc::new(mg3d_ingest::ingest::IngestStage))
+        .register(Arc::new(mg3d_ingest::preprocess::PreprocessStage));
     r
 }
 

@@ -88,7 +88,7 @@ fn inspect_matches_pydicom_and_nibabel_on_their_own_test_files() {
     let mut read_only_by_reference = vec![];
     for (f, r) in files.iter().zip(&refs) {
         let name = f.file_name().unwrap().to_string_lossy().into_owned();
-        let ours = mg3d_volume::inspect::inspect(f);
+        let ours = mg3d_ingest::inspect::inspect(f);
         match (&ours, r["ok"].as_bool().unwrap()) {
             (Ok(o), true) => {
                 let mut bad = vec![];

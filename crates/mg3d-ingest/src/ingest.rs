@@ -19,12 +19,12 @@ use serde_json::{Value, json};
 use mg3d_core::budget::ByteBudget;
 use mg3d_core::phi::Phi;
 
-use crate::dicom_io::{
+use crate::walk::{Found, Walker};
+use mg3d_dicom::dicom_io::{
     SeriesGroup, SliceHeader, SpacingRules, assemble, checked_header, group_series, parse_header,
 };
-use crate::nifti_io::{NiftiReader, ReadOptions, write_nifti_i16};
-use crate::walk::{Found, Walker};
-use crate::{Reject, Volume};
+use mg3d_volume::nifti_io::{NiftiReader, ReadOptions, write_nifti_i16};
+use mg3d_volume::{Reject, Volume};
 
 /// Stage kind `ingest`.
 pub struct IngestStage;
@@ -546,8 +546,9 @@ impl Ctx<'_> {
                 let want = [xy[0], xy[1], z];
                 let have = vol.spacing();
                 let usable = |s: &[f64; 3]| {
-                    s.iter()
-                        .all(|v| (crate::MIN_SPACING_MM..=crate::MAX_SPACING_MM).contains(v))
+                    s.iter().all(|v| {
+                        (mg3d_volume::MIN_SPACING_MM..=mg3d_volume::MAX_SPACING_MM).contains(v)
+                    })
                 };
                 if !usable(&want) {
                     return file_reject(Reject::new(
@@ -1025,7 +1026,8 @@ impl Ctx<'_> {
         make: impl FnOnce(&Path) -> Result<ItemResult, StageError>,
     ) -> Result<(ItemResult, Option<PathBuf>), StageError> {
         let o = self.ctx.items().get_or_make::<StageError>(key, |dir| {
-            let mut res = crate::catch_panic(|| make(dir), |_| Ok(ItemResult::Reject(on_panic())))?;
+            let mut res =
+                mg3d_volume::catch_panic(|| make(dir), |_| Ok(ItemResult::Reject(on_panic())))?;
             res.scrub(phi);
             let json = serde_json::to_vec(&res).map_err(|e| StageError::msg(e.to_string()))?;
             std::fs::write(dir.join("result.json"), json)?;
@@ -1049,7 +1051,7 @@ impl Ctx<'_> {
         let headers: Vec<Result<SliceHeader, Reject>> = files
             .par_iter()
             .map(|f| {
-                let h = crate::catch_panic(|| parse_header(f), Err);
+                let h = mg3d_volume::catch_panic(|| parse_header(f), Err);
                 pb.inc(1);
                 h
             })
@@ -1132,7 +1134,7 @@ impl Ctx<'_> {
             let (mut res, dir) = self.stored_item(
                 &key,
                 &phi,
-                || self.reject(label, &folder, "series", n, &crate::internal_error()),
+                || self.reject(label, &folder, "series", n, &mg3d_volume::internal_error()),
                 |dir| self.dicom_item(root, label, g, dir),
             )?;
             let parent = g.files[0].path.parent().unwrap_or(root);
@@ -1208,7 +1210,7 @@ impl Ctx<'_> {
             self.stored_item(
                 &key,
                 &phi,
-                || self.reject_at(root, label, f, "file", 1, crate::internal_error()),
+                || self.reject_at(root, label, f, "file", 1, mg3d_volume::internal_error()),
                 |dir| self.nifti_item(root, label, f, dir),
             )
         })

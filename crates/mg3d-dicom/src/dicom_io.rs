@@ -16,7 +16,7 @@ use dicom_pixeldata::{ConvertOptions, ModalityLutOption, PixelDecoder};
 use serde::Serialize;
 
 use crate::dicom_scan::{Repairs, Scan, check_element_lengths};
-use crate::{Reject, Volume};
+use mg3d_volume::{Reject, Volume};
 
 /// What one DICOM file's header says (values needed for grouping, geometry and provenance).
 /// PHI-bearing values are kept only so callers can scrub them; they are never written out.
@@ -82,8 +82,8 @@ pub struct SliceHeader {
     pub patient_id: Option<String>,
     /// Identifying values (ids, names, dates, institution, station): for scrubbing only.
     pub phi: mg3d_core::phi::Phi,
-    /// The file was parsed after [`Repairs`] (implicit VR under an explicit-VR meta group,
-    /// top-level undefined-length UN elements dropped), as pydicom reads such files.
+    /// The file was parsed after [`Repairs`] (a wrong meta group length, implicit VR under an
+    /// explicit-VR meta group, top-level undefined-length UN elements), as pydicom reads such files.
     pub repaired: bool,
     /// Enhanced multi-frame objects: each frame's geometry and rescale from the shared and
     /// per-frame functional groups (empty for single-frame objects).
@@ -387,7 +387,7 @@ pub fn read_header(path: &Path) -> Result<SliceHeader, Reject> {
 
 /// [`read_header`] without [`checked_header`]'s size checks: a header that parses, whether or not
 /// its file can hold its pixels.
-pub(crate) fn parse_header(path: &Path) -> Result<SliceHeader, Reject> {
+pub fn parse_header(path: &Path) -> Result<SliceHeader, Reject> {
     let len = std::fs::metadata(path)
         .map_err(|e| Reject::new("unreadable", format!("{}: {e}", path.display())))?
         .len();
@@ -479,9 +479,20 @@ fn header_from_prefix(
     Ok(h)
 }
 
-/// The bytes of a Part 10 file (preamble included, or its start) after `r`: the dropped ranges
-/// removed, and the meta group saying implicit VR where the data set is implicit VR.
+/// The bytes of a Part 10 file (preamble included, or its start) after `r`: the meta group length
+/// corrected, the dropped ranges removed, and the meta group saying implicit VR where the data set
+/// is implicit VR.
 fn repaired(bytes: &[u8], r: &Repairs) -> Result<Vec<u8>, Reject> {
+    let patched;
+    let bytes = match r.meta_group_length {
+        Some((at, len)) if bytes.len() >= at + 4 => {
+            let mut b = bytes.to_vec();
+            b[at..at + 4].copy_from_slice(&len.to_le_bytes());
+            patched = b;
+            &patched[..]
+        }
+        _ => bytes,
+    };
     let mut body = Vec::with_capacity(bytes.len());
     let mut pos = 0;
     for d in &r.dropped {
@@ -523,13 +534,13 @@ pub fn read_header_bytes(bytes: &[u8]) -> Result<SliceHeader, Reject> {
 }
 
 /// Rejects headers whose sizes cannot be real before any pixel is read.
-pub(crate) fn checked_header(h: SliceHeader) -> Result<SliceHeader, Reject> {
+pub fn checked_header(h: SliceHeader) -> Result<SliceHeader, Reject> {
     let (path, len) = (&h.path, h.file_len);
     // Header fields can multiply past u64 (or past any sane volume) before a pixel is read.
     let voxels = [h.cols as u64, h.frames as u64, h.samples_per_pixel as u64]
         .iter()
         .try_fold(h.rows as u64, |a, &b| a.checked_mul(b))
-        .filter(|&v| v <= crate::nifti_io::DEFAULT_MAX_VOXELS);
+        .filter(|&v| v <= mg3d_volume::nifti_io::DEFAULT_MAX_VOXELS);
     let Some(voxels) = voxels else {
         return Err(Reject::new(
             "volume_too_large",
@@ -540,7 +551,7 @@ pub(crate) fn checked_header(h: SliceHeader) -> Result<SliceHeader, Reject> {
                 h.cols,
                 h.frames,
                 h.samples_per_pixel,
-                crate::nifti_io::DEFAULT_MAX_VOXELS
+                mg3d_volume::nifti_io::DEFAULT_MAX_VOXELS
             ),
         ));
     };

@@ -17,7 +17,7 @@ fn decodes_what_the_synth_encoder_writes() {
             })
             .collect();
         let frame = mg3d_synth::dicom_out::rle_encode_frame16(&samples, cols, rows);
-        let bytes = mg3d_volume::rle::decode_frame(&frame, cols * rows, 2).unwrap();
+        let bytes = mg3d_dicom::rle::decode_frame(&frame, cols * rows, 2).unwrap();
         let back: Vec<u16> = bytes
             .chunks_exact(2)
             .map(|c| u16::from_le_bytes([c[0], c[1]]))

@@ -14,9 +14,9 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::nifti_io::{read_nifti, write_nifti_i16};
-use crate::ops::{Interp, crop_pad, foreground_box, reorient_ras, resample, window};
-use crate::{Reject, Volume};
+use mg3d_volume::nifti_io::{read_nifti, write_nifti_i16};
+use mg3d_volume::ops::{Interp, crop_pad, foreground_box, reorient_ras, resample, window};
+use mg3d_volume::{Reject, Volume};
 
 /// A preprocessing preset.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -334,7 +334,7 @@ impl Stage for PreprocessStage {
                     }
                     let key = ctx.items().key(&it.id, &it.digest);
                     let o = ctx.items().get_or_make::<StageError>(&key, |dir| {
-                        let res = crate::catch_panic(
+                        let res = mg3d_volume::catch_panic(
                             || preprocess_one(&ingest.join(&it.file), &it.id, &preset, dir),
                             |r| Ok(Err(r)),
                         )?

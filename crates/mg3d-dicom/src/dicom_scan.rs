@@ -5,14 +5,14 @@
 //! nesting could overflow a worker's stack. This scan walks the meta group and the data set up to
 //! the pixel data (inflating a deflated data set), checking every declared length against the bytes
 //! that remain and the nesting depth, and rejects what dicom-rs would misread: elements without a
-//! valid VR under an explicit transfer syntax, nested undefined-length UN elements, a meta group
-//! length that disagrees with the meta group. Two defects pydicom reads through are reported as
-//! [`Repairs`] for the parser instead: a data set that is implicit VR from its first element
-//! although the meta group says explicit, and top-level undefined-length UN elements (dropped).
+//! valid VR under an explicit transfer syntax, nested undefined-length UN elements. Defects pydicom
+//! reads through are reported as [`Repairs`] for the parser instead: a meta group length that
+//! disagrees with the meta group, a data set that is implicit VR from its first element although
+//! the meta group says explicit, and top-level undefined-length UN elements (dropped).
 
 use std::io::Read;
 
-use crate::Reject;
+use mg3d_volume::Reject;
 
 /// Deepest sequence nesting accepted (real objects nest a handful of levels).
 pub const MAX_SEQUENCE_DEPTH: usize = 64;
@@ -33,6 +33,9 @@ pub enum Scan {
 /// What the parser must be given instead of the file's bytes, for defects pydicom reads through.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Repairs {
+    /// The meta group length (its value at byte .0) disagrees with where the meta elements end
+    /// (a writer changed an element and not the length); the parser is given .1.
+    pub meta_group_length: Option<(usize, u32)>,
     /// The data set, from this byte (after the meta group), is implicit VR little endian although
     /// the meta group says explicit VR little endian: it is to be parsed as implicit VR.
     pub implicit_vr_from: Option<usize>,
@@ -44,7 +47,9 @@ pub struct Repairs {
 impl Repairs {
     /// True when the file can be parsed as it is.
     pub fn is_empty(&self) -> bool {
-        self.implicit_vr_from.is_none() && self.dropped.is_empty()
+        self.meta_group_length.is_none()
+            && self.implicit_vr_from.is_none()
+            && self.dropped.is_empty()
     }
 }
 
@@ -90,7 +95,7 @@ fn walk(prefix: &[u8], file_len: u64, repairs: &mut Repairs) -> Result<Walk, Rej
         big: false,
         complete,
     };
-    let Some(ts) = meta.meta_group()? else {
+    let Some(ts) = meta.meta_group(&mut repairs.meta_group_length)? else {
         return Ok(meta.out_of_bytes());
     };
     let mut data = Cursor {
@@ -251,32 +256,34 @@ impl Cursor<'_> {
 
     /// Walks the meta group (explicit VR little endian); returns its transfer syntax (`None`
     /// inside: absent) with the cursor on the data set, or `None` when the bytes end first.
+    /// A group length (0002,0000) that disagrees with where the group's elements end (pydicom reads
+    /// by group number) is put in `fix` as (byte of its value, the right value).
     #[allow(clippy::option_option)]
-    fn meta_group(&mut self) -> Result<Option<Option<String>>, Reject> {
+    fn meta_group(
+        &mut self,
+        fix: &mut Option<(usize, u32)>,
+    ) -> Result<Option<Option<String>>, Reject> {
         let start = self.pos;
-        let mut declared_end = None;
+        // (byte of the group length's value, where it says the group ends)
+        let mut declared: Option<(usize, usize)> = None;
         loop {
             let Some(group) = self.u16(self.pos) else {
                 return Ok(None);
             };
             if group != 0x0002 {
-                if let Some(end) = declared_end
+                if let Some((at, end)) = declared
                     && end != self.pos
                 {
-                    return Err(corrupt(format!(
-                        "the meta group length ends it at byte {end}, but its elements end at {}",
-                        self.pos
-                    )));
+                    *fix = Some((at, (self.pos - (at + 4)) as u32));
                 }
                 return Ok(Some(transfer_syntax(&self.b[start..self.pos])));
             }
             let Some(e) = self.element()? else {
                 return Ok(None);
             };
-            if e.elem == 0x0000 {
-                declared_end = self
-                    .u32(self.pos + e.header)
-                    .map(|n| self.pos + e.header + 4 + n as usize);
+            if e.elem == 0x0000 && e.len == 4 {
+                let at = self.pos + e.header;
+                declared = self.u32(at).map(|n| (at, at + 4 + n as usize));
             }
             if e.len as u64 > self.remaining_after(e.header) {
                 return Err(corrupt(format!("a meta element declares {} bytes", e.len)));

@@ -6,9 +6,9 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
-use crate::dicom_io::{SpacingRules, assemble, group_series, read_header, single_file_volume};
-use crate::nifti_io::read_nifti;
-use crate::{Reject, Volume};
+use mg3d_dicom::dicom_io::{SpacingRules, assemble, group_series, read_header, single_file_volume};
+use mg3d_volume::nifti_io::read_nifti;
+use mg3d_volume::{Reject, Volume};
 
 fn describe(v: &Volume) -> Value {
     let st = v.stats();

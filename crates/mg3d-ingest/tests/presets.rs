@@ -1,8 +1,8 @@
 //! Preprocess presets on a volume with a known analytic shape: a sphere of known radius (mm) keeps
 //! its physical size (within one output voxel) and its RAS position after each preset.
 
+use mg3d_ingest::preprocess::{apply_preset, load_preset};
 use mg3d_volume::Volume;
-use mg3d_volume::preprocess::{apply_preset, load_preset};
 
 /// A 70 mm-radius-free phantom: air, with a sphere of `radius` mm (+400 HU) at RAS `center`,
 /// on an LPS-ordered grid with anisotropic spacing (as a DICOM series gives).

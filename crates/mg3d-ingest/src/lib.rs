@@ -1,0 +1,14 @@
+//! mg3d-ingest: the stages that turn an archive into volumes a model can read.
+//!
+//! - [`ingest`]: the `ingest` stage: DICOM roots and NIfTI roots (CT-RATE metadata, accession
+//!   map) to `volumes.parquet` and validated RAS volumes, every other input a reject with a reason;
+//!   identifiers scrubbed, ids keyed.
+//! - [`preprocess`]: the `preprocess` stage: RAS, resampling to the preset's spacing, HU window,
+//!   crop/pad to the preset's shape.
+//! - [`walk`]: following symlinks with cycle detection, every file accounted for once.
+//! - [`inspect`]: what mg3d reads from one DICOM or NIfTI file (`mg3d inspect`).
+
+pub mod ingest;
+pub mod inspect;
+pub mod preprocess;
+pub mod walk;
