@@ -20,9 +20,8 @@ use mg3d_core::budget::ByteBudget;
 use mg3d_core::phi::Phi;
 
 use crate::walk::{Found, Walker};
-use mg3d_dicom::dicom_io::{
-    SeriesGroup, SliceHeader, SpacingRules, assemble, checked_header, group_series, parse_header,
-};
+use mg3d_dicom::header::{SliceHeader, checked_header, parse_header};
+use mg3d_dicom::series::{SeriesGroup, SpacingRules, assemble, group_series};
 use mg3d_volume::nifti_io::{NiftiReader, ReadOptions, write_nifti_i16};
 use mg3d_volume::{Reject, Volume};
 

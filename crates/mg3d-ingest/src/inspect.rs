@@ -6,7 +6,8 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
-use mg3d_dicom::dicom_io::{SpacingRules, assemble, group_series, read_header, single_file_volume};
+use mg3d_dicom::header::read_header;
+use mg3d_dicom::series::{SpacingRules, assemble, group_series, single_file_volume};
 use mg3d_volume::nifti_io::read_nifti;
 use mg3d_volume::{Reject, Volume};
 

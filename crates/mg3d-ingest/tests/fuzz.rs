@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use dicom_dictionary_std::uids;
-use mg3d_dicom::dicom_io::read_header_bytes;
+use mg3d_dicom::header::read_header_bytes;
 use mg3d_testkit::crafted::{Nii, ct_slice, fuzz_iters, gz, mutate};
 use mg3d_volume::nifti_io::{ReadOptions, read_nifti_from};
 use rand::{Rng, SeedableRng};
