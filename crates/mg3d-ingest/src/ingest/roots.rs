@@ -1,0 +1,271 @@
+//! The roots of ingest: walking them, reading DICOM headers and grouping series, and running
+//! items in bounded parallel batches through the item store.
+
+use super::*;
+
+impl Ctx<'_> {
+    /// The files under one root; what cannot be read as a file becomes a reject now.
+    pub(crate) fn walk_root(
+        &self,
+        walker: &mut Walker,
+        root: &Path,
+        label: &str,
+        out: &mut Collected,
+    ) -> Result<Vec<PathBuf>, StageError> {
+        let found = walker
+            .walk(root)
+            .map_err(|e| StageError::ctx(format!("{label} {}", root.display()), e))?;
+        let mut files = Vec::new();
+        for f in found {
+            let p = match &f {
+                Found::File(p) | Found::Skipped(p, ..) => p,
+            };
+            out.phi.add_path(Path::new(&rel(root, p)));
+            match f {
+                Found::File(p) => files.push(p),
+                Found::Skipped(p, code, msg) => out.push(
+                    ItemResult::Reject(self.reject_at(
+                        root,
+                        label,
+                        &p,
+                        "file",
+                        1,
+                        Reject::new(code, msg),
+                    )),
+                    None,
+                ),
+            }
+        }
+        Ok(files)
+    }
+
+    /// Reads one item through the item store: reused when its key is unchanged, else made now.
+    /// A panic in `make` becomes the item's reject (`on_panic`), not the stage's failure.
+    /// The result is scrubbed of the item's own identifying values (`phi`) before it is stored.
+    pub(crate) fn stored_item(
+        &self,
+        key: &str,
+        phi: &Phi,
+        on_panic: impl FnOnce() -> RejectRow,
+        make: impl FnOnce(&Path) -> Result<ItemResult, StageError>,
+    ) -> Result<(ItemResult, Option<PathBuf>), StageError> {
+        let o = self.ctx.items().get_or_make::<StageError>(key, |dir| {
+            let mut res =
+                mg3d_volume::catch_panic(|| make(dir), |_| Ok(ItemResult::Reject(on_panic())))?;
+            res.scrub(phi);
+            let json = serde_json::to_vec(&res).map_err(|e| StageError::msg(e.to_string()))?;
+            std::fs::write(dir.join("result.json"), json)?;
+            Ok(())
+        })?;
+        let res: ItemResult = serde_json::from_slice(&std::fs::read(o.dir().join("result.json"))?)
+            .map_err(|e| StageError::ctx(o.dir().display(), e))?;
+        Ok((res, Some(o.dir().to_path_buf())))
+    }
+
+    pub(crate) fn dicom_root(
+        &self,
+        root: &Path,
+        label: &str,
+        files: Vec<PathBuf>,
+        out: &mut Collected,
+    ) -> Result<(), StageError> {
+        let ctx = self.ctx;
+        let p = self.p;
+        let pb = ctx.progress_bar(files.len() as u64, "DICOM headers");
+        let headers: Vec<Result<SliceHeader, Reject>> = files
+            .par_iter()
+            .map(|f| {
+                let h = mg3d_volume::catch_panic(|| parse_header(f), Err);
+                pb.inc(1);
+                h
+            })
+            .collect();
+        pb.finish_and_clear();
+        let mut ok = Vec::new();
+        // A series must not lose a slice silently to a file-level reject. Files whose header
+        // parsed but that cannot be read (truncated, oversized) name their series and instance;
+        // for the others only their folder is known.
+        let mut lost: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let mut unreadable: BTreeMap<PathBuf, usize> = BTreeMap::new();
+        for (f, h) in files.iter().zip(headers) {
+            let h = match h.map(|h| (h.series_uid.clone(), h.sop_uid.clone(), checked_header(h))) {
+                Ok((series, sop, Err(r))) => {
+                    lost.entry(series).or_default().insert(sop);
+                    Err(r)
+                }
+                Ok((.., Ok(h))) => Ok(h),
+                Err(r) => {
+                    if !matches!(r.code, "not_dicom" | "empty_file") {
+                        *unreadable
+                            .entry(f.parent().unwrap_or(root).to_path_buf())
+                            .or_default() += 1;
+                    }
+                    Err(r)
+                }
+            };
+            match h {
+                Ok(h) => {
+                    out.phi.extend(&h.phi);
+                    if !p.modalities.is_empty() && !p.modalities.contains(&h.modality) {
+                        let r = Reject::new(
+                            "modality_not_allowed",
+                            format!("Modality {:?} not in {:?}", h.modality, p.modalities),
+                        );
+                        out.push(
+                            ItemResult::Reject(self.reject_at(root, label, f, "file", 1, r)),
+                            None,
+                        );
+                    } else {
+                        ok.push(h);
+                    }
+                }
+                Err(r) => out.push(
+                    ItemResult::Reject(self.reject_at(root, label, f, "file", 1, r)),
+                    None,
+                ),
+            }
+        }
+        let (groups, rejs) = group_series(ok);
+        for (f, r) in rejs {
+            out.push(
+                ItemResult::Reject(self.reject_at(root, label, &f, "file", 1, r)),
+                None,
+            );
+        }
+        let mut series_in: BTreeMap<PathBuf, usize> = BTreeMap::new();
+        for g in &groups {
+            *series_in
+                .entry(g.files[0].path.parent().unwrap_or(root).to_path_buf())
+                .or_default() += 1;
+        }
+        self.in_batches(&groups, "series", out, |g| {
+            let paths: Vec<&Path> = g.files.iter().map(|h| h.path.as_path()).collect();
+            // The report key the accession map gives this series is part of its result.
+            let series_uid = g.key.split('#').next().unwrap_or(&g.key);
+            let digest = format!(
+                "{}|{:?}",
+                file_digest(&paths, root)?,
+                self.accession.get(series_uid)
+            );
+            let key = ctx.items().key(&g.key, &digest);
+            let folder = rel(root, g.files[0].path.parent().unwrap_or(root));
+            let n = g.files.len() as i32;
+            let mut phi = Phi::new();
+            for h in &g.files {
+                phi.extend(&h.phi);
+                phi.add_path(Path::new(&rel(root, &h.path)));
+            }
+            let (mut res, dir) = self.stored_item(
+                &key,
+                &phi,
+                || self.reject(label, &folder, "series", n, &mg3d_volume::internal_error()),
+                |dir| self.dicom_item(root, label, g, dir),
+            )?;
+            let parent = g.files[0].path.parent().unwrap_or(root);
+            let ItemResult::Volume(v) = &mut res else {
+                return Ok((res, dir));
+            };
+            // An unreadable copy of a slice the series has is no loss.
+            let missing = lost.get(series_uid).map_or(0, |sops| {
+                sops.iter()
+                    .filter(|s| !g.files.iter().any(|h| &h.sop_uid == *s))
+                    .count()
+            });
+            if missing > 0 {
+                let r = Reject::new(
+                    "series_incomplete",
+                    format!("{missing} slice file(s) of this series could not be read"),
+                );
+                return Ok((
+                    ItemResult::Reject(self.reject(label, &folder, "series", n, &r)),
+                    None,
+                ));
+            }
+            if let Some(&bad) = unreadable.get(parent) {
+                let m = format!(
+                    "{bad} DICOM file(s) in the series' folder could not be read: the series may be missing those slices"
+                );
+                if series_in.get(parent) == Some(&1) {
+                    // The folder's only series: the unreadable files are almost surely its own.
+                    let r = Reject::new("series_incomplete", m);
+                    return Ok((
+                        ItemResult::Reject(self.reject(label, &folder, "series", n, &r)),
+                        None,
+                    ));
+                }
+                v.warnings.push(m);
+            }
+            Ok((res, dir))
+        })
+    }
+
+    pub(crate) fn nifti_root(
+        &self,
+        root: &Path,
+        label: &str,
+        files: Vec<PathBuf>,
+        out: &mut Collected,
+    ) -> Result<(), StageError> {
+        self.in_batches(&files, "NIfTI files", out, |f| {
+            let name = file_name(f);
+            if !(name.ends_with(".nii") || name.ends_with(".nii.gz")) {
+                let r = Reject::new("not_nifti", "file name does not end in .nii or .nii.gz");
+                return Ok((
+                    ItemResult::Reject(self.reject_at(root, label, f, "file", 1, r)),
+                    None,
+                ));
+            }
+            let meta = self
+                .metadata
+                .get(&name)
+                .map(|m| serde_json::to_string(m).unwrap_or_default())
+                .unwrap_or_default();
+            let digest = format!(
+                "{}|{}",
+                file_digest(&[f.as_path()], root)?,
+                blake3::hash(meta.as_bytes()).to_hex()
+            );
+            let key = self
+                .ctx
+                .items()
+                .key(&format!("{label}/{}", rel(root, f)), &digest);
+            let mut phi = Phi::new();
+            phi.add_path(Path::new(&rel(root, f)));
+            self.stored_item(
+                &key,
+                &phi,
+                || self.reject_at(root, label, f, "file", 1, mg3d_volume::internal_error()),
+                |dir| self.nifti_item(root, label, f, dir),
+            )
+        })
+    }
+
+    /// Runs `work` on `items`, `max_in_flight` at a time in parallel, with a progress bar and a
+    /// cancellation check between batches; collects the results in item order.
+    pub(crate) fn in_batches<T: Sync>(
+        &self,
+        items: &[T],
+        what: &str,
+        out: &mut Collected,
+        work: impl Fn(&T) -> Result<(ItemResult, Option<PathBuf>), StageError> + Sync,
+    ) -> Result<(), StageError> {
+        let pb = self.ctx.progress_bar(items.len() as u64, what);
+        for batch in items.chunks(self.p.max_in_flight.max(1) as usize) {
+            self.ctx.check_cancelled()?;
+            let done: Vec<_> = batch
+                .par_iter()
+                .map(|it| {
+                    let r = work(it);
+                    pb.inc(1);
+                    r
+                })
+                .collect();
+            for r in done {
+                let (res, dir) = r?;
+                out.push(res, dir);
+            }
+        }
+        pb.finish_and_clear();
+        Ok(())
+    }
+}
