@@ -480,9 +480,16 @@ fn run(cli: Cli) -> Result<(), Fail> {
                 for d in s.params() {
                     let def = d
                         .default
+                        .as_ref()
                         .map(|v| v.to_string())
                         .unwrap_or_else(|| "(required)".into());
-                    println!("  param  {:<24} {:?} = {:<20} {}", d.name, d.ty, def, d.doc);
+                    println!(
+                        "  param  {:<24} {:?} = {:<20} {}",
+                        d.name,
+                        d.ty,
+                        def,
+                        d.summary()
+                    );
                 }
             }
         }

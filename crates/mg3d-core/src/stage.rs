@@ -28,6 +28,88 @@ pub enum ParamType {
     Table,
 }
 
+/// The [`ParamType`] a Rust field type is declared as (see [`stage_params!`](crate::stage_params)).
+pub trait ParamKind {
+    /// The declared type.
+    const KIND: ParamType;
+}
+
+macro_rules! param_kind {
+    ($kind:ident: $($t:ty),+) => {
+        $(impl ParamKind for $t {
+            const KIND: ParamType = ParamType::$kind;
+        })+
+    };
+}
+param_kind!(Int: i64, i32, u64, u32, usize);
+param_kind!(Float: f64, f32);
+param_kind!(Bool: bool);
+param_kind!(Str: String);
+param_kind!(Table: Map<String, Value>);
+impl<T> ParamKind for Vec<T> {
+    const KIND: ParamType = ParamType::List;
+}
+impl<T, const N: usize> ParamKind for [T; N] {
+    const KIND: ParamType = ParamType::List;
+}
+impl<T> ParamKind for BTreeMap<String, T> {
+    const KIND: ParamType = ParamType::Table;
+}
+
+/// Declares a stage's parameters once: a typed struct (deserialized from the resolved params)
+/// whose fields carry their doc (shown by `mg3d stages`) and default (a JSON value; none makes
+/// the parameter required), and `defs()`, the [`ParamDef`]s the engine checks pipeline files
+/// against, derived from the same fields.
+///
+/// ```
+/// mg3d_core::stage_params! {
+///     /// The `example` stage's parameters.
+///     pub struct ExampleParams {
+///         /// How many items.
+///         count: i64 = serde_json::json!(3),
+///         /// Where the inputs are (required).
+///         root: String,
+///     }
+/// }
+/// let defs = ExampleParams::defs();
+/// assert_eq!(defs[0].name, "count");
+/// assert_eq!(defs[1].default, None);
+/// ```
+#[macro_export]
+macro_rules! stage_params {
+    (
+        $(#[$meta:meta])*
+        $vis:vis struct $name:ident {
+            $(
+                $(#[doc = $doc:literal])+
+                $field:ident : $ty:ty $(= $default:expr)?
+            ),* $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, serde::Deserialize)]
+        $vis struct $name {
+            $( $(#[doc = $doc])+ pub $field: $ty, )*
+        }
+
+        impl $name {
+            /// The declared parameters, in field order: name, type, default and doc of each field.
+            pub fn defs() -> Vec<$crate::stage::ParamDef> {
+                vec![$(
+                    $crate::stage::ParamDef {
+                        name: stringify!($field),
+                        ty: <$ty as $crate::stage::ParamKind>::KIND,
+                        default: $crate::stage_params!(@default $($default)?),
+                        doc: concat!($($doc, "\n"),+),
+                    },
+                )*]
+            }
+        }
+    };
+    (@default) => { None };
+    (@default $d:expr) => { Some($d) };
+}
+
 /// One declared parameter of a stage kind.
 #[derive(Debug, Clone)]
 pub struct ParamDef {
@@ -37,11 +119,16 @@ pub struct ParamDef {
     pub ty: ParamType,
     /// Default when absent; `None` makes the param required.
     pub default: Option<Value>,
-    /// One-line meaning, shown by `mg3d stages`.
+    /// Meaning, shown by `mg3d stages` (from doc comments: lines end in newlines, see
+    /// [`ParamDef::summary`]).
     pub doc: &'static str,
 }
 
 impl ParamDef {
+    /// The doc on one line, as `mg3d stages` shows it.
+    pub fn summary(&self) -> String {
+        self.doc.split_whitespace().collect::<Vec<_>>().join(" ")
+    }
     /// A param with a default.
     pub fn new(name: &'static str, ty: ParamType, default: Value, doc: &'static str) -> Self {
         ParamDef {

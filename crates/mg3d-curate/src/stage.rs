@@ -8,10 +8,9 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, Float64Array, Int32Array, StringArray};
 use mg3d_core::ids::{SPLITS, split_of};
 use mg3d_core::labels::CT_RATE_LABELS;
-use mg3d_core::stage::{InputDecl, ParamDef, ParamType, Params, Stage, StageContext, StageError};
+use mg3d_core::stage::{InputDecl, ParamDef, Params, Stage, StageContext, StageError};
 use mg3d_core::table::{TableSchema, write_columns};
 use polars::prelude::*;
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::CurateError;
@@ -21,19 +20,29 @@ use crate::view::{ViewInputs, build_view, label_column, view_columns};
 /// The `curate` stage.
 pub struct CurateStage;
 
-#[derive(Deserialize)]
-struct P {
-    rules: Vec<String>,
-    require_volume: bool,
-    require_report: bool,
-    min_report_chars: i64,
-    dedupe_volumes: bool,
-    dedupe_reports: bool,
-    reconstruction: String,
-    split_ratios: Vec<f64>,
+mg3d_core::stage_params! {
+    /// The parameters of the stage, declared once: `mg3d stages` lists them from here.
+    pub(crate) struct CurateParams {
+        /// SQL boolean expressions over the curate view, applied in order (null = excluded)
+        rules: Vec<String> = json!([]),
+        /// exclude reports without a volume
+        require_volume: bool = json!(true),
+        /// exclude volumes without a report
+        require_report: bool = json!(true),
+        /// minimum findings + impression characters (0 = off)
+        min_report_chars: i64 = json!(0),
+        /// exclude volumes with the same voxel content hash as a lower volume id
+        dedupe_volumes: bool = json!(true),
+        /// exclude reports with the same text as a lower report id
+        dedupe_reports: bool = json!(true),
+        /// one reconstruction per study: all | thinnest | first
+        reconstruction: String = json!("all"),
+        /// train, val, test ratios of the by-patient split (seeded by the pipeline seed)
+        split_ratios: Vec<f64> = json!([0.8, 0.1, 0.1]),
+    }
 }
 
-impl P {
+impl CurateParams {
     fn policies(&self) -> Result<Policies, String> {
         Ok(Policies {
             require_volume: self.require_volume,
@@ -91,7 +100,7 @@ fn write_outputs(
     out: &Path,
     view: &DataFrame,
     sel: &Selection,
-    p: &P,
+    p: &CurateParams,
     seed: u64,
     sources: Value,
     corpus_key: &str,
@@ -293,56 +302,7 @@ impl Stage for CurateStage {
         "select volume–report pairs by SQL rules and policies -> corpus.parquet, excluded.parquet, corpus card"
     }
     fn params(&self) -> Vec<ParamDef> {
-        vec![
-            ParamDef::new(
-                "rules",
-                ParamType::List,
-                json!([]),
-                "SQL boolean expressions over the curate view, applied in order (null = excluded)",
-            ),
-            ParamDef::new(
-                "require_volume",
-                ParamType::Bool,
-                json!(true),
-                "exclude reports without a volume",
-            ),
-            ParamDef::new(
-                "require_report",
-                ParamType::Bool,
-                json!(true),
-                "exclude volumes without a report",
-            ),
-            ParamDef::new(
-                "min_report_chars",
-                ParamType::Int,
-                json!(0),
-                "minimum findings + impression characters (0 = off)",
-            ),
-            ParamDef::new(
-                "dedupe_volumes",
-                ParamType::Bool,
-                json!(true),
-                "exclude volumes with the same voxel content hash as a lower volume id",
-            ),
-            ParamDef::new(
-                "dedupe_reports",
-                ParamType::Bool,
-                json!(true),
-                "exclude reports with the same text as a lower report id",
-            ),
-            ParamDef::new(
-                "reconstruction",
-                ParamType::Str,
-                json!("all"),
-                "one reconstruction per study: all | thinnest | first",
-            ),
-            ParamDef::new(
-                "split_ratios",
-                ParamType::List,
-                json!([0.8, 0.1, 0.1]),
-                "train, val, test ratios of the by-patient split (seeded by the pipeline seed)",
-            ),
-        ]
+        CurateParams::defs()
     }
     fn inputs(&self) -> Vec<InputDecl> {
         vec![
@@ -368,14 +328,14 @@ impl Stage for CurateStage {
         true
     }
     fn check_params(&self, params: &Params) -> Result<(), String> {
-        let p: P = params.parse().map_err(|e| e.to_string())?;
+        let p: CurateParams = params.parse().map_err(|e| e.to_string())?;
         p.policies()?;
         p.ratios()?;
         let valid: Vec<String> = view_columns().into_iter().map(|(n, _)| n).collect();
         check_rules(&p.rules, &valid)
     }
     fn run(&self, ctx: &StageContext) -> Result<Value, StageError> {
-        let p: P = ctx.params.parse()?;
+        let p: CurateParams = ctx.params.parse()?;
         let pol = p.policies().map_err(StageError::msg)?;
         let ingest = ctx.input("ingest")?;
         let reports = ctx.input("reports")?;

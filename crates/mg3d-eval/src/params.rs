@@ -1,29 +1,56 @@
 //! The `eval` stage's parameters and their checks.
 
 use mg3d_core::labels::CT_RATE_LABELS;
-use serde::Deserialize;
+use serde_json::json;
 
-#[derive(Debug, Clone, Deserialize)]
-pub(crate) struct EvalParams {
-    pub(crate) splits: Vec<String>,
-    pub(crate) labels: Vec<String>,
-    pub(crate) templates: Vec<String>,
-    pub(crate) device: String,
-    pub(crate) batch_size: i64,
-    pub(crate) align_steps: i64,
-    pub(crate) align_text_steps: i64,
-    pub(crate) align_batch: i64,
-    pub(crate) align_lr: f64,
-    pub(crate) alignment: String,
-    pub(crate) align_encoder: bool,
-    pub(crate) align_encoder_lr: f64,
-    pub(crate) embed_dim: i64,
-    pub(crate) bootstrap: i64,
-    pub(crate) recall_k: Vec<i64>,
-    pub(crate) map_k: Vec<i64>,
-    pub(crate) probe_c: f64,
-    pub(crate) unmentioned_as_negative: bool,
-    pub(crate) seed: i64,
+mg3d_core::stage_params! {
+    /// The parameters of the stage, declared once: `mg3d stages` lists them from here.
+    pub(crate) struct EvalParams {
+        /// splits evaluated (alignment and probes fit on train)
+        splits: Vec<String> = json!(["test"]),
+        /// CT-RATE labels scored ([] = all 18; those without both classes are skipped)
+        labels: Vec<String> = json!([]),
+        /// zero-shot prompts: present, absent
+        templates: Vec<String> = json!(["{label} is present.", "{label} is not present."]),
+        /// cpu | cuda | cuda:N | auto
+        device: String = json!("auto"),
+        /// samples per encoding batch
+        batch_size: i64 = json!(4),
+        /// alignment steps on the train split: the CLIP heads, or the entity alignment's image head
+        align_steps: i64 = json!(300),
+        /// entity alignment: steps of the text head (256 train clauses each) before the image head's
+        /// align_steps
+        align_text_steps: i64 = json!(1000),
+        /// samples per alignment step
+        align_batch: i64 = json!(32),
+        /// learning rate of the alignment heads
+        align_lr: f64 = json!(1e-3),
+        /// entity: heads on the CT-RATE finding axes, the text head fitted to the entities stage's
+        /// clause-level assertions, the image head to the report embeddings (needs the entities and
+        /// reports inputs); clip: CT-CLIP's symmetric InfoNCE with a learned temperature
+        alignment: String = json!("entity"),
+        /// fine-tune the image encoder during the alignment (CT-CLIP's protocol); false aligns frozen
+        /// features
+        align_encoder: bool = json!(true),
+        /// learning rate of the image encoder during the alignment
+        align_encoder_lr: f64 = json!(1e-4),
+        /// clip: aligned space width; entity: half the text head's hidden width (the space has the 18
+        /// finding axes)
+        embed_dim: i64 = json!(64),
+        /// bootstrap resamples for the 95% intervals
+        bootstrap: i64 = json!(1000),
+        /// K of report->volume Recall@K
+        recall_k: Vec<i64> = json!([5, 10, 50, 100]),
+        /// K of volume->volume MAP@K
+        map_k: Vec<i64> = json!([1, 5, 10, 50]),
+        /// inverse L2 strength of the linear probe
+        probe_c: f64 = json!(1.0),
+        /// with an entities input: a label the report does not mention counts as absent (CT-RATE's
+        /// convention); uncertain mentions are left out either way
+        unmentioned_as_negative: bool = json!(true),
+        /// seed of alignment and bootstrap
+        seed: i64 = json!(0),
+    }
 }
 
 impl EvalParams {

@@ -32,7 +32,7 @@
 use std::collections::BTreeMap;
 
 use mg3d_core::labels::CT_RATE_LABELS;
-use mg3d_core::stage::{InputDecl, ParamDef, ParamType, Params, Stage, StageContext, StageError};
+use mg3d_core::stage::{InputDecl, ParamDef, Params, Stage, StageContext, StageError};
 use mg3d_shard::ShardIndex;
 use mg3d_train::stage::{TrainedModel, load_trained};
 use serde_json::{Value, json};
@@ -486,128 +486,7 @@ impl Stage for EvalStage {
         "zero-shot labels, report->volume and volume->volume retrieval, linear probe -> eval.parquet, eval.json"
     }
     fn params(&self) -> Vec<ParamDef> {
-        vec![
-            ParamDef::new(
-                "splits",
-                ParamType::List,
-                json!(["test"]),
-                "splits evaluated (alignment and probes fit on train)",
-            ),
-            ParamDef::new(
-                "labels",
-                ParamType::List,
-                json!([]),
-                "CT-RATE labels scored ([] = all 18; those without both classes are skipped)",
-            ),
-            ParamDef::new(
-                "templates",
-                ParamType::List,
-                json!(["{label} is present.", "{label} is not present."]),
-                "zero-shot prompts: present, absent",
-            ),
-            ParamDef::new(
-                "device",
-                ParamType::Str,
-                json!("auto"),
-                "cpu | cuda | cuda:N | auto",
-            ),
-            ParamDef::new(
-                "batch_size",
-                ParamType::Int,
-                json!(4),
-                "samples per encoding batch",
-            ),
-            ParamDef::new(
-                "align_steps",
-                ParamType::Int,
-                json!(300),
-                "alignment steps on the train split: the CLIP heads, or the entity alignment's image head",
-            ),
-            ParamDef::new(
-                "align_text_steps",
-                ParamType::Int,
-                json!(1000),
-                "entity alignment: steps of the text head (256 train clauses each) before the image \
-                 head's align_steps",
-            ),
-            ParamDef::new(
-                "align_batch",
-                ParamType::Int,
-                json!(32),
-                "samples per alignment step",
-            ),
-            ParamDef::new(
-                "align_lr",
-                ParamType::Float,
-                json!(1e-3),
-                "learning rate of the alignment heads",
-            ),
-            ParamDef::new(
-                "alignment",
-                ParamType::Str,
-                json!("entity"),
-                "entity: heads on the CT-RATE finding axes, the text head fitted to the entities \
-                 stage's clause-level assertions, the image head to the report embeddings (needs \
-                 the entities and reports inputs); clip: CT-CLIP's symmetric InfoNCE with a learned \
-                 temperature",
-            ),
-            ParamDef::new(
-                "align_encoder",
-                ParamType::Bool,
-                json!(true),
-                "fine-tune the image encoder during the alignment (CT-CLIP's protocol); false \
-                 aligns frozen features",
-            ),
-            ParamDef::new(
-                "align_encoder_lr",
-                ParamType::Float,
-                json!(1e-4),
-                "learning rate of the image encoder during the alignment",
-            ),
-            ParamDef::new(
-                "embed_dim",
-                ParamType::Int,
-                json!(64),
-                "clip: aligned space width; entity: half the text head's hidden width (the space has the 18 finding axes)",
-            ),
-            ParamDef::new(
-                "bootstrap",
-                ParamType::Int,
-                json!(1000),
-                "bootstrap resamples for the 95% intervals",
-            ),
-            ParamDef::new(
-                "recall_k",
-                ParamType::List,
-                json!([5, 10, 50, 100]),
-                "K of report->volume Recall@K",
-            ),
-            ParamDef::new(
-                "map_k",
-                ParamType::List,
-                json!([1, 5, 10, 50]),
-                "K of volume->volume MAP@K",
-            ),
-            ParamDef::new(
-                "probe_c",
-                ParamType::Float,
-                json!(1.0),
-                "inverse L2 strength of the linear probe",
-            ),
-            ParamDef::new(
-                "unmentioned_as_negative",
-                ParamType::Bool,
-                json!(true),
-                "with an entities input: a label the report does not mention counts as absent \
-                 (CT-RATE's convention); uncertain mentions are left out either way",
-            ),
-            ParamDef::new(
-                "seed",
-                ParamType::Int,
-                json!(0),
-                "seed of alignment and bootstrap",
-            ),
-        ]
+        EvalParams::defs()
     }
     fn inputs(&self) -> Vec<InputDecl> {
         vec![

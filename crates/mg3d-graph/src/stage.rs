@@ -12,10 +12,9 @@ use arrow::array::{
     ArrayRef, Float32Array, Float32Builder, Int8Builder, Int32Array, ListBuilder, StringArray,
     StringBuilder,
 };
-use mg3d_core::stage::{InputDecl, ParamDef, ParamType, Params, Stage, StageContext, StageError};
+use mg3d_core::stage::{InputDecl, ParamDef, Params, Stage, StageContext, StageError};
 use mg3d_core::table::{TableSchema, TableWriter, write_columns};
 use polars::prelude::*;
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::GraphError;
@@ -29,14 +28,19 @@ pub const DEFAULT_REGIONS: &str = include_str!("../../../configs/graph/regions.t
 /// The `graph` stage.
 pub struct GraphStage;
 
-#[derive(Deserialize)]
-struct P {
-    regions: String,
-    top_k: i64,
-    min_weight: f64,
+mg3d_core::stage_params! {
+    /// The parameters of the stage, declared once: `mg3d stages` lists them from here.
+    pub(crate) struct GraphStageParams {
+        /// regions/findings layout TOML (empty = configs/graph/regions.toml, built in)
+        regions: String = json!(""),
+        /// neighbours kept per report (other patients only)
+        top_k: i64 = json!(10),
+        /// edges between distinct signatures are kept at or above this weight
+        min_weight: f64 = json!(0.7),
+    }
 }
 
-fn layout_of(p: &P) -> Result<Layout, StageError> {
+fn layout_of(p: &GraphStageParams) -> Result<Layout, StageError> {
     if p.regions.is_empty() {
         Layout::parse(DEFAULT_REGIONS, "configs/graph/regions.toml (built in)")
     } else {
@@ -556,26 +560,7 @@ impl Stage for GraphStage {
         "cross-patient graph: per-region signatures, collapsed nodes, scored edges, top-k neighbours"
     }
     fn params(&self) -> Vec<ParamDef> {
-        vec![
-            ParamDef::new(
-                "regions",
-                ParamType::Str,
-                json!(""),
-                "regions/findings layout TOML (empty = configs/graph/regions.toml, built in)",
-            ),
-            ParamDef::new(
-                "top_k",
-                ParamType::Int,
-                json!(10),
-                "neighbours kept per report (other patients only)",
-            ),
-            ParamDef::new(
-                "min_weight",
-                ParamType::Float,
-                json!(0.7),
-                "edges between distinct signatures are kept at or above this weight",
-            ),
-        ]
+        GraphStageParams::defs()
     }
     fn inputs(&self) -> Vec<InputDecl> {
         vec![
@@ -594,7 +579,7 @@ impl Stage for GraphStage {
         ]
     }
     fn sources_fingerprint(&self, params: &Params) -> Result<Option<String>, StageError> {
-        let p: P = params.parse()?;
+        let p: GraphStageParams = params.parse()?;
         let text = if p.regions.is_empty() {
             DEFAULT_REGIONS.to_string()
         } else {
@@ -603,7 +588,7 @@ impl Stage for GraphStage {
         Ok(Some(blake3::hash(text.as_bytes()).to_hex().to_string()))
     }
     fn run(&self, ctx: &StageContext) -> Result<Value, StageError> {
-        let p: P = ctx.params.parse()?;
+        let p: GraphStageParams = ctx.params.parse()?;
         if p.top_k < 1 || !(0.0..=1.0).contains(&p.min_weight) {
             return Err(StageError::msg(
                 "top_k must be >= 1 and min_weight within 0..=1",

@@ -10,7 +10,7 @@ use arrow::array::{
     ArrayRef, FixedSizeListBuilder, Float64Array, Float64Builder, Int32Array, Int32Builder,
     ListBuilder, StringArray, StringBuilder,
 };
-use mg3d_core::stage::{InputDecl, ParamDef, ParamType, Params, Stage, StageContext, StageError};
+use mg3d_core::stage::{InputDecl, ParamDef, Params, Stage, StageContext, StageError};
 use mg3d_core::table::{TableSchema, write_columns};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -41,19 +41,41 @@ use sources::{
 /// Stage kind `ingest`.
 pub struct IngestStage;
 
-#[derive(Deserialize)]
-struct P {
-    dicom_roots: Vec<String>,
-    nifti_roots: Vec<String>,
-    ctrate_metadata: Vec<String>,
-    accession_map: String,
-    modalities: Vec<String>,
-    allowed_metadata: Vec<String>,
-    first_of_4d: bool,
-    max_in_flight: i64,
-    memory_budget_mb: i64,
-    max_volume_voxels: i64,
-    allow_empty: bool,
+mg3d_core::stage_params! {
+    /// The parameters of the stage, declared once: `mg3d stages` lists them from here.
+    pub(crate) struct IngestParams {
+        /// folders scanned recursively for DICOM files (@stage/path = an input's output)
+        dicom_roots: Vec<String> = json!([]),
+        /// folders scanned recursively for .nii/.nii.gz
+        nifti_roots: Vec<String> = json!([]),
+        /// CT-RATE metadata CSVs (VolumeName, XYSpacing, ZSpacing, RescaleSlope, RescaleIntercept, ...)
+        ctrate_metadata: Vec<String> = json!([]),
+        /// CSV with SeriesInstanceUID and VolumeName columns, to key DICOM volumes to reports
+        accession_map: String = json!(""),
+        /// DICOM modalities accepted
+        modalities: Vec<String> = json!(["CT"]),
+        /// non-identifying metadata columns to fill (others stay null)
+        allowed_metadata: Vec<String> = json!([
+                    "sex",
+                    "age_bucket",
+                    "manufacturer",
+                    "model",
+                    "kernel",
+                    "slice_thickness_mm"
+                ]),
+        /// take the first volume of 4D NIfTI instead of rejecting it
+        first_of_4d: bool = json!(false),
+        /// volumes decoded at once
+        max_in_flight: i64 = json!(4),
+        /// memory shared by the volumes decoded at once (estimated from headers before reading); a
+        /// volume needing more alone is rejected (over_memory_budget)
+        memory_budget_mb: i64 = json!(8192),
+        /// largest volume accepted, in voxels (volume_too_large above it)
+        max_volume_voxels: i64 = json!(1i64 << 30),
+        /// succeed with 0 volumes when the roots hold no files (otherwise an error: an empty or
+        /// unmounted root)
+        allow_empty: bool = json!(false),
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -77,7 +99,7 @@ impl ItemResult {
 
 struct Ctx<'a> {
     ctx: &'a StageContext<'a>,
-    p: &'a P,
+    p: &'a IngestParams,
     metadata: HashMap<String, BTreeMap<String, String>>,
     accession: HashMap<String, String>,
     rules: SpacingRules,
@@ -95,81 +117,7 @@ impl Stage for IngestStage {
         "DICOM series, NIfTI files and CT-RATE metadata -> HU volumes (original grid), volumes.parquet, rejects.parquet"
     }
     fn params(&self) -> Vec<ParamDef> {
-        vec![
-            ParamDef::new(
-                "dicom_roots",
-                ParamType::List,
-                json!([]),
-                "folders scanned recursively for DICOM files (@stage/path = an input's output)",
-            ),
-            ParamDef::new(
-                "nifti_roots",
-                ParamType::List,
-                json!([]),
-                "folders scanned recursively for .nii/.nii.gz",
-            ),
-            ParamDef::new(
-                "ctrate_metadata",
-                ParamType::List,
-                json!([]),
-                "CT-RATE metadata CSVs (VolumeName, XYSpacing, ZSpacing, RescaleSlope, RescaleIntercept, ...)",
-            ),
-            ParamDef::new(
-                "accession_map",
-                ParamType::Str,
-                json!(""),
-                "CSV with SeriesInstanceUID and VolumeName columns, to key DICOM volumes to reports",
-            ),
-            ParamDef::new(
-                "modalities",
-                ParamType::List,
-                json!(["CT"]),
-                "DICOM modalities accepted",
-            ),
-            ParamDef::new(
-                "allowed_metadata",
-                ParamType::List,
-                json!([
-                    "sex",
-                    "age_bucket",
-                    "manufacturer",
-                    "model",
-                    "kernel",
-                    "slice_thickness_mm"
-                ]),
-                "non-identifying metadata columns to fill (others stay null)",
-            ),
-            ParamDef::new(
-                "first_of_4d",
-                ParamType::Bool,
-                json!(false),
-                "take the first volume of 4D NIfTI instead of rejecting it",
-            ),
-            ParamDef::new(
-                "max_in_flight",
-                ParamType::Int,
-                json!(4),
-                "volumes decoded at once",
-            ),
-            ParamDef::new(
-                "memory_budget_mb",
-                ParamType::Int,
-                json!(8192),
-                "memory shared by the volumes decoded at once (estimated from headers before reading); a volume needing more alone is rejected (over_memory_budget)",
-            ),
-            ParamDef::new(
-                "max_volume_voxels",
-                ParamType::Int,
-                json!(1i64 << 30),
-                "largest volume accepted, in voxels (volume_too_large above it)",
-            ),
-            ParamDef::new(
-                "allow_empty",
-                ParamType::Bool,
-                json!(false),
-                "succeed with 0 volumes when the roots hold no files (otherwise an error: an empty or unmounted root)",
-            ),
-        ]
+        IngestParams::defs()
     }
     fn inputs(&self) -> Vec<InputDecl> {
         vec![InputDecl {
@@ -184,7 +132,7 @@ impl Stage for IngestStage {
         // Roots: the name and size of every file reached (content is hashed per item when it
         // runs). Metadata CSVs and the accession map: their content, since a same-length edit
         // changes volumes.
-        let p: P = params.parse()?;
+        let p: IngestParams = params.parse()?;
         let mut h = blake3::Hasher::new();
         let mut any = false;
         let external = |r: &&String| !r.is_empty() && !r.starts_with('@');
@@ -215,7 +163,7 @@ impl Stage for IngestStage {
         Ok(any.then(|| h.finalize().to_hex().to_string()))
     }
     fn run(&self, ctx: &StageContext) -> Result<Value, StageError> {
-        let p: P = ctx.params.parse()?;
+        let p: IngestParams = ctx.params.parse()?;
         const KNOWN: [&str; 6] = [
             "sex",
             "age_bucket",

@@ -8,7 +8,7 @@ use arrow::array::{
     Array, ArrayRef, FixedSizeListArray, FixedSizeListBuilder, Float64Array, Float64Builder,
     Int32Array, Int32Builder, StringArray,
 };
-use mg3d_core::stage::{InputDecl, ParamDef, ParamType, Stage, StageContext, StageError};
+use mg3d_core::stage::{InputDecl, ParamDef, Stage, StageContext, StageError};
 use mg3d_core::table::{TableSchema, read_table, write_columns};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -165,11 +165,17 @@ pub fn apply_preset(v: &Volume, p: &Preset) -> (Volume, [f64; 3]) {
 /// Stage kind `preprocess`.
 pub struct PreprocessStage;
 
-#[derive(Deserialize)]
-struct P {
-    preset: String,
-    max_in_flight: i64,
-    max_output_voxels: i64,
+mg3d_core::stage_params! {
+    /// The parameters of the stage, declared once: `mg3d stages` lists them from here.
+    pub(crate) struct PreprocessParams {
+        /// demo | ct-clip | mg3d | path to a preset TOML
+        preset: String = json!("demo"),
+        /// volumes processed at once (bounds memory)
+        max_in_flight: i64 = json!(4),
+        /// largest input + resampled grid accepted, in voxels; a volume over it is a reject
+        /// (preprocess_too_large), never an abort
+        max_output_voxels: i64 = json!(1i64 << 30),
+    }
 }
 
 /// One ingest volume to preprocess.
@@ -218,26 +224,7 @@ impl Stage for PreprocessStage {
         "ingest volumes -> RAS, resampled, windowed, cropped int16 HU NIfTI (preset) + preprocessed.parquet"
     }
     fn params(&self) -> Vec<ParamDef> {
-        vec![
-            ParamDef::new(
-                "preset",
-                ParamType::Str,
-                json!("demo"),
-                "demo | ct-clip | mg3d | path to a preset TOML",
-            ),
-            ParamDef::new(
-                "max_in_flight",
-                ParamType::Int,
-                json!(4),
-                "volumes processed at once (bounds memory)",
-            ),
-            ParamDef::new(
-                "max_output_voxels",
-                ParamType::Int,
-                json!(1i64 << 30),
-                "largest input + resampled grid accepted, in voxels; a volume over it is a reject (preprocess_too_large), never an abort",
-            ),
-        ]
+        PreprocessParams::defs()
     }
     fn inputs(&self) -> Vec<InputDecl> {
         vec![InputDecl {
@@ -253,7 +240,7 @@ impl Stage for PreprocessStage {
         params: &mg3d_core::Params,
     ) -> Result<Option<String>, StageError> {
         // The preset's content (a file may change without its name changing).
-        let p: P = params.parse()?;
+        let p: PreprocessParams = params.parse()?;
         let preset = load_preset(&p.preset).map_err(StageError::msg)?;
         Ok(Some(
             blake3::hash(serde_json::to_string(&preset).unwrap().as_bytes())
@@ -262,7 +249,7 @@ impl Stage for PreprocessStage {
         ))
     }
     fn run(&self, ctx: &StageContext) -> Result<Value, StageError> {
-        let p: P = ctx.params.parse()?;
+        let p: PreprocessParams = ctx.params.parse()?;
         let preset = load_preset(&p.preset).map_err(StageError::msg)?;
         let ingest = ctx.input("ingest")?;
         let batches = read_table(

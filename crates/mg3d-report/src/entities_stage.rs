@@ -5,10 +5,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, BooleanArray, Float64Array, Int32Array, RecordBatch, StringArray};
-use mg3d_core::stage::{InputDecl, ParamDef, ParamType, Params, Stage, StageContext, StageError};
+use mg3d_core::stage::{InputDecl, ParamDef, Params, Stage, StageContext, StageError};
 use mg3d_core::table::{TableSchema, read_table, write_columns};
 use rayon::prelude::*;
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::entities::{
@@ -20,12 +19,18 @@ pub use mg3d_core::labels::CT_RATE_LABELS;
 /// Stage kind `entities`.
 pub struct EntitiesStage;
 
-#[derive(Deserialize)]
-struct P {
-    findings_lexicon: String,
-    anatomy_lexicon: String,
-    context_rules: String,
-    sections: Vec<String>,
+mg3d_core::stage_params! {
+    /// The parameters of the stage, declared once: `mg3d stages` lists them from here.
+    pub(crate) struct EntitiesParams {
+        /// findings lexicon TOML (empty = configs/lexicon/findings.toml, built in)
+        findings_lexicon: String = json!(""),
+        /// anatomy lexicon TOML (empty = configs/lexicon/anatomy.toml)
+        anatomy_lexicon: String = json!(""),
+        /// ConText rules TOML (empty = configs/context.toml)
+        context_rules: String = json!(""),
+        /// sections to read
+        sections: Vec<String> = json!(["findings", "impression"]),
+    }
 }
 
 fn load(path: &str, default: &str) -> Result<String, StageError> {
@@ -36,7 +41,7 @@ fn load(path: &str, default: &str) -> Result<String, StageError> {
     }
 }
 
-fn extractor(p: &P) -> Result<Extractor, StageError> {
+fn extractor(p: &EntitiesParams) -> Result<Extractor, StageError> {
     Extractor::new(
         &load(&p.findings_lexicon, DEFAULT_FINDINGS)?,
         &load(&p.anatomy_lexicon, DEFAULT_ANATOMY)?,
@@ -91,32 +96,7 @@ impl Stage for EntitiesStage {
         "lexicon + ConText entities with assertion -> entities.parquet, labels.parquet, labels CSV (CT-RATE shape)"
     }
     fn params(&self) -> Vec<ParamDef> {
-        vec![
-            ParamDef::new(
-                "findings_lexicon",
-                ParamType::Str,
-                json!(""),
-                "findings lexicon TOML (empty = configs/lexicon/findings.toml, built in)",
-            ),
-            ParamDef::new(
-                "anatomy_lexicon",
-                ParamType::Str,
-                json!(""),
-                "anatomy lexicon TOML (empty = configs/lexicon/anatomy.toml)",
-            ),
-            ParamDef::new(
-                "context_rules",
-                ParamType::Str,
-                json!(""),
-                "ConText rules TOML (empty = configs/context.toml)",
-            ),
-            ParamDef::new(
-                "sections",
-                ParamType::List,
-                json!(["findings", "impression"]),
-                "sections to read",
-            ),
-        ]
+        EntitiesParams::defs()
     }
     fn inputs(&self) -> Vec<InputDecl> {
         vec![InputDecl {
@@ -125,7 +105,7 @@ impl Stage for EntitiesStage {
         }]
     }
     fn sources_fingerprint(&self, params: &Params) -> Result<Option<String>, StageError> {
-        let p: P = params.parse()?;
+        let p: EntitiesParams = params.parse()?;
         let mut h = blake3::Hasher::new();
         for (f, d) in [
             (&p.findings_lexicon, DEFAULT_FINDINGS),
@@ -138,7 +118,7 @@ impl Stage for EntitiesStage {
         Ok(Some(h.finalize().to_hex().to_string()))
     }
     fn run(&self, ctx: &StageContext) -> Result<Value, StageError> {
-        let p: P = ctx.params.parse()?;
+        let p: EntitiesParams = ctx.params.parse()?;
         let x = extractor(&p)?;
         let dir = ctx.input("reports")?;
         let mut texts: BTreeMap<(String, String), String> = BTreeMap::new();

@@ -8,10 +8,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Int32Array, Int64Array, StringArray};
-use mg3d_core::stage::{ParamDef, ParamType, Stage, StageContext, StageError};
+use mg3d_core::stage::{ParamDef, Stage, StageContext, StageError};
 use mg3d_core::table::{TableSchema, write_columns};
 use rayon::prelude::*;
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::text::{clauses, sentences};
@@ -22,12 +21,18 @@ pub const SECTIONS: [&str; 4] = ["clinical", "technique", "findings", "impressio
 /// Stage kind `reports`.
 pub struct ReportsStage;
 
-#[derive(Deserialize)]
-struct P {
-    files: Vec<String>,
-    id_column: String,
-    section_columns: BTreeMap<String, String>,
-    empty_markers: Vec<String>,
+mg3d_core::stage_params! {
+    /// The parameters of the stage, declared once: `mg3d stages` lists them from here.
+    pub(crate) struct ReportsParams {
+        /// report files (.csv or .jsonl); @stage/path = an input's output
+        files: Vec<String> = json!([]),
+        /// column holding the report id that volumes join on
+        id_column: String = json!("VolumeName"),
+        /// section -> column (CT-RATE defaults)
+        section_columns: BTreeMap<String, String> = json!({"clinical": "ClinicalInformation_EN", "technique": "Technique_EN", "findings": "Findings_EN", "impression": "Impressions_EN"}),
+        /// texts that mean an empty section
+        empty_markers: Vec<String> = json!(["Not given.", "Not given", "N/A"]),
+    }
 }
 
 /// One parsed report.
@@ -274,32 +279,7 @@ impl Stage for ReportsStage {
         "report CSV/JSONL -> reports, sections, sentences, clauses (exact byte offsets), rejects"
     }
     fn params(&self) -> Vec<ParamDef> {
-        vec![
-            ParamDef::new(
-                "files",
-                ParamType::List,
-                json!([]),
-                "report files (.csv or .jsonl); @stage/path = an input's output",
-            ),
-            ParamDef::new(
-                "id_column",
-                ParamType::Str,
-                json!("VolumeName"),
-                "column holding the report id that volumes join on",
-            ),
-            ParamDef::new(
-                "section_columns",
-                ParamType::Table,
-                json!({"clinical": "ClinicalInformation_EN", "technique": "Technique_EN", "findings": "Findings_EN", "impression": "Impressions_EN"}),
-                "section -> column (CT-RATE defaults)",
-            ),
-            ParamDef::new(
-                "empty_markers",
-                ParamType::List,
-                json!(["Not given.", "Not given", "N/A"]),
-                "texts that mean an empty section",
-            ),
-        ]
+        ReportsParams::defs()
     }
     fn inputs(&self) -> Vec<mg3d_core::InputDecl> {
         vec![mg3d_core::InputDecl {
@@ -308,7 +288,7 @@ impl Stage for ReportsStage {
         }]
     }
     fn run(&self, ctx: &StageContext) -> Result<Value, StageError> {
-        let p: P = ctx.params.parse()?;
+        let p: ReportsParams = ctx.params.parse()?;
         if let Some(bad) = p
             .section_columns
             .keys()

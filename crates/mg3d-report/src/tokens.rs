@@ -12,9 +12,8 @@ use std::sync::Arc;
 use arrow::array::{
     ArrayRef, BooleanArray, Int8Builder, Int32Array, Int32Builder, ListBuilder, StringArray,
 };
-use mg3d_core::stage::{InputDecl, ParamDef, ParamType, Params, Stage, StageContext, StageError};
+use mg3d_core::stage::{InputDecl, ParamDef, Params, Stage, StageContext, StageError};
 use mg3d_core::table::{TableSchema, read_table, write_columns};
-use serde::Deserialize;
 use serde_json::{Value, json};
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
@@ -110,11 +109,17 @@ pub fn tokenize_clauses(tk: &Tokenizer, clauses: &[String]) -> Result<Tokenized,
 /// Stage kind `tokens`.
 pub struct TokensStage;
 
-#[derive(Deserialize)]
-struct P {
-    tokenizer: String,
-    train_vocab_size: i64,
-    max_length: i64,
+mg3d_core::stage_params! {
+    /// The parameters of the stage, declared once: `mg3d stages` lists them from here.
+    pub(crate) struct TokensParams {
+        /// tokenizer.json or a Hugging Face model folder (e.g. .venv/minilm, RadBERT); empty = train
+        /// one
+        tokenizer: String = json!(""),
+        /// with no tokenizer: train a deterministic WordPiece vocabulary of this size on the clauses
+        train_vocab_size: i64 = json!(0),
+        /// tokens per report, [CLS] and [SEP] included
+        max_length: i64 = json!(250),
+    }
 }
 
 impl Stage for TokensStage {
@@ -128,26 +133,7 @@ impl Stage for TokensStage {
         "findings + impression clauses -> token ids, masks, clause index per token (HF tokenizers)"
     }
     fn params(&self) -> Vec<ParamDef> {
-        vec![
-            ParamDef::new(
-                "tokenizer",
-                ParamType::Str,
-                json!(""),
-                "tokenizer.json or a Hugging Face model folder (e.g. .venv/minilm, RadBERT); empty = train one",
-            ),
-            ParamDef::new(
-                "train_vocab_size",
-                ParamType::Int,
-                json!(0),
-                "with no tokenizer: train a deterministic WordPiece vocabulary of this size on the clauses",
-            ),
-            ParamDef::new(
-                "max_length",
-                ParamType::Int,
-                json!(250),
-                "tokens per report, [CLS] and [SEP] included",
-            ),
-        ]
+        TokensParams::defs()
     }
     fn inputs(&self) -> Vec<InputDecl> {
         vec![InputDecl {
@@ -156,7 +142,7 @@ impl Stage for TokensStage {
         }]
     }
     fn sources_fingerprint(&self, params: &Params) -> Result<Option<String>, StageError> {
-        let p: P = params.parse()?;
+        let p: TokensParams = params.parse()?;
         if p.tokenizer.is_empty() {
             return Ok(None);
         }
@@ -171,7 +157,7 @@ impl Stage for TokensStage {
         Ok(Some(d.blake3))
     }
     fn run(&self, ctx: &StageContext) -> Result<Value, StageError> {
-        let p: P = ctx.params.parse()?;
+        let p: TokensParams = ctx.params.parse()?;
         if p.tokenizer.is_empty() && p.train_vocab_size <= 0 {
             return Err(StageError::msg(
                 "set tokenizer (a tokenizer.json or model folder) or train_vocab_size (to train one)",

@@ -12,10 +12,9 @@ use std::path::{Path, PathBuf};
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Int64Type};
 use mg3d_core::labels::CT_RATE_LABELS;
-use mg3d_core::stage::{InputDecl, ParamDef, ParamType, Stage, StageContext, StageError};
+use mg3d_core::stage::{InputDecl, ParamDef, Stage, StageContext, StageError};
 use mg3d_core::table::{TableError, TableSchema, read_table};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::format::Dtype;
@@ -25,15 +24,25 @@ use crate::writer::{SampleRecord, VolumeSource, WriterConfig, write_shards};
 /// Stage kind `shards`.
 pub struct ShardsStage;
 
-#[derive(Deserialize)]
-struct P {
-    seed: i64,
-    ratios: Vec<f64>,
-    shard_mb: f64,
-    dtype: String,
-    window: Vec<f64>,
-    shape: Vec<i64>,
-    max_neighbors: i64,
+mg3d_core::stage_params! {
+    /// The parameters of the stage, declared once: `mg3d stages` lists them from here.
+    pub(crate) struct ShardsParams {
+        /// seed of the patient split when there is no curate input (curate's corpus brings its own
+        /// split), and the default loader seed in index.json
+        seed: i64 = json!(0),
+        /// train, val, test shares of patients (normalised); unused with a curate input
+        ratios: Vec<f64> = json!([0.8, 0.1, 0.1]),
+        /// target shard size in MiB (at least one sample per shard)
+        shard_mb: f64 = json!(256.0),
+        /// volume element type: f16, bf16 or f32
+        dtype: String = json!("f16"),
+        /// HU window [low, high] mapped linearly to [0, 1]
+        window: Vec<f64> = json!([-1000.0, 1000.0]),
+        /// voxels along R, A, S; volumes are centre-cropped/padded to it; [] = the first volume's
+        shape: Vec<i64> = json!([]),
+        /// graph neighbours kept per sample for the neighbour sampler
+        max_neighbors: i64 = json!(8),
+    }
 }
 
 fn fail(path: &Path, detail: impl std::fmt::Display) -> StageError {
@@ -153,50 +162,7 @@ impl Stage for ShardsStage {
         "volume-report pairs -> patient splits + safetensors shards (fixed shapes) + index.json"
     }
     fn params(&self) -> Vec<ParamDef> {
-        vec![
-            ParamDef::new(
-                "seed",
-                ParamType::Int,
-                json!(0),
-                "seed of the patient split when there is no curate input (curate's corpus brings its own split), and the default loader seed in index.json",
-            ),
-            ParamDef::new(
-                "ratios",
-                ParamType::List,
-                json!([0.8, 0.1, 0.1]),
-                "train, val, test shares of patients (normalised); unused with a curate input",
-            ),
-            ParamDef::new(
-                "shard_mb",
-                ParamType::Float,
-                json!(256.0),
-                "target shard size in MiB (at least one sample per shard)",
-            ),
-            ParamDef::new(
-                "dtype",
-                ParamType::Str,
-                json!("f16"),
-                "volume element type: f16, bf16 or f32",
-            ),
-            ParamDef::new(
-                "window",
-                ParamType::List,
-                json!([-1000.0, 1000.0]),
-                "HU window [low, high] mapped linearly to [0, 1]",
-            ),
-            ParamDef::new(
-                "shape",
-                ParamType::List,
-                json!([]),
-                "voxels along R, A, S; volumes are centre-cropped/padded to it; [] = the first volume's",
-            ),
-            ParamDef::new(
-                "max_neighbors",
-                ParamType::Int,
-                json!(8),
-                "graph neighbours kept per sample for the neighbour sampler",
-            ),
-        ]
+        ShardsParams::defs()
     }
     fn inputs(&self) -> Vec<InputDecl> {
         let d = |kind, required| InputDecl { kind, required };
@@ -211,7 +177,7 @@ impl Stage for ShardsStage {
         ]
     }
     fn run(&self, ctx: &StageContext) -> Result<Value, StageError> {
-        let p: P = ctx.params.parse()?;
+        let p: ShardsParams = ctx.params.parse()?;
         let dtype = match p.dtype.to_ascii_lowercase().as_str() {
             "f16" | "float16" => Dtype::F16,
             "bf16" | "bfloat16" => Dtype::BF16,

@@ -2,8 +2,7 @@
 
 use std::path::PathBuf;
 
-use mg3d_core::stage::{ParamDef, ParamType, Params, Stage, StageContext, StageError};
-use serde::Deserialize;
+use mg3d_core::stage::{ParamDef, Params, Stage, StageContext, StageError};
 use serde_json::{Value, json};
 
 use crate::report::{DEFAULT_TEMPLATES, Templates};
@@ -12,21 +11,36 @@ use crate::{SynthConfig, generate};
 /// Stage kind `synth`: writes the synthetic corpus into the stage's output directory.
 pub struct SynthStage;
 
-#[derive(Deserialize)]
-struct P {
-    patients: u32,
-    seed: i64,
-    faults: bool,
-    dicom_fraction: f64,
-    prevalence: f64,
-    prevalence_by_finding: std::collections::BTreeMap<String, f64>,
-    second_recon_fraction: f64,
-    enhanced_fraction: f64,
-    in_plane_spacing_mm: [f64; 2],
-    slice_spacing_mm: [f64; 2],
-    body_width_mm: [f64; 2],
-    z_extent_mm: [f64; 2],
-    templates: String,
+mg3d_core::stage_params! {
+    /// The parameters of the stage, declared once: `mg3d stages` lists them from here.
+    pub(crate) struct SynthParams {
+        /// number of patients
+        patients: u32 = json!(SynthConfig::default().patients),
+        /// seed; -1 uses the pipeline seed
+        seed: i64 = json!(-1),
+        /// also write the fault cases
+        faults: bool = json!(false),
+        /// share of patients as DICOM
+        dicom_fraction: f64 = json!(SynthConfig::default().dicom_fraction),
+        /// prevalence of each drawn finding
+        prevalence: f64 = json!(SynthConfig::default().prevalence),
+        /// per-finding prevalence overrides
+        prevalence_by_finding: std::collections::BTreeMap<String, f64> = json!({}),
+        /// share of scans with 2 reconstructions
+        second_recon_fraction: f64 = json!(SynthConfig::default().second_recon_fraction),
+        /// share of DICOM series written as one Enhanced CT multi-frame object
+        enhanced_fraction: f64 = json!(SynthConfig::default().enhanced_fraction),
+        /// [min, max] pixel spacing
+        in_plane_spacing_mm: [f64; 2] = json!(SynthConfig::default().in_plane_spacing_mm),
+        /// [min, max] slice spacing
+        slice_spacing_mm: [f64; 2] = json!(SynthConfig::default().slice_spacing_mm),
+        /// [min, max] body width
+        body_width_mm: [f64; 2] = json!(SynthConfig::default().body_width_mm),
+        /// [min, max] scanned length
+        z_extent_mm: [f64; 2] = json!(SynthConfig::default().z_extent_mm),
+        /// report template file; empty = configs/synth/reports.toml (embedded)
+        templates: String = json!(""),
+    }
 }
 
 fn templates_text(path: &str) -> Result<String, StageError> {
@@ -53,90 +67,10 @@ impl Stage for SynthStage {
         "synthetic chest-CT corpus (DICOM, NIfTI, CT-RATE reports/labels/metadata) with ground truth"
     }
     fn params(&self) -> Vec<ParamDef> {
-        let d = SynthConfig::default();
-        vec![
-            ParamDef::new(
-                "patients",
-                ParamType::Int,
-                json!(d.patients),
-                "number of patients",
-            ),
-            ParamDef::new(
-                "seed",
-                ParamType::Int,
-                json!(-1),
-                "seed; -1 uses the pipeline seed",
-            ),
-            ParamDef::new(
-                "faults",
-                ParamType::Bool,
-                json!(false),
-                "also write the fault cases",
-            ),
-            ParamDef::new(
-                "dicom_fraction",
-                ParamType::Float,
-                json!(d.dicom_fraction),
-                "share of patients as DICOM",
-            ),
-            ParamDef::new(
-                "prevalence",
-                ParamType::Float,
-                json!(d.prevalence),
-                "prevalence of each drawn finding",
-            ),
-            ParamDef::new(
-                "prevalence_by_finding",
-                ParamType::Table,
-                json!({}),
-                "per-finding prevalence overrides",
-            ),
-            ParamDef::new(
-                "second_recon_fraction",
-                ParamType::Float,
-                json!(d.second_recon_fraction),
-                "share of scans with 2 reconstructions",
-            ),
-            ParamDef::new(
-                "enhanced_fraction",
-                ParamType::Float,
-                json!(d.enhanced_fraction),
-                "share of DICOM series written as one Enhanced CT multi-frame object",
-            ),
-            ParamDef::new(
-                "in_plane_spacing_mm",
-                ParamType::List,
-                json!(d.in_plane_spacing_mm),
-                "[min, max] pixel spacing",
-            ),
-            ParamDef::new(
-                "slice_spacing_mm",
-                ParamType::List,
-                json!(d.slice_spacing_mm),
-                "[min, max] slice spacing",
-            ),
-            ParamDef::new(
-                "body_width_mm",
-                ParamType::List,
-                json!(d.body_width_mm),
-                "[min, max] body width",
-            ),
-            ParamDef::new(
-                "z_extent_mm",
-                ParamType::List,
-                json!(d.z_extent_mm),
-                "[min, max] scanned length",
-            ),
-            ParamDef::new(
-                "templates",
-                ParamType::Str,
-                json!(""),
-                "report template file; empty = configs/synth/reports.toml (embedded)",
-            ),
-        ]
+        SynthParams::defs()
     }
     fn sources_fingerprint(&self, params: &Params) -> Result<Option<String>, StageError> {
-        let p: P = params.parse()?;
+        let p: SynthParams = params.parse()?;
         if p.templates.is_empty() {
             return Ok(None);
         }
@@ -147,7 +81,7 @@ impl Stage for SynthStage {
         ))
     }
     fn run(&self, ctx: &StageContext) -> Result<Value, StageError> {
-        let p: P = ctx.params.parse()?;
+        let p: SynthParams = ctx.params.parse()?;
         let cfg = SynthConfig {
             patients: p.patients,
             seed: if p.seed < 0 { ctx.seed } else { p.seed as u64 },

@@ -10,10 +10,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Float64Array, Int64Array};
-use mg3d_core::stage::{InputDecl, ParamDef, ParamType, Params, Stage, StageContext, StageError};
+use mg3d_core::stage::{InputDecl, ParamDef, Params, Stage, StageContext, StageError};
 use mg3d_core::table::{TableSchema, write_columns};
 use mg3d_shard::ShardIndex;
-use serde::Deserialize;
 use serde_json::{Value, json};
 use tch::nn;
 
@@ -24,27 +23,46 @@ use crate::trainer::{CheckpointState, StepMetrics, TrainConfig, latest_checkpoin
 /// The `train` stage.
 pub struct TrainStage;
 
-#[derive(Deserialize)]
-struct P {
-    model: String,
-    text_model: String,
-    text_trainable: bool,
-    hidden: i64,
-    input: Vec<i64>,
-    device: String,
-    steps: i64,
-    batch_size: i64,
-    accumulate: i64,
-    lr: f64,
-    warmup: i64,
-    clip: f64,
-    checkpoint_every: i64,
-    seed: i64,
-    workers: i64,
-    objectives: serde_json::Map<String, Value>,
+mg3d_core::stage_params! {
+    /// The parameters of the stage, declared once: `mg3d stages` lists them from here.
+    pub(crate) struct TrainParams {
+        /// image encoder: tiny | swin-b | swin-l | path.toml
+        model: String = json!("tiny"),
+        /// Hugging Face BERT folder (config.json, model.safetensors, tokenizer.json)
+        text_model: String = json!(".venv/minilm"),
+        /// train the text encoder too (MG-3D: frozen)
+        text_trainable: bool = json!(false),
+        /// fusion width (MG-3D: 768)
+        hidden: i64 = json!(64),
+        /// volume D, H, W fed to the model (centre crop/pad; multiples of 32)
+        input: Vec<i64> = json!([32, 64, 64]),
+        /// cpu | cuda | cuda:N | auto (cuda when available)
+        device: String = json!("auto"),
+        /// optimiser steps
+        steps: i64 = json!(30),
+        /// samples per micro-batch
+        batch_size: i64 = json!(2),
+        /// micro-batches per step
+        accumulate: i64 = json!(1),
+        /// base learning rate (x5 for heads and multi_modal modules)
+        lr: f64 = json!(1e-4),
+        /// linear warmup steps, then linear decay to 0
+        warmup: i64 = json!(3),
+        /// global gradient norm clip (0 = off)
+        clip: f64 = json!(1.0),
+        /// checkpoint every N steps
+        checkpoint_every: i64 = json!(10),
+        /// seed of initialisation, sample order and masks
+        seed: i64 = json!(0),
+        /// loader threads
+        workers: i64 = json!(1),
+        /// loss weights and settings (mim, mlm, sal, cml, dcl, ssm, temperature, mask_ratio,
+        /// cube_fraction, mlm_probability)
+        objectives: serde_json::Map<String, Value> = json!({}),
+    }
 }
 
-impl P {
+impl TrainParams {
     fn configs(&self) -> Result<(ModelConfig, TrainConfig, Objectives), String> {
         let swin = if self.model.ends_with(".toml") {
             SwinConfig::from_file(Path::new(&self.model)).map_err(|e| e.to_string())?
@@ -128,7 +146,7 @@ pub fn load_trained(train_dir: &Path, device: &str) -> Result<TrainedModel, Stri
         .get("model")
         .and_then(|m| m.as_object())
         .ok_or_else(|| format!("{}: no \"model\" settings", record_path.display()))?;
-    let p: P = serde_json::from_value(Value::Object(params.clone()))
+    let p: TrainParams = serde_json::from_value(Value::Object(params.clone()))
         .map_err(|e| format!("{}: {e}", record_path.display()))?;
     let (mcfg, _, _) = p.configs()?;
     let device = crate::runtime::pick_device(device).map_err(|e| e.to_string())?;
@@ -192,94 +210,7 @@ impl Stage for TrainStage {
         "MG-3D pre-training (Swin3D + BERT, five objectives) on the shards -> checkpoint, metrics.parquet"
     }
     fn params(&self) -> Vec<ParamDef> {
-        vec![
-            ParamDef::new(
-                "model",
-                ParamType::Str,
-                json!("tiny"),
-                "image encoder: tiny | swin-b | swin-l | path.toml",
-            ),
-            ParamDef::new(
-                "text_model",
-                ParamType::Str,
-                json!(".venv/minilm"),
-                "Hugging Face BERT folder (config.json, model.safetensors, tokenizer.json)",
-            ),
-            ParamDef::new(
-                "text_trainable",
-                ParamType::Bool,
-                json!(false),
-                "train the text encoder too (MG-3D: frozen)",
-            ),
-            ParamDef::new(
-                "hidden",
-                ParamType::Int,
-                json!(64),
-                "fusion width (MG-3D: 768)",
-            ),
-            ParamDef::new(
-                "input",
-                ParamType::List,
-                json!([32, 64, 64]),
-                "volume D, H, W fed to the model (centre crop/pad; multiples of 32)",
-            ),
-            ParamDef::new(
-                "device",
-                ParamType::Str,
-                json!("auto"),
-                "cpu | cuda | cuda:N | auto (cuda when available)",
-            ),
-            ParamDef::new("steps", ParamType::Int, json!(30), "optimiser steps"),
-            ParamDef::new(
-                "batch_size",
-                ParamType::Int,
-                json!(2),
-                "samples per micro-batch",
-            ),
-            ParamDef::new(
-                "accumulate",
-                ParamType::Int,
-                json!(1),
-                "micro-batches per step",
-            ),
-            ParamDef::new(
-                "lr",
-                ParamType::Float,
-                json!(1e-4),
-                "base learning rate (x5 for heads and multi_modal modules)",
-            ),
-            ParamDef::new(
-                "warmup",
-                ParamType::Int,
-                json!(3),
-                "linear warmup steps, then linear decay to 0",
-            ),
-            ParamDef::new(
-                "clip",
-                ParamType::Float,
-                json!(1.0),
-                "global gradient norm clip (0 = off)",
-            ),
-            ParamDef::new(
-                "checkpoint_every",
-                ParamType::Int,
-                json!(10),
-                "checkpoint every N steps",
-            ),
-            ParamDef::new(
-                "seed",
-                ParamType::Int,
-                json!(0),
-                "seed of initialisation, sample order and masks",
-            ),
-            ParamDef::new("workers", ParamType::Int, json!(1), "loader threads"),
-            ParamDef::new(
-                "objectives",
-                ParamType::Table,
-                json!({}),
-                "loss weights and settings (mim, mlm, sal, cml, dcl, ssm, temperature, mask_ratio, cube_fraction, mlm_probability)",
-            ),
-        ]
+        TrainParams::defs()
     }
     fn inputs(&self) -> Vec<InputDecl> {
         vec![InputDecl {
@@ -288,7 +219,7 @@ impl Stage for TrainStage {
         }]
     }
     fn check_params(&self, params: &Params) -> Result<(), String> {
-        let p: P = params.parse().map_err(|e| e.to_string())?;
+        let p: TrainParams = params.parse().map_err(|e| e.to_string())?;
         p.configs().map(|_| ())
     }
     fn item_params(&self) -> Option<Vec<&'static str>> {
@@ -309,7 +240,7 @@ impl Stage for TrainStage {
         ])
     }
     fn run(&self, ctx: &StageContext) -> Result<Value, StageError> {
-        let p: P = ctx.params.parse()?;
+        let p: TrainParams = ctx.params.parse()?;
         let (mcfg, tcfg, obj) = p.configs().map_err(StageError::msg)?;
         let device =
             crate::runtime::pick_device(&p.device).map_err(|e| StageError::msg(e.to_string()))?;

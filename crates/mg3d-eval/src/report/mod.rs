@@ -18,10 +18,7 @@ pub mod montage;
 pub mod plots;
 pub mod sections;
 
-use mg3d_core::stage::{
-    InputDecl, ParamDef, ParamType, Stage, StageContext, StageError, StageInput,
-};
-use serde::Deserialize;
+use mg3d_core::stage::{InputDecl, ParamDef, Stage, StageContext, StageError, StageInput};
 use serde_json::{Value, json};
 
 use html::{Section, page};
@@ -48,11 +45,16 @@ pub const INPUT_KINDS: [&str; 10] = [
 /// The `report` stage.
 pub struct ReportStage;
 
-#[derive(Deserialize)]
-struct P {
-    montage_volumes: i64,
-    montage_window: Vec<f64>,
-    montage_findings: i64,
+mg3d_core::stage_params! {
+    /// The parameters of the stage, declared once: `mg3d stages` lists them from here.
+    pub(crate) struct ReportParams {
+        /// preprocessed volumes shown as axial/coronal/sagittal mid-slices (most present labels first)
+        montage_volumes: i64 = json!(4),
+        /// display window [low, high] in HU of the montage (default: lung window)
+        montage_window: Vec<f64> = json!([-1350.0, 150.0]),
+        /// findings listed beside each montage volume
+        montage_findings: i64 = json!(12),
+    }
 }
 
 /// What the page shows, from the stage params.
@@ -76,7 +78,7 @@ impl Default for ReportOptions {
 }
 
 impl ReportOptions {
-    fn from_params(p: &P) -> Result<ReportOptions, StageError> {
+    fn from_params(p: &ReportParams) -> Result<ReportOptions, StageError> {
         let [lo, hi] = p.montage_window[..] else {
             return Err(StageError::msg("montage_window must be [low, high] in HU"));
         };
@@ -186,26 +188,7 @@ impl Stage for ReportStage {
         "QC page (qc/index.html): counts, rejects, label prevalence, slice montage with findings, graph degrees, loss curves, evaluation"
     }
     fn params(&self) -> Vec<ParamDef> {
-        vec![
-            ParamDef::new(
-                "montage_volumes",
-                ParamType::Int,
-                json!(4),
-                "preprocessed volumes shown as axial/coronal/sagittal mid-slices (most present labels first)",
-            ),
-            ParamDef::new(
-                "montage_window",
-                ParamType::List,
-                json!([-1350.0, 150.0]),
-                "display window [low, high] in HU of the montage (default: lung window)",
-            ),
-            ParamDef::new(
-                "montage_findings",
-                ParamType::Int,
-                json!(12),
-                "findings listed beside each montage volume",
-            ),
-        ]
+        ReportParams::defs()
     }
     fn inputs(&self) -> Vec<InputDecl> {
         INPUT_KINDS
@@ -217,7 +200,7 @@ impl Stage for ReportStage {
             .collect()
     }
     fn run(&self, ctx: &StageContext) -> Result<Value, StageError> {
-        let p: P = ctx.params.parse()?;
+        let p: ReportParams = ctx.params.parse()?;
         let o = ReportOptions::from_params(&p)?;
         let page = build_page(&ctx.inputs, &o);
         ctx.check_cancelled()?;

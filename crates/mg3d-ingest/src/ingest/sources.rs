@@ -147,7 +147,7 @@ pub fn locate(
     resolve: impl Fn(&str) -> PathBuf,
     refs: &[String],
 ) -> Result<Vec<(String, PathBuf)>, StageError> {
-    let p: P = params.parse()?;
+    let p: IngestParams = params.parse()?;
     let mut out = Vec::new();
     let mut walker = Walker::new();
     let roots = p
