@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 
 mod bench;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use mg3d_core::engine::{EngineError, StageState};
 use mg3d_core::table::{TableSchema, check_file};
 use mg3d_core::{Engine, Pipeline, RunOptions, StageRegistry};
@@ -36,28 +36,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the stale stages of a pipeline (or the selected ones).
-    Run {
-        /// Pipeline file (default: pipelines/demo.toml, or the copy built into mg3d).
-        pipeline: Option<PathBuf>,
-        /// Run only this stage (always), against its inputs' current outputs.
-        #[arg(long, conflicts_with = "from")]
-        stage: Option<String>,
-        /// Rerun this stage and everything downstream of it.
-        #[arg(long)]
-        from: Option<String>,
-        /// Rerun the selected stages even if fresh.
-        #[arg(long)]
-        force: bool,
-        /// Show what would run and why; run nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// Check outputs by content hash, not only by name and size.
-        #[arg(long)]
-        verify: bool,
-        /// Override the pipeline's work_dir.
-        #[arg(long)]
-        work_dir: Option<PathBuf>,
-    },
+    Run(RunArgs),
     /// Show each stage as fresh, stale or missing, with the reasons.
     Status {
         /// Pipeline file (default: pipelines/demo.toml, or the copy built into mg3d).
@@ -71,32 +50,9 @@ enum Cmd {
     },
     /// SQL (polars) over every table the pipeline's stages wrote, by file stem: `volumes`,
     /// `entities`, `edges`, `corpus`, ... (also `<stage>_<stem>`).
-    Query {
-        /// Pipeline file.
-        pipeline: PathBuf,
-        /// The query, e.g. "SELECT label, count(*) FROM labels WHERE value = 1 GROUP BY label".
-        sql: String,
-        /// Write the result to FILE.parquet or FILE.csv instead of printing it.
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Rows to print.
-        #[arg(long, default_value_t = 25)]
-        limit: usize,
-        /// Override the pipeline's work_dir.
-        #[arg(long)]
-        work_dir: Option<PathBuf>,
-    },
+    Query(QueryArgs),
     /// Write a trained image encoder in MONAI's SwinViT layout (SwinUNETR checkpoints' `swinViT.*`).
-    ExportEncoder {
-        /// The train stage's output directory (e.g. work/demo/train).
-        train_dir: PathBuf,
-        /// Output safetensors file.
-        #[arg(long)]
-        out: PathBuf,
-        /// Name prefix in the output ("" for a bare SwinViT state dict).
-        #[arg(long, default_value = "swinViT.")]
-        prefix: String,
-    },
+    ExportEncoder(ExportEncoderArgs),
     /// List the stage kinds and their params.
     Stages,
     /// What a DICOM file, DICOM series folder or NIfTI file holds (JSON).
@@ -133,41 +89,7 @@ enum Cmd {
         cmd: SchemaCmd,
     },
     /// Write a synthetic chest-CT corpus with ground truth.
-    Synth {
-        /// Number of patients.
-        #[arg(long, default_value_t = 20)]
-        patients: u32,
-        /// Seed (same seed, same bytes).
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Output directory (created; must be empty or absent).
-        #[arg(long)]
-        out: PathBuf,
-        /// Also write the fault cases with their expected reject reasons.
-        #[arg(long)]
-        faults: bool,
-        /// Body width range in mm, "MIN,MAX" (adults 280-360; smaller is faster).
-        #[arg(long, value_parser = parse_range)]
-        body_width_mm: Option<[f64; 2]>,
-        /// Scanned length range in mm, "MIN,MAX".
-        #[arg(long, value_parser = parse_range)]
-        z_extent_mm: Option<[f64; 2]>,
-        /// In-plane spacing range in mm, "MIN,MAX".
-        #[arg(long, value_parser = parse_range)]
-        in_plane_spacing_mm: Option<[f64; 2]>,
-        /// Slice spacing range in mm, "MIN,MAX".
-        #[arg(long, value_parser = parse_range)]
-        slice_spacing_mm: Option<[f64; 2]>,
-        /// Share of patients written as DICOM.
-        #[arg(long)]
-        dicom_fraction: Option<f64>,
-        /// Prevalence of each drawn finding.
-        #[arg(long)]
-        prevalence: Option<f64>,
-        /// Report template file (default: the embedded configs/synth/reports.toml).
-        #[arg(long)]
-        templates: Option<PathBuf>,
-    },
+    Synth(SynthArgs),
 }
 
 #[derive(Subcommand)]
@@ -284,70 +206,433 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<(), Fail> {
-    let reg = registry();
-    match cli.cmd {
-        Cmd::Run {
-            pipeline,
-            stage,
-            from,
-            force,
-            dry_run,
-            verify,
-            work_dir,
-        } => {
-            let p = load(pipeline, &reg, work_dir)?;
-            let engine = Engine::new(&reg);
-            let flag = engine.cancel_flag();
-            let _ = ctrlc::set_handler(move || {
-                eprintln!(
-                    "cancelling: the running stage stops at its next item; outputs stay as they were"
-                );
-                flag.cancel();
-            });
-            let opts = RunOptions {
-                only: stage,
-                from,
-                force,
-                dry_run,
-                quiet: cli.quiet || cli.json,
-                verify,
-            };
-            let t0 = Instant::now();
-            let report = engine.run(&p, &opts).map_err(|e| match e {
-                EngineError::Usage(_) => Fail(2, e.into()),
-                EngineError::Stage {
-                    source: mg3d_core::StageError::Cancelled,
-                    ..
-                } => Fail(130, e.into()),
-                e => Fail(1, e.into()),
-            })?;
-            if cli.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                for s in &report.stages {
-                    match s.action.as_str() {
-                        "ran" => println!(
-                            "{:<12} ran in {:.1}s ({})  {}",
-                            s.name,
-                            s.seconds,
-                            s.reasons.join("; "),
-                            s.summary
-                        ),
-                        "would-run" => {
-                            println!("{:<12} would run: {}", s.name, s.reasons.join("; "))
-                        }
-                        _ => println!("{:<12} fresh", s.name),
-                    }
+/// The arguments of `mg3d run` (see [`Cmd`]).
+#[derive(Args)]
+struct RunArgs {
+    /// Pipeline file (default: pipelines/demo.toml, or the copy built into mg3d).
+    pipeline: Option<PathBuf>,
+    /// Run only this stage (always), against its inputs' current outputs.
+    #[arg(long, conflicts_with = "from")]
+    stage: Option<String>,
+    /// Rerun this stage and everything downstream of it.
+    #[arg(long)]
+    from: Option<String>,
+    /// Rerun the selected stages even if fresh.
+    #[arg(long)]
+    force: bool,
+    /// Show what would run and why; run nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Check outputs by content hash, not only by name and size.
+    #[arg(long)]
+    verify: bool,
+    /// Override the pipeline's work_dir.
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+}
+
+/// The arguments of `mg3d query` (see [`Cmd`]).
+#[derive(Args)]
+struct QueryArgs {
+    /// Pipeline file.
+    pipeline: PathBuf,
+    /// The query, e.g. "SELECT label, count(*) FROM labels WHERE value = 1 GROUP BY label".
+    sql: String,
+    /// Write the result to FILE.parquet or FILE.csv instead of printing it.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Rows to print.
+    #[arg(long, default_value_t = 25)]
+    limit: usize,
+    /// Override the pipeline's work_dir.
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+}
+
+/// The arguments of `mg3d exportencoder` (see [`Cmd`]).
+#[derive(Args)]
+struct ExportEncoderArgs {
+    /// The train stage's output directory (e.g. work/demo/train).
+    train_dir: PathBuf,
+    /// Output safetensors file.
+    #[arg(long)]
+    out: PathBuf,
+    /// Name prefix in the output ("" for a bare SwinViT state dict).
+    #[arg(long, default_value = "swinViT.")]
+    prefix: String,
+}
+
+/// The arguments of `mg3d synth` (see [`Cmd`]).
+#[derive(Args)]
+struct SynthArgs {
+    /// Number of patients.
+    #[arg(long, default_value_t = 20)]
+    patients: u32,
+    /// Seed (same seed, same bytes).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output directory (created; must be empty or absent).
+    #[arg(long)]
+    out: PathBuf,
+    /// Also write the fault cases with their expected reject reasons.
+    #[arg(long)]
+    faults: bool,
+    /// Body width range in mm, "MIN,MAX" (adults 280-360; smaller is faster).
+    #[arg(long, value_parser = parse_range)]
+    body_width_mm: Option<[f64; 2]>,
+    /// Scanned length range in mm, "MIN,MAX".
+    #[arg(long, value_parser = parse_range)]
+    z_extent_mm: Option<[f64; 2]>,
+    /// In-plane spacing range in mm, "MIN,MAX".
+    #[arg(long, value_parser = parse_range)]
+    in_plane_spacing_mm: Option<[f64; 2]>,
+    /// Slice spacing range in mm, "MIN,MAX".
+    #[arg(long, value_parser = parse_range)]
+    slice_spacing_mm: Option<[f64; 2]>,
+    /// Share of patients written as DICOM.
+    #[arg(long)]
+    dicom_fraction: Option<f64>,
+    /// Prevalence of each drawn finding.
+    #[arg(long)]
+    prevalence: Option<f64>,
+    /// Report template file (default: the embedded configs/synth/reports.toml).
+    #[arg(long)]
+    templates: Option<PathBuf>,
+}
+
+/// `mg3d run`.
+fn cmd_run(reg: &StageRegistry, quiet: bool, json: bool, a: RunArgs) -> Result<(), Fail> {
+    let RunArgs {
+        pipeline,
+        stage,
+        from,
+        force,
+        dry_run,
+        verify,
+        work_dir,
+    } = a;
+    let p = load(pipeline, reg, work_dir)?;
+    let engine = Engine::new(reg);
+    let flag = engine.cancel_flag();
+    let _ = ctrlc::set_handler(move || {
+        eprintln!(
+            "cancelling: the running stage stops at its next item; outputs stay as they were"
+        );
+        flag.cancel();
+    });
+    let opts = RunOptions {
+        only: stage,
+        from,
+        force,
+        dry_run,
+        quiet: quiet || json,
+        verify,
+    };
+    let t0 = Instant::now();
+    let report = engine.run(&p, &opts).map_err(|e| match e {
+        EngineError::Usage(_) => Fail(2, e.into()),
+        EngineError::Stage {
+            source: mg3d_core::StageError::Cancelled,
+            ..
+        } => Fail(130, e.into()),
+        e => Fail(1, e.into()),
+    })?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for s in &report.stages {
+            match s.action.as_str() {
+                "ran" => println!(
+                    "{:<12} ran in {:.1}s ({})  {}",
+                    s.name,
+                    s.seconds,
+                    s.reasons.join("; "),
+                    s.summary
+                ),
+                "would-run" => {
+                    println!("{:<12} would run: {}", s.name, s.reasons.join("; "))
                 }
+                _ => println!("{:<12} fresh", s.name),
+            }
+        }
+        println!(
+            "pipeline {} done in {:.1}s; outputs in {}",
+            p.name,
+            t0.elapsed().as_secs_f64(),
+            p.work_dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// `mg3d query`.
+fn cmd_query(reg: &StageRegistry, quiet: bool, json: bool, a: QueryArgs) -> Result<(), Fail> {
+    let QueryArgs {
+        pipeline,
+        sql,
+        out,
+        limit,
+        work_dir,
+    } = a;
+    let p = load(Some(pipeline), reg, work_dir)?;
+    let names: Vec<String> = p.stages.iter().map(|s| s.name.clone()).collect();
+    let tables = mg3d_curate::query::tables(&p.work_dir, &names);
+    if tables.is_empty() {
+        return Err(Fail(
+            1,
+            anyhow::anyhow!(
+                "no tables under {}: run the pipeline first (mg3d run {})",
+                p.work_dir.display(),
+                p.file.display()
+            ),
+        ));
+    }
+    let mut df = mg3d_curate::query::query(&tables, &sql)?;
+    match out {
+        Some(path) => {
+            mg3d_curate::query::write_result(&mut df, &path)?;
+            if !quiet {
+                println!("{} rows -> {}", df.height(), path.display());
+            }
+        }
+        None if json => {
+            for line in mg3d_curate::query::json_lines(&df)? {
+                println!("{line}");
+            }
+        }
+        None => {
+            // SAFETY: set before polars formats anything; no other thread reads the
+            // environment at this point of the command.
+            unsafe {
+                std::env::set_var("POLARS_FMT_MAX_ROWS", limit.to_string());
+                std::env::set_var("POLARS_FMT_STR_LEN", "60");
+                std::env::set_var("POLARS_FMT_MAX_COLS", "20");
+            }
+            println!("{}", df.head(Some(limit)));
+            if df.height() > limit {
                 println!(
-                    "pipeline {} done in {:.1}s; outputs in {}",
-                    p.name,
-                    t0.elapsed().as_secs_f64(),
-                    p.work_dir.display()
+                    "({} rows; showing {limit}, use --limit or --out)",
+                    df.height()
                 );
             }
         }
+    }
+    Ok(())
+}
+
+/// `mg3d exportencoder`.
+fn cmd_export_encoder(quiet: bool, a: ExportEncoderArgs) -> Result<(), Fail> {
+    let ExportEncoderArgs {
+        train_dir,
+        out,
+        prefix,
+    } = a;
+    let record: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(train_dir.join("train.json")).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: {e}; point at a train stage's output directory",
+                train_dir.join("train.json").display()
+            )
+        })?,
+    )?;
+    let model = record["model"]["model"].as_str().unwrap_or("tiny");
+    let cfg = if model.ends_with(".toml") {
+        mg3d_train::swin::SwinConfig::from_file(Path::new(model))?
+    } else {
+        mg3d_train::swin::SwinConfig::preset(model)?
+    };
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let enc = mg3d_train::swin::SwinViT::new(&(vs.root() / "swinViT"), &cfg);
+    let weights = train_dir.join("final/model.safetensors");
+    let report = mg3d_train::swin::load_encoder_with(
+        &enc,
+        &weights,
+        &mg3d_train::swin::LoadOptions {
+            prefix: Some("swinViT.".into()),
+            strict: false,
+        },
+    )?;
+    mg3d_train::swin::export_encoder(&enc, &out, &prefix)?;
+    if !quiet {
+        println!(
+            "{} ({model}) -> {} with prefix {prefix:?}; {report:?}",
+            weights.display(),
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+/// `mg3d synth`.
+fn cmd_synth(json: bool, a: SynthArgs) -> Result<(), Fail> {
+    let SynthArgs {
+        patients,
+        seed,
+        out,
+        faults,
+        body_width_mm,
+        z_extent_mm,
+        in_plane_spacing_mm,
+        slice_spacing_mm,
+        dicom_fraction,
+        prevalence,
+        templates,
+    } = a;
+    let mut cfg = mg3d_synth::SynthConfig {
+        patients,
+        seed,
+        faults,
+        ..Default::default()
+    };
+    if let Some(v) = body_width_mm {
+        cfg.body_width_mm = v;
+    }
+    if let Some(v) = z_extent_mm {
+        cfg.z_extent_mm = v;
+    }
+    if let Some(v) = in_plane_spacing_mm {
+        cfg.in_plane_spacing_mm = v;
+    }
+    if let Some(v) = slice_spacing_mm {
+        cfg.slice_spacing_mm = v;
+    }
+    if let Some(v) = dicom_fraction {
+        cfg.dicom_fraction = v;
+    }
+    if let Some(v) = prevalence {
+        cfg.prevalence = v;
+    }
+    let text = match &templates {
+        Some(p) => std::fs::read_to_string(p)
+            .with_context(|| format!("reading templates {}", p.display()))?,
+        None => mg3d_synth::report::DEFAULT_TEMPLATES.to_string(),
+    };
+    let t = mg3d_synth::report::Templates::parse(&text)
+        .map_err(|e| Fail(2, anyhow::anyhow!("templates: {e}")))?;
+    if out.exists() && std::fs::read_dir(&out)?.next().is_some() {
+        return Err(Fail(
+            2,
+            anyhow::anyhow!(
+                "{} is not empty; choose a new --out directory",
+                out.display()
+            ),
+        ));
+    }
+    std::fs::create_dir_all(&out)?;
+    let t0 = Instant::now();
+    let s = mg3d_synth::generate(&cfg, &t, &out).map_err(|e| Fail(1, e.into()))?;
+    let secs = t0.elapsed().as_secs_f64();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"summary": s, "seconds": secs, "patients_per_second": s.patients as f64 / secs})
+        );
+    } else {
+        println!(
+            "wrote {} patients ({} volumes: {} DICOM series / {} files, {} NIfTI; {} faults) to {} in {:.1}s ({:.2} patients/s, {:.1} Mvoxel/s)",
+            s.patients,
+            s.volumes,
+            s.dicom_series,
+            s.dicom_files,
+            s.nifti_files,
+            s.faults,
+            out.display(),
+            secs,
+            s.patients as f64 / secs,
+            s.voxels as f64 / 1e6 / secs
+        );
+    }
+    Ok(())
+}
+
+/// `mg3d stages`: every stage kind with its inputs and parameters.
+fn cmd_stages(reg: &StageRegistry) {
+    for kind in reg.kinds() {
+        let s = reg.get(kind).unwrap();
+        println!(
+            "{kind} (code version {}): {}",
+            s.code_version(),
+            s.describe()
+        );
+        for i in s.inputs() {
+            println!(
+                "  input  {} {}",
+                i.kind,
+                if i.required {
+                    "(required)"
+                } else {
+                    "(optional)"
+                }
+            );
+        }
+        for d in s.params() {
+            let def = d
+                .default
+                .as_ref()
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "(required)".into());
+            println!(
+                "  param  {:<24} {:?} = {:<20} {}",
+                d.name,
+                d.ty,
+                def,
+                d.summary()
+            );
+        }
+    }
+}
+
+/// `mg3d schema`.
+fn cmd_schema(cmd: SchemaCmd, json: bool) -> Result<(), Fail> {
+    match cmd {
+        SchemaCmd::Check { file, table } => match check_file(&file, table.as_deref()) {
+            Ok((t, rows)) => {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"file": file, "table": t, "rows": rows, "ok": true})
+                    );
+                } else {
+                    println!("{}: matches table {t} ({rows} rows)", file.display());
+                }
+            }
+            Err(e) => {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"file": file, "ok": false, "error": e.to_string()})
+                    );
+                }
+                return Err(Fail(3, e.into()));
+            }
+        },
+        SchemaCmd::List => {
+            for n in TableSchema::names() {
+                let s = TableSchema::get(n)?;
+                println!("{:<20} v{}  {}", n, s.version, s.description);
+            }
+        }
+        SchemaCmd::Show { table } => {
+            let s = TableSchema::get(&table).map_err(|e| Fail(2, e.into()))?;
+            println!("{} (version {}): {}", s.name, s.version, s.description);
+            for c in &s.columns {
+                println!(
+                    "  {:<20} {:<28} {:<9} {}",
+                    c.name,
+                    c.type_name,
+                    if c.nullable { "nullable" } else { "not null" },
+                    c.meaning
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<(), Fail> {
+    let reg = registry();
+    match cli.cmd {
+        Cmd::Run(a) => cmd_run(&reg, cli.quiet, cli.json, a)?,
         Cmd::Status {
             pipeline,
             verify,
@@ -368,131 +653,9 @@ fn run(cli: Cli) -> Result<(), Fail> {
                 }
             }
         }
-        Cmd::Query {
-            pipeline,
-            sql,
-            out,
-            limit,
-            work_dir,
-        } => {
-            let p = load(Some(pipeline), &reg, work_dir)?;
-            let names: Vec<String> = p.stages.iter().map(|s| s.name.clone()).collect();
-            let tables = mg3d_curate::query::tables(&p.work_dir, &names);
-            if tables.is_empty() {
-                return Err(Fail(
-                    1,
-                    anyhow::anyhow!(
-                        "no tables under {}: run the pipeline first (mg3d run {})",
-                        p.work_dir.display(),
-                        p.file.display()
-                    ),
-                ));
-            }
-            let mut df = mg3d_curate::query::query(&tables, &sql)?;
-            match out {
-                Some(path) => {
-                    mg3d_curate::query::write_result(&mut df, &path)?;
-                    if !cli.quiet {
-                        println!("{} rows -> {}", df.height(), path.display());
-                    }
-                }
-                None if cli.json => {
-                    for line in mg3d_curate::query::json_lines(&df)? {
-                        println!("{line}");
-                    }
-                }
-                None => {
-                    // SAFETY: set before polars formats anything; no other thread reads the
-                    // environment at this point of the command.
-                    unsafe {
-                        std::env::set_var("POLARS_FMT_MAX_ROWS", limit.to_string());
-                        std::env::set_var("POLARS_FMT_STR_LEN", "60");
-                        std::env::set_var("POLARS_FMT_MAX_COLS", "20");
-                    }
-                    println!("{}", df.head(Some(limit)));
-                    if df.height() > limit {
-                        println!(
-                            "({} rows; showing {limit}, use --limit or --out)",
-                            df.height()
-                        );
-                    }
-                }
-            }
-        }
-        Cmd::ExportEncoder {
-            train_dir,
-            out,
-            prefix,
-        } => {
-            let record: serde_json::Value = serde_json::from_str(
-                &std::fs::read_to_string(train_dir.join("train.json")).map_err(|e| {
-                    anyhow::anyhow!(
-                        "{}: {e}; point at a train stage's output directory",
-                        train_dir.join("train.json").display()
-                    )
-                })?,
-            )?;
-            let model = record["model"]["model"].as_str().unwrap_or("tiny");
-            let cfg = if model.ends_with(".toml") {
-                mg3d_train::swin::SwinConfig::from_file(Path::new(model))?
-            } else {
-                mg3d_train::swin::SwinConfig::preset(model)?
-            };
-            let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-            let enc = mg3d_train::swin::SwinViT::new(&(vs.root() / "swinViT"), &cfg);
-            let weights = train_dir.join("final/model.safetensors");
-            let report = mg3d_train::swin::load_encoder_with(
-                &enc,
-                &weights,
-                &mg3d_train::swin::LoadOptions {
-                    prefix: Some("swinViT.".into()),
-                    strict: false,
-                },
-            )?;
-            mg3d_train::swin::export_encoder(&enc, &out, &prefix)?;
-            if !cli.quiet {
-                println!(
-                    "{} ({model}) -> {} with prefix {prefix:?}; {report:?}",
-                    weights.display(),
-                    out.display()
-                );
-            }
-        }
-        Cmd::Stages => {
-            for kind in reg.kinds() {
-                let s = reg.get(kind).unwrap();
-                println!(
-                    "{kind} (code version {}): {}",
-                    s.code_version(),
-                    s.describe()
-                );
-                for i in s.inputs() {
-                    println!(
-                        "  input  {} {}",
-                        i.kind,
-                        if i.required {
-                            "(required)"
-                        } else {
-                            "(optional)"
-                        }
-                    );
-                }
-                for d in s.params() {
-                    let def = d
-                        .default
-                        .as_ref()
-                        .map(|v| v.to_string())
-                        .unwrap_or_else(|| "(required)".into());
-                    println!(
-                        "  param  {:<24} {:?} = {:<20} {}",
-                        d.name,
-                        d.ty,
-                        def,
-                        d.summary()
-                    );
-                }
-            }
-        }
+        Cmd::Query(a) => cmd_query(&reg, cli.quiet, cli.json, a)?,
+        Cmd::ExportEncoder(a) => cmd_export_encoder(cli.quiet, a)?,
+        Cmd::Stages => cmd_stages(&reg),
         Cmd::Inspect { path } => match mg3d_ingest::inspect::inspect(&path) {
             Ok(v) => println!(
                 "{}",
@@ -551,126 +714,8 @@ fn run(cli: Cli) -> Result<(), Fail> {
             reports,
             only,
         } => bench::run(patients, reports, &only, cli.json, &reg)?,
-        Cmd::Schema { cmd } => match cmd {
-            SchemaCmd::Check { file, table } => match check_file(&file, table.as_deref()) {
-                Ok((t, rows)) => {
-                    if cli.json {
-                        println!(
-                            "{}",
-                            serde_json::json!({"file": file, "table": t, "rows": rows, "ok": true})
-                        );
-                    } else {
-                        println!("{}: matches table {t} ({rows} rows)", file.display());
-                    }
-                }
-                Err(e) => {
-                    if cli.json {
-                        println!(
-                            "{}",
-                            serde_json::json!({"file": file, "ok": false, "error": e.to_string()})
-                        );
-                    }
-                    return Err(Fail(3, e.into()));
-                }
-            },
-            SchemaCmd::List => {
-                for n in TableSchema::names() {
-                    let s = TableSchema::get(n)?;
-                    println!("{:<20} v{}  {}", n, s.version, s.description);
-                }
-            }
-            SchemaCmd::Show { table } => {
-                let s = TableSchema::get(&table).map_err(|e| Fail(2, e.into()))?;
-                println!("{} (version {}): {}", s.name, s.version, s.description);
-                for c in &s.columns {
-                    println!(
-                        "  {:<20} {:<28} {:<9} {}",
-                        c.name,
-                        c.type_name,
-                        if c.nullable { "nullable" } else { "not null" },
-                        c.meaning
-                    );
-                }
-            }
-        },
-        Cmd::Synth {
-            patients,
-            seed,
-            out,
-            faults,
-            body_width_mm,
-            z_extent_mm,
-            in_plane_spacing_mm,
-            slice_spacing_mm,
-            dicom_fraction,
-            prevalence,
-            templates,
-        } => {
-            let mut cfg = mg3d_synth::SynthConfig {
-                patients,
-                seed,
-                faults,
-                ..Default::default()
-            };
-            if let Some(v) = body_width_mm {
-                cfg.body_width_mm = v;
-            }
-            if let Some(v) = z_extent_mm {
-                cfg.z_extent_mm = v;
-            }
-            if let Some(v) = in_plane_spacing_mm {
-                cfg.in_plane_spacing_mm = v;
-            }
-            if let Some(v) = slice_spacing_mm {
-                cfg.slice_spacing_mm = v;
-            }
-            if let Some(v) = dicom_fraction {
-                cfg.dicom_fraction = v;
-            }
-            if let Some(v) = prevalence {
-                cfg.prevalence = v;
-            }
-            let text = match &templates {
-                Some(p) => std::fs::read_to_string(p)
-                    .with_context(|| format!("reading templates {}", p.display()))?,
-                None => mg3d_synth::report::DEFAULT_TEMPLATES.to_string(),
-            };
-            let t = mg3d_synth::report::Templates::parse(&text)
-                .map_err(|e| Fail(2, anyhow::anyhow!("templates: {e}")))?;
-            if out.exists() && std::fs::read_dir(&out)?.next().is_some() {
-                return Err(Fail(
-                    2,
-                    anyhow::anyhow!(
-                        "{} is not empty; choose a new --out directory",
-                        out.display()
-                    ),
-                ));
-            }
-            std::fs::create_dir_all(&out)?;
-            let t0 = Instant::now();
-            let s = mg3d_synth::generate(&cfg, &t, &out).map_err(|e| Fail(1, e.into()))?;
-            let secs = t0.elapsed().as_secs_f64();
-            if cli.json {
-                println!(
-                    "{}",
-                    serde_json::json!({"summary": s, "seconds": secs, "patients_per_second": s.patients as f64 / secs})
-                );
-            } else {
-                println!(
-                    "wrote {} patients ({} volumes: {} DICOM series / {} files, {} NIfTI; {} faults) to {} in {:.1}s ({:.2} patients/s, {:.1} Mvoxel/s)",
-                    s.patients,
-                    s.volumes,
-                    s.dicom_series,
-                    s.dicom_files,
-                    s.nifti_files,
-                    s.faults,
-                    out.display(),
-                    secs,
-                    s.patients as f64 / secs,
-                    s.voxels as f64 / 1e6 / secs
-                );
-            }
-        }
+        Cmd::Schema { cmd } => cmd_schema(cmd, cli.json)?,
+        Cmd::Synth(a) => cmd_synth(cli.json, a)?,
     }
     Ok(())
 }
