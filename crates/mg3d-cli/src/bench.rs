@@ -1,6 +1,7 @@
 //! `mg3d bench`: throughput of the pieces that exist, measured in one run on this machine.
 //! Numbers are printed, never asserted; use a release build (`make bench`).
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -58,6 +59,332 @@ fn row(name: &str, value: f64, unit: &str, note: &str, json: bool) {
     }
 }
 
+/// The synthetic corpus at the demo size: patients and voxels per second.
+fn bench_synth(
+    cfg: &mg3d_synth::SynthConfig,
+    t: &mg3d_synth::report::Templates,
+    out: &Path,
+    json: bool,
+) -> Result<()> {
+    let t0 = Instant::now();
+    let s = mg3d_synth::generate(cfg, t, out)?;
+    let secs = t0.elapsed().as_secs_f64();
+    row(
+        "synth.patients_per_s",
+        s.patients as f64 / secs,
+        "patients/s",
+        &format!("{} patients, demo phantom size", s.patients),
+        json,
+    );
+    row(
+        "synth.mvoxel_per_s",
+        s.voxels as f64 / 1e6 / secs,
+        "Mvoxel/s",
+        "rendered + written (DICOM/NIfTI)",
+        json,
+    );
+    Ok(())
+}
+
+/// Ingest + preprocess (demo preset) on the corpus, 1 and 2 threads, cold item caches.
+fn bench_volumes(
+    dir: &Path,
+    out: &Path,
+    json: bool,
+    registry: &mg3d_core::StageRegistry,
+) -> Result<()> {
+    for threads in [1, 2] {
+        let work = dir.join(format!("work{threads}"));
+        let text = format!(
+            "[pipeline]\nname = \"bench\"\nwork_dir = \"{}\"\nsalt = \"bench-salt-0123456789\"\nthreads = {threads}\n\
+             [stages.ingest]\nkind = \"ingest\"\nparams = {{ dicom_roots = [\"{d}/dicom\"], nifti_roots = [\"{d}/nifti\"], ctrate_metadata = [\"{d}/metadata/train_metadata.csv\"] }}\n\
+             [stages.preprocess]\nkind = \"preprocess\"\ninputs = [\"ingest\"]\nparams = {{ preset = \"demo\" }}\n",
+            work.display(),
+            d = out.display()
+        );
+        let p = mg3d_core::Pipeline::parse(std::path::Path::new("bench.toml"), &text, registry)?;
+        let report = mg3d_core::Engine::new(registry).run(
+            &p,
+            &mg3d_core::RunOptions {
+                quiet: true,
+                ..Default::default()
+            },
+        )?;
+        let vols = report.stages[0].summary["volumes"].as_f64().unwrap_or(0.0);
+        let (ti, tp) = (report.stages[0].seconds, report.stages[1].seconds);
+        row(
+            &format!("ingest.volumes_per_s.t{threads}"),
+            vols / ti,
+            "volumes/s",
+            &format!("{vols} volumes, {threads} thread(s)"),
+            json,
+        );
+        row(
+            &format!("preprocess.volumes_per_s.t{threads}"),
+            vols / tp,
+            "volumes/s",
+            &format!("demo preset, {threads} thread(s)"),
+            json,
+        );
+        row(
+            &format!("ingest+preprocess.vol_per_s.t{threads}"),
+            vols / (ti + tp),
+            "volumes/s",
+            "both stages",
+            json,
+        );
+    }
+    Ok(())
+}
+
+/// The report stages, then the graph with its peak memory, on the demo corpus' reports (`n` = 0) or on `n` report-only rows.
+fn bench_text(
+    run: (&str, u32),
+    dir: &Path,
+    out: &Path,
+    t: &mg3d_synth::report::Templates,
+    json: bool,
+    registry: &mg3d_core::StageRegistry,
+) -> Result<()> {
+    let (name, n) = run;
+    let tok = Path::new(".venv/minilm");
+    let csv = if n == 0 {
+        out.join("reports/train_reports.csv")
+    } else {
+        let p = dir.join("reports_only.csv");
+        mg3d_synth::write_reports_only(n, 7, t, &p)?;
+        p
+    };
+    let work = dir.join(format!("text-{name}"));
+    let tokens = if tok.join("tokenizer.json").exists() {
+        format!(
+            "[stages.tokens]\nkind = \"tokens\"\ninputs = [\"reports\"]\nparams = {{ tokenizer = \"{}\" }}\n",
+            tok.display()
+        )
+    } else {
+        String::new()
+    };
+    let text = format!(
+        "[pipeline]\nname = \"bench-text\"\nwork_dir = \"{}\"\nsalt = \"bench-salt-0123456789\"\n\
+         [stages.reports]\nkind = \"reports\"\nparams = {{ files = [\"{}\"] }}\n\
+         [stages.entities]\nkind = \"entities\"\ninputs = [\"reports\"]\n{tokens}",
+        work.display(),
+        csv.display()
+    );
+    let p = mg3d_core::Pipeline::parse(std::path::Path::new("bench.toml"), &text, registry)?;
+    let report = mg3d_core::Engine::new(registry).run(
+        &p,
+        &mg3d_core::RunOptions {
+            quiet: true,
+            ..Default::default()
+        },
+    )?;
+    let reports = report
+        .stages
+        .iter()
+        .find(|s| s.name == "reports")
+        .unwrap()
+        .summary["reports"]
+        .as_f64()
+        .unwrap_or(0.0);
+    for st in &report.stages {
+        row(
+            &format!("{}.reports_per_s.{name}", st.name),
+            reports / st.seconds.max(1e-9),
+            "reports/s",
+            &format!("{reports} reports"),
+            json,
+        );
+    }
+    // The cross-patient graph on the same reports, with the process' peak RSS sampled while
+    // it runs (the report stages above are already fresh, so only the graph runs here).
+    let text =
+        format!("{text}[stages.graph]\nkind = \"graph\"\ninputs = [\"reports\", \"entities\"]\n");
+    let p = mg3d_core::Pipeline::parse(std::path::Path::new("bench.toml"), &text, registry)?;
+    let sampler = RssSampler::start();
+    let report = mg3d_core::Engine::new(registry).run(
+        &p,
+        &mg3d_core::RunOptions {
+            quiet: true,
+            ..Default::default()
+        },
+    )?;
+    let (base, peak) = sampler.stop();
+    let g = report.stages.iter().find(|s| s.name == "graph").unwrap();
+    let stats: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+        work.join("graph/graph_stats.json"),
+    )?)?;
+    row(
+        &format!("graph.seconds.{name}"),
+        g.seconds,
+        "s",
+        &format!(
+            "{reports} reports -> {} nodes, {} edges, {} pairs scored",
+            stats["nodes"], stats["edges"], stats["scored_pairs"]
+        ),
+        json,
+    );
+    row(
+        &format!("graph.peak_rss_mb.{name}"),
+        peak as f64 / 1e6,
+        "MB",
+        &format!(
+            "process peak while the graph ran (before: {} MB)",
+            base / 1_000_000
+        ),
+        json,
+    );
+    Ok(())
+}
+
+/// The shard loader against `cat` of the same files (the demo's shards; run `make pipeline` first).
+fn bench_shards(json: bool) -> Result<()> {
+    let shards = Path::new("work/demo/shards");
+    if shards.join("index.json").is_file() {
+        let r = mg3d_shard::bench_read(shards, 5)?;
+        let note = format!(
+            "{} files, {:.1} MB, {} passes",
+            r.files,
+            r.file_bytes as f64 / 1e6,
+            r.passes
+        );
+        row("shards.cat_gbps", r.cat_gbps, "GB/s", &note, json);
+        row(
+            "shards.loader_gbps",
+            r.loader_gbps,
+            "GB/s",
+            &r.settings,
+            json,
+        );
+        row(
+            "shards.loader_samples_per_s",
+            r.samples_per_s,
+            "samples/s",
+            "",
+            json,
+        );
+        row(
+            "shards.loader_vs_cat",
+            r.ratio,
+            "ratio",
+            "goal >= 0.8",
+            json,
+        );
+        row(
+            "shards.verify_gbps",
+            r.verify_gbps,
+            "GB/s",
+            "sha256 of every shard at open",
+            json,
+        );
+    } else {
+        eprintln!("shards: skipped (no work/demo/shards/index.json; run `make pipeline`)");
+    }
+    Ok(())
+}
+
+/// Training step time on the CPU (random inputs): the tiny model's full five-objective step and the swin-b encoder's forward + backward at MG-3D's input size, batch 2.
+fn bench_train(json: bool) -> Result<()> {
+    let text = std::path::Path::new(".venv/minilm");
+    if text.join("model.safetensors").is_file() {
+        for (name, input, hidden, steps) in [
+            ("tiny", [32i64, 64, 64], 64i64, 3usize),
+            ("swin-b", [128, 96, 128], 768, 1),
+        ] {
+            let swin = mg3d_train::swin::SwinConfig::preset(name)?;
+            let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+            let cfg = mg3d_train::model::ModelConfig {
+                swin,
+                hidden,
+                fusion_layers: 2,
+                pool_heads: 8,
+                input,
+                text_trainable: false,
+            };
+            let model = mg3d_train::model::Mg3d::new(&vs, cfg, text).map_err(anyhow::Error::msg)?;
+            let l = 128i64;
+            let inp = mg3d_train::model::Inputs {
+                volume: tch::Tensor::rand(
+                    [2, 1, input[0], input[1], input[2]],
+                    (tch::Kind::Float, tch::Device::Cpu),
+                ),
+                input_ids: tch::Tensor::randint_low(
+                    1000,
+                    2000,
+                    [2, l],
+                    (tch::Kind::Int64, tch::Device::Cpu),
+                ),
+                attention_mask: tch::Tensor::ones([2, l], (tch::Kind::Int64, tch::Device::Cpu)),
+                clause_index: tch::Tensor::arange(l, (tch::Kind::Int64, tch::Device::Cpu))
+                    .floor_divide_scalar(16)
+                    .unsqueeze(0)
+                    .repeat([2, 1]),
+                word_start: vec![vec![1i8; l as usize]; 2],
+            };
+            let obj = mg3d_train::model::Objectives::default();
+            let mut secs = Vec::new();
+            for s in 0..steps {
+                let t0 = Instant::now();
+                let losses = model.losses(&inp, &obj, s as u64);
+                losses.total.backward();
+                secs.push(t0.elapsed().as_secs_f64());
+            }
+            let mean = secs.iter().sum::<f64>() / secs.len() as f64;
+            row(
+                &format!("train.step_seconds.{name}"),
+                mean,
+                "s",
+                &format!(
+                    "forward+backward, five objectives, batch 2, input {input:?}, hidden {hidden}, CPU"
+                ),
+                json,
+            );
+            row(
+                &format!("train.samples_per_s.{name}"),
+                2.0 / mean,
+                "samples/s",
+                "",
+                json,
+            );
+        }
+    } else {
+        eprintln!("train: skipped (no .venv/minilm; run `make setup`)");
+    }
+    Ok(())
+}
+
+/// Schema-checked table writing (1,000,000 rows).
+fn bench_table(dir: &Path, json: bool) -> Result<()> {
+    let schema = TableSchema::from_json(
+        "bench",
+        r#"{"table": "bench", "version": 1, "description": "bench", "columns": [
+            {"name": "id", "type": "utf8", "nullable": false, "meaning": "id"},
+            {"name": "x", "type": "float64", "nullable": true, "meaning": "x"}]}"#,
+    )?;
+    let n = 1_000_000usize;
+    let ids: ArrayRef = Arc::new(StringArray::from_iter_values(
+        (0..n).map(|i| format!("{i:016x}")),
+    ));
+    let xs: ArrayRef = Arc::new(Float64Array::from_iter_values(
+        (0..n).map(|i| i as f64 * 0.5),
+    ));
+    let batch = RecordBatch::try_from_iter([("id", ids), ("x", xs)])?;
+    let t0 = Instant::now();
+    let mut w = TableWriter::create(&dir.join("bench.parquet"), &schema)?;
+    for chunk in 0..10 {
+        w.write(&batch.slice(chunk * n / 10, n / 10))?;
+    }
+    w.finish()?;
+    row(
+        "table.write_rows_per_s",
+        n as f64 / t0.elapsed().as_secs_f64() / 1e6,
+        "Mrows/s",
+        "utf8 + float64, zstd, page statistics",
+        json,
+    );
+    Ok(())
+}
+
 /// Runs every benchmark.
 pub fn run(
     patients: u32,
@@ -83,277 +410,28 @@ pub fn run(
     let out = dir.path().join("synth");
     std::fs::create_dir_all(&out)?;
     if need_corpus {
-        let t0 = Instant::now();
-        let s = mg3d_synth::generate(&cfg, &t, &out)?;
-        let secs = t0.elapsed().as_secs_f64();
-        row(
-            "synth.patients_per_s",
-            s.patients as f64 / secs,
-            "patients/s",
-            &format!("{} patients, demo phantom size", s.patients),
-            json,
-        );
-        row(
-            "synth.mvoxel_per_s",
-            s.voxels as f64 / 1e6 / secs,
-            "Mvoxel/s",
-            "rendered + written (DICOM/NIfTI)",
-            json,
-        );
+        bench_synth(&cfg, &t, &out, json)?;
     }
     // 2. Ingest + preprocess (demo preset) on that corpus, 1 and 2 threads, cold item caches.
     if on("volumes") {
-        for threads in [1, 2] {
-            let work = dir.path().join(format!("work{threads}"));
-            let text = format!(
-                "[pipeline]\nname = \"bench\"\nwork_dir = \"{}\"\nsalt = \"bench-salt-0123456789\"\nthreads = {threads}\n\
-                 [stages.ingest]\nkind = \"ingest\"\nparams = {{ dicom_roots = [\"{d}/dicom\"], nifti_roots = [\"{d}/nifti\"], ctrate_metadata = [\"{d}/metadata/train_metadata.csv\"] }}\n\
-                 [stages.preprocess]\nkind = \"preprocess\"\ninputs = [\"ingest\"]\nparams = {{ preset = \"demo\" }}\n",
-                work.display(),
-                d = out.display()
-            );
-            let p =
-                mg3d_core::Pipeline::parse(std::path::Path::new("bench.toml"), &text, registry)?;
-            let report = mg3d_core::Engine::new(registry).run(
-                &p,
-                &mg3d_core::RunOptions {
-                    quiet: true,
-                    ..Default::default()
-                },
-            )?;
-            let vols = report.stages[0].summary["volumes"].as_f64().unwrap_or(0.0);
-            let (ti, tp) = (report.stages[0].seconds, report.stages[1].seconds);
-            row(
-                &format!("ingest.volumes_per_s.t{threads}"),
-                vols / ti,
-                "volumes/s",
-                &format!("{vols} volumes, {threads} thread(s)"),
-                json,
-            );
-            row(
-                &format!("preprocess.volumes_per_s.t{threads}"),
-                vols / tp,
-                "volumes/s",
-                &format!("demo preset, {threads} thread(s)"),
-                json,
-            );
-            row(
-                &format!("ingest+preprocess.vol_per_s.t{threads}"),
-                vols / (ti + tp),
-                "volumes/s",
-                "both stages",
-                json,
-            );
-        }
+        bench_volumes(dir.path(), &out, json, registry)?;
     }
     // 3. Report stages on the demo corpus' reports and on `text_reports` report-only rows.
-    let tok = std::path::Path::new(".venv/minilm");
     let text_runs: Vec<(&str, u32)> = [("demo", 0u32), ("large", text_reports)]
         .into_iter()
         .filter(|(name, _)| on("text") && (*name != "demo" || need_corpus))
         .collect();
-    for (name, n) in text_runs {
-        let csv = if n == 0 {
-            out.join("reports/train_reports.csv")
-        } else {
-            let p = dir.path().join("reports_only.csv");
-            mg3d_synth::write_reports_only(n, 7, &t, &p)?;
-            p
-        };
-        let work = dir.path().join(format!("text-{name}"));
-        let tokens = if tok.join("tokenizer.json").exists() {
-            format!(
-                "[stages.tokens]\nkind = \"tokens\"\ninputs = [\"reports\"]\nparams = {{ tokenizer = \"{}\" }}\n",
-                tok.display()
-            )
-        } else {
-            String::new()
-        };
-        let text = format!(
-            "[pipeline]\nname = \"bench-text\"\nwork_dir = \"{}\"\nsalt = \"bench-salt-0123456789\"\n\
-             [stages.reports]\nkind = \"reports\"\nparams = {{ files = [\"{}\"] }}\n\
-             [stages.entities]\nkind = \"entities\"\ninputs = [\"reports\"]\n{tokens}",
-            work.display(),
-            csv.display()
-        );
-        let p = mg3d_core::Pipeline::parse(std::path::Path::new("bench.toml"), &text, registry)?;
-        let report = mg3d_core::Engine::new(registry).run(
-            &p,
-            &mg3d_core::RunOptions {
-                quiet: true,
-                ..Default::default()
-            },
-        )?;
-        let reports = report
-            .stages
-            .iter()
-            .find(|s| s.name == "reports")
-            .unwrap()
-            .summary["reports"]
-            .as_f64()
-            .unwrap_or(0.0);
-        for st in &report.stages {
-            row(
-                &format!("{}.reports_per_s.{name}", st.name),
-                reports / st.seconds.max(1e-9),
-                "reports/s",
-                &format!("{reports} reports"),
-                json,
-            );
-        }
-        // The cross-patient graph on the same reports, with the process' peak RSS sampled while
-        // it runs (the report stages above are already fresh, so only the graph runs here).
-        let text = format!(
-            "{text}[stages.graph]\nkind = \"graph\"\ninputs = [\"reports\", \"entities\"]\n"
-        );
-        let p = mg3d_core::Pipeline::parse(std::path::Path::new("bench.toml"), &text, registry)?;
-        let sampler = RssSampler::start();
-        let report = mg3d_core::Engine::new(registry).run(
-            &p,
-            &mg3d_core::RunOptions {
-                quiet: true,
-                ..Default::default()
-            },
-        )?;
-        let (base, peak) = sampler.stop();
-        let g = report.stages.iter().find(|s| s.name == "graph").unwrap();
-        let stats: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
-            work.join("graph/graph_stats.json"),
-        )?)?;
-        row(
-            &format!("graph.seconds.{name}"),
-            g.seconds,
-            "s",
-            &format!(
-                "{reports} reports -> {} nodes, {} edges, {} pairs scored",
-                stats["nodes"], stats["edges"], stats["scored_pairs"]
-            ),
-            json,
-        );
-        row(
-            &format!("graph.peak_rss_mb.{name}"),
-            peak as f64 / 1e6,
-            "MB",
-            &format!(
-                "process peak while the graph ran (before: {} MB)",
-                base / 1_000_000
-            ),
-            json,
-        );
+    for run in text_runs {
+        bench_text(run, dir.path(), &out, &t, json, registry)?;
     }
     // Shard loader vs `cat` of the same files (the demo's shards; run `make pipeline` first).
-    let shards = std::path::Path::new("work/demo/shards");
     if on("shards") {
-        if shards.join("index.json").is_file() {
-            let r = mg3d_shard::bench_read(shards, 5)?;
-            let note = format!(
-                "{} files, {:.1} MB, {} passes",
-                r.files,
-                r.file_bytes as f64 / 1e6,
-                r.passes
-            );
-            row("shards.cat_gbps", r.cat_gbps, "GB/s", &note, json);
-            row(
-                "shards.loader_gbps",
-                r.loader_gbps,
-                "GB/s",
-                &r.settings,
-                json,
-            );
-            row(
-                "shards.loader_samples_per_s",
-                r.samples_per_s,
-                "samples/s",
-                "",
-                json,
-            );
-            row(
-                "shards.loader_vs_cat",
-                r.ratio,
-                "ratio",
-                "goal >= 0.8",
-                json,
-            );
-            row(
-                "shards.verify_gbps",
-                r.verify_gbps,
-                "GB/s",
-                "sha256 of every shard at open",
-                json,
-            );
-        } else {
-            eprintln!("shards: skipped (no work/demo/shards/index.json; run `make pipeline`)");
-        }
+        bench_shards(json)?;
     }
     // Training step time on the CPU (random inputs): the tiny model's full five-objective step and
     // the swin-b encoder's forward + backward at MG-3D's input size, batch 2.
     if on("train") {
-        let text = std::path::Path::new(".venv/minilm");
-        if text.join("model.safetensors").is_file() {
-            for (name, input, hidden, steps) in [
-                ("tiny", [32i64, 64, 64], 64i64, 3usize),
-                ("swin-b", [128, 96, 128], 768, 1),
-            ] {
-                let swin = mg3d_train::swin::SwinConfig::preset(name)?;
-                let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-                let cfg = mg3d_train::model::ModelConfig {
-                    swin,
-                    hidden,
-                    fusion_layers: 2,
-                    pool_heads: 8,
-                    input,
-                    text_trainable: false,
-                };
-                let model =
-                    mg3d_train::model::Mg3d::new(&vs, cfg, text).map_err(anyhow::Error::msg)?;
-                let l = 128i64;
-                let inp = mg3d_train::model::Inputs {
-                    volume: tch::Tensor::rand(
-                        [2, 1, input[0], input[1], input[2]],
-                        (tch::Kind::Float, tch::Device::Cpu),
-                    ),
-                    input_ids: tch::Tensor::randint_low(
-                        1000,
-                        2000,
-                        [2, l],
-                        (tch::Kind::Int64, tch::Device::Cpu),
-                    ),
-                    attention_mask: tch::Tensor::ones([2, l], (tch::Kind::Int64, tch::Device::Cpu)),
-                    clause_index: tch::Tensor::arange(l, (tch::Kind::Int64, tch::Device::Cpu))
-                        .floor_divide_scalar(16)
-                        .unsqueeze(0)
-                        .repeat([2, 1]),
-                    word_start: vec![vec![1i8; l as usize]; 2],
-                };
-                let obj = mg3d_train::model::Objectives::default();
-                let mut secs = Vec::new();
-                for s in 0..steps {
-                    let t0 = Instant::now();
-                    let losses = model.losses(&inp, &obj, s as u64);
-                    losses.total.backward();
-                    secs.push(t0.elapsed().as_secs_f64());
-                }
-                let mean = secs.iter().sum::<f64>() / secs.len() as f64;
-                row(
-                    &format!("train.step_seconds.{name}"),
-                    mean,
-                    "s",
-                    &format!(
-                        "forward+backward, five objectives, batch 2, input {input:?}, hidden {hidden}, CPU"
-                    ),
-                    json,
-                );
-                row(
-                    &format!("train.samples_per_s.{name}"),
-                    2.0 / mean,
-                    "samples/s",
-                    "",
-                    json,
-                );
-            }
-        } else {
-            eprintln!("train: skipped (no .venv/minilm; run `make setup`)");
-        }
+        bench_train(json)?;
     }
     // 4. Output hashing (what the engine does after each stage).
     if on("hash") {
@@ -370,33 +448,7 @@ pub fn run(
     }
     // 5. Schema-checked table writing.
     if on("table") {
-        let schema = TableSchema::from_json(
-            "bench",
-            r#"{"table": "bench", "version": 1, "description": "bench", "columns": [
-                {"name": "id", "type": "utf8", "nullable": false, "meaning": "id"},
-                {"name": "x", "type": "float64", "nullable": true, "meaning": "x"}]}"#,
-        )?;
-        let n = 1_000_000usize;
-        let ids: ArrayRef = Arc::new(StringArray::from_iter_values(
-            (0..n).map(|i| format!("{i:016x}")),
-        ));
-        let xs: ArrayRef = Arc::new(Float64Array::from_iter_values(
-            (0..n).map(|i| i as f64 * 0.5),
-        ));
-        let batch = RecordBatch::try_from_iter([("id", ids), ("x", xs)])?;
-        let t0 = Instant::now();
-        let mut w = TableWriter::create(&dir.path().join("bench.parquet"), &schema)?;
-        for chunk in 0..10 {
-            w.write(&batch.slice(chunk * n / 10, n / 10))?;
-        }
-        w.finish()?;
-        row(
-            "table.write_rows_per_s",
-            n as f64 / t0.elapsed().as_secs_f64() / 1e6,
-            "Mrows/s",
-            "utf8 + float64, zstd, page statistics",
-            json,
-        );
+        bench_table(dir.path(), json)?;
     }
     Ok(())
 }
