@@ -151,6 +151,270 @@ struct Pair {
     split: Option<usize>,
 }
 
+/// The preprocessed volumes: volume_id -> its file.
+fn read_volume_files(pre: &Path) -> Result<BTreeMap<String, PathBuf>, StageError> {
+    let path = pre.join("preprocessed.parquet");
+    let mut volume_file: BTreeMap<String, PathBuf> = BTreeMap::new();
+    for b in read_any(&path, "preprocessed")? {
+        for (v, f) in strings_nn(&b, "volume_id", &path)?
+            .into_iter()
+            .zip(strings_nn(&b, "file", &path)?)
+        {
+            volume_file.insert(v, pre.join(f));
+        }
+    }
+    Ok(volume_file)
+}
+
+/// The volume–report pairs: curate's corpus, else every preprocessed volume whose
+/// `report_key` matches a report's (`volumes.report_key = reports.report_key`); what cannot be
+/// paired is counted in `counts`.
+fn read_pairs(
+    ctx: &StageContext,
+    volume_file: &BTreeMap<String, PathBuf>,
+    counts: &mut BTreeMap<&'static str, usize>,
+) -> Result<Vec<Pair>, StageError> {
+    let mut pairs: Vec<Pair> = Vec::new();
+    if let Ok(cur) = ctx.input("curate") {
+        let path = cur.join("corpus.parquet");
+        for b in read_any(&path, "corpus")? {
+            let cols = [
+                strings_nn(&b, "patient_id", &path)?,
+                strings_nn(&b, "study_id", &path)?,
+                strings_nn(&b, "volume_id", &path)?,
+                strings_nn(&b, "report_id", &path)?,
+            ];
+            let [pa, st, vo, re] = cols;
+            let splits: Vec<Option<usize>> = match b.column_by_name("split") {
+                None => vec![None; b.num_rows()],
+                Some(_) => strings_nn(&b, "split", &path)?
+                    .into_iter()
+                    .map(|s| {
+                        split_number(&s).map(Some).ok_or_else(|| {
+                            fail(&path, format!("split {s:?} is not train, val or test"))
+                        })
+                    })
+                    .collect::<Result<_, _>>()?,
+            };
+            for ((((patient_id, study_id), volume_id), report_id), split) in
+                pa.into_iter().zip(st).zip(vo).zip(re).zip(splits)
+            {
+                pairs.push(Pair {
+                    patient_id,
+                    study_id,
+                    volume_id,
+                    report_id,
+                    split,
+                });
+            }
+        }
+    } else {
+        let (Ok(ing), Ok(rep)) = (ctx.input("ingest"), ctx.input("reports")) else {
+            return Err(StageError::msg(
+                "without a curate input, the shards stage pairs volumes with reports itself: \
+                 add the ingest and reports stages to its inputs (or a curate stage)",
+            ));
+        };
+        let path = rep.join("reports.parquet");
+        let mut report_of_key: BTreeMap<String, String> = BTreeMap::new();
+        for b in read_any(&path, "reports")? {
+            for (id, key) in strings_nn(&b, "report_id", &path)?
+                .into_iter()
+                .zip(strings_nn(&b, "report_key", &path)?)
+            {
+                report_of_key.entry(key).or_insert(id);
+            }
+        }
+        let path = ing.join("volumes.parquet");
+        let mut vols: BTreeMap<String, (String, String, Option<String>)> = BTreeMap::new();
+        for b in read_any(&path, "volumes")? {
+            let v = strings_nn(&b, "volume_id", &path)?;
+            let pa = strings_nn(&b, "patient_id", &path)?;
+            let st = strings_nn(&b, "study_id", &path)?;
+            let rk = strings(&b, "report_key", &path)?;
+            for (((v, pa), st), rk) in v.into_iter().zip(pa).zip(st).zip(rk) {
+                vols.insert(v, (pa, st, rk));
+            }
+        }
+        for volume_id in volume_file.keys() {
+            let Some((patient_id, study_id, key)) = vols.get(volume_id) else {
+                *counts.entry("volumes_not_in_ingest").or_default() += 1;
+                continue;
+            };
+            let Some(report_id) = key.as_ref().and_then(|k| report_of_key.get(k)) else {
+                *counts.entry("volumes_without_report").or_default() += 1;
+                continue;
+            };
+            pairs.push(Pair {
+                patient_id: patient_id.clone(),
+                study_id: study_id.clone(),
+                volume_id: volume_id.clone(),
+                report_id: report_id.clone(),
+                split: None,
+            });
+        }
+    }
+    Ok(pairs)
+}
+
+/// The token sequences of every report, by report_id.
+fn read_tokens(path: &Path) -> Result<BTreeMap<String, Tok>, StageError> {
+    let mut tokens: BTreeMap<String, Tok> = BTreeMap::new();
+    for b in read_any(path, "tokens")? {
+        let ids = int_lists(&b, "input_ids", path)?;
+        let mask = int_lists(&b, "attention_mask", path)?;
+        let clause = int_lists(&b, "clause_index", path)?;
+        let ws = int_lists(&b, "word_start", path)?;
+        for ((((r, ids), mask), clause), ws) in strings_nn(&b, "report_id", path)?
+            .into_iter()
+            .zip(ids)
+            .zip(mask)
+            .zip(clause)
+            .zip(ws)
+        {
+            tokens.insert(
+                r,
+                Tok {
+                    ids: to_i32(ids),
+                    mask: to_i8(mask),
+                    clause: to_i32(clause),
+                    ws: to_i8(ws),
+                },
+            );
+        }
+    }
+    Ok(tokens)
+}
+
+/// The 18 labels of every report from the long-form labels table (null and uncertain -> -1).
+fn read_labels(path: &Path) -> Result<BTreeMap<String, Vec<i8>>, StageError> {
+    let mut labels: BTreeMap<String, Vec<i8>> = BTreeMap::new();
+    for b in read_any(path, "labels")? {
+        let r = strings_nn(&b, "report_id", path)?;
+        let l = strings_nn(&b, "label", path)?;
+        let v = ints(&b, "value", path)?;
+        for ((r, l), v) in r.into_iter().zip(l).zip(v) {
+            let Some(k) = CT_RATE_LABELS.iter().position(|x| *x == l) else {
+                continue;
+            };
+            let vec = labels
+                .entry(r)
+                .or_insert_with(|| vec![-1; CT_RATE_LABELS.len()]);
+            vec[k] = match v {
+                Some(1) => 1,
+                Some(0) => 0,
+                _ => -1,
+            };
+        }
+    }
+    Ok(labels)
+}
+
+/// One record per pair whose volume and tokens exist (labels and signature defaulted when
+/// missing); every gap is counted in `counts`.
+fn sample_records(
+    pairs: Vec<Pair>,
+    volume_file: &BTreeMap<String, PathBuf>,
+    tokens: &BTreeMap<String, Tok>,
+    labels: &BTreeMap<String, Vec<i8>>,
+    signatures: Option<&BTreeMap<String, Vec<i8>>>,
+    counts: &mut BTreeMap<&'static str, usize>,
+) -> Vec<SampleRecord> {
+    let sig_len = signatures.and_then(|s| s.values().next().map(|v| v.len()));
+    let mut records = Vec::with_capacity(pairs.len());
+    for pr in pairs {
+        let Some(file) = volume_file.get(&pr.volume_id) else {
+            *counts.entry("volumes_not_preprocessed").or_default() += 1;
+            continue;
+        };
+        let Some(t) = tokens.get(&pr.report_id) else {
+            *counts.entry("reports_without_tokens").or_default() += 1;
+            continue;
+        };
+        let lab = match labels.get(&pr.report_id) {
+            Some(l) => l.clone(),
+            None => {
+                *counts.entry("reports_without_labels").or_default() += 1;
+                vec![-1; CT_RATE_LABELS.len()]
+            }
+        };
+        let signature = match signatures {
+            None => None,
+            Some(s) => Some(match s.get(&pr.report_id) {
+                Some(v) => v.clone(),
+                None => {
+                    *counts.entry("reports_without_signature").or_default() += 1;
+                    vec![0; sig_len.unwrap_or(0)]
+                }
+            }),
+        };
+        records.push(SampleRecord {
+            patient_id: pr.patient_id,
+            study_id: pr.study_id,
+            volume_id: pr.volume_id,
+            report_id: pr.report_id,
+            volume: VolumeSource::Nifti(file.clone()),
+            input_ids: t.ids.clone(),
+            attention_mask: t.mask.clone(),
+            clause_index: t.clause.clone(),
+            word_start: t.ws.clone(),
+            labels: lab,
+            signature,
+            split: pr.split,
+        });
+    }
+    records
+}
+
+/// Signatures and neighbours in rank order.
+type GraphInputs = (
+    Option<BTreeMap<String, Vec<i8>>>,
+    Option<BTreeMap<String, Vec<String>>>,
+);
+
+/// The graph's signatures and each report's neighbours in rank order (both `None` without a
+/// graph input).
+fn read_graph(ctx: &StageContext) -> Result<GraphInputs, StageError> {
+    let mut signatures: Option<BTreeMap<String, Vec<i8>>> = None;
+    let mut neighbors: Option<BTreeMap<String, Vec<String>>> = None;
+    if let Ok(g) = ctx.input("graph") {
+        let path = g.join("signatures.parquet");
+        let mut s = BTreeMap::new();
+        for b in read_any(&path, "signatures")? {
+            for (r, sig) in strings_nn(&b, "report_id", &path)?
+                .into_iter()
+                .zip(int_lists(&b, "signature", &path)?)
+            {
+                s.insert(r, to_i8(sig));
+            }
+        }
+        signatures = Some(s);
+        let path = g.join("neighbors.parquet");
+        let mut ranked: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
+        for b in read_any(&path, "neighbors")? {
+            let r = strings_nn(&b, "report_id", &path)?;
+            let n = strings_nn(&b, "neighbor_report_id", &path)?;
+            let k = ints(&b, "rank", &path)?;
+            for ((r, n), k) in r.into_iter().zip(n).zip(k) {
+                ranked
+                    .entry(r)
+                    .or_default()
+                    .push((k.unwrap_or(i64::MAX), n));
+            }
+        }
+        neighbors = Some(
+            ranked
+                .into_iter()
+                .map(|(r, mut v)| {
+                    v.sort();
+                    (r, v.into_iter().map(|x| x.1).collect())
+                })
+                .collect(),
+        );
+    }
+    Ok((signatures, neighbors))
+}
+
 impl Stage for ShardsStage {
     fn kind(&self) -> &'static str {
         "shards"
@@ -215,233 +479,26 @@ impl Stage for ShardsStage {
         let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
 
         // Preprocessed volumes.
-        let pre = ctx.input("preprocess")?;
-        let path = pre.join("preprocessed.parquet");
-        let mut volume_file: BTreeMap<String, PathBuf> = BTreeMap::new();
-        for b in read_any(&path, "preprocessed")? {
-            for (v, f) in strings_nn(&b, "volume_id", &path)?
-                .into_iter()
-                .zip(strings_nn(&b, "file", &path)?)
-            {
-                volume_file.insert(v, pre.join(f));
-            }
-        }
+        let volume_file = read_volume_files(ctx.input("preprocess")?)?;
 
         // Pairs: from curate, else volumes.report_key = reports.report_key.
-        let mut pairs: Vec<Pair> = Vec::new();
-        if let Ok(cur) = ctx.input("curate") {
-            let path = cur.join("corpus.parquet");
-            for b in read_any(&path, "corpus")? {
-                let cols = [
-                    strings_nn(&b, "patient_id", &path)?,
-                    strings_nn(&b, "study_id", &path)?,
-                    strings_nn(&b, "volume_id", &path)?,
-                    strings_nn(&b, "report_id", &path)?,
-                ];
-                let [pa, st, vo, re] = cols;
-                let splits: Vec<Option<usize>> = match b.column_by_name("split") {
-                    None => vec![None; b.num_rows()],
-                    Some(_) => strings_nn(&b, "split", &path)?
-                        .into_iter()
-                        .map(|s| {
-                            split_number(&s).map(Some).ok_or_else(|| {
-                                fail(&path, format!("split {s:?} is not train, val or test"))
-                            })
-                        })
-                        .collect::<Result<_, _>>()?,
-                };
-                for ((((patient_id, study_id), volume_id), report_id), split) in
-                    pa.into_iter().zip(st).zip(vo).zip(re).zip(splits)
-                {
-                    pairs.push(Pair {
-                        patient_id,
-                        study_id,
-                        volume_id,
-                        report_id,
-                        split,
-                    });
-                }
-            }
-        } else {
-            let (Ok(ing), Ok(rep)) = (ctx.input("ingest"), ctx.input("reports")) else {
-                return Err(StageError::msg(
-                    "without a curate input, the shards stage pairs volumes with reports itself: \
-                     add the ingest and reports stages to its inputs (or a curate stage)",
-                ));
-            };
-            let path = rep.join("reports.parquet");
-            let mut report_of_key: BTreeMap<String, String> = BTreeMap::new();
-            for b in read_any(&path, "reports")? {
-                for (id, key) in strings_nn(&b, "report_id", &path)?
-                    .into_iter()
-                    .zip(strings_nn(&b, "report_key", &path)?)
-                {
-                    report_of_key.entry(key).or_insert(id);
-                }
-            }
-            let path = ing.join("volumes.parquet");
-            let mut vols: BTreeMap<String, (String, String, Option<String>)> = BTreeMap::new();
-            for b in read_any(&path, "volumes")? {
-                let v = strings_nn(&b, "volume_id", &path)?;
-                let pa = strings_nn(&b, "patient_id", &path)?;
-                let st = strings_nn(&b, "study_id", &path)?;
-                let rk = strings(&b, "report_key", &path)?;
-                for (((v, pa), st), rk) in v.into_iter().zip(pa).zip(st).zip(rk) {
-                    vols.insert(v, (pa, st, rk));
-                }
-            }
-            for volume_id in volume_file.keys() {
-                let Some((patient_id, study_id, key)) = vols.get(volume_id) else {
-                    *counts.entry("volumes_not_in_ingest").or_default() += 1;
-                    continue;
-                };
-                let Some(report_id) = key.as_ref().and_then(|k| report_of_key.get(k)) else {
-                    *counts.entry("volumes_without_report").or_default() += 1;
-                    continue;
-                };
-                pairs.push(Pair {
-                    patient_id: patient_id.clone(),
-                    study_id: study_id.clone(),
-                    volume_id: volume_id.clone(),
-                    report_id: report_id.clone(),
-                    split: None,
-                });
-            }
-        }
+        let pairs = read_pairs(ctx, &volume_file, &mut counts)?;
 
-        // Tokens.
-        let path = ctx.input("tokens")?.join("tokens.parquet");
-        let mut tokens: BTreeMap<String, Tok> = BTreeMap::new();
-        for b in read_any(&path, "tokens")? {
-            let ids = int_lists(&b, "input_ids", &path)?;
-            let mask = int_lists(&b, "attention_mask", &path)?;
-            let clause = int_lists(&b, "clause_index", &path)?;
-            let ws = int_lists(&b, "word_start", &path)?;
-            for ((((r, ids), mask), clause), ws) in strings_nn(&b, "report_id", &path)?
-                .into_iter()
-                .zip(ids)
-                .zip(mask)
-                .zip(clause)
-                .zip(ws)
-            {
-                tokens.insert(
-                    r,
-                    Tok {
-                        ids: to_i32(ids),
-                        mask: to_i8(mask),
-                        clause: to_i32(clause),
-                        ws: to_i8(ws),
-                    },
-                );
-            }
-        }
+        let tokens = read_tokens(&ctx.input("tokens")?.join("tokens.parquet"))?;
 
-        // Labels (long form): null and uncertain -> -1.
-        let path = ctx.input("entities")?.join("labels.parquet");
-        let mut labels: BTreeMap<String, Vec<i8>> = BTreeMap::new();
-        for b in read_any(&path, "labels")? {
-            let r = strings_nn(&b, "report_id", &path)?;
-            let l = strings_nn(&b, "label", &path)?;
-            let v = ints(&b, "value", &path)?;
-            for ((r, l), v) in r.into_iter().zip(l).zip(v) {
-                let Some(k) = CT_RATE_LABELS.iter().position(|x| *x == l) else {
-                    continue;
-                };
-                let vec = labels
-                    .entry(r)
-                    .or_insert_with(|| vec![-1; CT_RATE_LABELS.len()]);
-                vec[k] = match v {
-                    Some(1) => 1,
-                    Some(0) => 0,
-                    _ => -1,
-                };
-            }
-        }
+        let labels = read_labels(&ctx.input("entities")?.join("labels.parquet"))?;
 
         // Graph: signatures and ranked neighbours.
-        let mut signatures: Option<BTreeMap<String, Vec<i8>>> = None;
-        let mut neighbors: Option<BTreeMap<String, Vec<String>>> = None;
-        if let Ok(g) = ctx.input("graph") {
-            let path = g.join("signatures.parquet");
-            let mut s = BTreeMap::new();
-            for b in read_any(&path, "signatures")? {
-                for (r, sig) in strings_nn(&b, "report_id", &path)?
-                    .into_iter()
-                    .zip(int_lists(&b, "signature", &path)?)
-                {
-                    s.insert(r, to_i8(sig));
-                }
-            }
-            signatures = Some(s);
-            let path = g.join("neighbors.parquet");
-            let mut ranked: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
-            for b in read_any(&path, "neighbors")? {
-                let r = strings_nn(&b, "report_id", &path)?;
-                let n = strings_nn(&b, "neighbor_report_id", &path)?;
-                let k = ints(&b, "rank", &path)?;
-                for ((r, n), k) in r.into_iter().zip(n).zip(k) {
-                    ranked
-                        .entry(r)
-                        .or_default()
-                        .push((k.unwrap_or(i64::MAX), n));
-                }
-            }
-            neighbors = Some(
-                ranked
-                    .into_iter()
-                    .map(|(r, mut v)| {
-                        v.sort();
-                        (r, v.into_iter().map(|x| x.1).collect())
-                    })
-                    .collect(),
-            );
-        }
-        let sig_len = signatures
-            .as_ref()
-            .and_then(|s| s.values().next().map(|v| v.len()));
+        let (signatures, neighbors) = read_graph(ctx)?;
 
-        let mut records = Vec::with_capacity(pairs.len());
-        for pr in pairs {
-            let Some(file) = volume_file.get(&pr.volume_id) else {
-                *counts.entry("volumes_not_preprocessed").or_default() += 1;
-                continue;
-            };
-            let Some(t) = tokens.get(&pr.report_id) else {
-                *counts.entry("reports_without_tokens").or_default() += 1;
-                continue;
-            };
-            let lab = match labels.get(&pr.report_id) {
-                Some(l) => l.clone(),
-                None => {
-                    *counts.entry("reports_without_labels").or_default() += 1;
-                    vec![-1; CT_RATE_LABELS.len()]
-                }
-            };
-            let signature = match &signatures {
-                None => None,
-                Some(s) => Some(match s.get(&pr.report_id) {
-                    Some(v) => v.clone(),
-                    None => {
-                        *counts.entry("reports_without_signature").or_default() += 1;
-                        vec![0; sig_len.unwrap_or(0)]
-                    }
-                }),
-            };
-            records.push(SampleRecord {
-                patient_id: pr.patient_id,
-                study_id: pr.study_id,
-                volume_id: pr.volume_id,
-                report_id: pr.report_id,
-                volume: VolumeSource::Nifti(file.clone()),
-                input_ids: t.ids.clone(),
-                attention_mask: t.mask.clone(),
-                clause_index: t.clause.clone(),
-                word_start: t.ws.clone(),
-                labels: lab,
-                signature,
-                split: pr.split,
-            });
-        }
+        let records = sample_records(
+            pairs,
+            &volume_file,
+            &tokens,
+            &labels,
+            signatures.as_ref(),
+            &mut counts,
+        );
         if records.is_empty() {
             return Err(StageError::msg(format!(
                 "no volume-report pairs to shard ({counts:?}); check that volumes have reports \

@@ -252,49 +252,17 @@ fn check_records(records: &[SampleRecord]) -> Result<(usize, Option<usize>), Sha
     Ok((l, sig))
 }
 
-/// Writes the shards, `index.json` and `splits.parquet` into `out_dir`.
-///
-/// `neighbors` maps a report id to its graph neighbours' report ids, best first (the graph
-/// stage's `neighbors.parquet`); `None` means no graph (the neighbour sampler is then
-/// unavailable). `cancelled` is polled between shards; `progress` gets the samples written so far.
-pub fn write_shards(
-    records: Vec<SampleRecord>,
-    neighbors: Option<&BTreeMap<String, Vec<String>>>,
-    cfg: &WriterConfig,
-    out_dir: &Path,
-    cancelled: &dyn Fn() -> bool,
-    progress: &dyn Fn(usize),
-) -> Result<(IndexFile, WriteSummary), ShardError> {
-    let ratios = normalise_ratios(&cfg.ratios)?;
-    if !cfg.window.iter().all(|w| w.is_finite()) || cfg.window[1] <= cfg.window[0] {
-        return Err(ShardError::Config(format!(
-            "window {:?} must be [low, high] with low < high (HU)",
-            cfg.window
-        )));
-    }
-    if !matches!(cfg.dtype, Dtype::F16 | Dtype::BF16 | Dtype::F32) {
-        return Err(ShardError::Config(format!(
-            "volume dtype {:?} must be F16, BF16 or F32",
-            cfg.dtype
-        )));
-    }
-    let (l, sig_len) = check_records(&records)?;
-    let shape = match (cfg.shape_ras, records.first()) {
-        (Some(s), _) => s,
-        (None, Some(r)) => load_volume(&r.volume)?.dims,
-        (None, None) => [0, 0, 0],
-    };
-    if !records.is_empty() && shape.contains(&0) {
-        return Err(ShardError::Config(format!(
-            "volume shape {shape:?} has a zero axis; give shape = [R, A, S] voxels"
-        )));
-    }
-
-    // Fields, in the order the index lists them.
+/// The fields of every sample, in the order the index lists them.
+fn field_specs(
+    dtype: Dtype,
+    shape: [usize; 3],
+    l: usize,
+    sig_len: Option<usize>,
+) -> Vec<FieldSpec> {
     let mut fields = vec![
         FieldSpec {
             name: "volume".into(),
-            dtype: cfg.dtype,
+            dtype,
             shape: vec![1, shape[2], shape[1], shape[0]],
         },
         FieldSpec {
@@ -335,10 +303,22 @@ pub fn write_shards(
         dtype: Dtype::I64,
         shape: vec![],
     });
-    let sample_bytes: usize = fields.iter().map(|f| f.row_bytes()).sum();
-    let per_shard = ((cfg.shard_bytes / sample_bytes.max(1) as u64) as usize).max(1);
+    fields
+}
 
-    // Split by patient (given or hashed), then order each split.
+/// Records split by patient (the given split, else hashed from the seed), each split in a
+/// stable order; with each patient's split and sample count, and where the splits came from.
+type Splits = (
+    [Vec<SampleRecord>; 3],
+    BTreeMap<String, (usize, usize)>,
+    &'static str,
+);
+
+fn split_records(
+    records: Vec<SampleRecord>,
+    seed: u64,
+    ratios: &[f64; 3],
+) -> Result<Splits, ShardError> {
     let mut by_split: [Vec<SampleRecord>; 3] = Default::default();
     let mut patients: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     let given = records.iter().filter(|r| r.split.is_some()).count();
@@ -356,7 +336,7 @@ pub fn write_shards(
                     format!("split number {s}, expected 0 (train), 1 (val) or 2 (test)"),
                 ));
             }
-            None => split_of(cfg.seed, &r.patient_id, &ratios),
+            None => split_of(seed, &r.patient_id, ratios),
         };
         let e = patients.entry(r.patient_id.clone()).or_insert((s, 0));
         if e.0 != s {
@@ -382,6 +362,217 @@ pub fn write_shards(
             ))
         });
     }
+    Ok((by_split, patients, split_source))
+}
+
+/// Each sample's graph neighbours within its split, other patients only, at most
+/// `max_neighbors`; returns how many samples have any.
+fn link_neighbors(
+    splits: &mut BTreeMap<String, SplitIndex>,
+    nb: &BTreeMap<String, Vec<String>>,
+    max_neighbors: usize,
+) -> usize {
+    let mut with_neighbors = 0;
+
+    for split in splits.values_mut() {
+        let mut by_report: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+        for (i, s) in split.samples.iter().enumerate() {
+            by_report.entry(&s.report_id).or_default().push(i as u32);
+        }
+        let lists: Vec<Vec<u32>> = split
+            .samples
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let mut out: Vec<u32> = Vec::new();
+                for r in nb.get(&s.report_id).map(|v| v.as_slice()).unwrap_or(&[]) {
+                    for &t in by_report
+                        .get(r.as_str())
+                        .map(|v| v.as_slice())
+                        .unwrap_or(&[])
+                    {
+                        if out.len() < max_neighbors
+                            && t as usize != i
+                            && split.samples[t as usize].patient_id != s.patient_id
+                            && !out.contains(&t)
+                        {
+                            out.push(t);
+                        }
+                    }
+                }
+                out
+            })
+            .collect();
+        for (s, l) in split.samples.iter_mut().zip(lists) {
+            with_neighbors += (!l.is_empty()) as usize;
+            s.neighbors = l;
+        }
+    }
+    with_neighbors
+}
+
+/// What every shard of a run shares.
+struct ShardLayout<'a> {
+    fields: &'a [FieldSpec],
+    shape: [usize; 3],
+    per_shard: usize,
+    cfg: &'a WriterConfig,
+    out_dir: &'a Path,
+}
+
+/// Writes shard `shard_no` of split `name` from `chunk`, adds its samples to `split` and its
+/// counts to `summary`.
+fn write_shard(
+    layout: &ShardLayout,
+    name: &str,
+    shard_no: usize,
+    chunk: &[SampleRecord],
+    split: &mut SplitIndex,
+    summary: &mut WriteSummary,
+) -> Result<(), ShardError> {
+    let ShardLayout {
+        fields,
+        shape,
+        per_shard,
+        cfg,
+        out_dir,
+    } = *layout;
+    let vol_row = fields[0].row_bytes();
+    // Token sequence length (capacity hint).
+    let l = chunk.first().map_or(0, |r| r.input_ids.len());
+    let n = chunk.len();
+    let mut volume = vec![0u8; n * vol_row];
+    let resized: Vec<bool> = volume
+        .par_chunks_mut(vol_row)
+        .zip(chunk.par_iter())
+        .map(|(out, r)| {
+            let v = load_volume(&r.volume)?;
+            Ok(encode_volume(&v, shape, cfg.window, cfg.dtype, out))
+        })
+        .collect::<Result<_, ShardError>>()?;
+    summary.resized += resized.iter().filter(|&&x| x).count();
+    let (mut ids, mut mask, mut clause, mut ws, mut labels, mut sig, mut idx) = (
+        Vec::with_capacity(n * l * 4),
+        Vec::with_capacity(n * l),
+        Vec::with_capacity(n * l * 4),
+        Vec::with_capacity(n * l),
+        Vec::with_capacity(n * 18),
+        Vec::new(),
+        Vec::with_capacity(n * 8),
+    );
+    for (row, r) in chunk.iter().enumerate() {
+        le_bytes_i32(&r.input_ids, &mut ids);
+        le_bytes_i8(&r.attention_mask, &mut mask);
+        le_bytes_i32(&r.clause_index, &mut clause);
+        le_bytes_i8(&r.word_start, &mut ws);
+        le_bytes_i8(&r.labels, &mut labels);
+        if let Some(s) = &r.signature {
+            le_bytes_i8(s, &mut sig);
+        }
+        let sample = shard_no * per_shard + row;
+        idx.extend_from_slice(&(sample as i64).to_le_bytes());
+        split.samples.push(SampleEntry {
+            shard: shard_no,
+            row,
+            patient_id: r.patient_id.clone(),
+            study_id: r.study_id.clone(),
+            volume_id: r.volume_id.clone(),
+            report_id: r.report_id.clone(),
+            neighbors: Vec::new(),
+        });
+    }
+    let data: BTreeMap<&str, &[u8]> = [
+        ("volume", volume.as_slice()),
+        ("input_ids", &ids),
+        ("attention_mask", &mask),
+        ("clause_index", &clause),
+        ("word_start", &ws),
+        ("labels", &labels),
+        ("signature", &sig),
+        ("sample_index", &idx),
+    ]
+    .into_iter()
+    .collect();
+    let tensors: Vec<TensorData> = fields
+        .iter()
+        .map(|f| {
+            let mut s = vec![n];
+            s.extend_from_slice(&f.shape);
+            TensorData {
+                name: &f.name,
+                dtype: f.dtype,
+                shape: s,
+                data: data[f.name.as_str()],
+            }
+        })
+        .collect();
+    let meta: BTreeMap<String, String> = [
+        ("format", FORMAT.to_string()),
+        ("schema_version", SCHEMA_VERSION.to_string()),
+        ("split", name.to_string()),
+        ("shard", shard_no.to_string()),
+        ("first_sample", (shard_no * per_shard).to_string()),
+        ("samples", n.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let file = format!("shards/{name}-{shard_no:05}.safetensors");
+    let (bytes, sha256) = write_safetensors(&out_dir.join(&file), &tensors, &meta)?;
+    summary.shards += 1;
+    summary.bytes += bytes;
+    split.shards.push(ShardEntry {
+        file,
+        sha256,
+        samples: n,
+        bytes,
+    });
+    Ok(())
+}
+
+/// Writes the shards, `index.json` and `splits.parquet` into `out_dir`.
+///
+/// `neighbors` maps a report id to its graph neighbours' report ids, best first (the graph
+/// stage's `neighbors.parquet`); `None` means no graph (the neighbour sampler is then
+/// unavailable). `cancelled` is polled between shards; `progress` gets the samples written so far.
+pub fn write_shards(
+    records: Vec<SampleRecord>,
+    neighbors: Option<&BTreeMap<String, Vec<String>>>,
+    cfg: &WriterConfig,
+    out_dir: &Path,
+    cancelled: &dyn Fn() -> bool,
+    progress: &dyn Fn(usize),
+) -> Result<(IndexFile, WriteSummary), ShardError> {
+    let ratios = normalise_ratios(&cfg.ratios)?;
+    if !cfg.window.iter().all(|w| w.is_finite()) || cfg.window[1] <= cfg.window[0] {
+        return Err(ShardError::Config(format!(
+            "window {:?} must be [low, high] with low < high (HU)",
+            cfg.window
+        )));
+    }
+    if !matches!(cfg.dtype, Dtype::F16 | Dtype::BF16 | Dtype::F32) {
+        return Err(ShardError::Config(format!(
+            "volume dtype {:?} must be F16, BF16 or F32",
+            cfg.dtype
+        )));
+    }
+    let (l, sig_len) = check_records(&records)?;
+    let shape = match (cfg.shape_ras, records.first()) {
+        (Some(s), _) => s,
+        (None, Some(r)) => load_volume(&r.volume)?.dims,
+        (None, None) => [0, 0, 0],
+    };
+    if !records.is_empty() && shape.contains(&0) {
+        return Err(ShardError::Config(format!(
+            "volume shape {shape:?} has a zero axis; give shape = [R, A, S] voxels"
+        )));
+    }
+
+    let fields = field_specs(cfg.dtype, shape, l, sig_len);
+    let sample_bytes: usize = fields.iter().map(|f| f.row_bytes()).sum();
+    let per_shard = ((cfg.shard_bytes / sample_bytes.max(1) as u64) as usize).max(1);
+
+    let (by_split, patients, split_source) = split_records(records, cfg.seed, &ratios)?;
 
     let shard_dir = out_dir.join("shards");
     std::fs::create_dir_all(&shard_dir).map_err(|e| ShardError::Io {
@@ -390,7 +581,6 @@ pub fn write_shards(
     })?;
     let mut summary = WriteSummary::default();
     let mut splits = BTreeMap::new();
-    let vol_row = fields[0].row_bytes();
     let mut done = 0usize;
     for (si, recs) in by_split.iter().enumerate() {
         let name = SPLITS[si];
@@ -408,94 +598,15 @@ pub fn write_shards(
             if cancelled() {
                 return Err(ShardError::Cancelled);
             }
-            let n = chunk.len();
-            let mut volume = vec![0u8; n * vol_row];
-            let resized: Vec<bool> = volume
-                .par_chunks_mut(vol_row)
-                .zip(chunk.par_iter())
-                .map(|(out, r)| {
-                    let v = load_volume(&r.volume)?;
-                    Ok(encode_volume(&v, shape, cfg.window, cfg.dtype, out))
-                })
-                .collect::<Result<_, ShardError>>()?;
-            summary.resized += resized.iter().filter(|&&x| x).count();
-            let (mut ids, mut mask, mut clause, mut ws, mut labels, mut sig, mut idx) = (
-                Vec::with_capacity(n * l * 4),
-                Vec::with_capacity(n * l),
-                Vec::with_capacity(n * l * 4),
-                Vec::with_capacity(n * l),
-                Vec::with_capacity(n * 18),
-                Vec::new(),
-                Vec::with_capacity(n * 8),
-            );
-            for (row, r) in chunk.iter().enumerate() {
-                le_bytes_i32(&r.input_ids, &mut ids);
-                le_bytes_i8(&r.attention_mask, &mut mask);
-                le_bytes_i32(&r.clause_index, &mut clause);
-                le_bytes_i8(&r.word_start, &mut ws);
-                le_bytes_i8(&r.labels, &mut labels);
-                if let Some(s) = &r.signature {
-                    le_bytes_i8(s, &mut sig);
-                }
-                let sample = shard_no * per_shard + row;
-                idx.extend_from_slice(&(sample as i64).to_le_bytes());
-                split.samples.push(SampleEntry {
-                    shard: shard_no,
-                    row,
-                    patient_id: r.patient_id.clone(),
-                    study_id: r.study_id.clone(),
-                    volume_id: r.volume_id.clone(),
-                    report_id: r.report_id.clone(),
-                    neighbors: Vec::new(),
-                });
-            }
-            let data: BTreeMap<&str, &[u8]> = [
-                ("volume", volume.as_slice()),
-                ("input_ids", &ids),
-                ("attention_mask", &mask),
-                ("clause_index", &clause),
-                ("word_start", &ws),
-                ("labels", &labels),
-                ("signature", &sig),
-                ("sample_index", &idx),
-            ]
-            .into_iter()
-            .collect();
-            let tensors: Vec<TensorData> = fields
-                .iter()
-                .map(|f| {
-                    let mut s = vec![n];
-                    s.extend_from_slice(&f.shape);
-                    TensorData {
-                        name: &f.name,
-                        dtype: f.dtype,
-                        shape: s,
-                        data: data[f.name.as_str()],
-                    }
-                })
-                .collect();
-            let meta: BTreeMap<String, String> = [
-                ("format", FORMAT.to_string()),
-                ("schema_version", SCHEMA_VERSION.to_string()),
-                ("split", name.to_string()),
-                ("shard", shard_no.to_string()),
-                ("first_sample", (shard_no * per_shard).to_string()),
-                ("samples", n.to_string()),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
-            let file = format!("shards/{name}-{shard_no:05}.safetensors");
-            let (bytes, sha256) = write_safetensors(&out_dir.join(&file), &tensors, &meta)?;
-            summary.shards += 1;
-            summary.bytes += bytes;
-            split.shards.push(ShardEntry {
-                file,
-                sha256,
-                samples: n,
-                bytes,
-            });
-            done += n;
+            let layout = ShardLayout {
+                fields: &fields,
+                shape,
+                per_shard,
+                cfg,
+                out_dir,
+            };
+            write_shard(&layout, name, shard_no, chunk, &mut split, &mut summary)?;
+            done += chunk.len();
             progress(done);
         }
         splits.insert(name.to_string(), split);
@@ -503,40 +614,7 @@ pub fn write_shards(
 
     // Graph neighbours within each split, other patients only.
     if let Some(nb) = neighbors {
-        for split in splits.values_mut() {
-            let mut by_report: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
-            for (i, s) in split.samples.iter().enumerate() {
-                by_report.entry(&s.report_id).or_default().push(i as u32);
-            }
-            let lists: Vec<Vec<u32>> = split
-                .samples
-                .iter()
-                .enumerate()
-                .map(|(i, s)| {
-                    let mut out: Vec<u32> = Vec::new();
-                    for r in nb.get(&s.report_id).map(|v| v.as_slice()).unwrap_or(&[]) {
-                        for &t in by_report
-                            .get(r.as_str())
-                            .map(|v| v.as_slice())
-                            .unwrap_or(&[])
-                        {
-                            if out.len() < cfg.max_neighbors
-                                && t as usize != i
-                                && split.samples[t as usize].patient_id != s.patient_id
-                                && !out.contains(&t)
-                            {
-                                out.push(t);
-                            }
-                        }
-                    }
-                    out
-                })
-                .collect();
-            for (s, l) in split.samples.iter_mut().zip(lists) {
-                summary.with_neighbors += (!l.is_empty()) as usize;
-                s.neighbors = l;
-            }
-        }
+        summary.with_neighbors = link_neighbors(&mut splits, nb, cfg.max_neighbors);
     }
 
     let index = IndexFile {
