@@ -22,7 +22,7 @@ use mg3d_core::phi::Phi;
 use crate::walk::{Found, Walker};
 use mg3d_dicom::header::{SliceHeader, checked_header, parse_header};
 use mg3d_dicom::series::{SeriesGroup, SpacingRules, assemble, group_series};
-use mg3d_volume::nifti_io::{NiftiReader, ReadOptions, write_nifti_i16};
+use mg3d_volume::nifti_io::{NiftiInfo, NiftiReader, ReadOptions, write_nifti_i16};
 use mg3d_volume::{Reject, Volume};
 
 mod items;

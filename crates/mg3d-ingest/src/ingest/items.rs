@@ -246,92 +246,11 @@ impl Ctx<'_> {
                 .and_then(|v| v.trim().parse::<f64>().ok())
         };
         let (slope, intercept) = (num("RescaleSlope"), num("RescaleIntercept"));
-        let (hu_applied, evidence, used) = if info.scaled {
-            let note = if slope.is_some() {
-                "; the metadata rescale is not applied again"
-            } else {
-                ""
-            };
-            (
-                "nifti_scl",
-                format!(
-                    "header scl_slope {} / scl_inter {} applied by the reader{note}",
-                    info.scl_slope, info.scl_inter
-                ),
-                Some((info.scl_slope, info.scl_inter)),
-            )
-        } else if let (Some(s), Some(i)) = (slope, intercept) {
-            let st = vol.stats();
-            if st.min < -200.0 && i < 0.0 {
-                (
-                    "already_hu",
-                    format!(
-                        "min {} < -200 while metadata intercept is {i}: values are already HU; metadata slope/intercept not applied",
-                        st.min
-                    ),
-                    None,
-                )
-            } else {
-                vol.data
-                    .par_iter_mut()
-                    .for_each(|x| *x = (*x as f64 * s + i) as f32);
-                (
-                    "ctrate_metadata",
-                    format!(
-                        "min {} >= -200: stored values; metadata RescaleSlope {s} / RescaleIntercept {i} applied",
-                        st.min
-                    ),
-                    Some((s, i)),
-                )
-            }
-        } else {
-            (
-                "none",
-                "no scl in the header and no metadata rescale: values used as stored".to_string(),
-                None,
-            )
-        };
+        let (hu_applied, evidence, used) = apply_hu(&mut vol, &info, slope, intercept);
         // Metadata spacing (CT-RATE): trust it over a header that disagrees, as the v2 repair does.
         if let Some(m) = meta {
-            let xy = m
-                .get("XYSpacing")
-                .map(|s| parse_list(s))
-                .unwrap_or_default();
-            let z = m.get("ZSpacing").and_then(|s| s.trim().parse::<f64>().ok());
-            if let (2, Some(z)) = (xy.len(), z) {
-                let want = [xy[0], xy[1], z];
-                let have = vol.spacing();
-                let usable = |s: &[f64; 3]| {
-                    s.iter().all(|v| {
-                        (mg3d_volume::MIN_SPACING_MM..=mg3d_volume::MAX_SPACING_MM).contains(v)
-                    })
-                };
-                if !usable(&want) {
-                    return file_reject(Reject::new(
-                        "geometry_invalid",
-                        format!(
-                            "metadata XYSpacing/ZSpacing {want:?} is not a plausible spacing in mm"
-                        ),
-                    ));
-                }
-                if !usable(&have) {
-                    return file_reject(Reject::new(
-                        "geometry_invalid",
-                        format!(
-                            "header spacing {have:?} cannot be rescaled to the metadata's {want:?}"
-                        ),
-                    ));
-                }
-                if (0..3).any(|a| (want[a] - have[a]).abs() > 0.01 * want[a]) {
-                    warnings.push(format!(
-                        "header spacing {have:?} differs from metadata {want:?}; metadata used"
-                    ));
-                    for c in 0..3 {
-                        for r in 0..3 {
-                            vol.affine[r][c] *= want[c] / have[c];
-                        }
-                    }
-                }
+            if let Err(r) = apply_metadata_spacing(&mut vol, m, &mut warnings) {
+                return file_reject(r);
             }
         } else if label.starts_with("nifti") && !self.metadata.is_empty() {
             warnings.push("no metadata row for this file".into());
@@ -376,4 +295,105 @@ impl Ctx<'_> {
         };
         self.finish_row(dir, &vol, row)
     }
+}
+
+/// HU of a NIfTI volume, decided once: the header's scl (applied by the reader), else the
+/// CT-RATE metadata rescale unless the values are already HU, else the stored values. Returns
+/// (`hu_applied`, its evidence, the slope and intercept used).
+fn apply_hu(
+    vol: &mut Volume,
+    info: &NiftiInfo,
+    slope: Option<f64>,
+    intercept: Option<f64>,
+) -> (&'static str, String, Option<(f64, f64)>) {
+    if info.scaled {
+        let note = if slope.is_some() {
+            "; the metadata rescale is not applied again"
+        } else {
+            ""
+        };
+        (
+            "nifti_scl",
+            format!(
+                "header scl_slope {} / scl_inter {} applied by the reader{note}",
+                info.scl_slope, info.scl_inter
+            ),
+            Some((info.scl_slope, info.scl_inter)),
+        )
+    } else if let (Some(s), Some(i)) = (slope, intercept) {
+        let st = vol.stats();
+        if st.min < -200.0 && i < 0.0 {
+            (
+                "already_hu",
+                format!(
+                    "min {} < -200 while metadata intercept is {i}: values are already HU; metadata slope/intercept not applied",
+                    st.min
+                ),
+                None,
+            )
+        } else {
+            vol.data
+                .par_iter_mut()
+                .for_each(|x| *x = (*x as f64 * s + i) as f32);
+            (
+                "ctrate_metadata",
+                format!(
+                    "min {} >= -200: stored values; metadata RescaleSlope {s} / RescaleIntercept {i} applied",
+                    st.min
+                ),
+                Some((s, i)),
+            )
+        }
+    } else {
+        (
+            "none",
+            "no scl in the header and no metadata rescale: values used as stored".to_string(),
+            None,
+        )
+    }
+}
+
+/// The CT-RATE metadata spacing (XYSpacing, ZSpacing), trusted over a header that disagrees, as
+/// the v2 repair does: the affine's axes are rescaled to it, with a warning.
+fn apply_metadata_spacing(
+    vol: &mut Volume,
+    m: &BTreeMap<String, String>,
+    warnings: &mut Vec<String>,
+) -> Result<(), Reject> {
+    let xy = m
+        .get("XYSpacing")
+        .map(|s| parse_list(s))
+        .unwrap_or_default();
+    let z = m.get("ZSpacing").and_then(|s| s.trim().parse::<f64>().ok());
+    if let (2, Some(z)) = (xy.len(), z) {
+        let want = [xy[0], xy[1], z];
+        let have = vol.spacing();
+        let usable = |s: &[f64; 3]| {
+            s.iter()
+                .all(|v| (mg3d_volume::MIN_SPACING_MM..=mg3d_volume::MAX_SPACING_MM).contains(v))
+        };
+        if !usable(&want) {
+            return Err(Reject::new(
+                "geometry_invalid",
+                format!("metadata XYSpacing/ZSpacing {want:?} is not a plausible spacing in mm"),
+            ));
+        }
+        if !usable(&have) {
+            return Err(Reject::new(
+                "geometry_invalid",
+                format!("header spacing {have:?} cannot be rescaled to the metadata's {want:?}"),
+            ));
+        }
+        if (0..3).any(|a| (want[a] - have[a]).abs() > 0.01 * want[a]) {
+            warnings.push(format!(
+                "header spacing {have:?} differs from metadata {want:?}; metadata used"
+            ));
+            for c in 0..3 {
+                for r in 0..3 {
+                    vol.affine[r][c] *= want[c] / have[c];
+                }
+            }
+        }
+    }
+    Ok(())
 }

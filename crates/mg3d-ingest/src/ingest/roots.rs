@@ -70,8 +70,71 @@ impl Ctx<'_> {
         out: &mut Collected,
     ) -> Result<(), StageError> {
         let ctx = self.ctx;
+        let (ok, mut losses) = self.read_headers(root, label, &files, out);
+        let (groups, rejs) = group_series(ok);
+        for (f, r) in rejs {
+            out.push(
+                ItemResult::Reject(self.reject_at(root, label, &f, "file", 1, r)),
+                None,
+            );
+        }
+        for g in &groups {
+            *losses
+                .series_in
+                .entry(g.files[0].path.parent().unwrap_or(root).to_path_buf())
+                .or_default() += 1;
+        }
+        self.in_batches(&groups, "series", out, |g| {
+            let paths: Vec<&Path> = g.files.iter().map(|h| h.path.as_path()).collect();
+            // The report key the accession map gives this series is part of its result.
+            let series_uid = g.key.split('#').next().unwrap_or(&g.key);
+            let digest = format!(
+                "{}|{:?}",
+                file_digest(&paths, root)?,
+                self.accession.get(series_uid)
+            );
+            let key = ctx.items().key(&g.key, &digest);
+            let folder = rel(root, g.files[0].path.parent().unwrap_or(root));
+            let n = g.files.len() as i32;
+            let mut phi = Phi::new();
+            for h in &g.files {
+                phi.extend(&h.phi);
+                phi.add_path(Path::new(&rel(root, &h.path)));
+            }
+            let (mut res, dir) = self.stored_item(
+                &key,
+                &phi,
+                || self.reject(label, &folder, "series", n, &mg3d_volume::internal_error()),
+                |dir| self.dicom_item(root, label, g, dir),
+            )?;
+            let ItemResult::Volume(v) = &mut res else {
+                return Ok((res, dir));
+            };
+            match losses.of(g, root) {
+                Loss::Reject(r) => Ok((
+                    ItemResult::Reject(self.reject(label, &folder, "series", n, &r)),
+                    None,
+                )),
+                Loss::Warning(m) => {
+                    v.warnings.push(m);
+                    Ok((res, dir))
+                }
+                Loss::None => Ok((res, dir)),
+            }
+        })
+    }
+
+    /// Every file's header, in parallel: the readable CT headers (their identifiers added to
+    /// `out.phi`), every other file a reject in `out`, and what the rejects took from the series.
+    fn read_headers(
+        &self,
+        root: &Path,
+        label: &str,
+        files: &[PathBuf],
+        out: &mut Collected,
+    ) -> (Vec<SliceHeader>, Losses) {
         let p = self.p;
-        let pb = ctx.progress_bar(files.len() as u64, "DICOM headers");
+        let pb = self.ctx.progress_bar(files.len() as u64, "DICOM headers");
         let headers: Vec<Result<SliceHeader, Reject>> = files
             .par_iter()
             .map(|f| {
@@ -85,18 +148,18 @@ impl Ctx<'_> {
         // A series must not lose a slice silently to a file-level reject. Files whose header
         // parsed but that cannot be read (truncated, oversized) name their series and instance;
         // for the others only their folder is known.
-        let mut lost: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        let mut unreadable: BTreeMap<PathBuf, usize> = BTreeMap::new();
+        let mut losses = Losses::default();
         for (f, h) in files.iter().zip(headers) {
             let h = match h.map(|h| (h.series_uid.clone(), h.sop_uid.clone(), checked_header(h))) {
                 Ok((series, sop, Err(r))) => {
-                    lost.entry(series).or_default().insert(sop);
+                    losses.lost.entry(series).or_default().insert(sop);
                     Err(r)
                 }
                 Ok((.., Ok(h))) => Ok(h),
                 Err(r) => {
                     if !matches!(r.code, "not_dicom" | "empty_file") {
-                        *unreadable
+                        *losses
+                            .unreadable
                             .entry(f.parent().unwrap_or(root).to_path_buf())
                             .or_default() += 1;
                     }
@@ -125,78 +188,7 @@ impl Ctx<'_> {
                 ),
             }
         }
-        let (groups, rejs) = group_series(ok);
-        for (f, r) in rejs {
-            out.push(
-                ItemResult::Reject(self.reject_at(root, label, &f, "file", 1, r)),
-                None,
-            );
-        }
-        let mut series_in: BTreeMap<PathBuf, usize> = BTreeMap::new();
-        for g in &groups {
-            *series_in
-                .entry(g.files[0].path.parent().unwrap_or(root).to_path_buf())
-                .or_default() += 1;
-        }
-        self.in_batches(&groups, "series", out, |g| {
-            let paths: Vec<&Path> = g.files.iter().map(|h| h.path.as_path()).collect();
-            // The report key the accession map gives this series is part of its result.
-            let series_uid = g.key.split('#').next().unwrap_or(&g.key);
-            let digest = format!(
-                "{}|{:?}",
-                file_digest(&paths, root)?,
-                self.accession.get(series_uid)
-            );
-            let key = ctx.items().key(&g.key, &digest);
-            let folder = rel(root, g.files[0].path.parent().unwrap_or(root));
-            let n = g.files.len() as i32;
-            let mut phi = Phi::new();
-            for h in &g.files {
-                phi.extend(&h.phi);
-                phi.add_path(Path::new(&rel(root, &h.path)));
-            }
-            let (mut res, dir) = self.stored_item(
-                &key,
-                &phi,
-                || self.reject(label, &folder, "series", n, &mg3d_volume::internal_error()),
-                |dir| self.dicom_item(root, label, g, dir),
-            )?;
-            let parent = g.files[0].path.parent().unwrap_or(root);
-            let ItemResult::Volume(v) = &mut res else {
-                return Ok((res, dir));
-            };
-            // An unreadable copy of a slice the series has is no loss.
-            let missing = lost.get(series_uid).map_or(0, |sops| {
-                sops.iter()
-                    .filter(|s| !g.files.iter().any(|h| &h.sop_uid == *s))
-                    .count()
-            });
-            if missing > 0 {
-                let r = Reject::new(
-                    "series_incomplete",
-                    format!("{missing} slice file(s) of this series could not be read"),
-                );
-                return Ok((
-                    ItemResult::Reject(self.reject(label, &folder, "series", n, &r)),
-                    None,
-                ));
-            }
-            if let Some(&bad) = unreadable.get(parent) {
-                let m = format!(
-                    "{bad} DICOM file(s) in the series' folder could not be read: the series may be missing those slices"
-                );
-                if series_in.get(parent) == Some(&1) {
-                    // The folder's only series: the unreadable files are almost surely its own.
-                    let r = Reject::new("series_incomplete", m);
-                    return Ok((
-                        ItemResult::Reject(self.reject(label, &folder, "series", n, &r)),
-                        None,
-                    ));
-                }
-                v.warnings.push(m);
-            }
-            Ok((res, dir))
-        })
+        (ok, losses)
     }
 
     pub(crate) fn nifti_root(
@@ -267,5 +259,57 @@ impl Ctx<'_> {
         }
         pb.finish_and_clear();
         Ok(())
+    }
+}
+
+/// What file-level rejects took from the series of one root: a series must not lose a slice
+/// silently (`series_incomplete`).
+#[derive(Default)]
+pub(crate) struct Losses {
+    /// Series UID -> SOP instances of files whose header parsed but that were rejected
+    /// (truncated, oversized).
+    lost: BTreeMap<String, BTreeSet<String>>,
+    /// Folder -> DICOM files in it whose header could not be read at all.
+    unreadable: BTreeMap<PathBuf, usize>,
+    /// Folder -> series assembled from it.
+    series_in: BTreeMap<PathBuf, usize>,
+}
+
+/// What a series lost (see [`Losses::of`]).
+pub(crate) enum Loss {
+    None,
+    Reject(Reject),
+    Warning(String),
+}
+
+impl Losses {
+    /// A series that lost a slice of its own is rejected, and so is the only series of a folder
+    /// holding unreadable DICOM files; with other series there it gets a warning. An unreadable
+    /// copy of a slice the series has is no loss.
+    fn of(&self, g: &SeriesGroup, root: &Path) -> Loss {
+        let series_uid = g.key.split('#').next().unwrap_or(&g.key);
+        let missing = self.lost.get(series_uid).map_or(0, |sops| {
+            sops.iter()
+                .filter(|s| !g.files.iter().any(|h| &h.sop_uid == *s))
+                .count()
+        });
+        if missing > 0 {
+            return Loss::Reject(Reject::new(
+                "series_incomplete",
+                format!("{missing} slice file(s) of this series could not be read"),
+            ));
+        }
+        let parent = g.files[0].path.parent().unwrap_or(root);
+        let Some(&bad) = self.unreadable.get(parent) else {
+            return Loss::None;
+        };
+        let m = format!(
+            "{bad} DICOM file(s) in the series' folder could not be read: the series may be missing those slices"
+        );
+        if self.series_in.get(parent) == Some(&1) {
+            Loss::Reject(Reject::new("series_incomplete", m))
+        } else {
+            Loss::Warning(m)
+        }
     }
 }
