@@ -223,12 +223,12 @@ impl Plane<'_> {
     }
 }
 
-/// Assembles a series group into a volume (HU for CT), or rejects the whole series with a reason:
-/// `series_too_few_slices`, `series_duplicate_slice`, `series_missing_slice`,
-/// `series_nonuniform_spacing`, `series_gantry_tilt`, `dicom_no_geometry`, `dicom_truncated`,
-/// `dicom_decode_failed`, `dicom_multiframe_unsupported`. Enhanced multi-frame objects (one file,
-/// frames positioned by the per-frame functional groups) follow the same rules frame by frame.
-pub fn assemble(group: &SeriesGroup, rules: &SpacingRules) -> Result<(Volume, SeriesInfo), Reject> {
+/// Planes, ImageOrientationPatient, PixelSpacing.
+type PlanesOf<'a> = (Vec<Plane<'a>>, [f64; 6], [f64; 2]);
+
+/// The planes of a series (its files, or an enhanced object's frames) with their positions and
+/// rescale, and the orientation and pixel spacing they share.
+fn planes_of(group: &SeriesGroup) -> Result<PlanesOf<'_>, Reject> {
     let files = &group.files;
     let h0 = &files[0];
     let enhanced = files.len() == 1 && h0.frames > 1;
@@ -288,20 +288,18 @@ pub fn assemble(group: &SeriesGroup, rules: &SpacingRules) -> Result<(Volume, Se
             ),
         ));
     };
-    if planes.len() < 2 {
-        return Err(Reject::new(
-            "series_too_few_slices",
-            format!(
-                "series has {} image(s); a volume needs at least 2",
-                planes.len()
-            ),
-        ));
-    }
-    let (r, c) = ([iop[0], iop[1], iop[2]], [iop[3], iop[4], iop[5]]);
-    check_plane_geometry(r, c, ps, &planes.iter().map(|p| p.ipp).collect::<Vec<_>>())?;
-    let n = cross(r, c);
-    let nn = dot(n, n).sqrt();
-    let n = [n[0] / nn, n[1] / nn, n[2] / nn];
+    Ok((planes, iop, ps))
+}
+
+/// The planes in order along the normal `n` (position, index) and the slice spacing, after the
+/// checks on the stack: no duplicate position, no tilt, uniform gaps (a gap of a whole multiple of
+/// the median is a missing slice).
+fn stacking(
+    planes: &[Plane],
+    n: [f64; 3],
+    gantry_tilt: Option<f64>,
+    rules: &SpacingRules,
+) -> Result<(Vec<(f64, usize)>, f64), Reject> {
     let mut order: Vec<(f64, usize)> = planes
         .iter()
         .enumerate()
@@ -331,7 +329,7 @@ pub fn assemble(group: &SeriesGroup, rules: &SpacingRules) -> Result<(Volume, Se
         .clamp(-1.0, 1.0)
         .acos()
         .to_degrees();
-    let tag_tilt = h0.gantry_tilt.unwrap_or(0.0);
+    let tag_tilt = gantry_tilt.unwrap_or(0.0);
     if angle > rules.max_tilt_deg || tag_tilt.abs() > rules.max_tilt_deg {
         return Err(Reject::new(
             "series_gantry_tilt",
@@ -363,6 +361,34 @@ pub fn assemble(group: &SeriesGroup, rules: &SpacingRules) -> Result<(Volume, Se
         ));
     }
     let dz = (order[order.len() - 1].0 - order[0].0) / (order.len() - 1) as f64;
+    Ok((order, dz))
+}
+
+/// Assembles a series group into a volume (HU for CT), or rejects the whole series with a reason:
+/// `series_too_few_slices`, `series_duplicate_slice`, `series_missing_slice`,
+/// `series_nonuniform_spacing`, `series_gantry_tilt`, `dicom_no_geometry`, `dicom_truncated`,
+/// `dicom_decode_failed`, `dicom_multiframe_unsupported`. Enhanced multi-frame objects (one file,
+/// frames positioned by the per-frame functional groups) follow the same rules frame by frame.
+pub fn assemble(group: &SeriesGroup, rules: &SpacingRules) -> Result<(Volume, SeriesInfo), Reject> {
+    let files = &group.files;
+    let h0 = &files[0];
+    let enhanced = files.len() == 1 && h0.frames > 1;
+    let (planes, iop, ps) = planes_of(group)?;
+    if planes.len() < 2 {
+        return Err(Reject::new(
+            "series_too_few_slices",
+            format!(
+                "series has {} image(s); a volume needs at least 2",
+                planes.len()
+            ),
+        ));
+    }
+    let (r, c) = ([iop[0], iop[1], iop[2]], [iop[3], iop[4], iop[5]]);
+    check_plane_geometry(r, c, ps, &planes.iter().map(|p| p.ipp).collect::<Vec<_>>())?;
+    let n = cross(r, c);
+    let nn = dot(n, n).sqrt();
+    let n = [n[0] / nn, n[1] / nn, n[2] / nn];
+    let (order, dz) = stacking(&planes, n, h0.gantry_tilt, rules)?;
     let (rows, cols) = (h0.rows as usize, h0.cols as usize);
     let plane = rows * cols;
     // Decode (files in parallel; an enhanced object once), rescale per plane, keep the sorted order.
