@@ -45,17 +45,9 @@ pub struct Graph {
 /// Per node: edges to larger ids, nearest nodes, pairs scored.
 type NodeResult = (Vec<(u32, f32)>, Vec<(u32, f32)>, u64);
 
-/// Collapses signatures into nodes (equal abnormal slots, see [`Signature::abnormal_only`]) and
-/// searches, for every node, (a) every other node at or above `min_weight` (edges) and (b) its
-/// nearest nodes, enough to hold `need` reports (the top-k per report plus a margin for reports of
-/// the same patient).
-///
-/// Nodes are grouped by abnormal-region mask. For a node, the groups sharing an abnormal region are
-/// visited in decreasing order of the similarity's upper bound for the two masks
-/// ([`Metric::upper_bound`]); inside a group only nodes sharing an abnormal (region, finding) slot
-/// are scored. The search stops when the bound falls below both `min_weight` and the weight of the
-/// current `need`-th nearest report, so nothing above either is missed.
-pub fn build(signatures: &[Signature], m: &Metric, params: &GraphParams, need: usize) -> Graph {
+/// Reports with identical abnormal findings collapse into one node: the nodes (in signature
+/// order) and each report's node.
+fn collapse(signatures: &[Signature]) -> (Vec<Node>, Vec<u32>) {
     let reduced: Vec<Signature> = signatures.iter().map(Signature::abnormal_only).collect();
     let mut groups: BTreeMap<&Signature, Vec<u32>> = BTreeMap::new();
     for (i, s) in reduced.iter().enumerate() {
@@ -75,6 +67,21 @@ pub fn build(signatures: &[Signature], m: &Metric, params: &GraphParams, need: u
             }
         })
         .collect();
+    (nodes, report_node)
+}
+
+/// Collapses signatures into nodes (equal abnormal slots, see [`Signature::abnormal_only`]) and
+/// searches, for every node, (a) every other node at or above `min_weight` (edges) and (b) its
+/// nearest nodes, enough to hold `need` reports (the top-k per report plus a margin for reports of
+/// the same patient).
+///
+/// Nodes are grouped by abnormal-region mask. For a node, the groups sharing an abnormal region are
+/// visited in decreasing order of the similarity's upper bound for the two masks
+/// ([`Metric::upper_bound`]); inside a group only nodes sharing an abnormal (region, finding) slot
+/// are scored. The search stops when the bound falls below both `min_weight` and the weight of the
+/// current `need`-th nearest report, so nothing above either is missed.
+pub fn build(signatures: &[Signature], m: &Metric, params: &GraphParams, need: usize) -> Graph {
+    let (nodes, report_node) = collapse(signatures);
     let n_nodes = nodes.len();
     // Abnormal slots as bitsets, and nodes grouped by abnormal-region mask.
     let words = (m.n_regions * m.n_findings).div_ceil(64).max(1);

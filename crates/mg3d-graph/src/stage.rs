@@ -101,16 +101,11 @@ fn bools(df: &DataFrame, name: &str) -> Result<Vec<Option<bool>>, StageError> {
     Ok(c.bool().map_err(pl_err(name))?.iter().collect())
 }
 
-/// Reads the inputs: `reports_dir` (reports.parquet, clauses.parquet), `entities_dir`
-/// (entities.parquet) and optionally `ingest_dir` (volumes.parquet, for patients).
-/// Without ingest (or for a report no volume names) the report is its own patient.
-pub fn load_inputs(
-    layout: &Layout,
-    reports_dir: &Path,
-    entities_dir: &Path,
-    ingest_dir: Option<&Path>,
-) -> Result<GraphInputs, StageError> {
-    // Reports and their patients.
+/// Report ids (sorted), each report's patient index, and the patients: from ingest's volumes
+/// (by report key) when given, else each report its own patient.
+type Reports = (Vec<String>, Vec<u32>, Vec<String>);
+
+fn load_reports(reports_dir: &Path, ingest_dir: Option<&Path>) -> Result<Reports, StageError> {
     let reports =
         scan(&reports_dir.join("reports.parquet"))?.select([col("report_id"), col("report_key")]);
     let reports = match ingest_dir {
@@ -149,13 +144,14 @@ pub fn load_inputs(
         });
         patients.push(idx);
     }
-    let report_pos: BTreeMap<&str, usize> = report_ids
-        .iter()
-        .enumerate()
-        .map(|(i, r)| (r.as_str(), i))
-        .collect();
+    Ok((report_ids, patients, patient_ids))
+}
 
-    // Clauses by report, for clause ids per region.
+/// A clause's section, byte span and index.
+type ClauseSpan = (String, i32, i32, i32);
+
+/// Every report's clauses (section, byte span, index), to place entities in their clause.
+fn load_clause_spans(reports_dir: &Path) -> Result<BTreeMap<String, Vec<ClauseSpan>>, StageError> {
     let clauses = scan(&reports_dir.join("clauses.parquet"))?
         .select([
             col("report_id"),
@@ -172,7 +168,6 @@ pub fn load_inputs(
         ints(&clauses, "char_start")?,
         ints(&clauses, "char_end")?,
     );
-    type ClauseSpan = (String, i32, i32, i32);
     let mut clause_map: BTreeMap<String, Vec<ClauseSpan>> = BTreeMap::new();
     for i in 0..c_rep.len() {
         if let (Some(r), Some(s), Some(k), Some(a), Some(b)) =
@@ -184,15 +179,12 @@ pub fn load_inputs(
                 .push((s.clone(), a, b, k));
         }
     }
-    let clause_of = |report: &str, section: &str, at: i32| -> Option<i32> {
-        clause_map.get(report).and_then(|v| {
-            v.iter()
-                .find(|(s, a, b, _)| s == section && *a <= at && at < *b)
-                .map(|c| c.3)
-        })
-    };
+    Ok(clause_map)
+}
 
-    // Entities, each observation joined to the anatomy entity it is located at.
+/// The entities in (report, index) order, each joined to the anatomy entity it is located at
+/// (`anatomy_term`, `anatomy_laterality`).
+fn load_entities(entities_dir: &Path) -> Result<DataFrame, StageError> {
     let ents = scan(&entities_dir.join("entities.parquet"))?.select([
         col("report_id"),
         col("section"),
@@ -221,6 +213,38 @@ pub fn load_inputs(
         .sort(["report_id", "ent_idx"], SortMultipleOptions::default())
         .collect()
         .map_err(pl_err("entities"))?;
+    Ok(ents)
+}
+
+/// Reads the inputs: `reports_dir` (reports.parquet, clauses.parquet), `entities_dir`
+/// (entities.parquet) and optionally `ingest_dir` (volumes.parquet, for patients).
+/// Without ingest (or for a report no volume names) the report is its own patient.
+pub fn load_inputs(
+    layout: &Layout,
+    reports_dir: &Path,
+    entities_dir: &Path,
+    ingest_dir: Option<&Path>,
+) -> Result<GraphInputs, StageError> {
+    // Reports and their patients.
+    let (report_ids, patients, patient_ids) = load_reports(reports_dir, ingest_dir)?;
+    let report_pos: BTreeMap<&str, usize> = report_ids
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.as_str(), i))
+        .collect();
+
+    // Clauses by report, for clause ids per region.
+    let clause_map = load_clause_spans(reports_dir)?;
+    let clause_of = |report: &str, section: &str, at: i32| -> Option<i32> {
+        clause_map.get(report).and_then(|v| {
+            v.iter()
+                .find(|(s, a, b, _)| s == section && *a <= at && at < *b)
+                .map(|c| c.3)
+        })
+    };
+
+    // Entities, each observation joined to the anatomy entity it is located at.
+    let ents = load_entities(entities_dir)?;
     let (e_rep, e_sec, e_start) = (
         strs(&ents, "report_id")?,
         strs(&ents, "section")?,
@@ -310,6 +334,163 @@ where
     Arc::new(b.finish())
 }
 
+/// region_mentions.parquet: one row per report x mentioned region, with its finding states and
+/// the clauses that mention the region.
+fn write_region_mentions(
+    layout: &Layout,
+    inputs: &GraphInputs,
+    out: &Path,
+) -> Result<(), StageError> {
+    let nf = layout.findings.len();
+    let (mut rm_rep, mut rm_reg, mut rm_terms) = (Vec::new(), Vec::new(), Vec::new());
+    let mut rm_clauses = ListBuilder::new(arrow::array::Int32Builder::new());
+    for (r, s) in inputs.signatures.iter().enumerate() {
+        for g in 0..layout.regions.len() {
+            if s.mentioned >> g & 1 == 0 {
+                continue;
+            }
+            rm_rep.push(inputs.report_ids[r].as_str());
+            rm_reg.push(layout.regions[g].as_str());
+            let terms: Vec<String> = s
+                .states
+                .iter()
+                .filter(|&&(slot, _)| slot as usize / nf == g)
+                .map(|&(slot, st)| {
+                    format!("{}:{}", layout.findings[slot as usize % nf], st.as_str())
+                })
+                .collect();
+            rm_terms.push(terms);
+            let cl = inputs.region_clauses[r].get(&g);
+            rm_clauses.values().append_slice(
+                &cl.map(|c| c.iter().copied().collect::<Vec<_>>())
+                    .unwrap_or_default(),
+            );
+            rm_clauses.append(true);
+        }
+    }
+    write(
+        &out.join("region_mentions.parquet"),
+        "region_mentions",
+        vec![
+            Arc::new(StringArray::from_iter_values(&rm_rep)),
+            Arc::new(StringArray::from_iter_values(&rm_reg)),
+            str_list(rm_terms),
+            Arc::new(rm_clauses.finish()),
+        ],
+    )?;
+    Ok(())
+}
+
+/// edges.parquet (between nodes), with the per-region breakdown, written in batches.
+fn write_edges(
+    layout: &Layout,
+    graph: &crate::graph::Graph,
+    metric: &Metric,
+    out: &Path,
+) -> Result<(), StageError> {
+    let nf = layout.findings.len();
+    let edge_schema = TableSchema::get("edges")?;
+    let mut writer = TableWriter::create(&out.join("edges.parquet"), &edge_schema)?;
+    let fields: Vec<arrow::datatypes::Field> = edge_schema
+        .arrow()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_nullable(true))
+        .collect();
+    let batch_schema = Arc::new(arrow::datatypes::Schema::new(fields));
+    let members = |x: u32| graph.nodes[x as usize].members.len() as i32;
+    for chunk in graph.edges.chunks(1 << 16) {
+        let mut reg_names = ListBuilder::new(StringBuilder::new());
+        let mut reg_w = ListBuilder::new(Float32Builder::new());
+        let mut shared = ListBuilder::new(StringBuilder::new());
+        for &(a, b, _) in chunk {
+            let ex = explain(
+                &graph.nodes[a as usize].signature,
+                &graph.nodes[b as usize].signature,
+                metric,
+            );
+            for &(g, s, _) in &ex.regions {
+                reg_names.values().append_value(&layout.regions[g]);
+                reg_w.values().append_value(s);
+            }
+            reg_names.append(true);
+            reg_w.append(true);
+            for &slot in &ex.shared {
+                shared.values().append_value(format!(
+                    "{}:{}",
+                    layout.regions[slot as usize / nf],
+                    layout.findings[slot as usize % nf]
+                ));
+            }
+            shared.append(true);
+        }
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(Int32Array::from_iter_values(
+                chunk.iter().map(|e| e.0 as i32),
+            )),
+            Arc::new(Int32Array::from_iter_values(
+                chunk.iter().map(|e| e.1 as i32),
+            )),
+            Arc::new(Float32Array::from_iter_values(chunk.iter().map(|e| e.2))),
+            Arc::new(reg_names.finish()),
+            Arc::new(reg_w.finish()),
+            Arc::new(shared.finish()),
+            Arc::new(Int32Array::from_iter_values(
+                chunk.iter().map(|e| members(e.0)),
+            )),
+            Arc::new(Int32Array::from_iter_values(
+                chunk.iter().map(|e| members(e.1)),
+            )),
+        ];
+        let batch = arrow::array::RecordBatch::try_new(batch_schema.clone(), cols)
+            .map_err(|e| StageError::ctx("edges.parquet", e))?;
+        writer.write(&batch)?;
+    }
+    writer.finish()?;
+    Ok(())
+}
+
+/// neighbors.parquet: each report's top `k` neighbours from other patients. Returns the rows
+/// written and how many reports have each number of neighbours.
+fn write_neighbors(
+    inputs: &GraphInputs,
+    graph: &crate::graph::Graph,
+    patient_of: &[&str],
+    k: usize,
+    out: &Path,
+) -> Result<(usize, BTreeMap<usize, usize>), StageError> {
+    let keys: Vec<u64> = inputs.report_ids.iter().map(|r| id_key(r)).collect();
+    let top = graph.top_k(&keys, &inputs.patients, k);
+    let (mut nb_src, mut nb_dst, mut nb_rank, mut nb_w) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut nb_sp, mut nb_dp) = (Vec::new(), Vec::new());
+    let mut degree_hist: BTreeMap<usize, usize> = BTreeMap::new();
+    for (r, list) in top.iter().enumerate() {
+        *degree_hist.entry(list.len()).or_default() += 1;
+        for (rank, &(c, w)) in list.iter().enumerate() {
+            nb_src.push(inputs.report_ids[r].as_str());
+            nb_dst.push(inputs.report_ids[c as usize].as_str());
+            nb_sp.push(patient_of[r]);
+            nb_dp.push(patient_of[c as usize]);
+            nb_rank.push(rank as i32 + 1);
+            nb_w.push(w);
+        }
+    }
+    write(
+        &out.join("neighbors.parquet"),
+        "neighbors",
+        vec![
+            Arc::new(StringArray::from_iter_values(&nb_src)),
+            Arc::new(StringArray::from_iter_values(&nb_dst)),
+            Arc::new(Int32Array::from(nb_rank)),
+            Arc::new(Float32Array::from(nb_w)),
+            Arc::new(StringArray::from_iter_values(&nb_sp)),
+            Arc::new(StringArray::from_iter_values(&nb_dp)),
+        ],
+    )?;
+    Ok((nb_src.len(), degree_hist))
+}
+
 /// Builds the graph from loaded inputs and writes every output into `out`. Returns the stats.
 pub fn build_and_write(
     layout: &Layout,
@@ -363,135 +544,13 @@ pub fn build_and_write(
         ],
     )?;
 
-    // region_mentions.parquet: one row per report x mentioned region.
-    let (mut rm_rep, mut rm_reg, mut rm_terms) = (Vec::new(), Vec::new(), Vec::new());
-    let mut rm_clauses = ListBuilder::new(arrow::array::Int32Builder::new());
-    for (r, s) in inputs.signatures.iter().enumerate() {
-        for g in 0..layout.regions.len() {
-            if s.mentioned >> g & 1 == 0 {
-                continue;
-            }
-            rm_rep.push(inputs.report_ids[r].as_str());
-            rm_reg.push(layout.regions[g].as_str());
-            let terms: Vec<String> = s
-                .states
-                .iter()
-                .filter(|&&(slot, _)| slot as usize / nf == g)
-                .map(|&(slot, st)| {
-                    format!("{}:{}", layout.findings[slot as usize % nf], st.as_str())
-                })
-                .collect();
-            rm_terms.push(terms);
-            let cl = inputs.region_clauses[r].get(&g);
-            rm_clauses.values().append_slice(
-                &cl.map(|c| c.iter().copied().collect::<Vec<_>>())
-                    .unwrap_or_default(),
-            );
-            rm_clauses.append(true);
-        }
-    }
-    write(
-        &out.join("region_mentions.parquet"),
-        "region_mentions",
-        vec![
-            Arc::new(StringArray::from_iter_values(&rm_rep)),
-            Arc::new(StringArray::from_iter_values(&rm_reg)),
-            str_list(rm_terms),
-            Arc::new(rm_clauses.finish()),
-        ],
-    )?;
+    write_region_mentions(layout, inputs, out)?;
 
-    // edges.parquet (between nodes), with the per-region breakdown, written in batches.
-    let edge_schema = TableSchema::get("edges")?;
-    let mut writer = TableWriter::create(&out.join("edges.parquet"), &edge_schema)?;
-    let fields: Vec<arrow::datatypes::Field> = edge_schema
-        .arrow()
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone().with_nullable(true))
-        .collect();
-    let batch_schema = Arc::new(arrow::datatypes::Schema::new(fields));
-    let members = |x: u32| graph.nodes[x as usize].members.len() as i32;
-    for chunk in graph.edges.chunks(1 << 16) {
-        let mut reg_names = ListBuilder::new(StringBuilder::new());
-        let mut reg_w = ListBuilder::new(Float32Builder::new());
-        let mut shared = ListBuilder::new(StringBuilder::new());
-        for &(a, b, _) in chunk {
-            let ex = explain(
-                &graph.nodes[a as usize].signature,
-                &graph.nodes[b as usize].signature,
-                &metric,
-            );
-            for &(g, s, _) in &ex.regions {
-                reg_names.values().append_value(&layout.regions[g]);
-                reg_w.values().append_value(s);
-            }
-            reg_names.append(true);
-            reg_w.append(true);
-            for &slot in &ex.shared {
-                shared.values().append_value(format!(
-                    "{}:{}",
-                    layout.regions[slot as usize / nf],
-                    layout.findings[slot as usize % nf]
-                ));
-            }
-            shared.append(true);
-        }
-        let cols: Vec<ArrayRef> = vec![
-            Arc::new(Int32Array::from_iter_values(
-                chunk.iter().map(|e| e.0 as i32),
-            )),
-            Arc::new(Int32Array::from_iter_values(
-                chunk.iter().map(|e| e.1 as i32),
-            )),
-            Arc::new(Float32Array::from_iter_values(chunk.iter().map(|e| e.2))),
-            Arc::new(reg_names.finish()),
-            Arc::new(reg_w.finish()),
-            Arc::new(shared.finish()),
-            Arc::new(Int32Array::from_iter_values(
-                chunk.iter().map(|e| members(e.0)),
-            )),
-            Arc::new(Int32Array::from_iter_values(
-                chunk.iter().map(|e| members(e.1)),
-            )),
-        ];
-        let batch = arrow::array::RecordBatch::try_new(batch_schema.clone(), cols)
-            .map_err(|e| StageError::ctx("edges.parquet", e))?;
-        writer.write(&batch)?;
-    }
-    writer.finish()?;
+    write_edges(layout, &graph, &metric, out)?;
 
     // neighbors.parquet: top-k per report from other patients.
-    let keys: Vec<u64> = inputs.report_ids.iter().map(|r| id_key(r)).collect();
     let k = params.top_k;
-    let top = graph.top_k(&keys, &inputs.patients, k);
-    let (mut nb_src, mut nb_dst, mut nb_rank, mut nb_w) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut nb_sp, mut nb_dp) = (Vec::new(), Vec::new());
-    let mut degree_hist: BTreeMap<usize, usize> = BTreeMap::new();
-    for (r, list) in top.iter().enumerate() {
-        *degree_hist.entry(list.len()).or_default() += 1;
-        for (rank, &(c, w)) in list.iter().enumerate() {
-            nb_src.push(inputs.report_ids[r].as_str());
-            nb_dst.push(inputs.report_ids[c as usize].as_str());
-            nb_sp.push(patient_of[r]);
-            nb_dp.push(patient_of[c as usize]);
-            nb_rank.push(rank as i32 + 1);
-            nb_w.push(w);
-        }
-    }
-    write(
-        &out.join("neighbors.parquet"),
-        "neighbors",
-        vec![
-            Arc::new(StringArray::from_iter_values(&nb_src)),
-            Arc::new(StringArray::from_iter_values(&nb_dst)),
-            Arc::new(Int32Array::from(nb_rank)),
-            Arc::new(Float32Array::from(nb_w)),
-            Arc::new(StringArray::from_iter_values(&nb_sp)),
-            Arc::new(StringArray::from_iter_values(&nb_dp)),
-        ],
-    )?;
+    let (neighbor_rows, degree_hist) = write_neighbors(inputs, &graph, &patient_of, k, out)?;
 
     // graph_stats.json
     let mut node_degree: BTreeMap<usize, usize> = BTreeMap::new();
@@ -524,7 +583,7 @@ pub fn build_and_write(
         "scored_pairs": graph.scored_pairs,
         "top_k": k,
         "min_weight": params.min_weight,
-        "neighbor_rows": nb_src.len(),
+        "neighbor_rows": neighbor_rows,
         "reports_with_full_top_k": degree_hist.get(&k).copied().unwrap_or(0),
         "neighbors_per_report": hist(&degree_hist),
         "node_degree": hist(&node_degree),
