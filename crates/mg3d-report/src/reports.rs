@@ -299,230 +299,267 @@ impl Stage for ReportsStage {
                 SECTIONS.join(", ")
             )));
         }
-        let mut reports = Vec::new();
-        let mut rejects = Vec::new();
-        for (i, f) in p.files.iter().enumerate() {
-            let path = ctx.resolve(f)?;
-            let (ok, bad) = read_reports(
-                &path,
-                &format!("files[{i}]"),
-                &p.id_column,
-                &p.section_columns,
-                &p.empty_markers,
-            )
-            .map_err(StageError::msg)?;
-            reports.extend(ok);
-            rejects.extend(bad);
+        let (reports, mut rejects) = read_all(ctx, &p)?;
+        let mut tables = TextTables::default();
+        for (r, seg) in segment_all(reports, &mut rejects) {
+            tables.add(ctx.pseudonym("report", &r.key), &r, &seg);
         }
-        // Duplicate ids: every row of that id is rejected (which text is right is unknowable).
-        let mut count: BTreeMap<String, usize> = BTreeMap::new();
-        for r in &reports {
-            *count.entry(r.key.clone()).or_default() += 1;
-        }
-        let (dups, reports): (Vec<Report>, Vec<Report>) =
-            reports.into_iter().partition(|r| count[&r.key] > 1);
-        for r in dups {
-            rejects.push(RowReject {
+        let (n_reports, n_sent, n_cl) = tables.write(&ctx.out_dir)?;
+        let (n, by_reason) = write_rejects(ctx, rejects)?;
+        Ok(
+            json!({"reports": n_reports, "sentences": n_sent, "clauses": n_cl, "rejects": n, "rejects_by_reason": by_reason}),
+        )
+    }
+}
+
+/// Every row of every file: the reports, and the rows rejected (unreadable, no id, empty, and
+/// every row of a duplicated id, since which text is right is unknowable), sorted by id.
+fn read_all(
+    ctx: &StageContext,
+    p: &ReportsParams,
+) -> Result<(Vec<Report>, Vec<RowReject>), StageError> {
+    let mut reports = Vec::new();
+    let mut rejects = Vec::new();
+    for (i, f) in p.files.iter().enumerate() {
+        let path = ctx.resolve(f)?;
+        let (ok, bad) = read_reports(
+            &path,
+            &format!("files[{i}]"),
+            &p.id_column,
+            &p.section_columns,
+            &p.empty_markers,
+        )
+        .map_err(StageError::msg)?;
+        reports.extend(ok);
+        rejects.extend(bad);
+    }
+    let mut count: BTreeMap<String, usize> = BTreeMap::new();
+    for r in &reports {
+        *count.entry(r.key.clone()).or_default() += 1;
+    }
+    let (dups, mut reports): (Vec<Report>, Vec<Report>) =
+        reports.into_iter().partition(|r| count[&r.key] > 1);
+    for r in dups {
+        rejects.push(RowReject {
+            source: r.source.clone(),
+            row: r.row,
+            key: Some(r.key.clone()),
+            reason: "report_duplicate_id",
+            message: format!("row {}: id appears {} times", r.row, count[&r.key]),
+        });
+    }
+    reports.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok((reports, rejects))
+}
+
+/// Each report with its sentences and clauses. One report's failure is that report's reject,
+/// never the stage's; the panic's message is dropped because it may quote the report.
+fn segment_all(reports: Vec<Report>, rejects: &mut Vec<RowReject>) -> Vec<(Report, Segmented)> {
+    let segmented: Vec<Option<Segmented>> = reports
+        .par_iter()
+        .map(|r| std::panic::catch_unwind(|| segment(r)).ok())
+        .collect();
+    let mut kept = Vec::new();
+    for (r, seg) in reports.into_iter().zip(segmented) {
+        match seg {
+            Some(seg) => kept.push((r, seg)),
+            None => rejects.push(RowReject {
                 source: r.source.clone(),
                 row: r.row,
                 key: Some(r.key.clone()),
-                reason: "report_duplicate_id",
-                message: format!("row {}: id appears {} times", r.row, count[&r.key]),
-            });
+                reason: "report_internal_error",
+                message: format!(
+                    "row {}: segmenting this report hit an internal error (a bug in mg3d; please report it)",
+                    r.row
+                ),
+            }),
         }
-        let mut reports = reports;
-        reports.sort_by(|a, b| a.key.cmp(&b.key));
-        // One report's failure is that report's reject, never the stage's; the panic's message is
-        // dropped because it may quote the report.
-        let segmented: Vec<Option<Segmented>> = reports
-            .par_iter()
-            .map(|r| std::panic::catch_unwind(|| segment(r)).ok())
-            .collect();
-        let mut kept: Vec<(Report, Segmented)> = Vec::new();
-        for (r, seg) in reports.into_iter().zip(segmented) {
-            match seg {
-                Some(seg) => kept.push((r, seg)),
-                None => rejects.push(RowReject {
-                    source: r.source.clone(),
-                    row: r.row,
-                    key: Some(r.key.clone()),
-                    reason: "report_internal_error",
-                    message: format!(
-                        "row {}: segmenting this report hit an internal error (a bug in mg3d; please report it)",
-                        r.row
-                    ),
-                }),
-            }
-        }
-        let (reports, segmented): (Vec<Report>, Vec<Segmented>) = kept.into_iter().unzip();
+    }
+    kept
+}
 
-        let (
-            mut r_id,
-            mut r_key,
-            mut r_src,
-            mut r_row,
-            mut r_nsec,
-            mut r_nsent,
-            mut r_ncl,
-            mut r_f,
-            mut r_i,
-            mut r_hash,
-        ) = (
-            vec![],
-            vec![],
-            vec![],
-            vec![],
-            vec![],
-            vec![],
-            vec![],
-            vec![],
-            vec![],
-            vec![],
-        );
-        let (mut s_id, mut s_sec, mut s_text) = (vec![], vec![], vec![]);
-        let (mut t_id, mut t_sec, mut t_idx, mut t_a, mut t_b, mut t_text) =
-            (vec![], vec![], vec![], vec![], vec![], vec![]);
-        let (mut c_id, mut c_sec, mut c_sent, mut c_idx, mut c_a, mut c_b, mut c_text) =
-            (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
-        for (r, seg) in reports.iter().zip(&segmented) {
-            let id = ctx.pseudonym("report", &r.key);
-            let (mut ns, mut nc) = (0i32, 0i32);
-            for (sec, sents) in seg {
-                let text = &r.sections[sec];
-                s_id.push(id.clone());
-                s_sec.push(sec.to_string());
-                s_text.push(text.clone());
-                for (sr, cls) in sents {
-                    t_id.push(id.clone());
-                    t_sec.push(sec.to_string());
-                    t_idx.push(ns);
-                    t_a.push(sr.start as i32);
-                    t_b.push(sr.end as i32);
-                    t_text.push(text[sr.clone()].to_string());
-                    for c in cls {
-                        c_id.push(id.clone());
-                        c_sec.push(sec.to_string());
-                        c_sent.push(ns);
-                        c_idx.push(nc);
-                        c_a.push(c.start as i32);
-                        c_b.push(c.end as i32);
-                        c_text.push(text[c.clone()].to_string());
-                        nc += 1;
-                    }
-                    ns += 1;
+/// The columns of reports.parquet (`r_`), sections.parquet (`s_`), sentences.parquet (`t_`) and
+/// clauses.parquet (`c_`), filled report by report.
+#[derive(Default)]
+struct TextTables {
+    r_id: Vec<String>,
+    r_key: Vec<String>,
+    r_src: Vec<String>,
+    r_row: Vec<i64>,
+    r_nsec: Vec<i32>,
+    r_nsent: Vec<i32>,
+    r_ncl: Vec<i32>,
+    r_f: Vec<i32>,
+    r_i: Vec<i32>,
+    r_hash: Vec<String>,
+    s_id: Vec<String>,
+    s_sec: Vec<String>,
+    s_text: Vec<String>,
+    t_id: Vec<String>,
+    t_sec: Vec<String>,
+    t_idx: Vec<i32>,
+    t_a: Vec<i32>,
+    t_b: Vec<i32>,
+    t_text: Vec<String>,
+    c_id: Vec<String>,
+    c_sec: Vec<String>,
+    c_sent: Vec<i32>,
+    c_idx: Vec<i32>,
+    c_a: Vec<i32>,
+    c_b: Vec<i32>,
+    c_text: Vec<String>,
+}
+
+impl TextTables {
+    /// Adds one report (pseudonym `id`) with its sections, sentences and clauses.
+    fn add(&mut self, id: String, r: &Report, seg: &Segmented) {
+        let (mut ns, mut nc) = (0i32, 0i32);
+        for (sec, sents) in seg {
+            let text = &r.sections[sec];
+            self.s_id.push(id.clone());
+            self.s_sec.push(sec.to_string());
+            self.s_text.push(text.clone());
+            for (sr, cls) in sents {
+                self.t_id.push(id.clone());
+                self.t_sec.push(sec.to_string());
+                self.t_idx.push(ns);
+                self.t_a.push(sr.start as i32);
+                self.t_b.push(sr.end as i32);
+                self.t_text.push(text[sr.clone()].to_string());
+                for c in cls {
+                    self.c_id.push(id.clone());
+                    self.c_sec.push(sec.to_string());
+                    self.c_sent.push(ns);
+                    self.c_idx.push(nc);
+                    self.c_a.push(c.start as i32);
+                    self.c_b.push(c.end as i32);
+                    self.c_text.push(text[c.clone()].to_string());
+                    nc += 1;
                 }
+                ns += 1;
             }
-            let joined: Vec<&str> = SECTIONS
-                .iter()
-                .map(|s| r.sections.get(s).map(|t| t.as_str()).unwrap_or(""))
-                .collect();
-            // The source id itself never leaves the stage: report_key is its pseudonym, the same
-            // one ingest gives volumes.report_key, so the two still join.
-            r_key.push(id.clone());
-            r_id.push(id);
-            r_src.push(r.source.clone());
-            r_row.push(r.row);
-            r_nsec.push(r.sections.len() as i32);
-            r_nsent.push(ns);
-            r_ncl.push(nc);
-            r_f.push(r.sections.get("findings").map(|t| t.len()).unwrap_or(0) as i32);
-            r_i.push(r.sections.get("impression").map(|t| t.len()).unwrap_or(0) as i32);
-            r_hash.push(
-                blake3::hash(joined.join("\n").as_bytes())
-                    .to_hex()
-                    .to_string(),
-            );
         }
-        let out = &ctx.out_dir;
-        let n_reports = r_id.len();
+        let joined: Vec<&str> = SECTIONS
+            .iter()
+            .map(|s| r.sections.get(s).map(|t| t.as_str()).unwrap_or(""))
+            .collect();
+        // The source id itself never leaves the stage: report_key is its pseudonym, the same
+        // one ingest gives volumes.report_key, so the two still join.
+        self.r_key.push(id.clone());
+        self.r_id.push(id);
+        self.r_src.push(r.source.clone());
+        self.r_row.push(r.row);
+        self.r_nsec.push(r.sections.len() as i32);
+        self.r_nsent.push(ns);
+        self.r_ncl.push(nc);
+        self.r_f
+            .push(r.sections.get("findings").map(|t| t.len()).unwrap_or(0) as i32);
+        self.r_i
+            .push(r.sections.get("impression").map(|t| t.len()).unwrap_or(0) as i32);
+        self.r_hash.push(
+            blake3::hash(joined.join("\n").as_bytes())
+                .to_hex()
+                .to_string(),
+        );
+    }
+
+    /// Writes the four tables; returns the numbers of reports, sentences and clauses.
+    fn write(self, out: &Path) -> Result<(usize, usize, usize), StageError> {
+        let counts = (self.r_id.len(), self.t_id.len(), self.c_id.len());
         write(
             &out.join("reports.parquet"),
             "reports",
             vec![
-                strings(r_id),
-                strings(r_key),
-                strings(r_src),
-                Arc::new(Int64Array::from(r_row)),
-                ints(r_nsec),
-                ints(r_nsent),
-                ints(r_ncl),
-                ints(r_f),
-                ints(r_i),
-                strings(r_hash),
+                strings(self.r_id),
+                strings(self.r_key),
+                strings(self.r_src),
+                Arc::new(Int64Array::from(self.r_row)),
+                ints(self.r_nsec),
+                ints(self.r_nsent),
+                ints(self.r_ncl),
+                ints(self.r_f),
+                ints(self.r_i),
+                strings(self.r_hash),
             ],
         )?;
         write(
             &out.join("sections.parquet"),
             "sections",
-            vec![strings(s_id), strings(s_sec), strings(s_text)],
+            vec![
+                strings(self.s_id),
+                strings(self.s_sec),
+                strings(self.s_text),
+            ],
         )?;
-        let n_sent = t_id.len();
         write(
             &out.join("sentences.parquet"),
             "sentences",
             vec![
-                strings(t_id),
-                strings(t_sec),
-                ints(t_idx),
-                ints(t_a),
-                ints(t_b),
-                strings(t_text),
+                strings(self.t_id),
+                strings(self.t_sec),
+                ints(self.t_idx),
+                ints(self.t_a),
+                ints(self.t_b),
+                strings(self.t_text),
             ],
         )?;
-        let n_cl = c_id.len();
         write(
             &out.join("clauses.parquet"),
             "clauses",
             vec![
-                strings(c_id),
-                strings(c_sec),
-                ints(c_sent),
-                ints(c_idx),
-                ints(c_a),
-                ints(c_b),
-                strings(c_text),
+                strings(self.c_id),
+                strings(self.c_sec),
+                ints(self.c_sent),
+                ints(self.c_idx),
+                ints(self.c_a),
+                ints(self.c_b),
+                strings(self.c_text),
             ],
         )?;
-        rejects.sort_by(|a, b| (&a.source, a.row, a.reason).cmp(&(&b.source, b.row, b.reason)));
-        let mut by_reason: BTreeMap<&str, usize> = BTreeMap::new();
-        for r in &rejects {
-            *by_reason.entry(r.reason).or_default() += 1;
-        }
-        let n = rejects.len();
-        write(
-            &out.join("rejects.parquet"),
-            "rejects",
-            vec![
-                strings(vec!["reports".to_string(); n]),
-                strings(rejects.iter().map(|r| r.source.clone()).collect()),
-                strings(rejects.iter().map(|r| format!("row {}", r.row)).collect()),
-                strings(
-                    rejects
-                        .iter()
-                        .map(|r| ctx.pseudonym("path", &format!("{}/row {}", r.source, r.row)))
-                        .collect(),
-                ),
-                strings(vec!["row".to_string(); n]),
-                ints(vec![1; n]),
-                strings(rejects.iter().map(|r| r.reason.to_string()).collect()),
-                strings(
-                    rejects
-                        .iter()
-                        .map(|r| match &r.key {
-                            // The id as a pseudonym (report_id's), never the source id.
-                            Some(k) => {
-                                format!("{} (report {})", r.message, ctx.pseudonym("report", k))
-                            }
-                            None => r.message.clone(),
-                        })
-                        .collect(),
-                ),
-            ],
-        )?;
-        Ok(
-            json!({"reports": n_reports, "sentences": n_sent, "clauses": n_cl, "rejects": n, "rejects_by_reason": by_reason}),
-        )
+        Ok(counts)
     }
+}
+
+/// rejects.parquet, sorted; a report is named by its pseudonym, never its source id. Returns the
+/// count and the count per reason.
+fn write_rejects(
+    ctx: &StageContext,
+    mut rejects: Vec<RowReject>,
+) -> Result<(usize, BTreeMap<&'static str, usize>), StageError> {
+    rejects.sort_by(|a, b| (&a.source, a.row, a.reason).cmp(&(&b.source, b.row, b.reason)));
+    let mut by_reason: BTreeMap<&str, usize> = BTreeMap::new();
+    for r in &rejects {
+        *by_reason.entry(r.reason).or_default() += 1;
+    }
+    let n = rejects.len();
+    write(
+        &ctx.out_dir.join("rejects.parquet"),
+        "rejects",
+        vec![
+            strings(vec!["reports".to_string(); n]),
+            strings(rejects.iter().map(|r| r.source.clone()).collect()),
+            strings(rejects.iter().map(|r| format!("row {}", r.row)).collect()),
+            strings(
+                rejects
+                    .iter()
+                    .map(|r| ctx.pseudonym("path", &format!("{}/row {}", r.source, r.row)))
+                    .collect(),
+            ),
+            strings(vec!["row".to_string(); n]),
+            ints(vec![1; n]),
+            strings(rejects.iter().map(|r| r.reason.to_string()).collect()),
+            strings(
+                rejects
+                    .iter()
+                    .map(|r| match &r.key {
+                        Some(k) => format!("{} (report {})", r.message, ctx.pseudonym("report", k)),
+                        None => r.message.clone(),
+                    })
+                    .collect(),
+            ),
+        ],
+    )?;
+    Ok((n, by_reason))
 }
 
 #[cfg(test)]
