@@ -407,32 +407,7 @@ impl<'r> Engine<'r> {
                 reasons = vec!["forced".into()];
             }
             // Inputs must have outputs (an --only stage runs against whatever its inputs hold now).
-            let mut inputs = BTreeMap::new();
-            let mut ctx_inputs = Vec::new();
-            for i in &spec.inputs {
-                let rec = lock.stages.get(i).filter(|_| p.work_dir.join(i).is_dir());
-                let Some(rec) = rec else {
-                    if opts.dry_run {
-                        continue;
-                    }
-                    return Err(EngineError::Usage(format!(
-                        "stage {:?} needs the output of {i:?}, which has none; run the pipeline without --stage first",
-                        spec.name
-                    )));
-                };
-                inputs.insert(
-                    i.clone(),
-                    InputRecord {
-                        key: rec.key.clone(),
-                        output_digest: rec.output_digest.clone(),
-                    },
-                );
-                ctx_inputs.push(StageInput {
-                    name: i.clone(),
-                    kind: p.stage(i).unwrap().kind.clone(),
-                    dir: p.work_dir.join(i),
-                });
-            }
+            let (inputs, ctx_inputs) = stage_inputs(p, spec, &lock, opts.dry_run)?;
             if opts.dry_run {
                 report.stages.push(StageOutcome {
                     name: spec.name.clone(),
@@ -660,4 +635,41 @@ fn diff_params(old: &Value, new: &Value) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The recorded inputs of `spec` (key and output digest of each, for its key) and their
+/// directories for its context. An input without an output is an error (a dry run skips it).
+fn stage_inputs(
+    p: &Pipeline,
+    spec: &StageSpec,
+    lock: &Lockfile,
+    dry_run: bool,
+) -> Result<(BTreeMap<String, InputRecord>, Vec<StageInput>), EngineError> {
+    let mut inputs = BTreeMap::new();
+    let mut ctx_inputs = Vec::new();
+    for i in &spec.inputs {
+        let rec = lock.stages.get(i).filter(|_| p.work_dir.join(i).is_dir());
+        let Some(rec) = rec else {
+            if dry_run {
+                continue;
+            }
+            return Err(EngineError::Usage(format!(
+                "stage {:?} needs the output of {i:?}, which has none; run the pipeline without --stage first",
+                spec.name
+            )));
+        };
+        inputs.insert(
+            i.clone(),
+            InputRecord {
+                key: rec.key.clone(),
+                output_digest: rec.output_digest.clone(),
+            },
+        );
+        ctx_inputs.push(StageInput {
+            name: i.clone(),
+            kind: p.stage(i).unwrap().kind.clone(),
+            dir: p.work_dir.join(i),
+        });
+    }
+    Ok((inputs, ctx_inputs))
 }

@@ -122,6 +122,48 @@ mg3d_core::stage_params! {
     }
 }
 
+/// Every report's clause texts in clause order, by report_id.
+fn report_clauses(dir: &Path) -> Result<Vec<(String, Vec<String>)>, StageError> {
+    let mut clauses: BTreeMap<String, Vec<(i32, String)>> = BTreeMap::new();
+    for b in read_table(&dir.join("clauses.parquet"), &TableSchema::get("clauses")?)? {
+        let id = b
+            .column_by_name("report_id")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap()
+            .clone();
+        let ci = b
+            .column_by_name("clause_idx")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<Int32Array>()
+            .unwrap()
+            .clone();
+        let t = b
+            .column_by_name("text")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap()
+            .clone();
+        for r in 0..b.num_rows() {
+            clauses
+                .entry(id.value(r).to_string())
+                .or_default()
+                .push((ci.value(r), t.value(r).to_string()));
+        }
+    }
+    let items: Vec<(String, Vec<String>)> = clauses
+        .into_iter()
+        .map(|(id, mut v)| {
+            v.sort_by_key(|c| c.0);
+            (id, v.into_iter().map(|c| c.1).collect())
+        })
+        .collect();
+    Ok(items)
+}
+
 impl Stage for TokensStage {
     fn kind(&self) -> &'static str {
         "tokens"
@@ -164,43 +206,7 @@ impl Stage for TokensStage {
             ));
         }
         let dir = ctx.input("reports")?;
-        let mut clauses: BTreeMap<String, Vec<(i32, String)>> = BTreeMap::new();
-        for b in read_table(&dir.join("clauses.parquet"), &TableSchema::get("clauses")?)? {
-            let id = b
-                .column_by_name("report_id")
-                .unwrap()
-                .as_any()
-                .downcast_ref::<StringArray>()
-                .unwrap()
-                .clone();
-            let ci = b
-                .column_by_name("clause_idx")
-                .unwrap()
-                .as_any()
-                .downcast_ref::<Int32Array>()
-                .unwrap()
-                .clone();
-            let t = b
-                .column_by_name("text")
-                .unwrap()
-                .as_any()
-                .downcast_ref::<StringArray>()
-                .unwrap()
-                .clone();
-            for r in 0..b.num_rows() {
-                clauses
-                    .entry(id.value(r).to_string())
-                    .or_default()
-                    .push((ci.value(r), t.value(r).to_string()));
-            }
-        }
-        let items: Vec<(String, Vec<String>)> = clauses
-            .into_iter()
-            .map(|(id, mut v)| {
-                v.sort_by_key(|c| c.0);
-                (id, v.into_iter().map(|c| c.1).collect())
-            })
-            .collect();
+        let items = report_clauses(dir)?;
         let tokenizer_file = ctx.out_dir.join("tokenizer.json");
         if p.tokenizer.is_empty() {
             let texts: Vec<String> = items
