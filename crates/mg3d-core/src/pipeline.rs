@@ -156,155 +156,17 @@ impl Pipeline {
             err(line, msg, fix)
         })?;
 
-        let salt = match (&raw.pipeline.salt, &raw.pipeline.salt_env) {
-            (Some(s), None) => s.clone(),
-            (None, Some(var)) => std::env::var(var).map_err(|_| {
-                err(
-                    None,
-                    format!("salt_env names ${var}, which is not set"),
-                    format!("export {var}=<secret> before running, or use salt = \"...\""),
-                )
-            })?,
-            (Some(_), Some(_)) => {
-                return Err(err(
-                    None,
-                    "both salt and salt_env are set".into(),
-                    "keep one of them".into(),
-                ));
-            }
-            _ => {
-                return Err(err(
-                    None,
-                    "[pipeline] has no salt".into(),
-                    "add salt = \"<secret>\" (or salt_env = \"VAR\"): ids in outputs are keyed hashes with it"
-                        .into(),
-                ));
-            }
-        };
-
-        if salt.len() < MIN_SALT_BYTES {
-            let from = match &raw.pipeline.salt_env {
-                Some(var) => format!("${var}"),
-                None => "salt".into(),
-            };
-            return Err(err(
-                None,
-                format!(
-                    "{from} is {} bytes; a salt must be at least {MIN_SALT_BYTES} (a short or empty key lets anyone recompute the ids)",
-                    salt.len()
-                ),
-                "use a long random secret, e.g. export MG3D_SALT=$(openssl rand -hex 16) with salt_env = \"MG3D_SALT\"".into(),
-            ));
-        }
+        let salt = resolve_salt(&raw.pipeline, &err)?;
 
         let names: BTreeSet<&str> = raw.stages.keys().map(|s| s.as_str()).collect();
-        let list = |set: &BTreeSet<&str>| set.iter().copied().collect::<Vec<_>>().join(", ");
         let mut specs: BTreeMap<String, StageSpec> = BTreeMap::new();
         for (name, st) in &raw.stages {
-            let st_line = line_of(src, st.span().start);
-            let r = st.get_ref();
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-            {
-                return Err(err(
-                    Some(st_line),
-                    format!("stage name {name:?} is not a plain identifier"),
-                    "use letters, digits, '_' or '-' (the name is also a directory)".into(),
-                ));
-            }
-            let kind = r.kind.get_ref();
-            let Some(stage) = registry.get(kind) else {
-                return Err(err(
-                    Some(line_of(src, r.kind.span().start)),
-                    format!("stage {name:?} has unknown kind {kind:?}"),
-                    format!("use one of: {}", registry.kinds().join(", ")),
-                ));
-            };
-            let mut inputs = Vec::new();
-            for inp in &r.inputs {
-                let i = inp.get_ref();
-                if !names.contains(i.as_str()) {
-                    return Err(err(
-                        Some(line_of(src, inp.span().start)),
-                        format!(
-                            "stage {name:?} has input {i:?}, which is not a stage of this pipeline"
-                        ),
-                        format!("define [stages.{i}] or use one of: {}", list(&names)),
-                    ));
-                }
-                if i == name {
-                    return Err(err(
-                        Some(line_of(src, inp.span().start)),
-                        format!("stage {name:?} lists itself as an input"),
-                        "remove it from inputs".into(),
-                    ));
-                }
-                inputs.push(i.clone());
-            }
-            inputs.sort();
-            inputs.dedup();
-            let (table, table_line, table_span) = match &r.params {
-                Some(p) => (p.get_ref().clone(), line_of(src, p.span().start), p.span()),
-                None => (toml::Table::new(), st_line, st.span()),
-            };
-            let params = Params::resolve(stage.params(), &table).map_err(|(key, msg)| {
-                let line = key
-                    .as_ref()
-                    .and_then(|k| {
-                        find_key_line(src, table_span.clone(), k)
-                            .or_else(|| find_key_after(src, table_line, k))
-                    })
-                    .unwrap_or(table_line);
-                let valid: Vec<String> =
-                    stage.params().iter().map(|p| p.name.to_string()).collect();
-                err(
-                    Some(line),
-                    format!("stage {name:?} (kind {kind}): {msg}"),
-                    format!("valid params of {kind}: {}", valid.join(", ")),
-                )
-            })?;
-            stage.check_params(&params).map_err(|msg| {
-                err(
-                    Some(table_line),
-                    format!("stage {name:?} (kind {kind}): {msg}"),
-                    format!("see `mg3d stages` for the params of {kind}"),
-                )
-            })?;
-            specs.insert(
-                name.clone(),
-                StageSpec {
-                    name: name.clone(),
-                    kind: kind.clone(),
-                    inputs,
-                    params,
-                    line: st_line,
-                },
-            );
+            let spec = stage_spec(name, st, src, registry, &names, &err)?;
+            specs.insert(name.clone(), spec);
         }
 
         // Required upstream kinds.
-        for spec in specs.values() {
-            let stage = registry.get(&spec.kind).expect("checked above");
-            for decl in stage.inputs() {
-                let n = spec
-                    .inputs
-                    .iter()
-                    .filter(|i| specs[i.as_str()].kind == decl.kind)
-                    .count();
-                if decl.required && n == 0 {
-                    return Err(err(
-                        Some(spec.line),
-                        format!(
-                            "stage {:?} (kind {}) needs an input of kind {:?}",
-                            spec.name, spec.kind, decl.kind
-                        ),
-                        format!("add the name of a {} stage to its inputs", decl.kind),
-                    ));
-                }
-            }
-        }
+        check_required_inputs(&specs, registry, &err)?;
 
         let order = topo_order(&specs).map_err(|cycle| {
             let first = &specs[&cycle[0]];
@@ -429,4 +291,170 @@ fn topo_order(specs: &BTreeMap<String, StageSpec>) -> Result<Vec<String>, Vec<St
             .find(|i| left.contains(i))
             .unwrap();
     }
+}
+
+/// The pipeline's salt, from `salt` or the variable `salt_env` names, at least
+/// [`MIN_SALT_BYTES`] long.
+fn resolve_salt(
+    header: &RawHeader,
+    err: &dyn Fn(Option<usize>, String, String) -> PipelineError,
+) -> Result<String, PipelineError> {
+    let salt = match (&header.salt, &header.salt_env) {
+        (Some(s), None) => s.clone(),
+        (None, Some(var)) => std::env::var(var).map_err(|_| {
+            err(
+                None,
+                format!("salt_env names ${var}, which is not set"),
+                format!("export {var}=<secret> before running, or use salt = \"...\""),
+            )
+        })?,
+        (Some(_), Some(_)) => {
+            return Err(err(
+                None,
+                "both salt and salt_env are set".into(),
+                "keep one of them".into(),
+            ));
+        }
+        _ => {
+            return Err(err(
+                None,
+                "[pipeline] has no salt".into(),
+                "add salt = \"<secret>\" (or salt_env = \"VAR\"): ids in outputs are keyed hashes with it"
+                    .into(),
+            ));
+        }
+    };
+
+    if salt.len() < MIN_SALT_BYTES {
+        let from = match &header.salt_env {
+            Some(var) => format!("${var}"),
+            None => "salt".into(),
+        };
+        return Err(err(
+            None,
+            format!(
+                "{from} is {} bytes; a salt must be at least {MIN_SALT_BYTES} (a short or empty key lets anyone recompute the ids)",
+                salt.len()
+            ),
+            "use a long random secret, e.g. export MG3D_SALT=$(openssl rand -hex 16) with salt_env = \"MG3D_SALT\"".into(),
+        ));
+    }
+    Ok(salt)
+}
+
+/// Every stage has an input of each kind it requires.
+fn check_required_inputs(
+    specs: &BTreeMap<String, StageSpec>,
+    registry: &StageRegistry,
+    err: &dyn Fn(Option<usize>, String, String) -> PipelineError,
+) -> Result<(), PipelineError> {
+    for spec in specs.values() {
+        let stage = registry.get(&spec.kind).expect("checked above");
+        for decl in stage.inputs() {
+            let n = spec
+                .inputs
+                .iter()
+                .filter(|i| specs[i.as_str()].kind == decl.kind)
+                .count();
+            if decl.required && n == 0 {
+                return Err(err(
+                    Some(spec.line),
+                    format!(
+                        "stage {:?} (kind {}) needs an input of kind {:?}",
+                        spec.name, spec.kind, decl.kind
+                    ),
+                    format!("add the name of a {} stage to its inputs", decl.kind),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One `[stages.NAME]` table checked against the registry: a plain name, a known kind, inputs
+/// that are other stages of the pipeline, params of the right names and types.
+fn stage_spec(
+    name: &str,
+    st: &Spanned<RawStage>,
+    src: &str,
+    registry: &StageRegistry,
+    names: &BTreeSet<&str>,
+    err: &dyn Fn(Option<usize>, String, String) -> PipelineError,
+) -> Result<StageSpec, PipelineError> {
+    let list = |set: &BTreeSet<&str>| set.iter().copied().collect::<Vec<_>>().join(", ");
+    let st_line = line_of(src, st.span().start);
+    let r = st.get_ref();
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(err(
+            Some(st_line),
+            format!("stage name {name:?} is not a plain identifier"),
+            "use letters, digits, '_' or '-' (the name is also a directory)".into(),
+        ));
+    }
+    let kind = r.kind.get_ref();
+    let Some(stage) = registry.get(kind) else {
+        return Err(err(
+            Some(line_of(src, r.kind.span().start)),
+            format!("stage {name:?} has unknown kind {kind:?}"),
+            format!("use one of: {}", registry.kinds().join(", ")),
+        ));
+    };
+    let mut inputs = Vec::new();
+    for inp in &r.inputs {
+        let i = inp.get_ref();
+        if !names.contains(i.as_str()) {
+            return Err(err(
+                Some(line_of(src, inp.span().start)),
+                format!("stage {name:?} has input {i:?}, which is not a stage of this pipeline"),
+                format!("define [stages.{i}] or use one of: {}", list(names)),
+            ));
+        }
+        if i == name {
+            return Err(err(
+                Some(line_of(src, inp.span().start)),
+                format!("stage {name:?} lists itself as an input"),
+                "remove it from inputs".into(),
+            ));
+        }
+        inputs.push(i.clone());
+    }
+    inputs.sort();
+    inputs.dedup();
+    let (table, table_line, table_span) = match &r.params {
+        Some(p) => (p.get_ref().clone(), line_of(src, p.span().start), p.span()),
+        None => (toml::Table::new(), st_line, st.span()),
+    };
+    let params = Params::resolve(stage.params(), &table).map_err(|(key, msg)| {
+        let line = key
+            .as_ref()
+            .and_then(|k| {
+                find_key_line(src, table_span.clone(), k)
+                    .or_else(|| find_key_after(src, table_line, k))
+            })
+            .unwrap_or(table_line);
+        let valid: Vec<String> = stage.params().iter().map(|p| p.name.to_string()).collect();
+        err(
+            Some(line),
+            format!("stage {name:?} (kind {kind}): {msg}"),
+            format!("valid params of {kind}: {}", valid.join(", ")),
+        )
+    })?;
+    stage.check_params(&params).map_err(|msg| {
+        err(
+            Some(table_line),
+            format!("stage {name:?} (kind {kind}): {msg}"),
+            format!("see `mg3d stages` for the params of {kind}"),
+        )
+    })?;
+    Ok(StageSpec {
+        name: name.to_string(),
+        kind: kind.clone(),
+        inputs,
+        params,
+        line: st_line,
+    })
 }
