@@ -262,16 +262,10 @@ impl Mg3d {
                 .forward(&Tensor::ones([b, n], (Kind::Int64, tok.device())))
     }
 
-    /// The five losses of one step. `step_seed` fixes the MIM cubes and MLM words of the step.
-    pub fn losses(&self, inp: &Inputs, obj: &Objectives, step_seed: u64) -> Losses {
+    /// The step's whole-word-masked token ids (seeded by `step_seed`) and their MLM labels.
+    fn mlm_inputs(&self, inp: &Inputs, obj: &Objectives, step_seed: u64) -> (Tensor, Tensor) {
         let dev = inp.volume.device();
         let b = inp.volume.size()[0];
-        // Unmasked text and image.
-        let (text, emb) = self.text_features(&inp.input_ids, &inp.attention_mask);
-        let (clauses, cmask) = clause_gather(&text, &inp.clause_index);
-        let v = self.vision_tokens(&inp.volume);
-
-        // MLM + SAL (masked text recomputed every step; the image unmasked).
         let mut rng = ChaCha8Rng::seed_from_u64(step_seed ^ 0x6d6c6d);
         let ids: Vec<i64> = inp.input_ids.view([-1]).try_into().unwrap_or_default();
         let att: Vec<i64> = inp.attention_mask.view([-1]).try_into().unwrap_or_default();
@@ -297,6 +291,20 @@ impl Mg3d {
         let labels = Tensor::from_slice(&labels)
             .view([b, l as i64])
             .to_device(dev);
+        (mids, labels)
+    }
+
+    /// The five losses of one step. `step_seed` fixes the MIM cubes and MLM words of the step.
+    pub fn losses(&self, inp: &Inputs, obj: &Objectives, step_seed: u64) -> Losses {
+        let dev = inp.volume.device();
+        let b = inp.volume.size()[0];
+        // Unmasked text and image.
+        let (text, emb) = self.text_features(&inp.input_ids, &inp.attention_mask);
+        let (clauses, cmask) = clause_gather(&text, &inp.clause_index);
+        let v = self.vision_tokens(&inp.volume);
+
+        // MLM + SAL (masked text recomputed every step; the image unmasked).
+        let (mids, labels) = self.mlm_inputs(inp, obj, step_seed);
         let (masked_text, _) = self.text_features(&mids, &inp.attention_mask);
         let (fused_text, _) = self.fuse_mlm.forward(&masked_text, &v);
         let transformed = self

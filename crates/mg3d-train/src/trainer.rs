@@ -354,6 +354,28 @@ pub fn latest_checkpoint(dir: &Path) -> Option<PathBuf> {
     v.pop()
 }
 
+/// Loads checkpoint `ck` into the model, the optimizer and the loader's position; returns its
+/// step and metrics so far.
+fn resume_from(
+    ck: &Path,
+    vs: &mut nn::VarStore,
+    opt: &mut AdamW,
+    loader: &mut Loader,
+) -> Result<(u64, Vec<StepMetrics>), String> {
+    let st: CheckpointState = serde_json::from_str(
+        &std::fs::read_to_string(ck.join("state.json"))
+            .map_err(|e| format!("{}: {e}", ck.display()))?,
+    )
+    .map_err(|e| format!("{}: {e}", ck.display()))?;
+    vs.load(ck.join("model.safetensors"))
+        .map_err(|e| format!("{}: {e}", ck.display()))?;
+    opt.load_state(&ck.join("optimizer.safetensors"), st.step)?;
+    loader
+        .skip_to(st.loader_epoch, st.loader_sample_in_epoch)
+        .map_err(|e| e.to_string())?;
+    Ok((st.step, st.metrics))
+}
+
 /// Trains `model` (variables in `vs`) on the `train` split of `shards` for `cfg.steps` steps,
 /// checkpointing into `ckpt_dir`; with `resume`, continues from that checkpoint. `on_step` sees
 /// every step's metrics. Returns the metrics of the steps run.
@@ -390,23 +412,10 @@ pub fn train(
             cfg.batch_size
         ));
     }
-    let mut start = 0u64;
-    let mut history: Vec<StepMetrics> = Vec::new();
-    if let Some(ck) = resume {
-        let st: CheckpointState = serde_json::from_str(
-            &std::fs::read_to_string(ck.join("state.json"))
-                .map_err(|e| format!("{}: {e}", ck.display()))?,
-        )
-        .map_err(|e| format!("{}: {e}", ck.display()))?;
-        vs.load(ck.join("model.safetensors"))
-            .map_err(|e| format!("{}: {e}", ck.display()))?;
-        opt.load_state(&ck.join("optimizer.safetensors"), st.step)?;
-        loader
-            .skip_to(st.loader_epoch, st.loader_sample_in_epoch)
-            .map_err(|e| e.to_string())?;
-        start = st.step;
-        history = st.metrics;
-    }
+    let (start, mut history) = match resume {
+        Some(ck) => resume_from(ck, vs, &mut opt, &mut loader)?,
+        None => (0, Vec::new()),
+    };
     std::fs::create_dir_all(ckpt_dir).map_err(|e| format!("{}: {e}", ckpt_dir.display()))?;
     let mut pos = loader.state();
     let mut out = Vec::new();
