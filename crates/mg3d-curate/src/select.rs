@@ -146,6 +146,99 @@ fn bool_col(df: &DataFrame, name: &str) -> Result<Vec<bool>, CurateError> {
         .collect())
 }
 
+/// The rows still selected, and the exclusions and counts so far.
+struct Sieve {
+    alive: Vec<bool>,
+    out: Selection,
+    rule_index: usize,
+}
+
+impl Sieve {
+    /// Applies one rule: every selected row for which `exclude` gives a reason is excluded.
+    fn apply(&mut self, name: &str, exclude: &dyn Fn(usize) -> Option<String>) {
+        for (r, a) in self.alive.iter_mut().enumerate() {
+            if *a && let Some(detail) = exclude(r) {
+                *a = false;
+                self.out.excluded.push(Exclusion {
+                    row: r,
+                    rule_index: self.rule_index,
+                    rule: name.to_string(),
+                    detail,
+                });
+            }
+        }
+        self.out
+            .counts
+            .push((name.to_string(), self.alive.iter().filter(|&&a| a).count()));
+        self.rule_index += 1;
+    }
+}
+
+/// Excludes repeated report texts: the same text within one study is one report (CT-RATE
+/// repeats a study's report for each reconstruction); across studies, the study of the lowest
+/// report id with the text keeps it.
+fn dedupe_reports(view: &DataFrame, sv: &mut Sieve) -> Result<(), CurateError> {
+    let n = view.height();
+    let rep_id = str_col(view, "report_id")?;
+    let study = str_col(view, "study_id")?;
+    // CT-RATE repeats a study's report for each reconstruction: the same text within one study
+    // is one report. Across studies, the study of the lowest report id with the text keeps it.
+    let hash = str_col(view, "report_hash")?;
+    let group = |r: usize| -> Option<&str> { study[r].as_deref().or(rep_id[r].as_deref()) };
+    let mut first: BTreeMap<&str, (&str, &str)> = BTreeMap::new();
+    for r in 0..n {
+        if let (true, Some(h), Some(id), Some(g)) = (sv.alive[r], &hash[r], &rep_id[r], group(r)) {
+            let e = first.entry(h.as_str()).or_insert((id.as_str(), g));
+            if id.as_str() < e.0 {
+                *e = (id.as_str(), g);
+            }
+        }
+    }
+    sv.apply("dedupe_reports", &|r| {
+        let (h, g) = (hash[r].as_deref()?, group(r)?);
+        let (keep, keep_group) = first[h];
+        (keep_group != g).then(|| format!("same text as report {keep} of another study"))
+    });
+    Ok(())
+}
+
+/// Keeps one reconstruction per study: the thinnest (smallest slice spacing), or the first by
+/// volume id.
+fn one_reconstruction(
+    view: &DataFrame,
+    sv: &mut Sieve,
+    reconstruction: Reconstruction,
+) -> Result<(), CurateError> {
+    let n = view.height();
+    let vol_id = str_col(view, "volume_id")?;
+    let study = str_col(view, "study_id")?;
+    let spacing = f64_col(view, "slice_spacing_mm")?;
+    // Per study, the winning (spacing or 0, volume id).
+    let mut best: BTreeMap<&str, (f64, &str)> = BTreeMap::new();
+    for r in 0..n {
+        if let (true, Some(s), Some(v)) = (sv.alive[r], &study[r], &vol_id[r]) {
+            let key = match reconstruction {
+                Reconstruction::Thinnest => spacing[r].unwrap_or(f64::INFINITY),
+                _ => 0.0,
+            };
+            let e = best.entry(s.as_str()).or_insert((key, v.as_str()));
+            if (key, v.as_str()) < (e.0, e.1) {
+                *e = (key, v.as_str());
+            }
+        }
+    }
+    let name = match reconstruction {
+        Reconstruction::Thinnest => "reconstruction: thinnest",
+        _ => "reconstruction: first",
+    };
+    sv.apply(name, &|r| {
+        let (s, v) = (study[r].as_deref()?, vol_id[r].as_deref()?);
+        let (_, keep) = best[s];
+        (keep != v).then(|| format!("study keeps volume {keep}"))
+    });
+    Ok(())
+}
+
 /// Applies policies and rules to `view` (a collected view, see [`crate::view`]).
 pub fn select(
     view: &DataFrame,
@@ -159,56 +252,34 @@ pub fn select(
         .map(|c| c.to_string())
         .collect();
     check_rules(rules, &valid).map_err(CurateError::Rule)?;
-    let mut alive = vec![true; n];
-    let mut out = Selection {
-        counts: vec![("candidates".into(), n)],
-        ..Default::default()
-    };
-    let mut rule_index = 0usize;
-    let mut apply = |name: &str,
-                     alive: &mut Vec<bool>,
-                     out: &mut Selection,
-                     keep: &dyn Fn(usize) -> Option<String>| {
-        for (r, a) in alive.iter_mut().enumerate() {
-            if *a && let Some(detail) = keep(r) {
-                *a = false;
-                out.excluded.push(Exclusion {
-                    row: r,
-                    rule_index,
-                    rule: name.to_string(),
-                    detail,
-                });
-            }
-        }
-        out.counts
-            .push((name.to_string(), alive.iter().filter(|&&a| a).count()));
-        rule_index += 1;
+    let mut sv = Sieve {
+        alive: vec![true; n],
+        out: Selection {
+            counts: vec![("candidates".into(), n)],
+            ..Default::default()
+        },
+        rule_index: 0,
     };
     let has_volume = bool_col(view, "has_volume")?;
     let has_report = bool_col(view, "has_report")?;
     if pol.require_volume {
-        apply("require_volume", &mut alive, &mut out, &|r| {
+        sv.apply("require_volume", &|r| {
             (!has_volume[r]).then(|| "report without a volume".to_string())
         });
     }
     if pol.require_report {
-        apply("require_report", &mut alive, &mut out, &|r| {
+        sv.apply("require_report", &|r| {
             (!has_report[r]).then(|| "volume without a report".to_string())
         });
     }
     if pol.min_report_chars > 0 {
         let chars = f64_col(view, "report_chars")?;
         let min = pol.min_report_chars as f64;
-        apply(
-            "min_report_chars",
-            &mut alive,
-            &mut out,
-            &|r| match chars[r] {
-                Some(c) if c >= min => None,
-                Some(c) => Some(format!("{c} characters < {min}")),
-                None => Some("no report text".into()),
-            },
-        );
+        sv.apply("min_report_chars", &|r| match chars[r] {
+            Some(c) if c >= min => None,
+            Some(c) => Some(format!("{c} characters < {min}")),
+            None => Some("no report text".into()),
+        });
     }
     if !rules.is_empty() {
         let exprs: Vec<Expr> = rules
@@ -237,16 +308,11 @@ pub fn select(
                 )));
             }
             let ok: Vec<Option<bool>> = c.bool().map_err(pl("rule"))?.iter().collect();
-            apply(
-                &format!("rule: {r}"),
-                &mut alive,
-                &mut out,
-                &|row| match ok[row] {
-                    Some(true) => None,
-                    Some(false) => Some("false".into()),
-                    None => Some("null (a column it reads is missing for this row)".into()),
-                },
-            );
+            sv.apply(&format!("rule: {r}"), &|row| match ok[row] {
+                Some(true) => None,
+                Some(false) => Some("false".into()),
+                None => Some("null (a column it reads is missing for this row)".into()),
+            });
         }
     }
     let vol_id = str_col(view, "volume_id")?;
@@ -254,68 +320,27 @@ pub fn select(
         let hash = str_col(view, "volume_hash")?;
         let mut first: BTreeMap<&str, (&str, usize)> = BTreeMap::new();
         for r in 0..n {
-            if let (true, Some(h), Some(v)) = (alive[r], &hash[r], &vol_id[r]) {
+            if let (true, Some(h), Some(v)) = (sv.alive[r], &hash[r], &vol_id[r]) {
                 let e = first.entry(h.as_str()).or_insert((v.as_str(), r));
                 if v.as_str() < e.0 {
                     *e = (v.as_str(), r);
                 }
             }
         }
-        apply("dedupe_volumes", &mut alive, &mut out, &|r| {
+        sv.apply("dedupe_volumes", &|r| {
             let (h, v) = (hash[r].as_deref()?, vol_id[r].as_deref()?);
             let (keep, _) = first[h];
             (keep != v).then(|| format!("same voxels as volume {keep}"))
         });
     }
-    let rep_id = str_col(view, "report_id")?;
-    let study = str_col(view, "study_id")?;
     if pol.dedupe_reports {
-        // CT-RATE repeats a study's report for each reconstruction: the same text within one study
-        // is one report. Across studies, the study of the lowest report id with the text keeps it.
-        let hash = str_col(view, "report_hash")?;
-        let group = |r: usize| -> Option<&str> { study[r].as_deref().or(rep_id[r].as_deref()) };
-        let mut first: BTreeMap<&str, (&str, &str)> = BTreeMap::new();
-        for r in 0..n {
-            if let (true, Some(h), Some(id), Some(g)) = (alive[r], &hash[r], &rep_id[r], group(r)) {
-                let e = first.entry(h.as_str()).or_insert((id.as_str(), g));
-                if id.as_str() < e.0 {
-                    *e = (id.as_str(), g);
-                }
-            }
-        }
-        apply("dedupe_reports", &mut alive, &mut out, &|r| {
-            let (h, g) = (hash[r].as_deref()?, group(r)?);
-            let (keep, keep_group) = first[h];
-            (keep_group != g).then(|| format!("same text as report {keep} of another study"))
-        });
+        dedupe_reports(view, &mut sv)?;
     }
     if pol.reconstruction != Reconstruction::All {
-        let spacing = f64_col(view, "slice_spacing_mm")?;
-        // Per study, the winning (spacing or 0, volume id).
-        let mut best: BTreeMap<&str, (f64, &str)> = BTreeMap::new();
-        for r in 0..n {
-            if let (true, Some(s), Some(v)) = (alive[r], &study[r], &vol_id[r]) {
-                let key = match pol.reconstruction {
-                    Reconstruction::Thinnest => spacing[r].unwrap_or(f64::INFINITY),
-                    _ => 0.0,
-                };
-                let e = best.entry(s.as_str()).or_insert((key, v.as_str()));
-                if (key, v.as_str()) < (e.0, e.1) {
-                    *e = (key, v.as_str());
-                }
-            }
-        }
-        let name = match pol.reconstruction {
-            Reconstruction::Thinnest => "reconstruction: thinnest",
-            _ => "reconstruction: first",
-        };
-        apply(name, &mut alive, &mut out, &|r| {
-            let (s, v) = (study[r].as_deref()?, vol_id[r].as_deref()?);
-            let (_, keep) = best[s];
-            (keep != v).then(|| format!("study keeps volume {keep}"))
-        });
+        one_reconstruction(view, &mut sv, pol.reconstruction)?;
     }
-    out.selected = (0..n).filter(|&r| alive[r]).collect();
+    let mut out = sv.out;
+    out.selected = (0..n).filter(|&r| sv.alive[r]).collect();
     out.excluded.sort_by_key(|e| e.row);
     Ok(out)
 }

@@ -94,6 +94,133 @@ fn bar(n: usize, max: usize) -> String {
     "#".repeat(w)
 }
 
+/// Per CT-RATE label, how many selected pairs have it present, absent, uncertain or unmentioned.
+fn label_prevalence(view: &DataFrame, rows: &[usize]) -> Result<Vec<Value>, StageError> {
+    let mut prevalence = Vec::new();
+    for l in CT_RATE_LABELS {
+        let vals = f64s(view, &label_column(l))?;
+        let (mut pos, mut neg, mut unc, mut none) = (0, 0, 0, 0);
+        for &r in rows {
+            match vals[r] {
+                Some(1.0) => pos += 1,
+                Some(0.0) => neg += 1,
+                Some(_) => unc += 1,
+                None => none += 1,
+            }
+        }
+        prevalence.push(json!({"label": l, "present": pos, "absent": neg, "uncertain": unc, "not_mentioned": none}));
+    }
+    Ok(prevalence)
+}
+
+/// excluded.parquet: each excluded row with the rule that excluded it. `ids` are the view's
+/// patient, study, volume and report id columns.
+fn write_excluded(
+    out: &Path,
+    sel: &Selection,
+    ids: [&[Option<String>]; 4],
+) -> Result<(), StageError> {
+    let [pid, sid, vid, rid] = ids;
+    let ex = &sel.excluded;
+    let opt = |v: &[Option<String>]| -> StringArray {
+        StringArray::from_iter(ex.iter().map(|e| v[e.row].clone()))
+    };
+    write_columns(
+        &out.join("excluded.parquet"),
+        &TableSchema::get("excluded")?,
+        vec![
+            Arc::new(opt(pid)) as ArrayRef,
+            Arc::new(opt(sid)),
+            Arc::new(opt(vid)),
+            Arc::new(opt(rid)),
+            Arc::new(Int32Array::from_iter_values(
+                ex.iter().map(|e| e.rule_index as i32),
+            )),
+            Arc::new(StringArray::from_iter_values(ex.iter().map(|e| &e.rule))),
+            Arc::new(StringArray::from_iter_values(ex.iter().map(|e| &e.detail))),
+        ],
+    )?;
+    Ok(())
+}
+
+/// The corpus card as Markdown (the same facts as corpus_card.json).
+#[allow(clippy::too_many_arguments)]
+fn card_markdown(
+    card: &Value,
+    sel: &Selection,
+    p: &CurateParams,
+    seed: u64,
+    ratios: &[f64; 3],
+    split_sizes: &BTreeMap<&str, Value>,
+    prevalence: &[Value],
+    hists: [(&str, &Vec<(String, usize)>); 2],
+) -> String {
+    let corpus_key = card["corpus_key"].as_str().unwrap_or("");
+    let mut md = String::new();
+    md.push_str("# Corpus card\n\n");
+    md.push_str(&format!(
+        "Corpus key `{corpus_key}`: {} volume–report pairs from {} patients.\n\n",
+        card["selected_pairs"], card["selected_patients"]
+    ));
+    md.push_str("## Sources\n\n| input | table | blake3 | bytes |\n|---|---|---|---|\n");
+    if let Some(obj) = card["sources"].as_object() {
+        for (k, v) in obj {
+            md.push_str(&format!(
+                "| {} | {} | `{}` | {} |\n",
+                v["stage"].as_str().unwrap_or(""),
+                k,
+                v["blake3"].as_str().unwrap_or(""),
+                v["bytes"]
+            ));
+        }
+    }
+    md.push_str("\n## Selection, in order\n\n| # | rule | remaining |\n|---|---|---|\n");
+    for (i, (r, n)) in sel.counts.iter().enumerate() {
+        md.push_str(&format!("| {i} | `{r}` | {n} |\n"));
+    }
+    md.push_str(&format!(
+        "\nSQL rules (polars SQL over the view documented in docs/ARCHITECTURE.md): {}\n",
+        if p.rules.is_empty() {
+            "none".to_string()
+        } else {
+            p.rules
+                .iter()
+                .map(|r| format!("`{r}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    ));
+    md.push_str(&format!(
+        "\n## Splits (by patient, seed {seed}, ratios {ratios:?})\n\n| split | pairs | patients |\n|---|---|---|\n"
+    ));
+    for s in SPLITS {
+        md.push_str(&format!(
+            "| {s} | {} | {} |\n",
+            split_sizes[s]["pairs"], split_sizes[s]["patients"]
+        ));
+    }
+    md.push_str("\n## Label prevalence (selected pairs)\n\n| label | present | absent | uncertain | not mentioned |\n|---|---|---|---|---|\n");
+    for v in prevalence {
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {} |\n",
+            v["label"].as_str().unwrap_or(""),
+            v["present"],
+            v["absent"],
+            v["uncertain"],
+            v["not_mentioned"]
+        ));
+    }
+    for (title, h) in hists {
+        let max = h.iter().map(|x| x.1).max().unwrap_or(0);
+        md.push_str(&format!("\n## {title}\n\n```\n"));
+        for (b, c) in h {
+            md.push_str(&format!("{b:>22} {c:>6} {}\n", bar(*c, max)));
+        }
+        md.push_str("```\n");
+    }
+    md
+}
+
 /// Writes the outputs for a selection. Returns the card as JSON.
 #[allow(clippy::too_many_arguments)]
 fn write_outputs(
@@ -136,45 +263,15 @@ fn write_outputs(
             Arc::new(Float64Array::from_iter(rows.iter().map(|&r| spacing[r]))),
         ],
     )?;
+    write_excluded(out, sel, [&pid, &sid, &vid, &rid])?;
     let ex = &sel.excluded;
-    let opt = |v: &[Option<String>]| -> StringArray {
-        StringArray::from_iter(ex.iter().map(|e| v[e.row].clone()))
-    };
-    write_columns(
-        &out.join("excluded.parquet"),
-        &TableSchema::get("excluded")?,
-        vec![
-            Arc::new(opt(&pid)) as ArrayRef,
-            Arc::new(opt(&sid)),
-            Arc::new(opt(&vid)),
-            Arc::new(opt(&rid)),
-            Arc::new(Int32Array::from_iter_values(
-                ex.iter().map(|e| e.rule_index as i32),
-            )),
-            Arc::new(StringArray::from_iter_values(ex.iter().map(|e| &e.rule))),
-            Arc::new(StringArray::from_iter_values(ex.iter().map(|e| &e.detail))),
-        ],
-    )?;
 
     // The card.
     let mut by_rule: BTreeMap<&str, usize> = BTreeMap::new();
     for e in ex {
         *by_rule.entry(e.rule.as_str()).or_default() += 1;
     }
-    let mut prevalence = Vec::new();
-    for l in CT_RATE_LABELS {
-        let vals = f64s(view, &label_column(l))?;
-        let (mut pos, mut neg, mut unc, mut none) = (0, 0, 0, 0);
-        for &r in rows {
-            match vals[r] {
-                Some(1.0) => pos += 1,
-                Some(0.0) => neg += 1,
-                Some(_) => unc += 1,
-                None => none += 1,
-            }
-        }
-        prevalence.push(json!({"label": l, "present": pos, "absent": neg, "uncertain": unc, "not_mentioned": none}));
-    }
+    let prevalence = label_prevalence(view, rows)?;
     let mut split_sizes = BTreeMap::new();
     for s in SPLITS {
         let pairs = splits.iter().filter(|x| **x == s).count();
@@ -221,72 +318,19 @@ fn write_outputs(
     let text = serde_json::to_string_pretty(&card).map_err(|e| StageError::ctx("card", e))?;
     std::fs::write(out.join("corpus_card.json"), text + "\n")?;
 
-    let mut md = String::new();
-    md.push_str("# Corpus card\n\n");
-    md.push_str(&format!(
-        "Corpus key `{corpus_key}`: {} volume–report pairs from {} patients.\n\n",
-        rows.len(),
-        uniq.len()
-    ));
-    md.push_str("## Sources\n\n| input | table | blake3 | bytes |\n|---|---|---|---|\n");
-    if let Some(obj) = card["sources"].as_object() {
-        for (k, v) in obj {
-            md.push_str(&format!(
-                "| {} | {} | `{}` | {} |\n",
-                v["stage"].as_str().unwrap_or(""),
-                k,
-                v["blake3"].as_str().unwrap_or(""),
-                v["bytes"]
-            ));
-        }
-    }
-    md.push_str("\n## Selection, in order\n\n| # | rule | remaining |\n|---|---|---|\n");
-    for (i, (r, n)) in sel.counts.iter().enumerate() {
-        md.push_str(&format!("| {i} | `{r}` | {n} |\n"));
-    }
-    md.push_str(&format!(
-        "\nSQL rules (polars SQL over the view documented in docs/ARCHITECTURE.md): {}\n",
-        if p.rules.is_empty() {
-            "none".to_string()
-        } else {
-            p.rules
-                .iter()
-                .map(|r| format!("`{r}`"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        }
-    ));
-    md.push_str(&format!(
-        "\n## Splits (by patient, seed {seed}, ratios {ratios:?})\n\n| split | pairs | patients |\n|---|---|---|\n"
-    ));
-    for s in SPLITS {
-        md.push_str(&format!(
-            "| {s} | {} | {} |\n",
-            split_sizes[s]["pairs"], split_sizes[s]["patients"]
-        ));
-    }
-    md.push_str("\n## Label prevalence (selected pairs)\n\n| label | present | absent | uncertain | not mentioned |\n|---|---|---|---|---|\n");
-    for v in &prevalence {
-        md.push_str(&format!(
-            "| {} | {} | {} | {} | {} |\n",
-            v["label"].as_str().unwrap_or(""),
-            v["present"],
-            v["absent"],
-            v["uncertain"],
-            v["not_mentioned"]
-        ));
-    }
-    for (title, h) in [
-        ("Slice spacing", &spacing_hist),
-        ("Slices per volume", &slices_hist),
-    ] {
-        let max = h.iter().map(|x| x.1).max().unwrap_or(0);
-        md.push_str(&format!("\n## {title}\n\n```\n"));
-        for (b, c) in h {
-            md.push_str(&format!("{b:>22} {c:>6} {}\n", bar(*c, max)));
-        }
-        md.push_str("```\n");
-    }
+    let md = card_markdown(
+        &card,
+        sel,
+        p,
+        seed,
+        &ratios,
+        &split_sizes,
+        &prevalence,
+        [
+            ("Slice spacing", &spacing_hist),
+            ("Slices per volume", &slices_hist),
+        ],
+    );
     std::fs::write(out.join("corpus_card.md"), md)?;
     Ok(card)
 }
