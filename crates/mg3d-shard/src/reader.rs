@@ -274,6 +274,57 @@ fn format_err(path: &Path, detail: impl Into<String>) -> ShardError {
     }
 }
 
+/// Maps every shard of `split`, checking its size against the index (and, with `verify`, its
+/// sha256).
+fn map_shards(
+    index: &ShardIndex,
+    split: &SplitIndex,
+    verify: bool,
+) -> Result<Vec<Mmap>, ShardError> {
+    let mut maps = Vec::with_capacity(split.shards.len());
+    for e in &split.shards {
+        let path = index.dir.join(&e.file);
+        let io = |source| ShardError::Io {
+            path: path.clone(),
+            source,
+        };
+        let f = std::fs::File::open(&path).map_err(io)?;
+        let len = f.metadata().map_err(io)?.len();
+        if len != e.bytes {
+            return Err(format_err(
+                &path,
+                format!(
+                    "{len} bytes, index.json says {} (truncated or replaced)",
+                    e.bytes
+                ),
+            ));
+        }
+        // SAFETY: shard files are never modified after the stage promotes them (a rebuild
+        // writes new files and renames them into place, leaving mapped inodes intact).
+        let m = unsafe { Mmap::map(&f) }.map_err(io)?;
+        maps.push(m);
+    }
+    if verify {
+        split
+            .shards
+            .par_iter()
+            .zip(maps.par_iter())
+            .try_for_each(|(e, m)| {
+                let actual = sha256_hex(m);
+                if actual != e.sha256 {
+                    Err(ShardError::Checksum {
+                        path: index.dir.join(&e.file),
+                        expected: e.sha256.clone(),
+                        actual,
+                    })
+                } else {
+                    Ok(())
+                }
+            })?;
+    }
+    Ok(maps)
+}
+
 impl SplitData {
     fn open(
         index: &ShardIndex,
@@ -300,47 +351,7 @@ impl SplitData {
                 })
                 .collect::<Result<_, _>>()?,
         };
-        let mut maps = Vec::with_capacity(split.shards.len());
-        for e in &split.shards {
-            let path = index.dir.join(&e.file);
-            let io = |source| ShardError::Io {
-                path: path.clone(),
-                source,
-            };
-            let f = std::fs::File::open(&path).map_err(io)?;
-            let len = f.metadata().map_err(io)?.len();
-            if len != e.bytes {
-                return Err(format_err(
-                    &path,
-                    format!(
-                        "{len} bytes, index.json says {} (truncated or replaced)",
-                        e.bytes
-                    ),
-                ));
-            }
-            // SAFETY: shard files are never modified after the stage promotes them (a rebuild
-            // writes new files and renames them into place, leaving mapped inodes intact).
-            let m = unsafe { Mmap::map(&f) }.map_err(io)?;
-            maps.push(m);
-        }
-        if verify {
-            split
-                .shards
-                .par_iter()
-                .zip(maps.par_iter())
-                .try_for_each(|(e, m)| {
-                    let actual = sha256_hex(m);
-                    if actual != e.sha256 {
-                        Err(ShardError::Checksum {
-                            path: index.dir.join(&e.file),
-                            expected: e.sha256.clone(),
-                            actual,
-                        })
-                    } else {
-                        Ok(())
-                    }
-                })?;
-        }
+        let maps = map_shards(index, split, verify)?;
         let mut fields: Vec<FieldLayout> = specs
             .into_iter()
             .map(|spec| FieldLayout {
