@@ -68,6 +68,109 @@ fn is_empty(s: &str, markers: &[String]) -> bool {
     t.is_empty() || markers.iter().any(|m| m.eq_ignore_ascii_case(t))
 }
 
+/// A data row: its number and its fields, or why it cannot be read.
+type RawRow = (i64, Result<BTreeMap<String, String>, RowReject>);
+/// Makes a row's reject: (row, id if known, reason, message).
+type RejectFn<'a> = dyn Fn(i64, Option<String>, &'static str, String) -> RowReject + 'a;
+
+/// The rows of a JSONL file (one object per line; non-string values as their JSON text).
+fn jsonl_rows(path: &Path, rej: &RejectFn) -> Result<Vec<RawRow>, String> {
+    let mut rows: Vec<RawRow> = Vec::new();
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+        let n = i as i64 + 1;
+        if line.iter().all(|b| b.is_ascii_whitespace()) {
+            continue;
+        }
+        let r = match std::str::from_utf8(line) {
+            Err(e) => Err(rej(
+                n,
+                None,
+                "report_not_utf8",
+                format!("line {n}: invalid UTF-8 at byte {}", e.valid_up_to()),
+            )),
+            Ok(s) => match serde_json::from_str::<serde_json::Map<String, Value>>(s) {
+                Ok(m) => Ok(m
+                    .into_iter()
+                    .map(|(k, v)| {
+                        (
+                            k,
+                            v.as_str().map(|s| s.to_string()).unwrap_or_else(|| {
+                                if v.is_null() {
+                                    String::new()
+                                } else {
+                                    v.to_string()
+                                }
+                            }),
+                        )
+                    })
+                    .collect()),
+                Err(e) => Err(rej(n, None, "report_malformed", format!("line {n}: {e}"))),
+            },
+        };
+        rows.push((n, r));
+    }
+    Ok(rows)
+}
+
+/// The rows of a CSV file, read as bytes so a non-UTF-8 field rejects only its row.
+fn csv_rows(path: &Path, id_col: &str, rej: &RejectFn) -> Result<Vec<RawRow>, String> {
+    let mut rows: Vec<RawRow> = Vec::new();
+    let mut rdr = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_path(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let headers: Vec<String> = rdr
+        .byte_headers()
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .iter()
+        .map(|h| {
+            String::from_utf8_lossy(h)
+                .trim_start_matches('\u{feff}')
+                .to_string()
+        })
+        .collect();
+    for (i, rec) in rdr.byte_records().enumerate() {
+        let n = i as i64 + 1;
+        let r = match rec {
+            Err(e) => Err(rej(n, None, "report_malformed", format!("row {n}: {e}"))),
+            Ok(rec) if rec.len() != headers.len() => Err(rej(
+                n,
+                None,
+                "report_malformed",
+                format!(
+                    "row {n}: {} fields, header has {}",
+                    rec.len(),
+                    headers.len()
+                ),
+            )),
+            Ok(rec) => {
+                let mut m = BTreeMap::new();
+                let mut err = None;
+                for (h, f) in headers.iter().zip(rec.iter()) {
+                    match std::str::from_utf8(f) {
+                        Ok(s) => {
+                            m.insert(h.clone(), s.to_string());
+                        }
+                        Err(e) => {
+                            err = Some(format!(
+                                "row {n}, column {h}: invalid UTF-8 at byte {}",
+                                e.valid_up_to()
+                            ))
+                        }
+                    }
+                }
+                match err {
+                    Some(msg) => Err(rej(n, m.get(id_col).cloned(), "report_not_utf8", msg)),
+                    None => Ok(m),
+                }
+            }
+        };
+        rows.push((n, r));
+    }
+    Ok(rows)
+}
+
 /// Reads a CSV (bytes, so non-UTF-8 fields are caught per row) or JSONL file.
 pub fn read_reports(
     path: &Path,
@@ -88,97 +191,11 @@ pub fn read_reports(
     let jsonl = path
         .extension()
         .is_some_and(|e| e == "jsonl" || e == "json");
-    type Row = (i64, Result<BTreeMap<String, String>, RowReject>);
-    let mut rows: Vec<Row> = Vec::new();
-    if jsonl {
-        let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
-            let n = i as i64 + 1;
-            if line.iter().all(|b| b.is_ascii_whitespace()) {
-                continue;
-            }
-            let r = match std::str::from_utf8(line) {
-                Err(e) => Err(rej(
-                    n,
-                    None,
-                    "report_not_utf8",
-                    format!("line {n}: invalid UTF-8 at byte {}", e.valid_up_to()),
-                )),
-                Ok(s) => match serde_json::from_str::<serde_json::Map<String, Value>>(s) {
-                    Ok(m) => Ok(m
-                        .into_iter()
-                        .map(|(k, v)| {
-                            (
-                                k,
-                                v.as_str().map(|s| s.to_string()).unwrap_or_else(|| {
-                                    if v.is_null() {
-                                        String::new()
-                                    } else {
-                                        v.to_string()
-                                    }
-                                }),
-                            )
-                        })
-                        .collect()),
-                    Err(e) => Err(rej(n, None, "report_malformed", format!("line {n}: {e}"))),
-                },
-            };
-            rows.push((n, r));
-        }
+    let rows = if jsonl {
+        jsonl_rows(path, &rej)?
     } else {
-        let mut rdr = csv::ReaderBuilder::new()
-            .flexible(true)
-            .from_path(path)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        let headers: Vec<String> = rdr
-            .byte_headers()
-            .map_err(|e| format!("{}: {e}", path.display()))?
-            .iter()
-            .map(|h| {
-                String::from_utf8_lossy(h)
-                    .trim_start_matches('\u{feff}')
-                    .to_string()
-            })
-            .collect();
-        for (i, rec) in rdr.byte_records().enumerate() {
-            let n = i as i64 + 1;
-            let r = match rec {
-                Err(e) => Err(rej(n, None, "report_malformed", format!("row {n}: {e}"))),
-                Ok(rec) if rec.len() != headers.len() => Err(rej(
-                    n,
-                    None,
-                    "report_malformed",
-                    format!(
-                        "row {n}: {} fields, header has {}",
-                        rec.len(),
-                        headers.len()
-                    ),
-                )),
-                Ok(rec) => {
-                    let mut m = BTreeMap::new();
-                    let mut err = None;
-                    for (h, f) in headers.iter().zip(rec.iter()) {
-                        match std::str::from_utf8(f) {
-                            Ok(s) => {
-                                m.insert(h.clone(), s.to_string());
-                            }
-                            Err(e) => {
-                                err = Some(format!(
-                                    "row {n}, column {h}: invalid UTF-8 at byte {}",
-                                    e.valid_up_to()
-                                ))
-                            }
-                        }
-                    }
-                    match err {
-                        Some(msg) => Err(rej(n, m.get(id_col).cloned(), "report_not_utf8", msg)),
-                        None => Ok(m),
-                    }
-                }
-            };
-            rows.push((n, r));
-        }
-    }
+        csv_rows(path, id_col, &rej)?
+    };
     for (n, r) in rows {
         let m = match r {
             Ok(m) => m,
