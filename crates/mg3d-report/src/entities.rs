@@ -342,20 +342,16 @@ impl Extractor {
         })
     }
 
-    /// The built-in configuration.
-    pub fn default_config() -> Extractor {
-        Extractor::new(DEFAULT_FINDINGS, DEFAULT_ANATOMY, DEFAULT_CONTEXT)
-            .expect("built-in lexicons parse")
-    }
-
-    /// Extracts entities from one sentence. `clauses` are byte ranges within `sentence` (for sizes,
-    /// laterality and located_at); pass `[0..len]` when unknown.
-    pub fn extract(&self, sentence: &str, clauses: &[Range<usize>]) -> Vec<Entity> {
-        let toks = words(sentence);
-        let mut hits = longest_matches(&toks, &self.entity_index);
-        // Elliptic coordination: "<mod> (or|and|,) <mod2> <head>" where mod2+head is a finding.
+    /// Elliptic coordination ("no pleural or pericardial effusion"): for a finding "<mod2> <head>"
+    /// preceded by "<mod> (or|and|,)", the finding "<mod> <head>" when the lexicon has it.
+    fn coordinated(
+        &self,
+        sentence: &str,
+        toks: &[(Range<usize>, String)],
+        hits: &[(Range<usize>, Kind)],
+    ) -> Vec<(Range<usize>, Kind)> {
         let mut extra = Vec::new();
-        for (r, k) in &hits {
+        for (r, k) in hits {
             let Kind::Finding(fi) = *k else { continue };
             let Some(head) = &self.findings[fi].head else {
                 continue;
@@ -380,6 +376,22 @@ impl Extractor {
                 extra.push((m..m + 1, Kind::Finding(fj)));
             }
         }
+        extra
+    }
+
+    /// The built-in configuration.
+    pub fn default_config() -> Extractor {
+        Extractor::new(DEFAULT_FINDINGS, DEFAULT_ANATOMY, DEFAULT_CONTEXT)
+            .expect("built-in lexicons parse")
+    }
+
+    /// Extracts entities from one sentence. `clauses` are byte ranges within `sentence` (for sizes,
+    /// laterality and located_at); pass `[0..len]` when unknown.
+    pub fn extract(&self, sentence: &str, clauses: &[Range<usize>]) -> Vec<Entity> {
+        let toks = words(sentence);
+        let mut hits = longest_matches(&toks, &self.entity_index);
+        // Elliptic coordination: "<mod> (or|and|,) <mod2> <head>" where mod2+head is a finding.
+        let extra = self.coordinated(sentence, &toks, &hits);
         hits.extend(extra);
         hits.sort_by_key(|h| h.0.start);
         let triggers = longest_matches(&toks, &self.trigger_index);
@@ -417,42 +429,7 @@ impl Extractor {
                 (None, None, false, false);
             for (tr, ri) in &triggers {
                 let rule = &self.rules[*ri];
-                let covers_forward = tr.end <= r.start && {
-                    let stop = terminators
-                        .iter()
-                        .copied()
-                        .filter(|&t| t >= tr.end)
-                        .min()
-                        .unwrap_or(toks.len());
-                    let max = if rule.max_scope > 0 {
-                        tr.end + rule.max_scope
-                    } else {
-                        toks.len()
-                    };
-                    r.start < stop.min(max)
-                };
-                let covers_backward = tr.start >= r.end && {
-                    let stop = terminators
-                        .iter()
-                        .copied()
-                        .filter(|&t| t < tr.start)
-                        .max()
-                        .map(|t| t + 1)
-                        .unwrap_or(0);
-                    let max = if rule.max_scope > 0 {
-                        tr.start.saturating_sub(rule.max_scope)
-                    } else {
-                        0
-                    };
-                    r.start >= stop.max(max)
-                };
-                let covers = match rule.direction.as_str() {
-                    "forward" => covers_forward,
-                    "backward" => covers_backward,
-                    "bidirectional" => covers_forward || covers_backward,
-                    _ => false,
-                };
-                if !covers {
+                if !covers(rule, tr, r, &terminators, toks.len()) {
                     continue;
                 }
                 let text = sentence[byte(tr)].to_string();
@@ -520,6 +497,53 @@ impl Extractor {
                 .map(|(j, _)| *j);
         }
         out
+    }
+}
+
+/// Whether the trigger at word range `tr` scopes over the entity at `r`: forward to the next
+/// terminator (or `max_scope` words), backward to the previous one, or both, by the rule's
+/// direction.
+fn covers(
+    rule: &RuleDef,
+    tr: &Range<usize>,
+    r: &Range<usize>,
+    terminators: &[usize],
+    n_toks: usize,
+) -> bool {
+    let covers_forward = tr.end <= r.start && {
+        let stop = terminators
+            .iter()
+            .copied()
+            .filter(|&t| t >= tr.end)
+            .min()
+            .unwrap_or(n_toks);
+        let max = if rule.max_scope > 0 {
+            tr.end + rule.max_scope
+        } else {
+            n_toks
+        };
+        r.start < stop.min(max)
+    };
+    let covers_backward = tr.start >= r.end && {
+        let stop = terminators
+            .iter()
+            .copied()
+            .filter(|&t| t < tr.start)
+            .max()
+            .map(|t| t + 1)
+            .unwrap_or(0);
+        let max = if rule.max_scope > 0 {
+            tr.start.saturating_sub(rule.max_scope)
+        } else {
+            0
+        };
+        r.start >= stop.max(max)
+    };
+    match rule.direction.as_str() {
+        "forward" => covers_forward,
+        "backward" => covers_backward,
+        "bidirectional" => covers_forward || covers_backward,
+        _ => false,
     }
 }
 
