@@ -200,9 +200,23 @@ pub(crate) fn write_faults(
         pid += 1;
         pid
     };
+    dicom_faults(&ctx, w, &mut next)?;
+    series_faults(&ctx, w, &mut next)?;
+    folder_faults(&ctx, w, &mut next)?;
+    nifti_faults(&ctx, w, &mut next)?;
+    report_faults(&ctx, w, &mut next)
+}
 
+/// DICOM file faults, in a healthy series that must still be accepted: a truncated copy of a
+/// slice, a non-DICOM file, an empty file.
+fn dicom_faults(
+    ctx: &Ctx,
+    w: &mut CorpusWriter,
+    next: &mut dyn FnMut() -> u32,
+) -> Result<(), SynthError> {
+    let out = ctx.out;
     // A healthy series that hosts the file-level faults (the series itself must be accepted).
-    let (host, host_vn) = series(&ctx, w, next(), None, |_| {}, 0.0)?;
+    let (host, host_vn) = series(ctx, w, next(), None, |_| {}, 0.0)?;
     fault(
         w,
         "host_series",
@@ -256,9 +270,19 @@ pub(crate) fn write_faults(
         "a zero-byte .dcm file",
     );
 
+    Ok(())
+}
+
+/// DICOM series faults: a missing or a duplicated slice.
+fn series_faults(
+    ctx: &Ctx,
+    w: &mut CorpusWriter,
+    next: &mut dyn FnMut() -> u32,
+) -> Result<(), SynthError> {
+    let out = ctx.out;
     // Missing interior slice.
     let p = next();
-    let (rel, vn) = series(&ctx, w, p, None, |_| {}, 0.0)?;
+    let (rel, vn) = series(ctx, w, p, None, |_| {}, 0.0)?;
     let files = sorted_files(&out.join(&rel))?;
     fs::remove_file(&files[files.len() / 2])?;
     fault(
@@ -273,7 +297,7 @@ pub(crate) fn write_faults(
 
     // Duplicated slice: same position, another SOPInstanceUID and file name.
     let p = next();
-    let (rel, vn) = series(&ctx, w, p, None, |_| {}, 0.0)?;
+    let (rel, vn) = series(ctx, w, p, None, |_| {}, 0.0)?;
     let files = sorted_files(&out.join(&rel))?;
     let src = &files[3];
     let mut obj = dicom_object::open_file(src).map_err(|e| SynthError::Write(e.to_string()))?;
@@ -296,12 +320,22 @@ pub(crate) fn write_faults(
         "two files at the same ImagePositionPatient",
     );
 
+    Ok(())
+}
+
+/// DICOM folder and geometry faults: two series mixed in one folder (both accepted), gantry
+/// tilt, inconsistent spacing.
+fn folder_faults(
+    ctx: &Ctx,
+    w: &mut CorpusWriter,
+    next: &mut dyn FnMut() -> u32,
+) -> Result<(), SynthError> {
     // Two series mixed in one folder: both must be split and accepted.
     let p1 = next();
-    let (rel, vn1) = series(&ctx, w, p1, None, |_| {}, 0.0)?;
+    let (rel, vn1) = series(ctx, w, p1, None, |_| {}, 0.0)?;
     let p2 = next();
     let (_, vn2) = series(
-        &ctx,
+        ctx,
         w,
         p2,
         Some(&rel),
@@ -328,7 +362,7 @@ pub(crate) fn write_faults(
     let p = next();
     let tilt_deg: f64 = 15.0;
     let (rel, vn) = series(
-        &ctx,
+        ctx,
         w,
         p,
         None,
@@ -352,7 +386,7 @@ pub(crate) fn write_faults(
     // Inconsistent spacing.
     let p = next();
     let (rel, vn) = series(
-        &ctx,
+        ctx,
         w,
         p,
         None,
@@ -377,10 +411,19 @@ pub(crate) fn write_faults(
         "series_nonuniform_spacing",
         "slice gaps alternate between 3.0 and 4.5 mm",
     );
+    Ok(())
+}
 
+/// NIfTI faults: NaN voxels, a corrupt gzip stream, an empty file.
+fn nifti_faults(
+    ctx: &Ctx,
+    w: &mut CorpusWriter,
+    next: &mut dyn FnMut() -> u32,
+) -> Result<(), SynthError> {
+    let out = ctx.out;
     // NIfTI with NaNs (float32).
     let p = next();
-    let (_, grid, hu) = small(&ctx, p);
+    let (_, grid, hu) = small(ctx, p);
     let vn = format!("train_{p}_a_1.nii.gz");
     let rel = format!("nifti/{vn}");
     let mut data: Vec<f32> = hu.iter().map(|&h| h as f32).collect();
@@ -394,7 +437,7 @@ pub(crate) fn write_faults(
         &header_for(&grid.affine_ras(), [grid.dx, grid.dy, grid.dz], None),
     )
     .map_err(SynthError::Write)?;
-    w.fault_reports.push(normal_report(&ctx, &vn, p)?);
+    w.fault_reports.push(normal_report(ctx, &vn, p)?);
     fault(
         w,
         "nifti_nan",
@@ -407,7 +450,7 @@ pub(crate) fn write_faults(
 
     // Corrupt gzip: a valid NIfTI with bytes overwritten in the compressed stream.
     let p = next();
-    let (rel, vn) = nifti(&ctx, w, p, true)?;
+    let (rel, vn) = nifti(ctx, w, p, true)?;
     let mut bytes = fs::read(out.join(&rel))?;
     let mid = bytes.len() / 2;
     let end = (mid + 64).min(bytes.len());
@@ -430,7 +473,7 @@ pub(crate) fn write_faults(
     let vn = format!("train_{p}_a_1.nii.gz");
     let rel = format!("nifti/{vn}");
     fs::write(out.join(&rel), b"")?;
-    w.fault_reports.push(normal_report(&ctx, &vn, p)?);
+    w.fault_reports.push(normal_report(ctx, &vn, p)?);
     fault(
         w,
         "zero_byte_nifti",
@@ -440,10 +483,18 @@ pub(crate) fn write_faults(
         "empty_file",
         "a zero-byte .nii.gz",
     );
+    Ok(())
+}
 
+/// Report faults: empty, orphan, missing, non-UTF-8 and duplicated reports.
+fn report_faults(
+    ctx: &Ctx,
+    w: &mut CorpusWriter,
+    next: &mut dyn FnMut() -> u32,
+) -> Result<(), SynthError> {
     // Empty report for a valid volume.
     let p = next();
-    let (_, vn) = nifti(&ctx, w, p, false)?;
+    let (_, vn) = nifti(ctx, w, p, false)?;
     w.fault_reports.push([
         vn.clone().into(),
         b"Not given.".to_vec(),
@@ -464,7 +515,7 @@ pub(crate) fn write_faults(
     // Report whose volume does not exist.
     let p = next();
     let vn = format!("train_{p}_a_1.nii.gz");
-    w.fault_reports.push(normal_report(&ctx, &vn, p)?);
+    w.fault_reports.push(normal_report(ctx, &vn, p)?);
     fault(
         w,
         "report_without_volume",
@@ -477,7 +528,7 @@ pub(crate) fn write_faults(
 
     // Volume with no report.
     let p = next();
-    let (rel, vn) = nifti(&ctx, w, p, false)?;
+    let (rel, vn) = nifti(ctx, w, p, false)?;
     fault(
         w,
         "volume_without_report",
@@ -490,8 +541,8 @@ pub(crate) fn write_faults(
 
     // Non-UTF-8 bytes in a report.
     let p = next();
-    let (_, vn) = nifti(&ctx, w, p, false)?;
-    let mut r = normal_report(&ctx, &vn, p)?;
+    let (_, vn) = nifti(ctx, w, p, false)?;
+    let mut r = normal_report(ctx, &vn, p)?;
     r[3].extend_from_slice(b" Nodule \xff\xfe in the RUL.");
     w.fault_reports.push(r);
     fault(
@@ -506,9 +557,9 @@ pub(crate) fn write_faults(
 
     // Duplicate VolumeName: two report rows with different text.
     let p = next();
-    let (_, vn) = nifti(&ctx, w, p, false)?;
-    w.fault_reports.push(normal_report(&ctx, &vn, p)?);
-    w.fault_reports.push(normal_report(&ctx, &vn, p + 1000)?);
+    let (_, vn) = nifti(ctx, w, p, false)?;
+    w.fault_reports.push(normal_report(ctx, &vn, p)?);
+    w.fault_reports.push(normal_report(ctx, &vn, p + 1000)?);
     fault(
         w,
         "duplicate_volume_name",
