@@ -399,6 +399,30 @@ impl Phantom {
 
     /// Draws finding `label` into the phantom. Returns false when it could not be placed.
     pub fn add_finding(&mut self, label: &'static str, subtle: bool, rng: &mut ChaCha8Rng) -> bool {
+        match label {
+            "Lung nodule" | "Consolidation" | "Lung opacity" | "Atelectasis" | "Emphysema" => {
+                self.add_lung_finding(label, subtle, rng)
+            }
+            "Pleural effusion" | "Cardiomegaly" | "Pericardial effusion" => {
+                self.add_pleural_or_cardiac_finding(label, subtle, rng)
+            }
+            "Arterial wall calcification" | "Coronary artery wall calcification" => {
+                self.add_calcification(label, subtle, rng)
+            }
+            "Lymphadenopathy" | "Hiatal hernia" | "Medical material" => {
+                self.add_other_finding(label, subtle, rng)
+            }
+            _ => false,
+        }
+    }
+
+    /// A finding in the lungs: a nodule, consolidation, opacity, atelectasis or emphysema. Returns false when it could not be placed.
+    fn add_lung_finding(
+        &mut self,
+        label: &'static str,
+        subtle: bool,
+        rng: &mut ChaCha8Rng,
+    ) -> bool {
         let s = self.scale();
         match label {
             "Lung nodule" => {
@@ -488,6 +512,20 @@ impl Phantom {
                 };
                 self.push(label, region, abbr, Some(side), None, None, subtle);
             }
+            _ => return false,
+        }
+        true
+    }
+
+    /// A pleural effusion, cardiomegaly or a pericardial effusion. Returns false when it could not be placed.
+    fn add_pleural_or_cardiac_finding(
+        &mut self,
+        label: &'static str,
+        subtle: bool,
+        rng: &mut ChaCha8Rng,
+    ) -> bool {
+        let s = self.scale();
+        match label {
             "Pleural effusion" => {
                 let side = [Side::Left, Side::Right, Side::Bilateral][rng.random_range(0..3)];
                 let frac = if subtle {
@@ -550,6 +588,19 @@ impl Phantom {
                     subtle,
                 );
             }
+            _ => return false,
+        }
+        true
+    }
+
+    /// Arterial or coronary artery wall calcification. Returns false when it could not be placed.
+    fn add_calcification(
+        &mut self,
+        label: &'static str,
+        subtle: bool,
+        rng: &mut ChaCha8Rng,
+    ) -> bool {
+        match label {
             "Arterial wall calcification" => {
                 let n = if subtle { 2 } else { rng.random_range(4..10) };
                 for _ in 0..n {
@@ -608,6 +659,20 @@ impl Phantom {
                     subtle,
                 );
             }
+            _ => return false,
+        }
+        true
+    }
+
+    /// Lymphadenopathy, a hiatal hernia or a device (medical material). Returns false when it could not be placed.
+    fn add_other_finding(
+        &mut self,
+        label: &'static str,
+        subtle: bool,
+        rng: &mut ChaCha8Rng,
+    ) -> bool {
+        let s = self.scale();
+        match label {
             "Lymphadenopathy" => {
                 let stations: [(&str, [f64; 3]); 3] = [
                     (
