@@ -318,6 +318,68 @@ impl Builder<'_> {
     }
 }
 
+/// Multi-finding sentences claim their findings (half of the time when they apply): each with
+/// its first finding and template; the claimed findings are added to `done`.
+fn claim_combined<'t>(
+    t: &'t Templates,
+    assertions: &BTreeMap<String, Assertion>,
+    done: &mut Vec<String>,
+    rng: &mut ChaCha8Rng,
+) -> Vec<(String, &'t str)> {
+    let mut combined: Vec<(String, &str)> = Vec::new();
+    for (group, want) in [
+        (&t.combined_present, Assertion::Present),
+        (&t.combined_absent, Assertion::Absent),
+    ] {
+        for c in group {
+            let applies = c
+                .findings
+                .iter()
+                .all(|f| assertions.get(f) == Some(&want) && !done.contains(f));
+            if applies && rng.random_bool(0.5) {
+                combined.push((c.findings[0].clone(), pick(rng, &c.templates)));
+                done.extend(c.findings.iter().cloned());
+            }
+        }
+    }
+    combined
+}
+
+/// The impressions: a numbered list (sometimes) of the present and hedged drawn findings, or a
+/// normal statement.
+fn write_impressions(
+    b: &mut Builder,
+    t: &Templates,
+    statements: &[Statement],
+    rng: &mut ChaCha8Rng,
+) -> Result<(), String> {
+    let positives: Vec<&Statement> = statements
+        .iter()
+        .filter(|s| s.assertion != Assertion::Absent && s.finding.is_some())
+        .collect();
+    if positives.is_empty() {
+        b.sentence(pick(rng, &t.no_impression), "")?;
+    } else {
+        let numbered = positives.len() > 1 && rng.random_bool(0.6);
+        for (n, s) in positives.iter().enumerate() {
+            let ft = &t.findings[&s.label];
+            let tpl = if s.assertion == Assertion::Uncertain {
+                pick(rng, &ft.uncertain)
+            } else {
+                pick(rng, &ft.impression)
+            };
+            if numbered {
+                if !b.text.is_empty() {
+                    b.text.push(' ');
+                }
+                b.text.push_str(&format!("{}.", n + 1));
+            }
+            b.sentence(tpl, &s.label)?;
+        }
+    }
+    Ok(())
+}
+
 /// Writes a report for `statements`. `slice_mm` goes into the technique section.
 pub fn write_report(
     t: &Templates,
@@ -343,22 +405,7 @@ pub fn write_report(
     };
 
     // Multi-finding sentences first claim their findings (half of the time when they apply).
-    let mut combined: Vec<(String, &str)> = Vec::new();
-    for (group, want) in [
-        (&t.combined_present, Assertion::Present),
-        (&t.combined_absent, Assertion::Absent),
-    ] {
-        for c in group {
-            let applies = c
-                .findings
-                .iter()
-                .all(|f| assertions.get(f) == Some(&want) && !done.contains(f));
-            if applies && rng.random_bool(0.5) {
-                combined.push((c.findings[0].clone(), pick(rng, &c.templates)));
-                done.extend(c.findings.iter().cloned());
-            }
-        }
-    }
+    let combined = claim_combined(t, &assertions, &mut done, rng);
     for (normal, labels) in FINDINGS_ORDER {
         if !normal.is_empty()
             && normal != "mediastinum"
@@ -413,30 +460,7 @@ pub fn write_report(
 
     // Impressions: a numbered list of present (and hedged) findings, or a normal statement.
     b.section = "Impressions_EN";
-    let positives: Vec<&Statement> = statements
-        .iter()
-        .filter(|s| s.assertion != Assertion::Absent && s.finding.is_some())
-        .collect();
-    if positives.is_empty() {
-        b.sentence(pick(rng, &t.no_impression), "")?;
-    } else {
-        let numbered = positives.len() > 1 && rng.random_bool(0.6);
-        for (n, s) in positives.iter().enumerate() {
-            let ft = &t.findings[&s.label];
-            let tpl = if s.assertion == Assertion::Uncertain {
-                pick(rng, &ft.uncertain)
-            } else {
-                pick(rng, &ft.impression)
-            };
-            if numbered {
-                if !b.text.is_empty() {
-                    b.text.push(' ');
-                }
-                b.text.push_str(&format!("{}.", n + 1));
-            }
-            b.sentence(tpl, &s.label)?;
-        }
-    }
+    write_impressions(&mut b, t, statements, rng)?;
     let impressions = std::mem::take(&mut b.text);
     entities.append(&mut b.entities);
     let clinical = pick(rng, &t.clinical).to_string();

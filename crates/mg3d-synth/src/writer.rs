@@ -445,6 +445,73 @@ pub(crate) fn field_of_view(ph: &Phantom) -> f64 {
     (2.0 * ph.a * 1.12).max(2.0 * (ph.b * 1.16 + 14.0))
 }
 
+/// Draws each rendered finding with its prevalence (15% of them subtle).
+fn draw_findings(cfg: &SynthConfig, ph: &mut Phantom, rng: &mut ChaCha8Rng) {
+    for label in RENDERED {
+        let p = cfg
+            .prevalence_by_finding
+            .get(label)
+            .copied()
+            .unwrap_or(cfg.prevalence);
+        if rng.random_bool(p) {
+            let subtle = rng.random_bool(0.15);
+            ph.add_finding(label, subtle, rng);
+        }
+    }
+}
+
+/// The patient's report, once per volume: report rows, label vectors, entity and finding truth.
+fn add_report_rows(
+    o: &mut PatientOutput,
+    volume_names: &[String],
+    report: &crate::report::Report,
+    statements: &[Statement],
+    patient_source_id: &str,
+) {
+    for (vn, vt) in volume_names.iter().zip(&o.volumes.clone()) {
+        o.reports.push([
+            vn.clone().into_bytes(),
+            report.clinical.clone().into_bytes(),
+            report.technique.clone().into_bytes(),
+            report.findings.clone().into_bytes(),
+            report.impressions.clone().into_bytes(),
+        ]);
+        o.labels.push((vn.clone(), label_vector(statements)));
+        for e in &report.entities {
+            o.entities.push(EntityTruth {
+                volume_name: vn.clone(),
+                ..e.clone()
+            });
+        }
+        o.findings
+            .extend(finding_rows(patient_source_id, vn, statements, vt));
+    }
+}
+
+/// How a DICOM series is written: transfer syntax, slice order, Enhanced CT or not.
+fn dicom_plan(cfg: &SynthConfig, encoding: Encoding, rng: &mut ChaCha8Rng) -> DicomPlan {
+    DicomPlan {
+        syntax: pick_syntax(rng),
+        encoding,
+        ascending: rng.random_bool(0.5),
+        shuffled: rng.random_bool(0.3),
+        enhanced: rng.random_bool(cfg.enhanced_fraction),
+    }
+}
+
+/// How a NIfTI volume stores intensities: raw stored values (40%), HU (40%) or scaled in the
+/// header (20%).
+fn nifti_variant(rng: &mut ChaCha8Rng) -> &'static str {
+    let r: f64 = rng.random();
+    if r < 0.4 {
+        "raw"
+    } else if r < 0.8 {
+        "hu"
+    } else {
+        "header_scaled"
+    }
+}
+
 /// Generates one patient.
 pub(crate) fn make_patient(
     cfg: &SynthConfig,
@@ -461,17 +528,7 @@ pub(crate) fn make_patient(
         posture: pos.posture(),
     };
     let mut ph = Phantom::new(&spec, &mut rng);
-    for label in RENDERED {
-        let p = cfg
-            .prevalence_by_finding
-            .get(label)
-            .copied()
-            .unwrap_or(cfg.prevalence);
-        if rng.random_bool(p) {
-            let subtle = rng.random_bool(0.15);
-            ph.add_finding(label, subtle, &mut rng);
-        }
-    }
+    draw_findings(cfg, &mut ph, &mut rng);
     let statements = statements_for(&ph.findings, &mut rng);
     let n_recon = if rng.random_bool(cfg.second_recon_fraction) {
         2
@@ -507,13 +564,7 @@ pub(crate) fn make_patient(
             if recon == 2 {
                 id.kernel = "B70f".into();
             }
-            let plan = DicomPlan {
-                syntax: pick_syntax(&mut rng),
-                encoding: enc,
-                ascending: rng.random_bool(0.5),
-                shuffled: rng.random_bool(0.3),
-                enhanced: rng.random_bool(cfg.enhanced_fraction),
-            };
+            let plan = dicom_plan(cfg, enc, &mut rng);
             let rel = format!(
                 "dicom/{}/{}_{}/series_{recon}",
                 id.patient_id, id.study_date, id.accession
@@ -539,14 +590,7 @@ pub(crate) fn make_patient(
             ]);
             o.volumes.push(t);
         } else {
-            let r: f64 = rng.random();
-            let variant = if r < 0.4 {
-                "raw"
-            } else if r < 0.8 {
-                "hu"
-            } else {
-                "header_scaled"
-            };
+            let variant = nifti_variant(&mut rng);
             let (t, row) = write_nifti_volume(
                 out,
                 &volume_name,
@@ -571,24 +615,13 @@ pub(crate) fn make_patient(
     } else {
         format!("train_{pid}")
     };
-    for (vn, vt) in volume_names.iter().zip(&o.volumes.clone()) {
-        o.reports.push([
-            vn.clone().into_bytes(),
-            report.clinical.clone().into_bytes(),
-            report.technique.clone().into_bytes(),
-            report.findings.clone().into_bytes(),
-            report.impressions.clone().into_bytes(),
-        ]);
-        o.labels.push((vn.clone(), label_vector(&statements)));
-        for e in &report.entities {
-            o.entities.push(EntityTruth {
-                volume_name: vn.clone(),
-                ..e.clone()
-            });
-        }
-        o.findings
-            .extend(finding_rows(&patient_source_id, vn, &statements, vt));
-    }
+    add_report_rows(
+        &mut o,
+        &volume_names,
+        &report,
+        &statements,
+        &patient_source_id,
+    );
     o.patient_truth = Some(serde_json::json!({
         "patient": pid,
         "format": if is_dicom { "dicom" } else { "nifti" },
