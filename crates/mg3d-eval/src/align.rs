@@ -7,7 +7,6 @@ use rand_chacha::ChaCha8Rng;
 use tch::nn::{self, Module, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 
-use crate::entity_align::EntityAligner;
 use crate::features::{Encoded, clause_tensor, rows, to_tensor};
 use crate::params::EvalParams;
 use mg3d_train::stage::TrainedModel;
@@ -246,38 +245,6 @@ impl Aligner {
                 .exp()
                 .double_value(&[0])
         })
-    }
-}
-
-/// The fitted alignment: CT-CLIP's contrastive heads or the entity-grounded ones.
-pub(crate) enum Fitted {
-    Clip(Aligner),
-    Entity(EntityAligner),
-}
-
-impl Fitted {
-    /// Unit-norm image embeddings.
-    pub(crate) fn image(&self, x: &[Vec<f32>]) -> Tensor {
-        match self {
-            Fitted::Clip(a) => a.image(x),
-            Fitted::Entity(a) => l2(&a.images(x)),
-        }
-    }
-
-    /// Unit-norm embeddings of clause lists (reports, or one-clause prompts).
-    pub(crate) fn text(&self, x: &[Vec<Vec<f32>>]) -> Tensor {
-        match self {
-            Fitted::Clip(a) => a.text(x),
-            Fitted::Entity(a) => tch::no_grad(|| l2(&a.reports(x))),
-        }
-    }
-
-    /// Logit scale of the prompt softmax (AUC and the Youden point do not depend on it).
-    pub(crate) fn scale(&self) -> f64 {
-        match self {
-            Fitted::Clip(a) => a.scale(),
-            Fitted::Entity(_) => 10.0,
-        }
     }
 }
 

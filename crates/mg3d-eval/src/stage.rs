@@ -38,7 +38,7 @@ use mg3d_train::stage::{TrainedModel, load_trained};
 use serde_json::{Value, json};
 use tch::{Device, Tensor};
 
-use crate::align::{Aligner, Fitted, matrix};
+use crate::align::{Aligner, l2, matrix};
 use crate::entity_align::{
     ClauseTargets, EntityAlignConfig, EntityAligner, read_clause_targets, target_row,
 };
@@ -473,6 +473,38 @@ fn linear_probe(
         p,
         rows_out,
     )
+}
+
+/// The fitted alignment: CT-CLIP's contrastive heads or the entity-grounded ones.
+enum Fitted {
+    Clip(Aligner),
+    Entity(EntityAligner),
+}
+
+impl Fitted {
+    /// Unit-norm image embeddings.
+    fn image(&self, x: &[Vec<f32>]) -> Tensor {
+        match self {
+            Fitted::Clip(a) => a.image(x),
+            Fitted::Entity(a) => l2(&a.images(x)),
+        }
+    }
+
+    /// Unit-norm embeddings of clause lists (reports, or one-clause prompts).
+    fn text(&self, x: &[Vec<Vec<f32>>]) -> Tensor {
+        match self {
+            Fitted::Clip(a) => a.text(x),
+            Fitted::Entity(a) => tch::no_grad(|| l2(&a.reports(x))),
+        }
+    }
+
+    /// Logit scale of the prompt softmax (AUC and the Youden point do not depend on it).
+    fn scale(&self) -> f64 {
+        match self {
+            Fitted::Clip(a) => a.scale(),
+            Fitted::Entity(_) => 10.0,
+        }
+    }
 }
 
 impl Stage for EvalStage {
