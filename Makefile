@@ -19,7 +19,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 cmake:
 	@command -v cmake >/dev/null || { echo "installing cmake (Debian)"; $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq cmake >/dev/null; }
 
-# Headless Chromium opens the QC page in the report stage's browser test (Debian's package).
+# Headless Chromium opens the QC page in the qc stage's browser test (Debian's package).
 chromium:
 	@[ -x /usr/bin/chromium ] || { echo "installing chromium (Debian)"; $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 

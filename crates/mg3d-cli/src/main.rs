@@ -136,7 +136,7 @@ fn registry() -> StageRegistry {
     r.register(Arc::new(mg3d_shard::ShardsStage));
     r.register(Arc::new(mg3d_train::stage::TrainStage));
     r.register(Arc::new(mg3d_eval::stage::EvalStage));
-    r.register(Arc::new(mg3d_eval::report::ReportStage));
+    r.register(Arc::new(mg3d_qc::QcStage));
     r
 }
 

@@ -66,7 +66,7 @@ inputs = ["train", "shards", "entities", "reports"]
 params = {{ splits = ["train", "val", "test"], align_steps = 4, align_batch = 8, align_encoder = true, bootstrap = 50, recall_k = [1, 5], map_k = [1, 5], device = "cpu" }}
 
 [stages.report]
-kind = "report"
+kind = "qc"
 inputs = ["ingest", "preprocess", "reports", "entities", "tokens", "shards", "train", "eval"]
 "#
     )

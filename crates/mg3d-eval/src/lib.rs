@@ -10,7 +10,6 @@
 //! - [`probe`]: the linear probe (L2 logistic regression by Newton's method);
 //! - [`stage`]: the `eval` stage (CT-CLIP-style alignment on the train split, zero-shot labels,
 //!   report→volume and volume→volume retrieval, linear probe) → eval.parquet, eval.json;
-//! - [`report`]: the `report` stage → one self-contained QC page (qc/index.html).
 
 pub mod align;
 pub mod entity_align;
@@ -18,6 +17,5 @@ pub mod features;
 pub mod metrics;
 pub mod params;
 pub mod probe;
-pub mod report;
 pub mod stage;
 pub mod tasks;

@@ -3,4 +3,3 @@
 
 mod entity_align;
 mod metrics;
-mod report;

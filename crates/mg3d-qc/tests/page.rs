@@ -18,7 +18,7 @@ use arrow::datatypes::DataType;
 use mg3d_core::stage::{ParamDef, Stage, StageContext, StageError, StageInput, StageRegistry};
 use mg3d_core::table::{TableSchema, write_columns};
 use mg3d_core::{Engine, Pipeline, RunOptions};
-use mg3d_eval::report::{PAGE, ReportOptions, ReportStage, build_page};
+use mg3d_qc::{PAGE, QcStage, ReportOptions, build_page};
 use mg3d_volume::Volume;
 use serde_json::{Value, json};
 
@@ -380,7 +380,7 @@ fn registry() -> StageRegistry {
     for (kind, write) in FIXTURES {
         r.register(Arc::new(Fixture { kind, write }));
     }
-    r.register(Arc::new(ReportStage));
+    r.register(Arc::new(QcStage));
     r
 }
 
@@ -396,7 +396,7 @@ fn run_pipeline(root: &Path, kinds: &[&str]) -> (PathBuf, Value) {
     }
     let inputs: Vec<String> = kinds.iter().map(|k| format!("\"{k}\"")).collect();
     toml.push_str(&format!(
-        "\n[stages.report]\nkind = \"report\"\ninputs = [{}]\n\n[stages.report.params]\nmontage_volumes = 2\n",
+        "\n[stages.report]\nkind = \"qc\"\ninputs = [{}]\n\n[stages.report.params]\nmontage_volumes = 2\n",
         inputs.join(", ")
     ));
     let reg = registry();

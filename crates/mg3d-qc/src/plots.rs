@@ -4,7 +4,7 @@
 
 use plotters::prelude::*;
 
-use super::html::Image;
+use crate::html::Image;
 
 /// Fill colours of stacked segments and lines, in order.
 pub const PALETTE: [RGBColor; 8] = [

@@ -8,8 +8,8 @@ use std::path::Path;
 use mg3d_core::labels::CT_RATE_LABELS;
 use mg3d_volume::Volume;
 
-use super::html::{Html, Image, escape};
-use super::inputs::{Inputs, Part, Table, file_name, scrub};
+use crate::html::{Html, Image, escape};
+use crate::inputs::{Inputs, Part, Table, file_name, scrub};
 
 /// A slice orientation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,7 +13,7 @@ use mg3d_core::table::{TableSchema, read_table};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::Value;
 
-use super::INPUT_KINDS;
+use crate::INPUT_KINDS;
 
 /// A section's data, or the note that replaces it on the page (missing input, unreadable table).
 pub type Part<T> = Result<T, String>;

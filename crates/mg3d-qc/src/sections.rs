@@ -7,16 +7,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use mg3d_core::labels::CT_RATE_LABELS;
 use serde_json::Value;
 
-use super::INPUT_KINDS;
-use super::html::{Html, Table, num};
-use super::inputs::{Inputs, Part, file_name, parquet_files, parquet_rows};
-use super::plots::{Bar, hbar, int_histogram, lines};
+use crate::INPUT_KINDS;
+use crate::html::{Html, Table, num};
+use crate::inputs::{Inputs, Part, file_name, parquet_files, parquet_rows};
+use crate::plots::{Bar, hbar, int_histogram, lines};
 
 /// The training objectives plotted, in order (columns of metrics.parquet).
 pub const OBJECTIVES: [&str; 7] = ["total", "mim", "mlm", "sal", "cml", "dcl", "ssm"];
 
 /// Appends a plot, or a note when it cannot be drawn.
-fn plot(h: &mut Html, img: Result<super::html::Image, String>) {
+fn plot(h: &mut Html, img: Result<crate::html::Image, String>) {
     match img {
         Ok(i) => {
             h.image(&i);
@@ -200,7 +200,7 @@ pub fn rejects(inputs: &Inputs) -> Html {
 }
 
 /// (reason, inputs, files) per reason, sorted by reason.
-pub fn reject_groups(t: &super::inputs::Table) -> Result<Vec<(String, u64, i64)>, String> {
+pub fn reject_groups(t: &crate::inputs::Table) -> Result<Vec<(String, u64, i64)>, String> {
     let (reasons, files) = (t.strs("reason")?, t.i64s("n_files")?);
     let mut m: BTreeMap<String, (u64, i64)> = BTreeMap::new();
     for (r, f) in reasons.into_iter().zip(files) {
@@ -231,7 +231,7 @@ fn reject_html(title: &str, groups: &[(String, u64, i64)]) -> Html {
 }
 
 /// (rule, excluded pairs) in the order the rules were applied.
-pub fn exclusion_groups(t: &super::inputs::Table) -> Result<Vec<(String, u64)>, String> {
+pub fn exclusion_groups(t: &crate::inputs::Table) -> Result<Vec<(String, u64)>, String> {
     let (idx, rules) = (t.i64s("rule_index")?, t.strs("rule")?);
     let mut m: BTreeMap<(i64, String), u64> = BTreeMap::new();
     for (i, r) in idx.into_iter().zip(rules) {
@@ -509,7 +509,7 @@ pub fn losses(inputs: &Inputs) -> Html {
 pub type Curve = (&'static str, Vec<(f64, f64)>);
 
 /// (objective, [(step, loss)]) for [`OBJECTIVES`], points sorted by step.
-pub fn loss_series(t: &super::inputs::Table) -> Result<Vec<Curve>, String> {
+pub fn loss_series(t: &crate::inputs::Table) -> Result<Vec<Curve>, String> {
     let steps = t.i64s("step")?;
     OBJECTIVES
         .iter()
@@ -553,7 +553,7 @@ pub fn eval(inputs: &Inputs) -> Html {
             let text = serde_json::to_string_pretty(&v).unwrap_or_default();
             h.raw(&format!(
                 "<details><summary>eval.json</summary><pre>{}</pre></details>\n",
-                super::html::escape(&text)
+                crate::html::escape(&text)
             ));
         }
         Err(e) => {
@@ -583,7 +583,7 @@ pub struct EvalRow {
 }
 
 /// The rows of eval.parquet, in file order.
-pub fn eval_rows(t: &super::inputs::Table) -> Result<Vec<EvalRow>, String> {
+pub fn eval_rows(t: &crate::inputs::Table) -> Result<Vec<EvalRow>, String> {
     let (task, label, metric) = (t.strs("task")?, t.strs("label")?, t.strs("metric")?);
     let (value, lo, hi) = (t.f64s("value")?, t.f64s("ci_low")?, t.f64s("ci_high")?);
     let (n, npos) = (t.i64s("n")?, t.i64s("n_positive")?);

@@ -1,5 +1,5 @@
-//! The `report` stage: one self-contained QC page, `qc/index.html`, from whatever upstream outputs
-//! the pipeline gives it.
+//! mg3d-qc: the `qc` stage, one self-contained QC page, `qc/index.html`, from whatever upstream
+//! outputs the pipeline gives it (no libtorch: it reads tables and files only).
 //!
 //! Sections: counts per stage, rejects by reason (and curate's exclusions by rule), label
 //! prevalence, a montage of preprocessed mid-slices next to their report's findings, the graph's
@@ -42,12 +42,12 @@ pub const INPUT_KINDS: [&str; 10] = [
     "eval",
 ];
 
-/// The `report` stage.
-pub struct ReportStage;
+/// The `qc` stage (the QC page).
+pub struct QcStage;
 
 mg3d_core::stage_params! {
     /// The parameters of the stage, declared once: `mg3d stages` lists them from here.
-    pub(crate) struct ReportParams {
+    pub(crate) struct QcParams {
         /// preprocessed volumes shown as axial/coronal/sagittal mid-slices (most present labels first)
         montage_volumes: i64 = json!(4),
         /// display window [low, high] in HU of the montage (default: lung window)
@@ -78,7 +78,7 @@ impl Default for ReportOptions {
 }
 
 impl ReportOptions {
-    fn from_params(p: &ReportParams) -> Result<ReportOptions, StageError> {
+    fn from_params(p: &QcParams) -> Result<ReportOptions, StageError> {
         let [lo, hi] = p.montage_window[..] else {
             return Err(StageError::msg("montage_window must be [low, high] in HU"));
         };
@@ -177,9 +177,9 @@ pub fn build_page(stages: &[StageInput], o: &ReportOptions) -> Page {
     }
 }
 
-impl Stage for ReportStage {
+impl Stage for QcStage {
     fn kind(&self) -> &'static str {
-        "report"
+        "qc"
     }
     fn code_version(&self) -> &'static str {
         "1"
@@ -188,7 +188,7 @@ impl Stage for ReportStage {
         "QC page (qc/index.html): counts, rejects, label prevalence, slice montage with findings, graph degrees, loss curves, evaluation"
     }
     fn params(&self) -> Vec<ParamDef> {
-        ReportParams::defs()
+        QcParams::defs()
     }
     fn inputs(&self) -> Vec<InputDecl> {
         INPUT_KINDS
@@ -200,7 +200,7 @@ impl Stage for ReportStage {
             .collect()
     }
     fn run(&self, ctx: &StageContext) -> Result<Value, StageError> {
-        let p: ReportParams = ctx.params.parse()?;
+        let p: QcParams = ctx.params.parse()?;
         let o = ReportOptions::from_params(&p)?;
         let page = build_page(&ctx.inputs, &o);
         ctx.check_cancelled()?;
