@@ -7,6 +7,7 @@
 //! - [`table`]: schema-checked Parquet tables (`schemas/*.json`), written with arrow-rs + parquet.
 //! - [`budget`]: a memory budget in bytes shared by a stage's in-flight items.
 //! - [`ids`]: keyed pseudonymous ids (no source identifier ever leaves ingest).
+//! - [`plan`]: the volume geometry preprocess plans and shards and train check.
 //! - [`phi`]: identifying values seen in the inputs and the scrubber for messages and paths.
 
 pub mod budget;
@@ -18,6 +19,7 @@ pub mod labels;
 pub mod lock;
 pub mod phi;
 pub mod pipeline;
+pub mod plan;
 pub mod stage;
 pub mod table;
 

@@ -64,6 +64,19 @@ pub fn load_preset(name: &str) -> Result<Preset, String> {
     Ok(p)
 }
 
+impl Preset {
+    /// The geometry this preset gives every volume (`name`: the preset as the params name it).
+    pub fn plan(&self, name: &str) -> mg3d_core::plan::VolumePlan {
+        mg3d_core::plan::VolumePlan {
+            preset: name.to_string(),
+            axis_order: "RAS".into(),
+            shape_ras: self.shape,
+            spacing_mm: self.spacing_mm,
+            window: self.window,
+        }
+    }
+}
+
 /// Resizes to `shape` with trilinear interpolation, align_corners = false (PyTorch's convention);
 /// the affine keeps world positions of voxel centres consistent.
 pub fn resize(v: &Volume, shape: [usize; 3]) -> Volume {
@@ -356,6 +369,8 @@ impl Stage for PreprocessStage {
             &preset,
         )?;
         write_rejects(ctx, &rejects)?;
+        // The geometry planned once: shards and train check their own settings against it.
+        preset.plan(&p.preset).write(&ctx.out_dir)?;
         Ok(
             json!({"volumes": rows.len(), "rejects": rejects.len(), "preset": p.preset, "shape": preset.shape, "spacing_mm": preset.spacing_mm}),
         )

@@ -415,6 +415,33 @@ fn read_graph(ctx: &StageContext) -> Result<GraphInputs, StageError> {
     Ok((signatures, neighbors))
 }
 
+/// The shards' settings against the geometry preprocess planned: a `shape` other than the
+/// volumes' (they would be cropped or padded again) or a window reaching outside the one they were
+/// clipped to (values there do not exist) is an error before any work.
+fn check_plan(
+    plan: &mg3d_core::plan::VolumePlan,
+    shape_ras: Option<[usize; 3]>,
+    window: [f64; 2],
+) -> Result<(), StageError> {
+    if let Some(s) = shape_ras
+        && s != plan.shape_ras
+    {
+        return Err(StageError::msg(format!(
+            "shape {s:?} differs from the {:?} preprocess made with preset {:?}: set shape = [] (the \
+             volumes' shape) or change the preset",
+            plan.shape_ras, plan.preset
+        )));
+    }
+    if window[0] < plan.window[0] || window[1] > plan.window[1] {
+        return Err(StageError::msg(format!(
+            "window {window:?} reaches outside the HU window {:?} preprocess clipped the volumes to \
+             (preset {:?}): use a window within it",
+            plan.window, plan.preset
+        )));
+    }
+    Ok(())
+}
+
 impl Stage for ShardsStage {
     fn kind(&self) -> &'static str {
         "shards"
@@ -470,6 +497,9 @@ impl Stage for ShardsStage {
                 )));
             }
         };
+        if let Some(plan) = mg3d_core::plan::VolumePlan::read(ctx.input("preprocess")?)? {
+            check_plan(&plan, shape_ras, [p.window[0], p.window[1]])?;
+        }
         if p.shard_mb.is_nan() || p.shard_mb <= 0.0 {
             return Err(StageError::msg("shard_mb must be positive"));
         }
@@ -551,5 +581,28 @@ impl Stage for ShardsStage {
             summary[k] = json!(v);
         }
         Ok(summary)
+    }
+}
+
+#[cfg(test)]
+mod plan_tests {
+    use super::check_plan;
+    use mg3d_core::plan::VolumePlan;
+
+    #[test]
+    fn settings_must_agree_with_the_preprocess_plan() {
+        let plan = VolumePlan {
+            preset: "demo-64".into(),
+            axis_order: "RAS".into(),
+            shape_ras: [64, 64, 32],
+            spacing_mm: [2.25, 2.25, 3.0],
+            window: [-1000.0, 1000.0],
+        };
+        assert!(check_plan(&plan, None, [-1000.0, 1000.0]).is_ok());
+        assert!(check_plan(&plan, Some([64, 64, 32]), [-1350.0 + 350.0, 150.0]).is_ok());
+        let e = check_plan(&plan, Some([128, 96, 128]), [-1000.0, 1000.0]).unwrap_err();
+        assert!(e.to_string().contains("set shape = []"), "{e}");
+        let e = check_plan(&plan, None, [-1350.0, 150.0]).unwrap_err();
+        assert!(e.to_string().contains("outside the HU window"), "{e}");
     }
 }

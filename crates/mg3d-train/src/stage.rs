@@ -246,6 +246,16 @@ impl Stage for TrainStage {
             crate::runtime::pick_device(&p.device).map_err(|e| StageError::msg(e.to_string()))?;
         let shards_dir = ctx.input("shards")?;
         let index = ShardIndex::open(shards_dir).map_err(|e| StageError::msg(e.to_string()))?;
+        // The model input is the volumes' shape as the shards hold it ([D, H, W] = [S, A, R]).
+        let [r, a, s] = index.file.volume.shape_ras;
+        let volumes = [s as i64, a as i64, r as i64];
+        if mcfg.input != volumes {
+            return Err(StageError::msg(format!(
+                "input {:?} differs from the shards' volumes, [D, H, W] = {volumes:?}: set input = \
+                 {volumes:?} (or change the preprocess preset and the shards' shape)",
+                mcfg.input
+            )));
+        }
         let digest = mg3d_core::fsutil::hash_file(&shards_dir.join("index.json"))?;
         let key = ctx.items().key("train-run", &digest.blake3);
         let ckpt_dir = ctx.items().root().join("checkpoints").join(key);
