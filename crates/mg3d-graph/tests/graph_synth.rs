@@ -7,8 +7,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{Array, BooleanArray, Float32Array, Int32Array, StringArray};
-use mg3d_core::Pipeline;
-use mg3d_core::engine::{Engine, RunOptions};
 use mg3d_core::stage::StageRegistry;
 use mg3d_core::table::{TableSchema, read_table};
 
@@ -33,16 +31,7 @@ fn run(work: &Path, top_k: usize) {
          [stages.graph]\nkind='graph'\ninputs=['reports', 'entities']\nparams={{top_k={top_k}, min_weight=0.7}}\n",
         work.display()
     );
-    let p = Pipeline::parse(Path::new("g.toml"), &text, &reg).unwrap();
-    Engine::new(&reg)
-        .run(
-            &p,
-            &RunOptions {
-                quiet: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    let (_p, _) = mg3d_testkit::run_pipeline(&reg, &text);
 }
 
 /// Truth per report key: rendered (finding, side) pairs; side "" when the finding has none.

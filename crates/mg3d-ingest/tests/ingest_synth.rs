@@ -6,8 +6,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{Array, FixedSizeListArray, Float64Array, StringArray};
-use mg3d_core::Pipeline;
-use mg3d_core::engine::{Engine, RunOptions};
 use mg3d_core::stage::StageRegistry;
 use mg3d_core::table::{TableSchema, read_table};
 
@@ -70,16 +68,7 @@ fn jsonl(p: &Path) -> Vec<serde_json::Value> {
 fn synthetic_corpus_ingests_to_its_truth() {
     let t = tempfile::tempdir().unwrap();
     let reg = registry();
-    let p = Pipeline::parse(Path::new("t.toml"), &pipeline(t.path()), &reg).unwrap();
-    Engine::new(&reg)
-        .run(
-            &p,
-            &RunOptions {
-                quiet: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    let (_p, _) = mg3d_testkit::run_pipeline(&reg, &pipeline(t.path()));
     let synth = t.path().join("synth");
     let ingest = t.path().join("ingest");
 

@@ -3,12 +3,10 @@
 //! the lexicon was not written against (tests/data/alt_report_templates.toml).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow::array::{Array, Int32Array, StringArray};
-use mg3d_core::Pipeline;
-use mg3d_core::engine::{Engine, RunOptions};
 use mg3d_core::stage::StageRegistry;
 use mg3d_core::table::{TableSchema, read_table};
 
@@ -57,16 +55,7 @@ fn evaluate(templates: Option<PathBuf>, seed: u64) -> Scores {
          [stages.reports]\nkind='reports'\ninputs=['synth']\nparams={{files=['@synth/reports/train_reports.csv']}}\n[stages.entities]\nkind='entities'\ninputs=['reports']\n",
         t.path().display()
     );
-    let p = Pipeline::parse(Path::new("e.toml"), &text, &reg).unwrap();
-    Engine::new(&reg)
-        .run(
-            &p,
-            &RunOptions {
-                quiet: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    let (_p, _) = mg3d_testkit::run_pipeline(&reg, &text);
     let mut key_of = BTreeMap::new();
     for b in read_table(
         &t.path().join("reports/reports.parquet"),

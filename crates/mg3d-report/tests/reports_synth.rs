@@ -2,12 +2,9 @@
 //! every span indexes its section text exactly, and no truth entity is cut by a sentence boundary.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{Int32Array, StringArray};
-use mg3d_core::Pipeline;
-use mg3d_core::engine::{Engine, RunOptions};
 use mg3d_core::stage::StageRegistry;
 use mg3d_core::table::{TableSchema, read_table};
 
@@ -38,16 +35,7 @@ fn synthetic_reports_segment_exactly_and_faults_are_rejected() {
         "[pipeline]\nname='r'\nwork_dir='{}'\nsalt='test-salt-0123456789'\nseed=3\n[stages.synth]\nkind='synth'\nparams={{patients=30, faults=true, body_width_mm=[60.0, 70.0], z_extent_mm=[20.0, 25.0], in_plane_spacing_mm=[1.0, 1.0], slice_spacing_mm=[4.0, 5.0]}}\n[stages.reports]\nkind='reports'\ninputs=['synth']\nparams={{files=['@synth/reports/train_reports.csv']}}\n",
         t.path().display()
     );
-    let p = Pipeline::parse(Path::new("r.toml"), &text, &reg).unwrap();
-    Engine::new(&reg)
-        .run(
-            &p,
-            &RunOptions {
-                quiet: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    let (_p, _) = mg3d_testkit::run_pipeline(&reg, &text);
     let out = t.path().join("reports");
 
     // Faults of stage "reports" are rejects with their codes.

@@ -56,7 +56,6 @@ fn trained_wordpiece_is_deterministic_and_round_trips() {
 
 #[test]
 fn tokens_stage_trains_when_no_tokenizer_is_given_and_is_byte_identical() {
-    use mg3d_core::engine::{Engine, RunOptions};
     use std::sync::Arc;
     let mut reg = mg3d_core::StageRegistry::new();
     reg.register(Arc::new(mg3d_synth::SynthStage))
@@ -69,16 +68,7 @@ fn tokens_stage_trains_when_no_tokenizer_is_given_and_is_byte_identical() {
              [stages.reports]\nkind='reports'\ninputs=['synth']\nparams={{files=['@synth/reports/train_reports.csv']}}\n[stages.tokens]\nkind='tokens'\ninputs=['reports']\nparams={{train_vocab_size=800, max_length=128}}\n",
             d.path().display()
         );
-        let p = mg3d_core::Pipeline::parse(std::path::Path::new("t.toml"), &text, &reg).unwrap();
-        Engine::new(&reg)
-            .run(
-                &p,
-                &RunOptions {
-                    quiet: true,
-                    ..Default::default()
-                },
-            )
-            .unwrap();
+        let (_p, _) = mg3d_testkit::run_pipeline(&reg, &text);
     }
     for f in [
         "tokens/tokens.parquet",

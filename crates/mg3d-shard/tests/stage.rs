@@ -11,8 +11,6 @@ use arrow::array::{
     Array, ArrayRef, Float32Array, Float64Array, Int8Builder, Int32Array, ListBuilder, StringArray,
     StringBuilder,
 };
-use mg3d_core::Pipeline;
-use mg3d_core::engine::{Engine, RunOptions};
 use mg3d_core::stage::{InputDecl, ParamDef, Stage, StageContext, StageError, StageRegistry};
 use mg3d_core::table::{TableSchema, read_table, write_columns};
 use mg3d_shard::{Loader, LoaderConfig, NeighborSampler, ShardIndex};
@@ -228,16 +226,7 @@ fn run(work: &Path, graph_and_curate: bool) -> Value {
              params={shard_mb=2.0, seed=9, ratios=[0.5, 0.25, 0.25]}\n",
         );
     }
-    let p = Pipeline::parse(Path::new("s.toml"), &text, &reg).unwrap();
-    let report = Engine::new(&reg)
-        .run(
-            &p,
-            &RunOptions {
-                quiet: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    let (_p, report) = mg3d_testkit::run_pipeline(&reg, &text);
     report
         .stages
         .iter()

@@ -110,3 +110,21 @@ pub fn all_files(dir: &Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+/// Parses pipeline text against `reg` and runs every stage quietly; panics with the error. For
+/// tests that build a tiny pipeline in a temporary directory.
+pub fn run_pipeline(
+    reg: &mg3d_core::StageRegistry,
+    toml: &str,
+) -> (mg3d_core::Pipeline, mg3d_core::RunReport) {
+    let p = mg3d_core::Pipeline::parse(Path::new("test.toml"), toml, reg)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let opts = mg3d_core::RunOptions {
+        quiet: true,
+        ..Default::default()
+    };
+    let report = mg3d_core::Engine::new(reg)
+        .run(&p, &opts)
+        .unwrap_or_else(|e| panic!("{e}"));
+    (p, report)
+}

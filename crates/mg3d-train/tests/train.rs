@@ -4,8 +4,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use mg3d_core::Pipeline;
-use mg3d_core::engine::{Engine, RunOptions};
 use mg3d_core::stage::StageRegistry;
 use mg3d_shard::ShardIndex;
 use mg3d_testkit::minilm;
@@ -36,16 +34,7 @@ fn shards(work: &Path, text: &Path) -> PathBuf {
         work.display(),
         text.display()
     );
-    let p = Pipeline::parse(Path::new("t.toml"), &text, &reg).unwrap();
-    Engine::new(&reg)
-        .run(
-            &p,
-            &RunOptions {
-                quiet: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    let (_p, _) = mg3d_testkit::run_pipeline(&reg, &text);
     work.join("shards")
 }
 
