@@ -218,7 +218,7 @@ fn run(work: &Path, graph_and_curate: bool) -> Value {
             "[stages.graph]\nkind='graph'\ninputs=['reports']\n\
              [stages.curate]\nkind='curate'\ninputs=['ingest', 'reports']\n\
              [stages.shards]\nkind='shards'\ninputs=['preprocess', 'tokens', 'entities', 'graph', 'curate']\n\
-             params={shard_mb=2.0, dtype='bf16', shape=[64, 64, 32], max_neighbors=4}\n",
+             params={shard_mb=2.0, dtype='bf16', shape=[96, 96, 48], max_neighbors=4}\n",
         );
     } else {
         text.push_str(
@@ -318,8 +318,8 @@ fn shards_stage_keeps_curate_splits_and_graph_neighbours() {
     assert!(idx.file.has_neighbors);
     assert_eq!(
         idx.file.fields[0].shape,
-        vec![1, 32, 64, 64],
-        "shape param (R, A, S)"
+        vec![1, 48, 96, 96],
+        "shape param (R, A, S), which must agree with the preprocess plan"
     );
     assert_eq!(idx.file.fields[0].dtype, mg3d_shard::Dtype::BF16);
     let sig = idx.fields().iter().find(|f| f.name == "signature").unwrap();
