@@ -167,3 +167,54 @@ fn inspect_matches_pydicom_and_nibabel_on_their_own_test_files() {
     }
     assert!(compared.len() >= 80, "{}", compared.len());
 }
+
+/// The same real files as an archive: one ingest run over the packages' folders (DICOM roots, and
+/// nibabel's test data as a NIfTI root) accounts for every file exactly once, as part of a volume
+/// or in a reject row, and never fails the stage.
+#[test]
+fn ingest_accounts_for_every_real_file_once() {
+    use arrow::array::{Array, AsArray};
+    use mg3d_core::table::{TableSchema, read_table};
+    let Some(py) = python() else { return };
+    let dirs = data_dirs(&py);
+    let nifti = &dirs[4];
+    let dicom: Vec<&PathBuf> = dirs.iter().filter(|d| *d != nifti).collect();
+    let quoted = |ds: &[&PathBuf]| {
+        ds.iter()
+            .map(|d| format!("{:?}", d.display().to_string()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let t = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "[pipeline]\nname = \"real\"\nwork_dir = {:?}\nsalt = \"real-files-salt-0123456789\"\n\
+         [stages.ingest]\nkind = \"ingest\"\n\
+         params = {{ dicom_roots = [{}], nifti_roots = [{}], modalities = [] }}\n",
+        t.path().display().to_string(),
+        quoted(&dicom),
+        quoted(&[nifti])
+    );
+    let mut reg = mg3d_core::StageRegistry::new();
+    reg.register(std::sync::Arc::new(mg3d_ingest::ingest::IngestStage));
+    let (_, report) = mg3d_testkit::run_pipeline(&reg, &toml);
+    let files: usize = dirs.iter().map(|d| mg3d_testkit::all_files(d).len()).sum();
+    let n_files = |table: &str| -> i64 {
+        let path = t.path().join(format!("ingest/{table}.parquet"));
+        read_table(&path, &TableSchema::get(table).unwrap())
+            .unwrap()
+            .iter()
+            .map(|b| {
+                let c = b.column_by_name("n_files").unwrap();
+                let c = c.as_primitive::<arrow::datatypes::Int32Type>();
+                (0..c.len()).map(|i| c.value(i) as i64).sum::<i64>()
+            })
+            .sum()
+    };
+    let (in_volumes, in_rejects) = (n_files("volumes"), n_files("rejects"));
+    eprintln!(
+        "{files} real files: {in_volumes} in volumes, {in_rejects} in rejects; {}",
+        report.stages[0].summary
+    );
+    assert_eq!(in_volumes + in_rejects, files as i64);
+    assert!(in_volumes > 0);
+}
