@@ -173,7 +173,7 @@ fn inspect_matches_pydicom_and_nibabel_on_their_own_test_files() {
 /// or in a reject row, and never fails the stage.
 #[test]
 fn ingest_accounts_for_every_real_file_once() {
-    use arrow::array::{Array, AsArray};
+    use arrow::array::AsArray;
     use mg3d_core::table::{TableSchema, read_table};
     let Some(py) = python() else { return };
     let dirs = data_dirs(&py);
