@@ -45,9 +45,4 @@ impl VolumePlan {
             .map(Some)
             .map_err(|e| StageError::ctx(path.display(), e))
     }
-
-    /// The model input [D, H, W] these volumes make: (S, A, R).
-    pub fn input_dhw(&self) -> [usize; 3] {
-        [self.shape_ras[2], self.shape_ras[1], self.shape_ras[0]]
-    }
 }

@@ -406,16 +406,22 @@ impl Cursor<'_> {
 }
 
 impl Cursor<'_> {
+    /// The 8-byte header at the cursor of an item, a delimiter or an implicit-VR element: group,
+    /// element, 32-bit length (`None`: the bytes end inside it).
+    fn short_header(&self) -> Option<(u16, u16, u32)> {
+        Some((
+            self.u16(self.pos)?,
+            self.u16(self.pos + 2)?,
+            self.u32(self.pos + 4)?,
+        ))
+    }
+
     /// Skips the items of an undefined-length sequence in implicit VR, nested sequences included,
     /// past its sequence delimiter (`None`: the bytes end first).
     fn implicit_sequence(&mut self) -> Result<Option<()>, Reject> {
         let mut depth = 0usize;
         loop {
-            let (Some(group), Some(elem), Some(len)) = (
-                self.u16(self.pos),
-                self.u16(self.pos + 2),
-                self.u32(self.pos + 4),
-            ) else {
+            let Some((group, elem, len)) = self.short_header() else {
                 return Ok(None);
             };
             let defined = len != u32::MAX;
@@ -456,11 +462,7 @@ impl Cursor<'_> {
     /// Skips encapsulated fragments to their sequence delimiter (`None`: the bytes end first).
     fn fragments(&mut self) -> Result<Option<()>, Reject> {
         loop {
-            let (Some(group), Some(elem), Some(len)) = (
-                self.u16(self.pos),
-                self.u16(self.pos + 2),
-                self.u32(self.pos + 4),
-            ) else {
+            let Some((group, elem, len)) = self.short_header() else {
                 return Ok(None);
             };
             match (group, elem) {

@@ -71,18 +71,19 @@ pub fn minilm() -> Option<PathBuf> {
 pub fn readable_text(path: &Path) -> Vec<u8> {
     use std::io::Read;
     let name = path.to_string_lossy();
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{name}: {e}"));
     if name.ends_with(".parquet") {
         let file = std::fs::File::open(path).unwrap();
         let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
             .and_then(|b| b.build())
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         let batches: Vec<_> = reader.map(|b| b.unwrap()).collect();
-        arrow::util::pretty::pretty_format_batches(&batches)
+        return arrow::util::pretty::pretty_format_batches(&batches)
             .unwrap()
             .to_string()
-            .into_bytes()
-    } else if name.ends_with(".gz") {
+            .into_bytes();
+    }
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{name}: {e}"));
+    if name.ends_with(".gz") {
         let mut out = Vec::new();
         flate2::read::MultiGzDecoder::new(&bytes[..])
             .read_to_end(&mut out)

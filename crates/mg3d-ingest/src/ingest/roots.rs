@@ -150,12 +150,15 @@ impl Ctx<'_> {
         // for the others only their folder is known.
         let mut losses = Losses::default();
         for (f, h) in files.iter().zip(headers) {
-            let h = match h.map(|h| (h.series_uid.clone(), h.sop_uid.clone(), checked_header(h))) {
-                Ok((series, sop, Err(r))) => {
-                    losses.lost.entry(series).or_default().insert(sop);
-                    Err(r)
+            let h = match h {
+                Ok(h) => {
+                    // A parsed header's identifiers are scrubbed, also when its file is rejected.
+                    out.phi.extend(&h.phi);
+                    let (series, sop) = (h.series_uid.clone(), h.sop_uid.clone());
+                    checked_header(h).inspect_err(|_| {
+                        losses.lost.entry(series).or_default().insert(sop);
+                    })
                 }
-                Ok((.., Ok(h))) => Ok(h),
                 Err(r) => {
                     if !matches!(r.code, "not_dicom" | "empty_file") {
                         *losses
@@ -168,7 +171,6 @@ impl Ctx<'_> {
             };
             match h {
                 Ok(h) => {
-                    out.phi.extend(&h.phi);
                     if !p.modalities.is_empty() && !p.modalities.contains(&h.modality) {
                         let r = Reject::new(
                             "modality_not_allowed",
