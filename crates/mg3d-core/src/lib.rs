@@ -20,6 +20,12 @@ pub mod lock;
 pub mod phi;
 pub mod pipeline;
 pub mod plan;
+/// One typed row struct per table of `schemas/` (`VolumesRow`, `RejectsRow`, ...), generated from
+/// the schema files at build time; written and read with [`table::write_rows`] and
+/// [`table::read_rows`].
+pub mod rows {
+    include!(concat!(env!("OUT_DIR"), "/rows.rs"));
+}
 pub mod stage;
 pub mod table;
 

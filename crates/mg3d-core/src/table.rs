@@ -8,6 +8,10 @@
 //! Types: `bool`, `int8..int64`, `uint8..uint64`, `float32`, `float64`, `utf8`, `binary`,
 //! `list<T>`, `fixed_size_list<T, N>`. Writers check every batch (names, order, types, nulls in
 //! non-nullable columns) and name the offending column; readers check the files they open.
+//!
+//! Stages write and read rows as the typed structs of [`crate::rows`], which the build generates
+//! from the same schema files ([`write_rows`], [`read_rows`], [`TableWriter::write_rows`]), so a
+//! column is declared once.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -20,6 +24,8 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use crate::fsutil::tmp_sibling;
@@ -294,6 +300,43 @@ fn types_match(a: &DataType, b: &DataType) -> bool {
     }
 }
 
+/// A typed row of a table: the structs of [`crate::rows`], generated from `schemas/`.
+pub trait Row: Serialize + DeserializeOwned {
+    /// The table's name (its schema file's stem).
+    const TABLE: &'static str;
+}
+
+impl TableSchema {
+    /// Converts typed rows into one batch of this table.
+    pub fn rows_to_batch<R: Row>(&self, rows: &[R]) -> Result<RecordBatch, TableError> {
+        if R::TABLE != self.name {
+            return Err(self.violation("*", format!("rows of table {:?}", R::TABLE)));
+        }
+        serde_arrow::to_record_batch(self.arrow.fields(), &rows)
+            .map_err(|e| self.violation("*", e.to_string()))
+    }
+}
+
+/// Writes typed rows as a whole table file (atomically, schema-checked).
+pub fn write_rows<R: Row>(path: &Path, rows: &[R]) -> Result<(), TableError> {
+    let schema = TableSchema::get(R::TABLE)?;
+    write_table(path, &schema, &schema.rows_to_batch(rows)?)
+}
+
+/// Reads a whole table file as typed rows, checking the file against the contract first.
+pub fn read_rows<R: Row>(path: &Path) -> Result<Vec<R>, TableError> {
+    let schema = TableSchema::get(R::TABLE)?;
+    let mut rows = Vec::new();
+    for b in read_table(path, &schema)? {
+        let mut part: Vec<R> = serde_arrow::from_record_batch(&b).map_err(|e| TableError::Io {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })?;
+        rows.append(&mut part);
+    }
+    Ok(rows)
+}
+
 /// Streams schema-checked batches into a Parquet file (zstd, page statistics), written atomically.
 pub struct TableWriter {
     schema: TableSchema,
@@ -342,6 +385,12 @@ impl TableWriter {
                 path: self.path.clone(),
                 detail: e.to_string(),
             })
+    }
+
+    /// Appends typed rows as one batch.
+    pub fn write_rows<R: Row>(&mut self, rows: &[R]) -> Result<(), TableError> {
+        let batch = self.schema.rows_to_batch(rows)?;
+        self.write(&batch)
     }
 
     /// Closes the file and moves it into place.

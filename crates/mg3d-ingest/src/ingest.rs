@@ -4,14 +4,10 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use arrow::array::{
-    ArrayRef, FixedSizeListBuilder, Float64Array, Float64Builder, Int32Array, Int32Builder,
-    ListBuilder, StringArray, StringBuilder,
-};
 use mg3d_core::stage::{InputDecl, ParamDef, Params, Stage, StageContext, StageError};
-use mg3d_core::table::{TableSchema, write_columns};
+use mg3d_core::rows::{RejectsRow, VolumesRow};
+use mg3d_core::table::write_rows;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -27,11 +23,8 @@ use mg3d_volume::{Reject, Volume};
 
 mod items;
 mod roots;
-mod rows;
 mod sources;
 
-pub use rows::{RejectRow, VolumeRow};
-use rows::{empty_row, write_rejects, write_volumes};
 pub use sources::locate;
 use sources::{
     age_bucket, ctrate_ids, file_digest, file_name, hash_i16, parse_list, read_csv, rel,
@@ -80,8 +73,8 @@ mg3d_core::stage_params! {
 
 #[derive(Serialize, Deserialize)]
 enum ItemResult {
-    Volume(Box<VolumeRow>),
-    Reject(RejectRow),
+    Volume(Box<VolumesRow>),
+    Reject(RejectsRow),
 }
 
 impl ItemResult {
@@ -251,7 +244,7 @@ impl Collected {
 
     /// Places the volumes, scrubs, sorts and writes both tables; returns the summary.
     fn finish(self, ctx: &StageContext) -> Result<Value, StageError> {
-        let (mut vols, mut rejects): (Vec<VolumeRow>, Vec<RejectRow>) = (vec![], vec![]);
+        let (mut vols, mut rejects): (Vec<VolumesRow>, Vec<RejectsRow>) = (vec![], vec![]);
         let mut placed: BTreeMap<String, PathBuf> = BTreeMap::new();
         for (mut r, dir) in self.results {
             // Items were scrubbed of their own values; a value seen in another item (a name in
@@ -261,7 +254,7 @@ impl Collected {
                 // The same series under two roots (or copied twice) is one volume; the later
                 // copy is a reject, never a second writer of the same file.
                 ItemResult::Volume(v) if placed.contains_key(&v.volume_id) => {
-                    rejects.push(RejectRow {
+                    rejects.push(RejectsRow {
                         stage: "ingest".into(),
                         source_root: v.source_root.clone(),
                         path: String::new(),
@@ -290,8 +283,8 @@ impl Collected {
         rejects.sort_by(|a, b| {
             (&a.source_root, &a.path_ref, &a.reason).cmp(&(&b.source_root, &b.path_ref, &b.reason))
         });
-        write_volumes(&ctx.out_dir.join("volumes.parquet"), &vols)?;
-        write_rejects(&ctx.out_dir.join("rejects.parquet"), &rejects)?;
+        write_rows(&ctx.out_dir.join("volumes.parquet"), &vols)?;
+        write_rows(&ctx.out_dir.join("rejects.parquet"), &rejects)?;
         let mut by_reason: BTreeMap<String, usize> = BTreeMap::new();
         for r in &rejects {
             *by_reason.entry(r.reason.clone()).or_default() += 1;

@@ -2,14 +2,10 @@
 //! HU window and shape (`configs/preprocess/<preset>.toml`), plus `preprocessed.parquet`.
 
 use std::path::Path;
-use std::sync::Arc;
 
-use arrow::array::{
-    Array, ArrayRef, FixedSizeListArray, FixedSizeListBuilder, Float64Array, Float64Builder,
-    Int32Array, Int32Builder, StringArray,
-};
 use mg3d_core::stage::{InputDecl, ParamDef, Stage, StageContext, StageError};
-use mg3d_core::table::{TableSchema, read_table, write_columns};
+use mg3d_core::rows::{PreprocessedRow, RejectsRow, VolumesRow};
+use mg3d_core::table::{read_rows, write_rows};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -212,20 +208,6 @@ fn work_voxels(dims: [f64; 3], spacing: [f64; 3], preset: &Preset) -> f64 {
     input + resampled
 }
 
-#[derive(Serialize, Deserialize)]
-struct Row {
-    volume_id: String,
-    file: String,
-    dims: [i32; 3],
-    spacing: [f64; 3],
-    affine: [f64; 16],
-    center: [f64; 3],
-    mean: f64,
-    std: f64,
-    fg: f64,
-    hash: String,
-}
-
 impl Stage for PreprocessStage {
     fn kind(&self) -> &'static str {
         "preprocess"
@@ -265,60 +247,26 @@ impl Stage for PreprocessStage {
         let p: PreprocessParams = ctx.params.parse()?;
         let preset = load_preset(&p.preset).map_err(StageError::msg)?;
         let ingest = ctx.input("ingest")?;
-        let batches = read_table(
-            &ingest.join("volumes.parquet"),
-            &TableSchema::get("volumes")?,
-        )?;
         let mut items: Vec<Item> = Vec::new();
-        for b in &batches {
-            let s = |n: &str| {
-                b.column_by_name(n)
-                    .unwrap()
-                    .as_any()
-                    .downcast_ref::<StringArray>()
-                    .unwrap()
-                    .clone()
-            };
-            let list = |n: &str| {
-                b.column_by_name(n)
-                    .unwrap()
-                    .as_any()
-                    .downcast_ref::<FixedSizeListArray>()
-                    .unwrap()
-                    .clone()
-            };
-            let (ids, files, hashes) = (s("volume_id"), s("volume_file"), s("content_hash"));
-            let (dims, spacing, affine) = (list("dims"), list("spacing_mm"), list("affine_ras"));
-            for r in 0..b.num_rows() {
-                let f64s = |a: &FixedSizeListArray| -> Vec<f64> {
-                    let v = a.value(r);
-                    match v.as_any().downcast_ref::<Float64Array>() {
-                        Some(x) => x.values().to_vec(),
-                        None => v
-                            .as_any()
-                            .downcast_ref::<Int32Array>()
-                            .map(|x| x.values().iter().map(|&d| d as f64).collect())
-                            .unwrap_or_default(),
-                    }
-                };
-                let (d, sp, af) = (f64s(&dims), f64s(&spacing), f64s(&affine));
-                let digest = format!("{}|{:?}|{:?}", hashes.value(r), d, af);
-                items.push(Item {
-                    id: ids.value(r).to_string(),
-                    file: files.value(r).to_string(),
-                    digest,
-                    work_voxels: work_voxels([d[0], d[1], d[2]], [sp[0], sp[1], sp[2]], &preset),
-                });
-            }
+        for v in read_rows::<VolumesRow>(&ingest.join("volumes.parquet"))? {
+            let dims = v.dims.map(f64::from);
+            // "row2": items store a `preprocessed` row (the format of earlier items differs).
+            let digest = format!("row2|{}|{:?}|{:?}", v.content_hash, dims, v.affine_ras);
+            items.push(Item {
+                work_voxels: work_voxels(dims, v.spacing_mm, &preset),
+                id: v.volume_id,
+                file: v.volume_file,
+                digest,
+            });
         }
         std::fs::create_dir_all(ctx.out_dir.join("volumes"))?;
         let pb = ctx.progress_bar(items.len() as u64, "volumes");
-        let mut rows: Vec<Row> = Vec::new();
+        let mut rows: Vec<PreprocessedRow> = Vec::new();
         let mut rejects: Vec<(String, Failed)> = Vec::new();
         let max = p.max_output_voxels.max(1) as f64;
         for batch in items.chunks(p.max_in_flight.max(1) as usize) {
             ctx.check_cancelled()?;
-            let out: Vec<Result<Result<Row, Failed>, StageError>> = batch
+            let out: Vec<Result<Result<PreprocessedRow, Failed>, StageError>> = batch
                 .par_iter()
                 .map(|it| {
                     pb.inc(1);
@@ -335,7 +283,7 @@ impl Stage for PreprocessStage {
                     let key = ctx.items().key(&it.id, &it.digest);
                     let o = ctx.items().get_or_make::<StageError>(&key, |dir| {
                         let res = mg3d_volume::catch_panic(
-                            || preprocess_one(&ingest.join(&it.file), &it.id, &preset, dir),
+                            || preprocess_one(&ingest.join(&it.file), &it.id, (&p.preset, &preset), dir),
                             |r| Ok(Err(r)),
                         )?
                         .map_err(Failed::from);
@@ -343,7 +291,7 @@ impl Stage for PreprocessStage {
                         std::fs::write(dir.join("row.json"), json)?;
                         Ok(())
                     })?;
-                    let res: Result<Row, Failed> =
+                    let res: Result<PreprocessedRow, Failed> =
                         serde_json::from_slice(&std::fs::read(o.dir().join("row.json"))?)
                             .map_err(|e| StageError::ctx(o.dir().display(), e))?;
                     if res.is_ok() {
@@ -362,12 +310,7 @@ impl Stage for PreprocessStage {
         }
         pb.finish_and_clear();
         rows.sort_by(|a, b| a.volume_id.cmp(&b.volume_id));
-        write_rows(
-            &ctx.out_dir.join("preprocessed.parquet"),
-            &rows,
-            &p.preset,
-            &preset,
-        )?;
+        write_rows(&ctx.out_dir.join("preprocessed.parquet"), &rows)?;
         write_rejects(ctx, &rejects)?;
         // The geometry planned once: shards and train check their own settings against it.
         preset.plan(&p.preset).write(&ctx.out_dir)?;
@@ -382,9 +325,9 @@ impl Stage for PreprocessStage {
 fn preprocess_one(
     file: &Path,
     id: &str,
-    preset: &Preset,
+    (preset_name, preset): (&str, &Preset),
     dir: &Path,
-) -> Result<Result<Row, Reject>, StageError> {
+) -> Result<Result<PreprocessedRow, Reject>, StageError> {
     let v = match read_nifti(file, false).and_then(|(v, _)| v.check_geometry().map(|_| v)) {
         Ok(v) => v,
         Err(r) => return Ok(Err(r)),
@@ -403,17 +346,20 @@ fn preprocess_one(
     for x in &out.data {
         h.update(&(x.round() as i16).to_le_bytes());
     }
-    Ok(Ok(Row {
+    Ok(Ok(PreprocessedRow {
         volume_id: id.to_string(),
+        preset: preset_name.to_string(),
         file: format!("volumes/{id}.nii.gz"),
         dims: out.dims.map(|d| d as i32),
-        spacing: out.spacing(),
-        affine: std::array::from_fn(|i| out.affine[i / 4][i % 4]),
-        center,
+        spacing_mm: out.spacing(),
+        affine_ras: std::array::from_fn(|i| out.affine[i / 4][i % 4]),
+        window_lo: preset.window[0],
+        window_hi: preset.window[1],
+        crop_center_ras: center,
         mean: st.mean,
         std: var.sqrt(),
-        fg: out.data.iter().filter(|&&x| x > -500.0).count() as f64 / n,
-        hash: h.finalize().to_hex().to_string(),
+        foreground_fraction: out.data.iter().filter(|&&x| x > -500.0).count() as f64 / n,
+        content_hash: h.finalize().to_hex().to_string(),
     }))
 }
 
@@ -435,62 +381,19 @@ impl From<Reject> for Failed {
 
 /// `rejects.parquet` of preprocess: volumes ingest kept that could not be preprocessed.
 fn write_rejects(ctx: &StageContext, rejects: &[(String, Failed)]) -> Result<(), StageError> {
-    let schema = TableSchema::get("rejects")?;
-    let n = rejects.len();
-    let s = |v: Vec<String>| Arc::new(StringArray::from(v)) as ArrayRef;
-    let cols = vec![
-        s(vec!["preprocess".into(); n]),
-        s(vec!["ingest".into(); n]),
-        s(rejects
-            .iter()
-            .map(|(id, _)| format!("volumes/{id}.nii.gz"))
-            .collect()),
-        s(rejects.iter().map(|(id, _)| id.clone()).collect()),
-        s(vec!["volume".into(); n]),
-        Arc::new(Int32Array::from(vec![1; n])) as ArrayRef,
-        s(rejects.iter().map(|(_, r)| r.reason.clone()).collect()),
-        s(rejects.iter().map(|(_, r)| r.message.clone()).collect()),
-    ];
-    write_columns(&ctx.out_dir.join("rejects.parquet"), &schema, cols)?;
-    Ok(())
-}
-
-fn write_rows(path: &Path, rows: &[Row], name: &str, preset: &Preset) -> Result<(), StageError> {
-    let schema = TableSchema::get("preprocessed")?;
-    let fixed = |n: i32, f: &dyn Fn(&Row) -> Vec<f64>| {
-        let mut b = FixedSizeListBuilder::new(Float64Builder::new(), n);
-        for r in rows {
-            b.values().append_slice(&f(r));
-            b.append(true);
-        }
-        Arc::new(b.finish()) as ArrayRef
-    };
-    let mut dims = FixedSizeListBuilder::new(Int32Builder::new(), 3);
-    for r in rows {
-        dims.values().append_slice(&r.dims);
-        dims.append(true);
-    }
-    let s = |f: &dyn Fn(&Row) -> String| {
-        Arc::new(rows.iter().map(|r| Some(f(r))).collect::<StringArray>()) as ArrayRef
-    };
-    let f = |f: &dyn Fn(&Row) -> f64| {
-        Arc::new(rows.iter().map(|r| Some(f(r))).collect::<Float64Array>()) as ArrayRef
-    };
-    let cols = vec![
-        s(&|r| r.volume_id.clone()),
-        s(&|_| name.to_string()),
-        s(&|r| r.file.clone()),
-        Arc::new(dims.finish()) as ArrayRef,
-        fixed(3, &|r| r.spacing.to_vec()),
-        fixed(16, &|r| r.affine.to_vec()),
-        f(&|_| preset.window[0]),
-        f(&|_| preset.window[1]),
-        fixed(3, &|r| r.center.to_vec()),
-        f(&|r| r.mean),
-        f(&|r| r.std),
-        f(&|r| r.fg),
-        s(&|r| r.hash.clone()),
-    ];
-    write_columns(path, &schema, cols)?;
+    let rows: Vec<RejectsRow> = rejects
+        .iter()
+        .map(|(id, r)| RejectsRow {
+            stage: "preprocess".into(),
+            source_root: "ingest".into(),
+            path: format!("volumes/{id}.nii.gz"),
+            path_ref: id.clone(),
+            level: "volume".into(),
+            n_files: 1,
+            reason: r.reason.clone(),
+            message: r.message.clone(),
+        })
+        .collect();
+    write_rows(&ctx.out_dir.join("rejects.parquet"), &rows)?;
     Ok(())
 }

@@ -11,10 +11,10 @@ impl Ctx<'_> {
         level: &str,
         n_files: i32,
         r: &Reject,
-    ) -> RejectRow {
+    ) -> RejectsRow {
         // Folder and file names can identify patients (`Surname_Name_MRN/`), so the path itself
         // never leaves ingest: `mg3d locate` turns path_ref back into it where the inputs live.
-        RejectRow {
+        RejectsRow {
             stage: "ingest".into(),
             source_root: root_label.into(),
             path: String::new(),
@@ -35,7 +35,7 @@ impl Ctx<'_> {
         level: &str,
         n: i32,
         r: Reject,
-    ) -> RejectRow {
+    ) -> RejectsRow {
         let r = Reject::new(r.code, without_paths(&r.message, root, &[path]));
         self.reject(label, &rel(root, path), level, n, &r)
     }
@@ -70,7 +70,7 @@ impl Ctx<'_> {
         &self,
         dir: &Path,
         vol: &Volume,
-        mut row: VolumeRow,
+        mut row: VolumesRow,
     ) -> Result<ItemResult, StageError> {
         // Only the metadata the pipeline allows leaves ingest.
         let allow = |k: &str| self.p.allowed_metadata.iter().any(|a| a == k);
@@ -152,7 +152,7 @@ impl Ctx<'_> {
                 .iter()
                 .any(|f| f.slope.is_some() || f.intercept.is_some());
         let hu_applied = if has_rescale { "dicom_rescale" } else { "none" };
-        let row = VolumeRow {
+        let row = VolumesRow {
             volume_id: c.pseudonym("volume", &g.key),
             patient_id: c.pseudonym("patient", &pid),
             study_id: c.pseudonym("study", &h0.study_uid),
@@ -190,7 +190,7 @@ impl Ctx<'_> {
             kernel: h0.allowed.get("ConvolutionKernel").cloned(),
             slice_thickness_mm: h0.slice_thickness,
             warnings: info.warnings.clone(),
-            ..empty_row()
+            ..VolumesRow::default()
         };
         self.finish_row(dir, &vol, row)
     }
@@ -260,7 +260,7 @@ impl Ctx<'_> {
         }
         let c = self.ctx;
         let (patient, study) = ctrate_ids(&name).unwrap_or_else(|| (rp.clone(), rp.clone()));
-        let row = VolumeRow {
+        let row = VolumesRow {
             volume_id: c.pseudonym("volume", &format!("{label}/{rp}")),
             patient_id: c.pseudonym("patient", &patient),
             study_id: c.pseudonym("study", &study),
@@ -291,7 +291,7 @@ impl Ctx<'_> {
                 .filter(|s| !s.is_empty()),
             slice_thickness_mm: num("SliceThickness"),
             warnings,
-            ..empty_row()
+            ..VolumesRow::default()
         };
         self.finish_row(dir, &vol, row)
     }

@@ -46,7 +46,7 @@ impl Ctx<'_> {
         &self,
         key: &str,
         phi: &Phi,
-        on_panic: impl FnOnce() -> RejectRow,
+        on_panic: impl FnOnce() -> RejectsRow,
         make: impl FnOnce(&Path) -> Result<ItemResult, StageError>,
     ) -> Result<(ItemResult, Option<PathBuf>), StageError> {
         let o = self.ctx.items().get_or_make::<StageError>(key, |dir| {
