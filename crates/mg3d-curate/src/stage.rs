@@ -3,13 +3,12 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Float64Array, Int32Array, StringArray};
 use mg3d_core::ids::{SPLITS, split_of};
 use mg3d_core::labels::CT_RATE_LABELS;
+use mg3d_core::rows::{CorpusRow, ExcludedRow};
 use mg3d_core::stage::{InputDecl, ParamDef, Params, Stage, StageContext, StageError};
-use mg3d_core::table::{TableSchema, write_columns};
+use mg3d_core::table::write_rows;
 use polars::prelude::*;
 use serde_json::{Value, json};
 
@@ -121,25 +120,20 @@ fn write_excluded(
     ids: [&[Option<String>]; 4],
 ) -> Result<(), StageError> {
     let [pid, sid, vid, rid] = ids;
-    let ex = &sel.excluded;
-    let opt = |v: &[Option<String>]| -> StringArray {
-        StringArray::from_iter(ex.iter().map(|e| v[e.row].clone()))
-    };
-    write_columns(
-        &out.join("excluded.parquet"),
-        &TableSchema::get("excluded")?,
-        vec![
-            Arc::new(opt(pid)) as ArrayRef,
-            Arc::new(opt(sid)),
-            Arc::new(opt(vid)),
-            Arc::new(opt(rid)),
-            Arc::new(Int32Array::from_iter_values(
-                ex.iter().map(|e| e.rule_index as i32),
-            )),
-            Arc::new(StringArray::from_iter_values(ex.iter().map(|e| &e.rule))),
-            Arc::new(StringArray::from_iter_values(ex.iter().map(|e| &e.detail))),
-        ],
-    )?;
+    let rows: Vec<ExcludedRow> = sel
+        .excluded
+        .iter()
+        .map(|e| ExcludedRow {
+            patient_id: pid[e.row].clone(),
+            study_id: sid[e.row].clone(),
+            volume_id: vid[e.row].clone(),
+            report_id: rid[e.row].clone(),
+            rule_index: e.rule_index as i32,
+            rule: e.rule.clone(),
+            detail: e.detail.clone(),
+        })
+        .collect();
+    write_rows(&out.join("excluded.parquet"), &rows)?;
     Ok(())
 }
 
@@ -243,26 +237,20 @@ fn write_outputs(
     let dim_k = f64s(view, "dim_k")?;
     let ratios = p.ratios().map_err(StageError::msg)?;
     let rows = &sel.selected;
-    let pick = |v: &[Option<String>]| -> Vec<String> {
-        rows.iter()
-            .map(|&r| v[r].clone().unwrap_or_default())
-            .collect()
-    };
-    let patients = pick(&pid);
-    let splits: Vec<&str> = patients.iter().map(|p| split_of(seed, ratios, p)).collect();
-    write_columns(
-        &out.join("corpus.parquet"),
-        &TableSchema::get("corpus")?,
-        vec![
-            Arc::new(StringArray::from_iter_values(&patients)) as ArrayRef,
-            Arc::new(StringArray::from_iter_values(pick(&sid))),
-            Arc::new(StringArray::from_iter_values(pick(&vid))),
-            Arc::new(StringArray::from_iter_values(pick(&rid))),
-            Arc::new(StringArray::from_iter_values(pick(&key))),
-            Arc::new(StringArray::from_iter_values(&splits)),
-            Arc::new(Float64Array::from_iter(rows.iter().map(|&r| spacing[r]))),
-        ],
-    )?;
+    let text = |v: &[Option<String>], r: usize| v[r].clone().unwrap_or_default();
+    let corpus: Vec<CorpusRow> = rows
+        .iter()
+        .map(|&r| CorpusRow {
+            patient_id: text(&pid, r),
+            study_id: text(&sid, r),
+            volume_id: text(&vid, r),
+            report_id: text(&rid, r),
+            report_key: text(&key, r),
+            split: split_of(seed, ratios, &text(&pid, r)).to_string(),
+            slice_spacing_mm: spacing[r],
+        })
+        .collect();
+    write_rows(&out.join("corpus.parquet"), &corpus)?;
     write_excluded(out, sel, [&pid, &sid, &vid, &rid])?;
     let ex = &sel.excluded;
 
@@ -274,13 +262,9 @@ fn write_outputs(
     let prevalence = label_prevalence(view, rows)?;
     let mut split_sizes = BTreeMap::new();
     for s in SPLITS {
-        let pairs = splits.iter().filter(|x| **x == s).count();
-        let mut pats: Vec<&String> = patients
-            .iter()
-            .zip(&splits)
-            .filter(|(_, x)| **x == s)
-            .map(|(p, _)| p)
-            .collect();
+        let in_split = || corpus.iter().filter(|c| c.split == s);
+        let pairs = in_split().count();
+        let mut pats: Vec<&String> = in_split().map(|c| &c.patient_id).collect();
         pats.sort();
         pats.dedup();
         split_sizes.insert(s, json!({"pairs": pairs, "patients": pats.len()}));
@@ -289,7 +273,7 @@ fn write_outputs(
     let dk: Vec<f64> = rows.iter().filter_map(|&r| dim_k[r]).collect();
     let spacing_hist = histogram(&sp, &[0.75, 1.0, 1.5, 2.5, 5.0], "mm");
     let slices_hist = histogram(&dk, &[64.0, 128.0, 256.0, 512.0], "slices");
-    let mut uniq = patients.clone();
+    let mut uniq: Vec<&String> = corpus.iter().map(|c| &c.patient_id).collect();
     uniq.sort();
     uniq.dedup();
     let card = json!({

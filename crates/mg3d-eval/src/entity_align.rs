@@ -17,10 +17,10 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use arrow::array::{Array, Int32Array, StringArray};
 use mg3d_core::labels::CT_RATE_LABELS;
+use mg3d_core::rows::{ClausesRow, EntitiesRow};
 use mg3d_core::stage::StageError;
-use mg3d_core::table::{TableSchema, read_table};
+use mg3d_core::table::read_rows;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tch::nn::{self, Module, OptimizerConfig};
@@ -37,72 +37,42 @@ pub type ClauseTargets = BTreeMap<String, BTreeMap<i32, Vec<(usize, f32)>>>;
 /// Anatomy, unlabelled and uncertain mentions are skipped; of two mentions of one finding in a
 /// clause, a present one wins.
 pub fn read_clause_targets(clauses: &Path, entities: &Path) -> Result<ClauseTargets, StageError> {
-    let text = |b: &arrow::record_batch::RecordBatch, path: &Path, n: &str| {
-        b.column_by_name(n)
-            .and_then(|c| c.as_any().downcast_ref::<StringArray>().cloned())
-            .ok_or_else(|| StageError::msg(format!("{}: column {n} is not text", path.display())))
-    };
-    let int = |b: &arrow::record_batch::RecordBatch, path: &Path, n: &str| {
-        b.column_by_name(n)
-            .and_then(|c| c.as_any().downcast_ref::<Int32Array>().cloned())
-            .ok_or_else(|| StageError::msg(format!("{}: column {n} is not int32", path.display())))
-    };
     // (report, section) -> clause spans (start, end, clause index).
     type Spans = Vec<(i32, i32, i32)>;
     let mut spans: BTreeMap<(String, String), Spans> = BTreeMap::new();
-    for b in read_table(clauses, &TableSchema::get("clauses")?)? {
-        let (rid, sec) = (
-            text(&b, clauses, "report_id")?,
-            text(&b, clauses, "section")?,
-        );
-        let (idx, start, end) = (
-            int(&b, clauses, "clause_idx")?,
-            int(&b, clauses, "char_start")?,
-            int(&b, clauses, "char_end")?,
-        );
-        for i in 0..b.num_rows() {
-            spans
-                .entry((rid.value(i).to_string(), sec.value(i).to_string()))
-                .or_default()
-                .push((start.value(i), end.value(i), idx.value(i)));
-        }
+    for c in read_rows::<ClausesRow>(clauses)? {
+        spans.entry((c.report_id, c.section)).or_default().push((
+            c.char_start,
+            c.char_end,
+            c.clause_idx,
+        ));
     }
     let mut out = ClauseTargets::new();
-    for b in read_table(entities, &TableSchema::get("entities")?)? {
-        let (rid, sec, label, kind, assertion) = (
-            text(&b, entities, "report_id")?,
-            text(&b, entities, "section")?,
-            text(&b, entities, "label")?,
-            text(&b, entities, "type")?,
-            text(&b, entities, "assertion")?,
-        );
-        let start = int(&b, entities, "char_start")?;
-        for i in 0..b.num_rows() {
-            if label.is_null(i) || kind.value(i) != "OBSERVATION" {
-                continue;
-            }
-            let sign = match assertion.value(i) {
-                "present" => 1.0,
-                "absent" => -1.0,
-                _ => continue,
-            };
-            let Some(li) = CT_RATE_LABELS.iter().position(|l| *l == label.value(i)) else {
-                continue;
-            };
-            let key = (rid.value(i).to_string(), sec.value(i).to_string());
-            let at = start.value(i);
-            let Some(&(_, _, clause)) = spans
-                .get(&key)
-                .and_then(|s| s.iter().find(|(a, e, _)| *a <= at && at < *e))
-            else {
-                continue;
-            };
-            let v = out.entry(key.0).or_default().entry(clause).or_default();
-            match v.iter_mut().find(|(l, _)| *l == li) {
-                // Two mentions of one finding in a clause: a present one wins.
-                Some(x) => x.1 = x.1.max(sign),
-                None => v.push((li, sign)),
-            }
+    for e in read_rows::<EntitiesRow>(entities)? {
+        let Some(label) = e.label.filter(|_| e.r#type == "OBSERVATION") else {
+            continue;
+        };
+        let sign = match e.assertion.as_str() {
+            "present" => 1.0,
+            "absent" => -1.0,
+            _ => continue,
+        };
+        let Some(li) = CT_RATE_LABELS.iter().position(|l| *l == label) else {
+            continue;
+        };
+        let key = (e.report_id, e.section);
+        let at = e.char_start;
+        let Some(&(_, _, clause)) = spans
+            .get(&key)
+            .and_then(|s| s.iter().find(|(a, e, _)| *a <= at && at < *e))
+        else {
+            continue;
+        };
+        let v = out.entry(key.0).or_default().entry(clause).or_default();
+        match v.iter_mut().find(|(l, _)| *l == li) {
+            // Two mentions of one finding in a clause: a present one wins.
+            Some(x) => x.1 = x.1.max(sign),
+            None => v.push((li, sign)),
         }
     }
     Ok(out)

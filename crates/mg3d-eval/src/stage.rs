@@ -46,7 +46,9 @@ use crate::features::{ClauseBank, Encoded, bank_prompts, encode_split, rows};
 use crate::metrics::{label_overlap, map_at_k, random_map_at_k, random_recall_at_k, recall_at_k};
 use crate::params::EvalParams;
 use crate::probe::fit_logistic;
-use crate::tasks::{Row, label_task, read_report_labels, write_rows};
+use crate::tasks::{label_task, read_report_labels};
+use mg3d_core::rows::EvalRow;
+use mg3d_core::table::write_rows;
 
 /// The `eval` stage.
 pub struct EvalStage;
@@ -59,7 +61,7 @@ fn evaluate(
     report_labels: Option<&BTreeMap<String, Vec<Option<bool>>>>,
     clause_targets: Option<&ClauseTargets>,
     p: &EvalParams,
-) -> Result<(Vec<Row>, Value), String> {
+) -> Result<(Vec<EvalRow>, Value), String> {
     let clock = std::time::Instant::now();
     let label_set = p.label_set();
     let (mut train, mut test, prompt_text, distinct_clauses) =
@@ -348,7 +350,7 @@ fn report_to_volume(
     text_z: &Tensor,
     img_z: &Tensor,
     p: &EvalParams,
-    rows_out: &mut Vec<Row>,
+    rows_out: &mut Vec<EvalRow>,
 ) -> serde_json::Map<String, Value> {
     let n = img_z.size()[0] as usize;
     let r2v = matrix(&text_z.matmul(&img_z.tr()));
@@ -361,14 +363,12 @@ fn report_to_volume(
             (format!("random_recall@{k}"), random_recall_at_k(n, k)),
         ] {
             r2v_json.insert(metric.clone(), json!(value));
-            rows_out.push(Row {
-                task: "report_to_volume",
-                label: String::new(),
+            rows_out.push(EvalRow {
+                task: "report_to_volume".into(),
                 metric,
                 value,
-                ci: None,
-                n,
-                n_positive: None,
+                n: n as i64,
+                ..EvalRow::default()
             });
         }
     }
@@ -382,7 +382,7 @@ fn volume_to_volume(
     labels: &[Vec<Option<bool>>],
     label_set: &[usize],
     p: &EvalParams,
-    rows_out: &mut Vec<Row>,
+    rows_out: &mut Vec<EvalRow>,
 ) -> serde_json::Map<String, Value> {
     let n = labels.len();
     let v2v = matrix(&img_z.matmul(&img_z.tr()));
@@ -411,14 +411,12 @@ fn volume_to_volume(
             (format!("random_map@{k}"), random),
         ] {
             v2v_json.insert(metric.clone(), json!(value));
-            rows_out.push(Row {
-                task: "volume_to_volume",
-                label: String::new(),
+            rows_out.push(EvalRow {
+                task: "volume_to_volume".into(),
                 metric,
                 value,
-                ci: None,
-                n: used,
-                n_positive: None,
+                n: used as i64,
+                ..EvalRow::default()
             });
         }
     }
@@ -432,7 +430,7 @@ fn linear_probe(
     test: (&[Vec<f32>], &[Vec<Option<bool>>]),
     label_set: &[usize],
     p: &EvalParams,
-    rows_out: &mut Vec<Row>,
+    rows_out: &mut Vec<EvalRow>,
 ) -> Value {
     let x_train: Vec<Vec<f64>> = train
         .0

@@ -3,28 +3,16 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray};
 use mg3d_core::labels::CT_RATE_LABELS;
+use mg3d_core::rows::{EvalRow, LabelsRow};
 use mg3d_core::stage::StageError;
-use mg3d_core::table::{TableSchema, write_columns};
+use mg3d_core::table::read_rows;
 
 use serde_json::{Value, json};
 
 use crate::metrics::{Confusion, auc, bootstrap, youden_threshold};
 use crate::params::EvalParams;
-
-/// One output row.
-pub(crate) struct Row {
-    pub(crate) task: &'static str,
-    pub(crate) label: String,
-    pub(crate) metric: String,
-    pub(crate) value: f64,
-    pub(crate) ci: Option<(f64, f64)>,
-    pub(crate) n: usize,
-    pub(crate) n_positive: Option<usize>,
-}
 
 /// Binary scores of one label with bootstrap intervals.
 pub(crate) struct LabelScores {
@@ -125,7 +113,7 @@ pub(crate) fn label_task(
     labels: &[Vec<Option<bool>>],
     label_set: &[usize],
     p: &EvalParams,
-    rows_out: &mut Vec<Row>,
+    rows_out: &mut Vec<EvalRow>,
 ) -> Value {
     let mut per_label = serde_json::Map::new();
     let mut aucs = vec![];
@@ -152,17 +140,19 @@ pub(crate) fn label_task(
             );
             continue;
         };
-        let push = |rows_out: &mut Vec<Row>, metric: &str, value: f64, ci| {
-            rows_out.push(Row {
-                task,
-                label: name.into(),
-                metric: metric.into(),
-                value,
-                ci,
-                n: ls.n,
-                n_positive: Some(ls.n_positive),
-            })
-        };
+        let push =
+            |rows_out: &mut Vec<EvalRow>, metric: &str, value: f64, ci: Option<(f64, f64)>| {
+                rows_out.push(EvalRow {
+                    task: task.into(),
+                    label: name.into(),
+                    metric: metric.into(),
+                    value,
+                    ci_low: ci.map(|c| c.0),
+                    ci_high: ci.map(|c| c.1),
+                    n: ls.n as i64,
+                    n_positive: Some(ls.n_positive as i64),
+                })
+            };
         push(rows_out, "auc", ls.auc, ls.auc_ci);
         if task == "zero_shot" {
             push(rows_out, "f1", ls.at_threshold[0].0, ls.at_threshold[0].1);
@@ -200,13 +190,14 @@ pub(crate) fn label_task(
         p.bootstrap as usize,
         label_seed(p.seed as u64, task, 999),
     );
-    rows_out.push(Row {
-        task,
+    rows_out.push(EvalRow {
+        task: task.into(),
         label: "mean".into(),
         metric: "auc".into(),
         value: mean,
-        ci,
-        n: labels.len(),
+        ci_low: ci.map(|c| c.0),
+        ci_high: ci.map(|c| c.1),
+        n: labels.len() as i64,
         n_positive: None,
     });
     json!({"mean_auc": mean, "mean_auc_ci": ci, "labels_scored": aucs.len(), "per_label": per_label})
@@ -218,74 +209,25 @@ pub(crate) fn read_report_labels(
     path: &Path,
     unmentioned_as_negative: bool,
 ) -> Result<BTreeMap<String, Vec<Option<bool>>>, StageError> {
-    use arrow::array::{Array, Int32Array};
     let mut out: BTreeMap<String, Vec<Option<bool>>> = BTreeMap::new();
     let default = if unmentioned_as_negative {
         Some(false)
     } else {
         None
     };
-    for b in mg3d_core::table::read_table(path, &TableSchema::get("labels")?)? {
-        let col = |n: &str| {
-            b.column_by_name(n)
-                .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-                .ok_or_else(|| {
-                    StageError::msg(format!("{}: column {n} is not text", path.display()))
-                })
+    for row in read_rows::<LabelsRow>(path)? {
+        let Some(k) = CT_RATE_LABELS.iter().position(|l| *l == row.label) else {
+            continue;
         };
-        let (reports, labels) = (col("report_id")?, col("label")?);
-        let values = b
-            .column_by_name("value")
-            .and_then(|c| c.as_any().downcast_ref::<Int32Array>())
-            .ok_or_else(|| {
-                StageError::msg(format!("{}: column value is not int32", path.display()))
-            })?;
-        for i in 0..b.num_rows() {
-            let Some(k) = CT_RATE_LABELS.iter().position(|l| *l == labels.value(i)) else {
-                continue;
-            };
-            let v = out
-                .entry(reports.value(i).to_string())
-                .or_insert_with(|| vec![default; CT_RATE_LABELS.len()]);
-            v[k] = if values.is_null(i) {
-                default
-            } else {
-                match values.value(i) {
-                    1 => Some(true),
-                    0 => Some(false),
-                    _ => None,
-                }
-            };
-        }
+        let v = out
+            .entry(row.report_id)
+            .or_insert_with(|| vec![default; CT_RATE_LABELS.len()]);
+        v[k] = match row.value {
+            None => default,
+            Some(1) => Some(true),
+            Some(0) => Some(false),
+            Some(_) => None,
+        };
     }
     Ok(out)
-}
-
-pub(crate) fn write_rows(path: &Path, rows: &[Row]) -> Result<(), StageError> {
-    let s = |f: fn(&Row) -> &str| -> ArrayRef {
-        Arc::new(StringArray::from_iter_values(rows.iter().map(f)))
-    };
-    write_columns(
-        path,
-        &TableSchema::get("eval")?,
-        vec![
-            s(|r| r.task),
-            s(|r| &r.label),
-            s(|r| &r.metric),
-            Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.value))),
-            Arc::new(Float64Array::from_iter(
-                rows.iter().map(|r| r.ci.map(|c| c.0)),
-            )),
-            Arc::new(Float64Array::from_iter(
-                rows.iter().map(|r| r.ci.map(|c| c.1)),
-            )),
-            Arc::new(Int64Array::from_iter_values(
-                rows.iter().map(|r| r.n as i64),
-            )),
-            Arc::new(Int64Array::from_iter(
-                rows.iter().map(|r| r.n_positive.map(|x| x as i64)),
-            )),
-        ],
-    )?;
-    Ok(())
 }

@@ -2,18 +2,14 @@
 //! collapsed nodes, scored edges, top-k neighbours per report, and graph statistics.
 //!
 //! polars does the relational part (observation -> linked anatomy self-join, report -> patient
-//! join); rayon scores candidate pairs; arrow-rs writes the contract tables.
+//! join); rayon scores candidate pairs; the contract tables are written as typed rows.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::sync::Arc;
 
-use arrow::array::{
-    ArrayRef, Float32Array, Float32Builder, Int8Builder, Int32Array, ListBuilder, StringArray,
-    StringBuilder,
-};
+use mg3d_core::rows::{EdgesRow, NeighborsRow, RegionMentionsRow, SignaturesRow};
 use mg3d_core::stage::{InputDecl, ParamDef, Params, Stage, StageContext, StageError};
-use mg3d_core::table::{TableSchema, TableWriter, write_columns};
+use mg3d_core::table::{TableSchema, TableWriter, write_rows};
 use polars::prelude::*;
 use serde_json::{Value, json};
 
@@ -314,26 +310,6 @@ pub fn load_inputs(
     })
 }
 
-fn write(path: &Path, table: &str, cols: Vec<ArrayRef>) -> Result<(), StageError> {
-    write_columns(path, &TableSchema::get(table)?, cols)?;
-    Ok(())
-}
-
-fn str_list<I, S>(rows: I) -> ArrayRef
-where
-    I: IntoIterator<Item = Vec<S>>,
-    S: AsRef<str>,
-{
-    let mut b = ListBuilder::new(StringBuilder::new());
-    for row in rows {
-        for s in row {
-            b.values().append_value(s.as_ref());
-        }
-        b.append(true);
-    }
-    Arc::new(b.finish())
-}
-
 /// region_mentions.parquet: one row per report x mentioned region, with its finding states and
 /// the clauses that mention the region.
 fn write_region_mentions(
@@ -342,42 +318,31 @@ fn write_region_mentions(
     out: &Path,
 ) -> Result<(), StageError> {
     let nf = layout.findings.len();
-    let (mut rm_rep, mut rm_reg, mut rm_terms) = (Vec::new(), Vec::new(), Vec::new());
-    let mut rm_clauses = ListBuilder::new(arrow::array::Int32Builder::new());
+    let mut rows: Vec<RegionMentionsRow> = Vec::new();
     for (r, s) in inputs.signatures.iter().enumerate() {
         for g in 0..layout.regions.len() {
             if s.mentioned >> g & 1 == 0 {
                 continue;
             }
-            rm_rep.push(inputs.report_ids[r].as_str());
-            rm_reg.push(layout.regions[g].as_str());
-            let terms: Vec<String> = s
-                .states
-                .iter()
-                .filter(|&&(slot, _)| slot as usize / nf == g)
-                .map(|&(slot, st)| {
-                    format!("{}:{}", layout.findings[slot as usize % nf], st.as_str())
-                })
-                .collect();
-            rm_terms.push(terms);
-            let cl = inputs.region_clauses[r].get(&g);
-            rm_clauses.values().append_slice(
-                &cl.map(|c| c.iter().copied().collect::<Vec<_>>())
+            rows.push(RegionMentionsRow {
+                report_id: inputs.report_ids[r].clone(),
+                region: layout.regions[g].clone(),
+                findings: s
+                    .states
+                    .iter()
+                    .filter(|&&(slot, _)| slot as usize / nf == g)
+                    .map(|&(slot, st)| {
+                        format!("{}:{}", layout.findings[slot as usize % nf], st.as_str())
+                    })
+                    .collect(),
+                clause_ids: inputs.region_clauses[r]
+                    .get(&g)
+                    .map(|c| c.iter().copied().collect())
                     .unwrap_or_default(),
-            );
-            rm_clauses.append(true);
+            });
         }
     }
-    write(
-        &out.join("region_mentions.parquet"),
-        "region_mentions",
-        vec![
-            Arc::new(StringArray::from_iter_values(&rm_rep)),
-            Arc::new(StringArray::from_iter_values(&rm_reg)),
-            str_list(rm_terms),
-            Arc::new(rm_clauses.finish()),
-        ],
-    )?;
+    write_rows(&out.join("region_mentions.parquet"), &rows)?;
     Ok(())
 }
 
@@ -389,62 +354,44 @@ fn write_edges(
     out: &Path,
 ) -> Result<(), StageError> {
     let nf = layout.findings.len();
-    let edge_schema = TableSchema::get("edges")?;
-    let mut writer = TableWriter::create(&out.join("edges.parquet"), &edge_schema)?;
-    let fields: Vec<arrow::datatypes::Field> = edge_schema
-        .arrow()
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone().with_nullable(true))
-        .collect();
-    let batch_schema = Arc::new(arrow::datatypes::Schema::new(fields));
+    let mut writer = TableWriter::create(&out.join("edges.parquet"), &TableSchema::get("edges")?)?;
     let members = |x: u32| graph.nodes[x as usize].members.len() as i32;
     for chunk in graph.edges.chunks(1 << 16) {
-        let mut reg_names = ListBuilder::new(StringBuilder::new());
-        let mut reg_w = ListBuilder::new(Float32Builder::new());
-        let mut shared = ListBuilder::new(StringBuilder::new());
-        for &(a, b, _) in chunk {
-            let ex = explain(
-                &graph.nodes[a as usize].signature,
-                &graph.nodes[b as usize].signature,
-                metric,
-            );
-            for &(g, s, _) in &ex.regions {
-                reg_names.values().append_value(&layout.regions[g]);
-                reg_w.values().append_value(s);
-            }
-            reg_names.append(true);
-            reg_w.append(true);
-            for &slot in &ex.shared {
-                shared.values().append_value(format!(
-                    "{}:{}",
-                    layout.regions[slot as usize / nf],
-                    layout.findings[slot as usize % nf]
-                ));
-            }
-            shared.append(true);
-        }
-        let cols: Vec<ArrayRef> = vec![
-            Arc::new(Int32Array::from_iter_values(
-                chunk.iter().map(|e| e.0 as i32),
-            )),
-            Arc::new(Int32Array::from_iter_values(
-                chunk.iter().map(|e| e.1 as i32),
-            )),
-            Arc::new(Float32Array::from_iter_values(chunk.iter().map(|e| e.2))),
-            Arc::new(reg_names.finish()),
-            Arc::new(reg_w.finish()),
-            Arc::new(shared.finish()),
-            Arc::new(Int32Array::from_iter_values(
-                chunk.iter().map(|e| members(e.0)),
-            )),
-            Arc::new(Int32Array::from_iter_values(
-                chunk.iter().map(|e| members(e.1)),
-            )),
-        ];
-        let batch = arrow::array::RecordBatch::try_new(batch_schema.clone(), cols)
-            .map_err(|e| StageError::ctx("edges.parquet", e))?;
-        writer.write(&batch)?;
+        let rows: Vec<EdgesRow> = chunk
+            .iter()
+            .map(|&(a, b, weight)| {
+                let ex = explain(
+                    &graph.nodes[a as usize].signature,
+                    &graph.nodes[b as usize].signature,
+                    metric,
+                );
+                EdgesRow {
+                    src: a as i32,
+                    dst: b as i32,
+                    weight,
+                    regions: ex
+                        .regions
+                        .iter()
+                        .map(|&(g, _, _)| layout.regions[g].clone())
+                        .collect(),
+                    region_weights: ex.regions.iter().map(|&(_, s, _)| s).collect(),
+                    shared_terms: ex
+                        .shared
+                        .iter()
+                        .map(|&slot| {
+                            format!(
+                                "{}:{}",
+                                layout.regions[slot as usize / nf],
+                                layout.findings[slot as usize % nf]
+                            )
+                        })
+                        .collect(),
+                    src_reports: members(a),
+                    dst_reports: members(b),
+                }
+            })
+            .collect();
+        writer.write_rows(&rows)?;
     }
     writer.finish()?;
     Ok(())
@@ -461,34 +408,23 @@ fn write_neighbors(
 ) -> Result<(usize, BTreeMap<usize, usize>), StageError> {
     let keys: Vec<u64> = inputs.report_ids.iter().map(|r| id_key(r)).collect();
     let top = graph.top_k(&keys, &inputs.patients, k);
-    let (mut nb_src, mut nb_dst, mut nb_rank, mut nb_w) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut nb_sp, mut nb_dp) = (Vec::new(), Vec::new());
+    let mut rows: Vec<NeighborsRow> = Vec::new();
     let mut degree_hist: BTreeMap<usize, usize> = BTreeMap::new();
     for (r, list) in top.iter().enumerate() {
         *degree_hist.entry(list.len()).or_default() += 1;
         for (rank, &(c, w)) in list.iter().enumerate() {
-            nb_src.push(inputs.report_ids[r].as_str());
-            nb_dst.push(inputs.report_ids[c as usize].as_str());
-            nb_sp.push(patient_of[r]);
-            nb_dp.push(patient_of[c as usize]);
-            nb_rank.push(rank as i32 + 1);
-            nb_w.push(w);
+            rows.push(NeighborsRow {
+                report_id: inputs.report_ids[r].clone(),
+                neighbor_report_id: inputs.report_ids[c as usize].clone(),
+                rank: rank as i32 + 1,
+                weight: w,
+                patient_id: patient_of[r].to_string(),
+                neighbor_patient_id: patient_of[c as usize].to_string(),
+            });
         }
     }
-    write(
-        &out.join("neighbors.parquet"),
-        "neighbors",
-        vec![
-            Arc::new(StringArray::from_iter_values(&nb_src)),
-            Arc::new(StringArray::from_iter_values(&nb_dst)),
-            Arc::new(Int32Array::from(nb_rank)),
-            Arc::new(Float32Array::from(nb_w)),
-            Arc::new(StringArray::from_iter_values(&nb_sp)),
-            Arc::new(StringArray::from_iter_values(&nb_dp)),
-        ],
-    )?;
-    Ok((nb_src.len(), degree_hist))
+    write_rows(&out.join("neighbors.parquet"), &rows)?;
+    Ok((rows.len(), degree_hist))
 }
 
 /// Builds the graph from loaded inputs and writes every output into `out`. Returns the stats.
@@ -515,34 +451,28 @@ pub fn build_and_write(
     let graph = build(&inputs.signatures, &metric, params, params.top_k + margin);
     let n = inputs.report_ids.len();
 
-    // signatures.parquet
-    let mut sig_b = ListBuilder::new(Int8Builder::new());
-    let mut abnormal = Vec::with_capacity(n);
-    for s in &inputs.signatures {
-        sig_b.values().append_slice(&s.to_dense(layout));
-        sig_b.append(true);
-        abnormal.push(s.abnormal_terms(layout));
-    }
-    let node_of: Vec<i32> = graph.report_node.iter().map(|&x| x as i32).collect();
     let patient_of: Vec<&str> = inputs
         .patients
         .iter()
         .map(|&p| inputs.patient_ids[p as usize].as_str())
         .collect();
-    write(
-        &out.join("signatures.parquet"),
-        "signatures",
-        vec![
-            Arc::new(StringArray::from_iter_values(&inputs.report_ids)),
-            Arc::new(StringArray::from_iter_values(&patient_of)),
-            Arc::new(Int32Array::from(node_of)),
-            Arc::new(Int32Array::from_iter_values(
-                abnormal.iter().map(|a| a.len() as i32),
-            )),
-            str_list(abnormal.iter().cloned()),
-            Arc::new(sig_b.finish()),
-        ],
-    )?;
+    let signatures: Vec<SignaturesRow> = inputs
+        .signatures
+        .iter()
+        .enumerate()
+        .map(|(r, s)| {
+            let abnormal = s.abnormal_terms(layout);
+            SignaturesRow {
+                report_id: inputs.report_ids[r].clone(),
+                patient_id: patient_of[r].to_string(),
+                node_id: graph.report_node[r] as i32,
+                n_abnormal: abnormal.len() as i32,
+                abnormal,
+                signature: s.to_dense(layout),
+            }
+        })
+        .collect();
+    write_rows(&out.join("signatures.parquet"), &signatures)?;
 
     write_region_mentions(layout, inputs, out)?;
 

@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-use mg3d_core::stage::{InputDecl, ParamDef, Params, Stage, StageContext, StageError};
 use mg3d_core::rows::{RejectsRow, VolumesRow};
+use mg3d_core::stage::{InputDecl, ParamDef, Params, Stage, StageContext, StageError};
 use mg3d_core::table::write_rows;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};

@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
-use mg3d_core::stage::{InputDecl, ParamDef, Stage, StageContext, StageError};
 use mg3d_core::rows::{PreprocessedRow, RejectsRow, VolumesRow};
+use mg3d_core::stage::{InputDecl, ParamDef, Stage, StageContext, StageError};
 use mg3d_core::table::{read_rows, write_rows};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};

@@ -5,11 +5,10 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Int32Array, Int64Array, StringArray};
+use mg3d_core::rows::{ClausesRow, RejectsRow, ReportsRow, SectionsRow, SentencesRow};
 use mg3d_core::stage::{ParamDef, Stage, StageContext, StageError};
-use mg3d_core::table::{TableSchema, write_columns};
+use mg3d_core::table::write_rows;
 use rayon::prelude::*;
 use serde_json::{Value, json};
 
@@ -273,18 +272,6 @@ pub fn segment(r: &Report) -> Segmented {
         .collect()
 }
 
-fn strings(v: Vec<String>) -> ArrayRef {
-    Arc::new(StringArray::from(v))
-}
-fn ints(v: Vec<i32>) -> ArrayRef {
-    Arc::new(Int32Array::from(v))
-}
-
-fn write(path: &Path, table: &str, cols: Vec<ArrayRef>) -> Result<(), StageError> {
-    write_columns(path, &TableSchema::get(table)?, cols)?;
-    Ok(())
-}
-
 impl Stage for ReportsStage {
     fn kind(&self) -> &'static str {
         "reports"
@@ -395,36 +382,14 @@ fn segment_all(reports: Vec<Report>, rejects: &mut Vec<RowReject>) -> Vec<(Repor
     kept
 }
 
-/// The columns of reports.parquet (`r_`), sections.parquet (`s_`), sentences.parquet (`t_`) and
-/// clauses.parquet (`c_`), filled report by report.
+/// The rows of reports.parquet, sections.parquet, sentences.parquet and clauses.parquet, filled
+/// report by report.
 #[derive(Default)]
 struct TextTables {
-    r_id: Vec<String>,
-    r_key: Vec<String>,
-    r_src: Vec<String>,
-    r_row: Vec<i64>,
-    r_nsec: Vec<i32>,
-    r_nsent: Vec<i32>,
-    r_ncl: Vec<i32>,
-    r_f: Vec<i32>,
-    r_i: Vec<i32>,
-    r_hash: Vec<String>,
-    s_id: Vec<String>,
-    s_sec: Vec<String>,
-    s_text: Vec<String>,
-    t_id: Vec<String>,
-    t_sec: Vec<String>,
-    t_idx: Vec<i32>,
-    t_a: Vec<i32>,
-    t_b: Vec<i32>,
-    t_text: Vec<String>,
-    c_id: Vec<String>,
-    c_sec: Vec<String>,
-    c_sent: Vec<i32>,
-    c_idx: Vec<i32>,
-    c_a: Vec<i32>,
-    c_b: Vec<i32>,
-    c_text: Vec<String>,
+    reports: Vec<ReportsRow>,
+    sections: Vec<SectionsRow>,
+    sentences: Vec<SentencesRow>,
+    clauses: Vec<ClausesRow>,
 }
 
 impl TextTables {
@@ -433,24 +398,30 @@ impl TextTables {
         let (mut ns, mut nc) = (0i32, 0i32);
         for (sec, sents) in seg {
             let text = &r.sections[sec];
-            self.s_id.push(id.clone());
-            self.s_sec.push(sec.to_string());
-            self.s_text.push(text.clone());
+            self.sections.push(SectionsRow {
+                report_id: id.clone(),
+                section: sec.to_string(),
+                text: text.clone(),
+            });
             for (sr, cls) in sents {
-                self.t_id.push(id.clone());
-                self.t_sec.push(sec.to_string());
-                self.t_idx.push(ns);
-                self.t_a.push(sr.start as i32);
-                self.t_b.push(sr.end as i32);
-                self.t_text.push(text[sr.clone()].to_string());
+                self.sentences.push(SentencesRow {
+                    report_id: id.clone(),
+                    section: sec.to_string(),
+                    sent_idx: ns,
+                    char_start: sr.start as i32,
+                    char_end: sr.end as i32,
+                    text: text[sr.clone()].to_string(),
+                });
                 for c in cls {
-                    self.c_id.push(id.clone());
-                    self.c_sec.push(sec.to_string());
-                    self.c_sent.push(ns);
-                    self.c_idx.push(nc);
-                    self.c_a.push(c.start as i32);
-                    self.c_b.push(c.end as i32);
-                    self.c_text.push(text[c.clone()].to_string());
+                    self.clauses.push(ClausesRow {
+                        report_id: id.clone(),
+                        section: sec.to_string(),
+                        sent_idx: ns,
+                        clause_idx: nc,
+                        char_start: c.start as i32,
+                        char_end: c.end as i32,
+                        text: text[c.clone()].to_string(),
+                    });
                     nc += 1;
                 }
                 ns += 1;
@@ -460,80 +431,32 @@ impl TextTables {
             .iter()
             .map(|s| r.sections.get(s).map(|t| t.as_str()).unwrap_or(""))
             .collect();
-        // The source id itself never leaves the stage: report_key is its pseudonym, the same
-        // one ingest gives volumes.report_key, so the two still join.
-        self.r_key.push(id.clone());
-        self.r_id.push(id);
-        self.r_src.push(r.source.clone());
-        self.r_row.push(r.row);
-        self.r_nsec.push(r.sections.len() as i32);
-        self.r_nsent.push(ns);
-        self.r_ncl.push(nc);
-        self.r_f
-            .push(r.sections.get("findings").map(|t| t.len()).unwrap_or(0) as i32);
-        self.r_i
-            .push(r.sections.get("impression").map(|t| t.len()).unwrap_or(0) as i32);
-        self.r_hash.push(
-            blake3::hash(joined.join("\n").as_bytes())
+        let chars = |s: &str| r.sections.get(s).map(|t| t.len()).unwrap_or(0) as i32;
+        self.reports.push(ReportsRow {
+            // The source id itself never leaves the stage: report_key is its pseudonym, the same
+            // one ingest gives volumes.report_key, so the two still join.
+            report_key: id.clone(),
+            report_id: id,
+            source: r.source.clone(),
+            row: r.row,
+            n_sections: r.sections.len() as i32,
+            n_sentences: ns,
+            n_clauses: nc,
+            findings_chars: chars("findings"),
+            impression_chars: chars("impression"),
+            text_sha256: blake3::hash(joined.join("\n").as_bytes())
                 .to_hex()
                 .to_string(),
-        );
+        });
     }
 
     /// Writes the four tables; returns the numbers of reports, sentences and clauses.
     fn write(self, out: &Path) -> Result<(usize, usize, usize), StageError> {
-        let counts = (self.r_id.len(), self.t_id.len(), self.c_id.len());
-        write(
-            &out.join("reports.parquet"),
-            "reports",
-            vec![
-                strings(self.r_id),
-                strings(self.r_key),
-                strings(self.r_src),
-                Arc::new(Int64Array::from(self.r_row)),
-                ints(self.r_nsec),
-                ints(self.r_nsent),
-                ints(self.r_ncl),
-                ints(self.r_f),
-                ints(self.r_i),
-                strings(self.r_hash),
-            ],
-        )?;
-        write(
-            &out.join("sections.parquet"),
-            "sections",
-            vec![
-                strings(self.s_id),
-                strings(self.s_sec),
-                strings(self.s_text),
-            ],
-        )?;
-        write(
-            &out.join("sentences.parquet"),
-            "sentences",
-            vec![
-                strings(self.t_id),
-                strings(self.t_sec),
-                ints(self.t_idx),
-                ints(self.t_a),
-                ints(self.t_b),
-                strings(self.t_text),
-            ],
-        )?;
-        write(
-            &out.join("clauses.parquet"),
-            "clauses",
-            vec![
-                strings(self.c_id),
-                strings(self.c_sec),
-                ints(self.c_sent),
-                ints(self.c_idx),
-                ints(self.c_a),
-                ints(self.c_b),
-                strings(self.c_text),
-            ],
-        )?;
-        Ok(counts)
+        write_rows(&out.join("reports.parquet"), &self.reports)?;
+        write_rows(&out.join("sections.parquet"), &self.sections)?;
+        write_rows(&out.join("sentences.parquet"), &self.sentences)?;
+        write_rows(&out.join("clauses.parquet"), &self.clauses)?;
+        Ok((self.reports.len(), self.sentences.len(), self.clauses.len()))
     }
 }
 
@@ -548,35 +471,24 @@ fn write_rejects(
     for r in &rejects {
         *by_reason.entry(r.reason).or_default() += 1;
     }
-    let n = rejects.len();
-    write(
-        &ctx.out_dir.join("rejects.parquet"),
-        "rejects",
-        vec![
-            strings(vec!["reports".to_string(); n]),
-            strings(rejects.iter().map(|r| r.source.clone()).collect()),
-            strings(rejects.iter().map(|r| format!("row {}", r.row)).collect()),
-            strings(
-                rejects
-                    .iter()
-                    .map(|r| ctx.pseudonym("path", &format!("{}/row {}", r.source, r.row)))
-                    .collect(),
-            ),
-            strings(vec!["row".to_string(); n]),
-            ints(vec![1; n]),
-            strings(rejects.iter().map(|r| r.reason.to_string()).collect()),
-            strings(
-                rejects
-                    .iter()
-                    .map(|r| match &r.key {
-                        Some(k) => format!("{} (report {})", r.message, ctx.pseudonym("report", k)),
-                        None => r.message.clone(),
-                    })
-                    .collect(),
-            ),
-        ],
-    )?;
-    Ok((n, by_reason))
+    let rows: Vec<RejectsRow> = rejects
+        .iter()
+        .map(|r| RejectsRow {
+            stage: "reports".into(),
+            source_root: r.source.clone(),
+            path: format!("row {}", r.row),
+            path_ref: ctx.pseudonym("path", &format!("{}/row {}", r.source, r.row)),
+            level: "row".into(),
+            n_files: 1,
+            reason: r.reason.to_string(),
+            message: match &r.key {
+                Some(k) => format!("{} (report {})", r.message, ctx.pseudonym("report", k)),
+                None => r.message.clone(),
+            },
+        })
+        .collect();
+    write_rows(&ctx.out_dir.join("rejects.parquet"), &rows)?;
+    Ok((rows.len(), by_reason))
 }
 
 #[cfg(test)]

@@ -7,13 +7,10 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use arrow::array::{
-    ArrayRef, BooleanArray, Int8Builder, Int32Array, Int32Builder, ListBuilder, StringArray,
-};
+use mg3d_core::rows::{ClausesRow, TokensRow};
 use mg3d_core::stage::{InputDecl, ParamDef, Params, Stage, StageContext, StageError};
-use mg3d_core::table::{TableSchema, read_table, write_columns};
+use mg3d_core::table::{read_rows, write_rows};
 use serde_json::{Value, json};
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
@@ -125,34 +122,11 @@ mg3d_core::stage_params! {
 /// Every report's clause texts in clause order, by report_id.
 fn report_clauses(dir: &Path) -> Result<Vec<(String, Vec<String>)>, StageError> {
     let mut clauses: BTreeMap<String, Vec<(i32, String)>> = BTreeMap::new();
-    for b in read_table(&dir.join("clauses.parquet"), &TableSchema::get("clauses")?)? {
-        let id = b
-            .column_by_name("report_id")
-            .unwrap()
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .unwrap()
-            .clone();
-        let ci = b
-            .column_by_name("clause_idx")
-            .unwrap()
-            .as_any()
-            .downcast_ref::<Int32Array>()
-            .unwrap()
-            .clone();
-        let t = b
-            .column_by_name("text")
-            .unwrap()
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .unwrap()
-            .clone();
-        for r in 0..b.num_rows() {
-            clauses
-                .entry(id.value(r).to_string())
-                .or_default()
-                .push((ci.value(r), t.value(r).to_string()));
-        }
+    for c in read_rows::<ClausesRow>(&dir.join("clauses.parquet"))? {
+        clauses
+            .entry(c.report_id)
+            .or_default()
+            .push((c.clause_idx, c.text));
     }
     let items: Vec<(String, Vec<String>)> = clauses
         .into_iter()
@@ -234,51 +208,26 @@ impl Stage for TokensStage {
             .map(|(_, c)| tokenize_clauses(&tk, c))
             .collect::<Result<_, _>>()
             .map_err(StageError::msg)?;
-        let mut ids = ListBuilder::new(Int32Builder::new());
-        let mut mask = ListBuilder::new(Int8Builder::new());
-        let mut clause = ListBuilder::new(Int32Builder::new());
-        let mut ws = ListBuilder::new(Int8Builder::new());
-        for t in &out {
-            ids.values().append_slice(&t.ids);
-            ids.append(true);
-            mask.values().append_slice(&t.mask);
-            mask.append(true);
-            clause.values().append_slice(&t.clause);
-            clause.append(true);
-            ws.values().append_slice(&t.word_start);
-            ws.append(true);
-        }
-        let n_clauses: Vec<i32> = out
+        let rows: Vec<TokensRow> = items
             .iter()
-            .map(|t| {
-                t.clause
+            .zip(&out)
+            .map(|((id, _), t)| TokensRow {
+                report_id: id.clone(),
+                input_ids: t.ids.clone(),
+                attention_mask: t.mask.clone(),
+                clause_index: t.clause.clone(),
+                word_start: t.word_start.clone(),
+                length: t.length as i32,
+                truncated: t.truncated,
+                n_clauses: t
+                    .clause
                     .iter()
                     .filter(|&&c| c >= 0)
                     .collect::<std::collections::BTreeSet<_>>()
-                    .len() as i32
+                    .len() as i32,
             })
             .collect();
-        let cols: Vec<ArrayRef> = vec![
-            Arc::new(StringArray::from(
-                items.iter().map(|i| i.0.clone()).collect::<Vec<_>>(),
-            )),
-            Arc::new(ids.finish()),
-            Arc::new(mask.finish()),
-            Arc::new(clause.finish()),
-            Arc::new(ws.finish()),
-            Arc::new(Int32Array::from(
-                out.iter().map(|t| t.length as i32).collect::<Vec<_>>(),
-            )),
-            Arc::new(BooleanArray::from(
-                out.iter().map(|t| t.truncated).collect::<Vec<_>>(),
-            )),
-            Arc::new(Int32Array::from(n_clauses)),
-        ];
-        write_columns(
-            &ctx.out_dir.join("tokens.parquet"),
-            &TableSchema::get("tokens")?,
-            cols,
-        )?;
+        write_rows(&ctx.out_dir.join("tokens.parquet"), &rows)?;
         let truncated = out.iter().filter(|t| t.truncated).count();
         let mean_len = out.iter().map(|t| t.length).sum::<usize>() as f64 / out.len().max(1) as f64;
         Ok(

@@ -8,10 +8,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Int32Array, StringArray};
-use mg3d_core::table::{TableSchema, write_columns};
+use mg3d_core::rows::SplitsRow;
+use mg3d_core::table::write_rows;
 use mg3d_volume::Volume;
 use rayon::prelude::*;
 
@@ -652,15 +651,13 @@ fn write_splits_table(
         path: path.clone(),
         detail: e.to_string(),
     };
-    let schema = TableSchema::get("splits").map_err(err)?;
-    let cols: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(patients.keys())),
-        Arc::new(StringArray::from_iter_values(
-            patients.values().map(|p| SPLITS[p.0]),
-        )),
-        Arc::new(Int32Array::from_iter_values(
-            patients.values().map(|p| p.1 as i32),
-        )),
-    ];
-    write_columns(&path, &schema, cols).map_err(err)
+    let rows: Vec<SplitsRow> = patients
+        .iter()
+        .map(|(id, &(split, samples))| SplitsRow {
+            patient_id: id.clone(),
+            split: SPLITS[split].to_string(),
+            samples: samples as i32,
+        })
+        .collect();
+    write_rows(&path, &rows).map_err(err)
 }

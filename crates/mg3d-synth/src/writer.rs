@@ -2,13 +2,9 @@
 
 use std::fs;
 use std::path::Path;
-use std::sync::Arc;
 
-use arrow::array::{
-    ArrayRef, BooleanArray, FixedSizeListBuilder, Float64Array, Float64Builder, RecordBatch,
-    StringArray,
-};
-use mg3d_core::table::{TableSchema, write_table};
+use mg3d_core::rows::TruthFindingsRow;
+use mg3d_core::table::write_rows;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -69,20 +65,6 @@ pub struct VolumeTruth {
     pub hu_sha256: String,
 }
 
-/// One row of truth_findings.
-#[derive(Debug, Clone)]
-pub(crate) struct FindingRow {
-    pub patient_source_id: String,
-    pub volume_name: String,
-    pub finding: String,
-    pub assertion: String,
-    pub rendered: bool,
-    pub region: Option<String>,
-    pub laterality: Option<String>,
-    pub size_mm: Option<f64>,
-    pub center_ras: Option<[f64; 3]>,
-}
-
 /// Everything one patient contributes.
 #[derive(Debug, Default)]
 pub(crate) struct PatientOutput {
@@ -90,7 +72,7 @@ pub(crate) struct PatientOutput {
     pub reports: Vec<[Vec<u8>; 5]>,
     pub labels: Vec<(String, [u8; 18])>,
     pub entities: Vec<EntityTruth>,
-    pub findings: Vec<FindingRow>,
+    pub findings: Vec<TruthFindingsRow>,
     pub metadata: Vec<Vec<String>>,
     pub accession: Vec<[String; 4]>,
     pub patient_truth: Option<serde_json::Value>,
@@ -652,12 +634,12 @@ fn finding_rows(
     volume_name: &str,
     statements: &[Statement],
     vt: &VolumeTruth,
-) -> Vec<FindingRow> {
+) -> Vec<TruthFindingsRow> {
     statements
         .iter()
         .map(|s| {
             let f = s.finding.as_ref();
-            FindingRow {
+            TruthFindingsRow {
                 patient_source_id: patient.to_string(),
                 volume_name: volume_name.to_string(),
                 finding: s.label.clone(),
@@ -666,7 +648,7 @@ fn finding_rows(
                 region: f.map(|f| f.region.clone()),
                 laterality: f.and_then(|f| f.side.map(|s| s.word().to_string())),
                 size_mm: f.and_then(|f| f.size_mm),
-                center_ras: f.and_then(|f| f.center_lps).map(|c| {
+                center_ras_mm: f.and_then(|f| f.center_lps).map(|c| {
                     let _ = vt;
                     [-c[0], -c[1], c[2]]
                 }),
@@ -853,10 +835,13 @@ impl CorpusWriter {
             jsonl(self.parts.iter().filter_map(|p| p.patient_truth.as_ref())),
         )?;
         fs::write(out.join("truth/faults.jsonl"), jsonl(self.faults.iter()))?;
-        write_findings_table(
-            &out.join("truth/truth_findings.parquet"),
-            self.parts.iter().flat_map(|p| p.findings.iter()),
-        )?;
+        let findings: Vec<TruthFindingsRow> = self
+            .parts
+            .iter()
+            .flat_map(|p| p.findings.iter().cloned())
+            .collect();
+        write_rows(&out.join("truth/truth_findings.parquet"), &findings)
+            .map_err(|e| SynthError::Write(e.to_string()))?;
         let mut summary_json =
             serde_json::to_vec_pretty(&serde_json::json!({ "summary": &s, "config": cfg }))
                 .unwrap();
@@ -864,49 +849,4 @@ impl CorpusWriter {
         fs::write(out.join("synth.json"), summary_json)?;
         Ok(s)
     }
-}
-
-fn write_findings_table<'a>(
-    path: &Path,
-    rows: impl Iterator<Item = &'a FindingRow>,
-) -> Result<(), SynthError> {
-    let rows: Vec<&FindingRow> = rows.collect();
-    let schema =
-        TableSchema::get("truth_findings").map_err(|e| SynthError::Write(e.to_string()))?;
-    let strs = |f: &dyn Fn(&FindingRow) -> Option<String>| {
-        Arc::new(rows.iter().map(|r| f(r)).collect::<StringArray>()) as ArrayRef
-    };
-    let mut centers = FixedSizeListBuilder::new(Float64Builder::new(), 3);
-    for r in &rows {
-        match r.center_ras {
-            Some(c) => {
-                centers.values().append_slice(&c);
-                centers.append(true);
-            }
-            None => {
-                centers.values().append_slice(&[0.0; 3]);
-                centers.append(false);
-            }
-        }
-    }
-    let batch = RecordBatch::try_new(
-        schema.arrow(),
-        vec![
-            strs(&|r| Some(r.patient_source_id.clone())),
-            strs(&|r| Some(r.volume_name.clone())),
-            strs(&|r| Some(r.finding.clone())),
-            strs(&|r| Some(r.assertion.clone())),
-            Arc::new(
-                rows.iter()
-                    .map(|r| Some(r.rendered))
-                    .collect::<BooleanArray>(),
-            ),
-            strs(&|r| r.region.clone()),
-            strs(&|r| r.laterality.clone()),
-            Arc::new(rows.iter().map(|r| r.size_mm).collect::<Float64Array>()),
-            Arc::new(centers.finish()),
-        ],
-    )
-    .map_err(|e| SynthError::Write(format!("truth_findings: {e}")))?;
-    write_table(path, &schema, &batch).map_err(|e| SynthError::Write(e.to_string()))
 }

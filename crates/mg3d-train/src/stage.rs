@@ -7,11 +7,10 @@
 //! (one row per step) and `train.json` (settings and speed).
 
 use std::path::Path;
-use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Float64Array, Int64Array};
+use mg3d_core::rows::MetricsRow;
 use mg3d_core::stage::{InputDecl, ParamDef, Params, Stage, StageContext, StageError};
-use mg3d_core::table::{TableSchema, write_columns};
+use mg3d_core::table::write_rows;
 use mg3d_shard::ShardIndex;
 use serde_json::{Value, json};
 use tch::nn;
@@ -166,27 +165,22 @@ pub fn load_trained(train_dir: &Path, device: &str) -> Result<TrainedModel, Stri
 }
 
 fn write_metrics(path: &Path, m: &[StepMetrics]) -> Result<(), StageError> {
-    let f = |g: fn(&StepMetrics) -> f64| -> ArrayRef {
-        Arc::new(Float64Array::from_iter_values(m.iter().map(g)))
-    };
-    write_columns(
-        path,
-        &TableSchema::get("metrics")?,
-        vec![
-            Arc::new(Int64Array::from_iter_values(
-                m.iter().map(|s| s.step as i64),
-            )),
-            f(|s| s.lr),
-            f(|s| s.total),
-            f(|s| s.mim),
-            f(|s| s.mlm),
-            f(|s| s.sal),
-            f(|s| s.cml),
-            f(|s| s.dcl),
-            f(|s| s.ssm),
-            f(|s| s.grad_norm),
-        ],
-    )?;
+    let rows: Vec<MetricsRow> = m
+        .iter()
+        .map(|s| MetricsRow {
+            step: s.step as i64,
+            lr: s.lr,
+            total: s.total,
+            mim: s.mim,
+            mlm: s.mlm,
+            sal: s.sal,
+            cml: s.cml,
+            dcl: s.dcl,
+            ssm: s.ssm,
+            grad_norm: s.grad_norm,
+        })
+        .collect();
+    write_rows(path, &rows)?;
     Ok(())
 }
 
