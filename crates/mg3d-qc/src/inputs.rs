@@ -1,15 +1,12 @@
 //! Reading the report stage's inputs: upstream output directories by kind, Parquet tables (checked
-//! against their contracts) as plain columns, row counts and JSON files. Every reader returns a
+//! against their contracts) as typed rows, row counts and JSON files. Every reader returns a
 //! `Result<_, String>` whose error is a note for the page, never a stage failure.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use arrow::array::{Array, Float64Array, Int64Array, RecordBatch, StringArray};
-use arrow::compute::cast;
-use arrow::datatypes::DataType;
 use mg3d_core::stage::StageInput;
-use mg3d_core::table::{TableSchema, read_table};
+use mg3d_core::table::{Row, read_rows};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::Value;
 
@@ -62,9 +59,10 @@ impl Inputs {
         Ok(self.dir(kind)?.join(file))
     }
 
-    /// Reads `file` of the input of `kind` as the contract table `table`.
-    pub fn table(&self, kind: &str, file: &str, table: &str) -> Part<Table> {
-        Table::read(&self.file(kind, file)?, table).map_err(|e| format!("{kind}/{file}: {e}"))
+    /// Reads `file` of the input of `kind` as typed rows of its table (checked against the
+    /// contract).
+    pub fn rows<R: Row>(&self, kind: &str, file: &str) -> Part<Vec<R>> {
+        read_rows_note(&self.file(kind, file)?).map_err(|e| format!("{kind}/{file}: {e}"))
     }
 
     /// Parses the JSON file `file` of the input of `kind`.
@@ -117,100 +115,12 @@ pub fn parquet_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
     Ok(files)
 }
 
-/// A whole table read through its contract, with typed column accessors.
-#[derive(Debug, Clone)]
-pub struct Table {
-    batches: Vec<RecordBatch>,
-}
-
-impl Table {
-    /// Reads `path`, checking it against the contract `table` (schemas/).
-    pub fn read(path: &Path, table: &str) -> Result<Table, String> {
-        if !path.is_file() {
-            return Err("missing".into());
-        }
-        let schema = TableSchema::get(table).map_err(|e| e.to_string())?;
-        let batches = read_table(path, &schema).map_err(|e| scrub(&e.to_string(), path))?;
-        Ok(Table { batches })
+/// Reads a table file as typed rows; the error is a note naming no absolute path.
+pub fn read_rows_note<R: Row>(path: &Path) -> Result<Vec<R>, String> {
+    if !path.is_file() {
+        return Err("missing".into());
     }
-
-    /// Wraps batches already in memory.
-    pub fn from_batches(batches: Vec<RecordBatch>) -> Table {
-        Table { batches }
-    }
-
-    /// Number of rows.
-    pub fn rows(&self) -> usize {
-        self.batches.iter().map(|b| b.num_rows()).sum()
-    }
-
-    fn column_as(
-        &self,
-        name: &str,
-        ty: &DataType,
-    ) -> Result<Vec<std::sync::Arc<dyn Array>>, String> {
-        self.batches
-            .iter()
-            .map(|b| {
-                let c = b
-                    .column_by_name(name)
-                    .ok_or_else(|| format!("no column {name:?}"))?;
-                cast(c, ty).map_err(|e| format!("column {name:?}: {e}"))
-            })
-            .collect()
-    }
-
-    /// A text column (nulls as `None`).
-    pub fn strs(&self, name: &str) -> Result<Vec<Option<String>>, String> {
-        let mut out = Vec::with_capacity(self.rows());
-        for a in self.column_as(name, &DataType::Utf8)? {
-            let a = a
-                .as_any()
-                .downcast_ref::<StringArray>()
-                .expect("cast to utf8");
-            out.extend(a.iter().map(|v| v.map(str::to_string)));
-        }
-        Ok(out)
-    }
-
-    /// An integer column, widened to i64.
-    pub fn i64s(&self, name: &str) -> Result<Vec<Option<i64>>, String> {
-        let mut out = Vec::with_capacity(self.rows());
-        for a in self.column_as(name, &DataType::Int64)? {
-            let a = a
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .expect("cast to int64");
-            out.extend(a.iter());
-        }
-        Ok(out)
-    }
-
-    /// A numeric column as f64.
-    pub fn f64s(&self, name: &str) -> Result<Vec<Option<f64>>, String> {
-        let mut out = Vec::with_capacity(self.rows());
-        for a in self.column_as(name, &DataType::Float64)? {
-            let a = a
-                .as_any()
-                .downcast_ref::<Float64Array>()
-                .expect("cast to float64");
-            out.extend(a.iter());
-        }
-        Ok(out)
-    }
-
-    /// A boolean column.
-    pub fn bools(&self, name: &str) -> Result<Vec<Option<bool>>, String> {
-        let mut out = Vec::with_capacity(self.rows());
-        for a in self.column_as(name, &DataType::Boolean)? {
-            let a = a
-                .as_any()
-                .downcast_ref::<arrow::array::BooleanArray>()
-                .expect("cast to bool");
-            out.extend(a.iter());
-        }
-        Ok(out)
-    }
+    read_rows(path).map_err(|e| scrub(&e.to_string(), path))
 }
 
 #[cfg(test)]
@@ -249,7 +159,9 @@ mod tests {
         let e = i.json("graph", "graph_stats.json").unwrap_err();
         assert!(e.contains("graph_stats.json is missing"), "{e}");
         assert!(!e.contains("/nowhere"), "{e}");
-        let e = i.table("graph", "edges.parquet", "edges").unwrap_err();
+        let e = i
+            .rows::<mg3d_core::rows::EdgesRow>("graph", "edges.parquet")
+            .unwrap_err();
         assert!(e.contains("missing"), "{e}");
     }
 
@@ -258,7 +170,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("metrics.parquet");
         std::fs::write(&p, b"not parquet").unwrap();
-        let e = Table::read(&p, "metrics").unwrap_err();
+        let e = read_rows_note::<mg3d_core::rows::MetricsRow>(&p).unwrap_err();
         assert!(e.contains("metrics.parquet"), "{e}");
         assert!(!e.contains(&d.path().display().to_string()), "{e}");
         assert!(parquet_rows(&p).unwrap_err().starts_with("not Parquet"));

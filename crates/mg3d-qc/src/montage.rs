@@ -6,10 +6,11 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use mg3d_core::labels::CT_RATE_LABELS;
+use mg3d_core::rows::{CorpusRow, EntitiesRow, LabelsRow, PreprocessedRow};
 use mg3d_volume::Volume;
 
 use crate::html::{Html, Image, escape};
-use crate::inputs::{Inputs, Part, Table, file_name, scrub};
+use crate::inputs::{Inputs, Part, file_name, scrub};
 
 /// A slice orientation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,72 +162,55 @@ pub struct Findings {
 }
 
 /// Per report: labels with value 1 or -1, in CT-RATE label order.
-pub fn labels_by_report(t: &Table) -> Result<BTreeMap<String, Vec<(String, i64)>>, String> {
-    let (rep, lab, val) = (t.strs("report_id")?, t.strs("label")?, t.i64s("value")?);
+pub fn labels_by_report(rows: &[LabelsRow]) -> BTreeMap<String, Vec<(String, i64)>> {
     let mut out: BTreeMap<String, Vec<(String, i64)>> = BTreeMap::new();
-    for ((r, l), v) in rep.into_iter().zip(lab).zip(val) {
-        if let (Some(r), Some(l), Some(v @ (1 | -1))) = (r, l, v) {
-            out.entry(r).or_default().push((l, v));
+    for r in rows {
+        if let Some(v @ (1 | -1)) = r.value {
+            out.entry(r.report_id.clone())
+                .or_default()
+                .push((r.label.clone(), v as i64));
         }
     }
     let rank = |l: &str| CT_RATE_LABELS.iter().position(|x| *x == l).unwrap_or(99);
     for v in out.values_mut() {
         v.sort_by(|a, b| (rank(&a.0), &a.0).cmp(&(rank(&b.0), &b.0)));
     }
-    Ok(out)
+    out
 }
 
 /// The present or uncertain (not hypothetical) observation mentions of `reports`, described as
 /// `surface (assertion, laterality, severity, size)`, in (report, entity) order, duplicates dropped.
 pub fn mentions_of(
-    t: &Table,
+    entities: &[EntitiesRow],
     reports: &std::collections::BTreeSet<&str>,
-) -> Result<BTreeMap<String, Vec<String>>, String> {
-    let (rep, idx, surface) = (t.strs("report_id")?, t.i64s("ent_idx")?, t.strs("surface")?);
-    let (ty, assertion, hyp) = (
-        t.strs("type")?,
-        t.strs("assertion")?,
-        t.bools("hypothetical")?,
-    );
-    let (lat, sev, size) = (
-        t.strs("laterality")?,
-        t.strs("severity")?,
-        t.f64s("size_mm")?,
-    );
-    let mut rows: Vec<(String, i64, String)> = Vec::new();
-    for i in 0..rep.len() {
-        let Some(r) = rep[i].as_deref().filter(|r| reports.contains(r)) else {
-            continue;
-        };
-        let a = assertion[i].as_deref().unwrap_or("");
-        if ty[i].as_deref() != Some("OBSERVATION")
-            || !matches!(a, "present" | "uncertain")
-            || hyp[i] == Some(true)
+) -> BTreeMap<String, Vec<String>> {
+    let mut rows: Vec<(&str, i32, String)> = Vec::new();
+    for e in entities {
+        if !reports.contains(e.report_id.as_str())
+            || e.r#type != "OBSERVATION"
+            || !matches!(e.assertion.as_str(), "present" | "uncertain")
+            || e.hypothetical
         {
             continue;
         }
-        let mut attrs = vec![a.to_string()];
-        attrs.extend(lat[i].clone());
-        attrs.extend(sev[i].clone());
-        if let Some(mm) = size[i].filter(|x| x.is_finite()) {
+        let mut attrs = vec![e.assertion.clone()];
+        attrs.extend(e.laterality.clone());
+        attrs.extend(e.severity.clone());
+        if let Some(mm) = e.size_mm.filter(|x| x.is_finite()) {
             attrs.push(format!("{mm} mm"));
         }
-        let text = format!(
-            "{} ({})",
-            surface[i].as_deref().unwrap_or(""),
-            attrs.join(", ")
-        );
-        rows.push((r.to_string(), idx[i].unwrap_or(0), text));
+        let text = format!("{} ({})", e.surface, attrs.join(", "));
+        rows.push((&e.report_id, e.ent_idx, text));
     }
     rows.sort();
     let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (r, _, text) in rows {
-        let v = out.entry(r).or_default();
+        let v = out.entry(r.to_string()).or_default();
         if !v.contains(&text) {
             v.push(text);
         }
     }
-    Ok(out)
+    out
 }
 
 /// The montage options.
@@ -259,8 +243,8 @@ pub fn section(inputs: &Inputs, o: &MontageOptions) -> Html {
         }
     };
     let labels = inputs
-        .table("entities", "labels.parquet", "labels")
-        .and_then(|t| labels_by_report(&t));
+        .rows::<LabelsRow>("entities", "labels.parquet")
+        .map(|t| labels_by_report(&t));
     if let Err(e) = &labels {
         h.note(&format!("labels unavailable: {e}"));
     }
@@ -292,8 +276,8 @@ pub fn section(inputs: &Inputs, o: &MontageOptions) -> Html {
         .filter_map(|p| p.report_id.as_deref())
         .collect();
     let mentions = inputs
-        .table("entities", "entities.parquet", "entities")
-        .and_then(|t| mentions_of(&t, &wanted));
+        .rows::<EntitiesRow>("entities", "entities.parquet")
+        .map(|t| mentions_of(&t, &wanted));
     if let Err(e) = &mentions {
         h.note(&format!("findings unavailable: {e}"));
     }
@@ -321,35 +305,26 @@ fn report_lookup<T: Clone>(m: &BTreeMap<String, Vec<T>>, p: &Pick) -> Vec<T> {
 
 /// volume_id -> file (relative to the preprocess output) from preprocessed.parquet.
 fn preprocessed_files(inputs: &Inputs) -> Part<BTreeMap<String, String>> {
-    let t = inputs.table("preprocess", "preprocessed.parquet", "preprocessed")?;
-    let (ids, files) = (t.strs("volume_id")?, t.strs("file")?);
-    Ok(ids
+    Ok(inputs
+        .rows::<PreprocessedRow>("preprocess", "preprocessed.parquet")?
         .into_iter()
-        .zip(files)
-        .filter_map(|(i, f)| Some((i?, f?)))
+        .map(|r| (r.volume_id, r.file))
         .collect())
 }
 
 /// Corpus pairs as montage candidates.
 fn candidates(inputs: &Inputs, labels: &BTreeMap<String, Vec<(String, i64)>>) -> Part<Vec<Pick>> {
-    let t = inputs.table("curate", "corpus.parquet", "corpus")?;
-    let (vols, reps, splits) = (t.strs("volume_id")?, t.strs("report_id")?, t.strs("split")?);
-    Ok(vols
+    Ok(inputs
+        .rows::<CorpusRow>("curate", "corpus.parquet")?
         .into_iter()
-        .zip(reps)
-        .zip(splits)
-        .filter_map(|((v, r), s)| {
-            let n_present = r
-                .as_ref()
-                .and_then(|r| labels.get(r))
+        .map(|c| Pick {
+            n_present: labels
+                .get(&c.report_id)
                 .map(|l| l.iter().filter(|x| x.1 == 1).count())
-                .unwrap_or(0);
-            Some(Pick {
-                volume_id: v?,
-                report_id: r,
-                split: s,
-                n_present,
-            })
+                .unwrap_or(0),
+            volume_id: c.volume_id,
+            report_id: Some(c.report_id),
+            split: Some(c.split),
         })
         .collect())
 }

@@ -5,15 +5,24 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use mg3d_core::labels::CT_RATE_LABELS;
+use mg3d_core::rows::{CorpusRow, EvalRow, ExcludedRow, LabelsRow, MetricsRow, RejectsRow};
 use serde_json::Value;
 
 use crate::INPUT_KINDS;
 use crate::html::{Html, Table, num};
-use crate::inputs::{Inputs, Part, file_name, parquet_files, parquet_rows};
+use crate::inputs::{Inputs, file_name, parquet_files, parquet_rows};
 use crate::plots::{Bar, hbar, int_histogram, lines};
 
-/// The training objectives plotted, in order (columns of metrics.parquet).
-pub const OBJECTIVES: [&str; 7] = ["total", "mim", "mlm", "sal", "cml", "dcl", "ssm"];
+/// The training objectives plotted, in order, with their columns of metrics.parquet.
+pub const OBJECTIVES: [(&str, fn(&MetricsRow) -> f64); 7] = [
+    ("total", |r| r.total),
+    ("mim", |r| r.mim),
+    ("mlm", |r| r.mlm),
+    ("sal", |r| r.sal),
+    ("cml", |r| r.cml),
+    ("dcl", |r| r.dcl),
+    ("ssm", |r| r.ssm),
+];
 
 /// Appends a plot, or a note when it cannot be drawn.
 fn plot(h: &mut Html, img: Result<crate::html::Image, String>) {
@@ -160,8 +169,8 @@ pub fn rejects(inputs: &Inputs) -> Html {
     ] {
         h.heading(3, title);
         match inputs
-            .table(kind, "rejects.parquet", "rejects")
-            .and_then(|t| reject_groups(&t))
+            .rows::<RejectsRow>(kind, "rejects.parquet")
+            .map(|t| reject_groups(&t))
         {
             Ok(groups) => h.append(reject_html(title, &groups)),
             Err(e) => h.note(&e),
@@ -169,8 +178,8 @@ pub fn rejects(inputs: &Inputs) -> Html {
     }
     h.heading(3, "Curate: excluded volume–report pairs by rule");
     match inputs
-        .table("curate", "excluded.parquet", "excluded")
-        .and_then(|t| exclusion_groups(&t))
+        .rows::<ExcludedRow>("curate", "excluded.parquet")
+        .map(|t| exclusion_groups(&t))
     {
         Ok(groups) => {
             let bars: Vec<Bar> = groups
@@ -200,15 +209,16 @@ pub fn rejects(inputs: &Inputs) -> Html {
 }
 
 /// (reason, inputs, files) per reason, sorted by reason.
-pub fn reject_groups(t: &crate::inputs::Table) -> Result<Vec<(String, u64, i64)>, String> {
-    let (reasons, files) = (t.strs("reason")?, t.i64s("n_files")?);
-    let mut m: BTreeMap<String, (u64, i64)> = BTreeMap::new();
-    for (r, f) in reasons.into_iter().zip(files) {
-        let e = m.entry(r.unwrap_or_default()).or_default();
+pub fn reject_groups(rows: &[RejectsRow]) -> Vec<(String, u64, i64)> {
+    let mut m: BTreeMap<&str, (u64, i64)> = BTreeMap::new();
+    for r in rows {
+        let e = m.entry(&r.reason).or_default();
         e.0 += 1;
-        e.1 += f.unwrap_or(0);
+        e.1 += r.n_files as i64;
     }
-    Ok(m.into_iter().map(|(r, (n, f))| (r, n, f)).collect())
+    m.into_iter()
+        .map(|(r, (n, f))| (r.to_string(), n, f))
+        .collect()
 }
 
 fn reject_html(title: &str, groups: &[(String, u64, i64)]) -> Html {
@@ -231,14 +241,14 @@ fn reject_html(title: &str, groups: &[(String, u64, i64)]) -> Html {
 }
 
 /// (rule, excluded pairs) in the order the rules were applied.
-pub fn exclusion_groups(t: &crate::inputs::Table) -> Result<Vec<(String, u64)>, String> {
-    let (idx, rules) = (t.i64s("rule_index")?, t.strs("rule")?);
-    let mut m: BTreeMap<(i64, String), u64> = BTreeMap::new();
-    for (i, r) in idx.into_iter().zip(rules) {
-        *m.entry((i.unwrap_or(i64::MAX), r.unwrap_or_default()))
-            .or_default() += 1;
+pub fn exclusion_groups(rows: &[ExcludedRow]) -> Vec<(String, u64)> {
+    let mut m: BTreeMap<(i32, &str), u64> = BTreeMap::new();
+    for r in rows {
+        *m.entry((r.rule_index, &r.rule)).or_default() += 1;
     }
-    Ok(m.into_iter().map(|((_, r), n)| (r, n)).collect())
+    m.into_iter()
+        .map(|((_, r), n)| (r.to_string(), n))
+        .collect()
 }
 
 /// Curate's remaining pairs after each rule (corpus_card.json `counts_after_each_rule`).
@@ -290,36 +300,21 @@ pub fn prevalence(
 /// Label prevalence over the curated corpus (or, without curate, over every labelled report).
 pub fn labels(inputs: &Inputs) -> Html {
     let mut h = Html::default();
-    let t = match inputs.table("entities", "labels.parquet", "labels") {
-        Ok(t) => t,
-        Err(e) => {
-            h.note(&format!("label prevalence unavailable: {e}"));
-            return h;
-        }
-    };
-    let parsed = (|| -> Part<_> {
-        let (rep, lab, val) = (t.strs("report_id")?, t.strs("label")?, t.i64s("value")?);
-        let mut values = BTreeMap::new();
-        for ((r, l), v) in rep.into_iter().zip(lab).zip(val) {
-            if let (Some(r), Some(l)) = (r, l) {
-                values.insert((r, l), v);
+    let values: BTreeMap<(String, String), Option<i64>> =
+        match inputs.rows::<LabelsRow>("entities", "labels.parquet") {
+            Ok(rows) => rows
+                .into_iter()
+                .map(|r| ((r.report_id, r.label), r.value.map(i64::from)))
+                .collect(),
+            Err(e) => {
+                h.note(&format!("label prevalence unavailable: {e}"));
+                return h;
             }
-        }
-        Ok(values)
-    })();
-    let values = match parsed {
-        Ok(v) => v,
-        Err(e) => {
-            h.note(&format!("labels.parquet: {e}"));
-            return h;
-        }
-    };
-    let corpus = inputs
-        .table("curate", "corpus.parquet", "corpus")
-        .and_then(|t| t.strs("report_id"));
+        };
+    let corpus = inputs.rows::<CorpusRow>("curate", "corpus.parquet");
     let (reports, basis): (Vec<String>, String) = match corpus {
         Ok(r) => {
-            let r: Vec<String> = r.into_iter().flatten().collect();
+            let r: Vec<String> = r.into_iter().map(|c| c.report_id).collect();
             let n = r.len();
             (
                 r,
@@ -459,8 +454,8 @@ pub fn degree_counts(stats: &Value, key: &str) -> Result<Vec<(i64, u64)>, String
 pub fn losses(inputs: &Inputs) -> Html {
     let mut h = Html::default();
     let series = inputs
-        .table("train", "metrics.parquet", "metrics")
-        .and_then(|t| loss_series(&t));
+        .rows::<MetricsRow>("train", "metrics.parquet")
+        .map(|t| loss_series(&t));
     let series = match series {
         Ok(s) if s.iter().all(|(_, v)| v.is_empty()) => {
             h.note("metrics.parquet has no steps");
@@ -509,19 +504,13 @@ pub fn losses(inputs: &Inputs) -> Html {
 pub type Curve = (&'static str, Vec<(f64, f64)>);
 
 /// (objective, [(step, loss)]) for [`OBJECTIVES`], points sorted by step.
-pub fn loss_series(t: &crate::inputs::Table) -> Result<Vec<Curve>, String> {
-    let steps = t.i64s("step")?;
+pub fn loss_series(rows: &[MetricsRow]) -> Vec<Curve> {
     OBJECTIVES
         .iter()
-        .map(|&name| {
-            let vals = t.f64s(name)?;
-            let mut pts: Vec<(f64, f64)> = steps
-                .iter()
-                .zip(vals)
-                .filter_map(|(s, v)| Some((s.as_ref().copied()? as f64, v.unwrap_or(f64::NAN))))
-                .collect();
+        .map(|&(name, loss)| {
+            let mut pts: Vec<(f64, f64)> = rows.iter().map(|r| (r.step as f64, loss(r))).collect();
             pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-            Ok((name, pts))
+            (name, pts)
         })
         .collect()
 }
@@ -537,13 +526,8 @@ pub fn eval(inputs: &Inputs) -> Html {
         ));
         return h;
     }
-    match inputs.table("eval", "eval.parquet", "eval") {
-        Ok(t) => match eval_rows(&t) {
-            Ok(rows) => eval_html(&mut h, &rows),
-            Err(e) => {
-                h.note(&format!("eval.parquet: {e}"));
-            }
-        },
+    match inputs.rows::<EvalRow>("eval", "eval.parquet") {
+        Ok(rows) => eval_html(&mut h, &rows),
         Err(e) => {
             h.note(&e);
         }
@@ -561,43 +545,6 @@ pub fn eval(inputs: &Inputs) -> Html {
         }
     }
     h
-}
-
-/// One row of eval.parquet.
-#[derive(Debug, Clone, PartialEq)]
-pub struct EvalRow {
-    /// Task.
-    pub task: String,
-    /// Label, 'mean' or ''.
-    pub label: String,
-    /// Metric name.
-    pub metric: String,
-    /// Value (NaN where undefined).
-    pub value: f64,
-    /// Bootstrap interval, when computed.
-    pub ci: Option<(f64, f64)>,
-    /// Samples or queries.
-    pub n: i64,
-    /// Positives (per-label rows).
-    pub n_positive: Option<i64>,
-}
-
-/// The rows of eval.parquet, in file order.
-pub fn eval_rows(t: &crate::inputs::Table) -> Result<Vec<EvalRow>, String> {
-    let (task, label, metric) = (t.strs("task")?, t.strs("label")?, t.strs("metric")?);
-    let (value, lo, hi) = (t.f64s("value")?, t.f64s("ci_low")?, t.f64s("ci_high")?);
-    let (n, npos) = (t.i64s("n")?, t.i64s("n_positive")?);
-    Ok((0..task.len())
-        .map(|i| EvalRow {
-            task: task[i].clone().unwrap_or_default(),
-            label: label[i].clone().unwrap_or_default(),
-            metric: metric[i].clone().unwrap_or_default(),
-            value: value[i].unwrap_or(f64::NAN),
-            ci: lo[i].zip(hi[i]),
-            n: n[i].unwrap_or(0),
-            n_positive: npos[i],
-        })
-        .collect())
 }
 
 fn eval_html(h: &mut Html, rows: &[EvalRow]) {
@@ -631,9 +578,11 @@ fn eval_html(h: &mut Html, rows: &[EvalRow]) {
         &[3, 5, 6],
     );
     for r in rows {
-        let ci =
-            r.ci.map(|(a, b)| format!("[{}, {}]", num(a), num(b)))
-                .unwrap_or_default();
+        let ci = r
+            .ci_low
+            .zip(r.ci_high)
+            .map(|(a, b)| format!("[{}, {}]", num(a), num(b)))
+            .unwrap_or_default();
         t.row(&[
             r.task.clone(),
             r.label.clone(),

@@ -9,12 +9,13 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
-use arrow::datatypes::{DataType, Int64Type};
 use mg3d_core::labels::CT_RATE_LABELS;
+use mg3d_core::rows::{
+    CorpusRow, LabelsRow, NeighborsRow, PreprocessedRow, ReportsRow, SignaturesRow, TokensRow,
+    VolumesRow,
+};
 use mg3d_core::stage::{InputDecl, ParamDef, Stage, StageContext, StageError};
-use mg3d_core::table::{TableError, TableSchema, read_table};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use mg3d_core::table::{Row, read_rows};
 use serde_json::{Value, json};
 
 use crate::format::Dtype;
@@ -49,97 +50,12 @@ fn fail(path: &Path, detail: impl std::fmt::Display) -> StageError {
     StageError::msg(format!("{}: {detail}", path.display()))
 }
 
-/// Reads a table: checked against its contract when `schemas/` has one, else as it is.
-fn read_any(path: &Path, table: &str) -> Result<Vec<RecordBatch>, StageError> {
+/// Reads a table as typed rows (checked against its contract); a missing file names the fix.
+fn read<R: Row>(path: &Path) -> Result<Vec<R>, StageError> {
     if !path.exists() {
         return Err(fail(path, "missing; rerun the stage that writes it"));
     }
-    match TableSchema::get(table) {
-        Ok(schema) => Ok(read_table(path, &schema)?),
-        Err(TableError::Unknown(_)) => {
-            let f = std::fs::File::open(path).map_err(|e| fail(path, e))?;
-            ParquetRecordBatchReaderBuilder::try_new(f)
-                .and_then(|b| b.build())
-                .map_err(|e| fail(path, e))?
-                .map(|r| r.map_err(|e| fail(path, e)))
-                .collect()
-        }
-        Err(e) => Err(e.into()),
-    }
-}
-
-fn column<'a>(b: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a ArrayRef, StageError> {
-    b.column_by_name(name)
-        .ok_or_else(|| fail(path, format!("no column {name:?}")))
-}
-
-/// A string column (any string type) as optional strings.
-fn strings(b: &RecordBatch, name: &str, path: &Path) -> Result<Vec<Option<String>>, StageError> {
-    let c = arrow::compute::cast(column(b, name, path)?, &DataType::Utf8)
-        .map_err(|e| fail(path, format!("column {name:?}: {e}")))?;
-    let s = c.as_string::<i32>();
-    Ok((0..s.len())
-        .map(|i| s.is_valid(i).then(|| s.value(i).to_string()))
-        .collect())
-}
-
-/// A non-null string column.
-fn strings_nn(b: &RecordBatch, name: &str, path: &Path) -> Result<Vec<String>, StageError> {
-    strings(b, name, path)?
-        .into_iter()
-        .enumerate()
-        .map(|(i, s)| s.ok_or_else(|| fail(path, format!("column {name:?} row {i} is null"))))
-        .collect()
-}
-
-/// An integer column as optional i64.
-fn ints(b: &RecordBatch, name: &str, path: &Path) -> Result<Vec<Option<i64>>, StageError> {
-    let c = arrow::compute::cast(column(b, name, path)?, &DataType::Int64)
-        .map_err(|e| fail(path, format!("column {name:?}: {e}")))?;
-    let a = c.as_primitive::<Int64Type>();
-    Ok((0..a.len())
-        .map(|i| a.is_valid(i).then(|| a.value(i)))
-        .collect())
-}
-
-/// A list (or fixed-size list) of integers per row.
-fn int_lists(b: &RecordBatch, name: &str, path: &Path) -> Result<Vec<Vec<i64>>, StageError> {
-    let c = column(b, name, path)?;
-    let row = |v: ArrayRef| -> Result<Vec<i64>, StageError> {
-        let v = arrow::compute::cast(&v, &DataType::Int64)
-            .map_err(|e| fail(path, format!("column {name:?}: {e}")))?;
-        Ok(v.as_primitive::<Int64Type>().values().to_vec())
-    };
-    if let Some(l) = c.as_list_opt::<i32>() {
-        (0..l.len()).map(|i| row(l.value(i))).collect()
-    } else if let Some(l) = c.as_list_opt::<i64>() {
-        (0..l.len()).map(|i| row(l.value(i))).collect()
-    } else if let Some(l) = c.as_fixed_size_list_opt() {
-        (0..l.len()).map(|i| row(l.value(i))).collect()
-    } else {
-        Err(fail(
-            path,
-            format!(
-                "column {name:?} is {}, expected a list of integers",
-                c.data_type()
-            ),
-        ))
-    }
-}
-
-fn to_i32(v: Vec<i64>) -> Vec<i32> {
-    v.into_iter().map(|x| x as i32).collect()
-}
-fn to_i8(v: Vec<i64>) -> Vec<i8> {
-    v.into_iter().map(|x| x as i8).collect()
-}
-
-/// Tokens of one report.
-struct Tok {
-    ids: Vec<i32>,
-    mask: Vec<i8>,
-    clause: Vec<i32>,
-    ws: Vec<i8>,
+    Ok(read_rows(path)?)
 }
 
 /// One volume–report pair before its tokens and labels are attached.
@@ -154,15 +70,10 @@ struct Pair {
 /// The preprocessed volumes: volume_id -> its file.
 fn read_volume_files(pre: &Path) -> Result<BTreeMap<String, PathBuf>, StageError> {
     let path = pre.join("preprocessed.parquet");
-    let mut volume_file: BTreeMap<String, PathBuf> = BTreeMap::new();
-    for b in read_any(&path, "preprocessed")? {
-        for (v, f) in strings_nn(&b, "volume_id", &path)?
-            .into_iter()
-            .zip(strings_nn(&b, "file", &path)?)
-        {
-            volume_file.insert(v, pre.join(f));
-        }
-    }
+    let volume_file = read::<PreprocessedRow>(&path)?
+        .into_iter()
+        .map(|r| (r.volume_id, pre.join(r.file)))
+        .collect();
     Ok(volume_file)
 }
 
@@ -177,36 +88,20 @@ fn read_pairs(
     let mut pairs: Vec<Pair> = Vec::new();
     if let Ok(cur) = ctx.input("curate") {
         let path = cur.join("corpus.parquet");
-        for b in read_any(&path, "corpus")? {
-            let cols = [
-                strings_nn(&b, "patient_id", &path)?,
-                strings_nn(&b, "study_id", &path)?,
-                strings_nn(&b, "volume_id", &path)?,
-                strings_nn(&b, "report_id", &path)?,
-            ];
-            let [pa, st, vo, re] = cols;
-            let splits: Vec<Option<usize>> = match b.column_by_name("split") {
-                None => vec![None; b.num_rows()],
-                Some(_) => strings_nn(&b, "split", &path)?
-                    .into_iter()
-                    .map(|s| {
-                        split_number(&s).map(Some).ok_or_else(|| {
-                            fail(&path, format!("split {s:?} is not train, val or test"))
-                        })
-                    })
-                    .collect::<Result<_, _>>()?,
-            };
-            for ((((patient_id, study_id), volume_id), report_id), split) in
-                pa.into_iter().zip(st).zip(vo).zip(re).zip(splits)
-            {
-                pairs.push(Pair {
-                    patient_id,
-                    study_id,
-                    volume_id,
-                    report_id,
-                    split,
-                });
-            }
+        for c in read::<CorpusRow>(&path)? {
+            let split = split_number(&c.split).ok_or_else(|| {
+                fail(
+                    &path,
+                    format!("split {:?} is not train, val or test", c.split),
+                )
+            })?;
+            pairs.push(Pair {
+                patient_id: c.patient_id,
+                study_id: c.study_id,
+                volume_id: c.volume_id,
+                report_id: c.report_id,
+                split: Some(split),
+            });
         }
     } else {
         let (Ok(ing), Ok(rep)) = (ctx.input("ingest"), ctx.input("reports")) else {
@@ -217,25 +112,14 @@ fn read_pairs(
         };
         let path = rep.join("reports.parquet");
         let mut report_of_key: BTreeMap<String, String> = BTreeMap::new();
-        for b in read_any(&path, "reports")? {
-            for (id, key) in strings_nn(&b, "report_id", &path)?
-                .into_iter()
-                .zip(strings_nn(&b, "report_key", &path)?)
-            {
-                report_of_key.entry(key).or_insert(id);
-            }
+        for r in read::<ReportsRow>(&path)? {
+            report_of_key.entry(r.report_key).or_insert(r.report_id);
         }
         let path = ing.join("volumes.parquet");
-        let mut vols: BTreeMap<String, (String, String, Option<String>)> = BTreeMap::new();
-        for b in read_any(&path, "volumes")? {
-            let v = strings_nn(&b, "volume_id", &path)?;
-            let pa = strings_nn(&b, "patient_id", &path)?;
-            let st = strings_nn(&b, "study_id", &path)?;
-            let rk = strings(&b, "report_key", &path)?;
-            for (((v, pa), st), rk) in v.into_iter().zip(pa).zip(st).zip(rk) {
-                vols.insert(v, (pa, st, rk));
-            }
-        }
+        let vols: BTreeMap<String, (String, String, Option<String>)> = read::<VolumesRow>(&path)?
+            .into_iter()
+            .map(|v| (v.volume_id, (v.patient_id, v.study_id, v.report_key)))
+            .collect();
         for volume_id in volume_file.keys() {
             let Some((patient_id, study_id, key)) = vols.get(volume_id) else {
                 *counts.entry("volumes_not_in_ingest").or_default() += 1;
@@ -258,54 +142,28 @@ fn read_pairs(
 }
 
 /// The token sequences of every report, by report_id.
-fn read_tokens(path: &Path) -> Result<BTreeMap<String, Tok>, StageError> {
-    let mut tokens: BTreeMap<String, Tok> = BTreeMap::new();
-    for b in read_any(path, "tokens")? {
-        let ids = int_lists(&b, "input_ids", path)?;
-        let mask = int_lists(&b, "attention_mask", path)?;
-        let clause = int_lists(&b, "clause_index", path)?;
-        let ws = int_lists(&b, "word_start", path)?;
-        for ((((r, ids), mask), clause), ws) in strings_nn(&b, "report_id", path)?
-            .into_iter()
-            .zip(ids)
-            .zip(mask)
-            .zip(clause)
-            .zip(ws)
-        {
-            tokens.insert(
-                r,
-                Tok {
-                    ids: to_i32(ids),
-                    mask: to_i8(mask),
-                    clause: to_i32(clause),
-                    ws: to_i8(ws),
-                },
-            );
-        }
-    }
-    Ok(tokens)
+fn read_tokens(path: &Path) -> Result<BTreeMap<String, TokensRow>, StageError> {
+    Ok(read::<TokensRow>(path)?
+        .into_iter()
+        .map(|t| (t.report_id.clone(), t))
+        .collect())
 }
 
 /// The 18 labels of every report from the long-form labels table (null and uncertain -> -1).
 fn read_labels(path: &Path) -> Result<BTreeMap<String, Vec<i8>>, StageError> {
     let mut labels: BTreeMap<String, Vec<i8>> = BTreeMap::new();
-    for b in read_any(path, "labels")? {
-        let r = strings_nn(&b, "report_id", path)?;
-        let l = strings_nn(&b, "label", path)?;
-        let v = ints(&b, "value", path)?;
-        for ((r, l), v) in r.into_iter().zip(l).zip(v) {
-            let Some(k) = CT_RATE_LABELS.iter().position(|x| *x == l) else {
-                continue;
-            };
-            let vec = labels
-                .entry(r)
-                .or_insert_with(|| vec![-1; CT_RATE_LABELS.len()]);
-            vec[k] = match v {
-                Some(1) => 1,
-                Some(0) => 0,
-                _ => -1,
-            };
-        }
+    for row in read::<LabelsRow>(path)? {
+        let Some(k) = CT_RATE_LABELS.iter().position(|x| *x == row.label) else {
+            continue;
+        };
+        let vec = labels
+            .entry(row.report_id)
+            .or_insert_with(|| vec![-1; CT_RATE_LABELS.len()]);
+        vec[k] = match row.value {
+            Some(1) => 1,
+            Some(0) => 0,
+            _ => -1,
+        };
     }
     Ok(labels)
 }
@@ -315,7 +173,7 @@ fn read_labels(path: &Path) -> Result<BTreeMap<String, Vec<i8>>, StageError> {
 fn sample_records(
     pairs: Vec<Pair>,
     volume_file: &BTreeMap<String, PathBuf>,
-    tokens: &BTreeMap<String, Tok>,
+    tokens: &BTreeMap<String, TokensRow>,
     labels: &BTreeMap<String, Vec<i8>>,
     signatures: Option<&BTreeMap<String, Vec<i8>>>,
     counts: &mut BTreeMap<&'static str, usize>,
@@ -354,10 +212,10 @@ fn sample_records(
             volume_id: pr.volume_id,
             report_id: pr.report_id,
             volume: VolumeSource::Nifti(file.clone()),
-            input_ids: t.ids.clone(),
-            attention_mask: t.mask.clone(),
-            clause_index: t.clause.clone(),
-            word_start: t.ws.clone(),
+            input_ids: t.input_ids.clone(),
+            attention_mask: t.attention_mask.clone(),
+            clause_index: t.clause_index.clone(),
+            word_start: t.word_start.clone(),
             labels: lab,
             signature,
             split: pr.split,
@@ -379,28 +237,19 @@ fn read_graph(ctx: &StageContext) -> Result<GraphInputs, StageError> {
     let mut neighbors: Option<BTreeMap<String, Vec<String>>> = None;
     if let Ok(g) = ctx.input("graph") {
         let path = g.join("signatures.parquet");
-        let mut s = BTreeMap::new();
-        for b in read_any(&path, "signatures")? {
-            for (r, sig) in strings_nn(&b, "report_id", &path)?
+        signatures = Some(
+            read::<SignaturesRow>(&path)?
                 .into_iter()
-                .zip(int_lists(&b, "signature", &path)?)
-            {
-                s.insert(r, to_i8(sig));
-            }
-        }
-        signatures = Some(s);
+                .map(|r| (r.report_id, r.signature))
+                .collect(),
+        );
         let path = g.join("neighbors.parquet");
-        let mut ranked: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
-        for b in read_any(&path, "neighbors")? {
-            let r = strings_nn(&b, "report_id", &path)?;
-            let n = strings_nn(&b, "neighbor_report_id", &path)?;
-            let k = ints(&b, "rank", &path)?;
-            for ((r, n), k) in r.into_iter().zip(n).zip(k) {
-                ranked
-                    .entry(r)
-                    .or_default()
-                    .push((k.unwrap_or(i64::MAX), n));
-            }
+        let mut ranked: BTreeMap<String, Vec<(i32, String)>> = BTreeMap::new();
+        for r in read::<NeighborsRow>(&path)? {
+            ranked
+                .entry(r.report_id)
+                .or_default()
+                .push((r.rank, r.neighbor_report_id));
         }
         neighbors = Some(
             ranked
