@@ -200,10 +200,27 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Fail(code, e)) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", chain_text(&e));
             ExitCode::from(code)
         }
     }
+}
+
+/// An error and its causes, joined with ": " as anyhow's `{:#}` does, but leaving out a cause
+/// whose text the error before it already shows: the libraries' typed errors both name their
+/// source in their message and keep it as `source()`.
+fn chain_text(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    let mut prev = out.clone();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !prev.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        prev = text;
+    }
+    out
 }
 
 /// The arguments of `mg3d run` (see [`Cmd`]).

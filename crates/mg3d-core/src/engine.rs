@@ -481,9 +481,7 @@ impl<'r> Engine<'r> {
         .unwrap_or_else(|_| {
             // The panic's message is not repeated: it may quote input data (the panic hook of the
             // binary logs where it happened).
-            Err(StageError::msg(
-                "internal error (panic) outside any single item; please report it",
-            ))
+            Err(StageError::Panicked)
         });
         let mut summary = match result {
             Ok(s) => s,

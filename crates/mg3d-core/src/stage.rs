@@ -245,17 +245,47 @@ impl Params {
 
     /// Deserialises the params into a stage's typed struct.
     pub fn parse<T: DeserializeOwned>(&self) -> Result<T, StageError> {
-        serde_json::from_value(Value::Object(self.0.clone()))
-            .map_err(|e| StageError::msg(format!("invalid params: {e}")))
+        serde_json::from_value(Value::Object(self.0.clone())).map_err(StageError::Params)
     }
 }
 
 /// Why a stage run failed.
+///
+/// A stage crate's own error enum converts into [`StageError::Stage`] (each crate writes
+/// `impl From<ItsError> for StageError` with [`StageError::wrap`]), so stage code returns typed
+/// errors with `?` and the message and source chain reach the user unchanged.
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {
     /// The run was cancelled (Ctrl-C); nothing was promoted.
     #[error("cancelled")]
     Cancelled,
+    /// A file operation failed.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// A table could not be read or written, or breaks its contract.
+    #[error(transparent)]
+    Table(#[from] crate::table::TableError),
+    /// The params do not fit the stage's params struct.
+    #[error("invalid params: {0}")]
+    Params(#[source] serde_json::Error),
+    /// The stage has no input of a kind it reads.
+    #[error("no input of kind {0:?}")]
+    NoInput(String),
+    /// A `@stage/path` param names a stage that is not an input of this stage.
+    #[error("{path:?} names stage {stage:?}, which is not an input of this stage")]
+    NotAnInput {
+        /// The param's value.
+        path: String,
+        /// The stage it names.
+        stage: String,
+    },
+    /// The stage panicked outside any single item (the panic's message may quote input data, so it
+    /// is not kept).
+    #[error("internal error (panic) outside any single item; please report it")]
+    Panicked,
+    /// A stage crate's own error, with its source chain.
+    #[error(transparent)]
+    Stage(Box<dyn std::error::Error + Send + Sync + 'static>),
     /// Anything else, with its context.
     #[error("{0}")]
     Failed(String),
@@ -270,16 +300,9 @@ impl StageError {
     pub fn ctx(what: impl std::fmt::Display, e: impl std::fmt::Display) -> Self {
         StageError::Failed(format!("{what}: {e}"))
     }
-}
-
-impl From<std::io::Error> for StageError {
-    fn from(e: std::io::Error) -> Self {
-        StageError::Failed(format!("i/o: {e}"))
-    }
-}
-impl From<crate::table::TableError> for StageError {
-    fn from(e: crate::table::TableError) -> Self {
-        StageError::Failed(e.to_string())
+    /// A stage crate's own error (see [`StageError::Stage`]).
+    pub fn wrap(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        StageError::Stage(Box::new(e))
     }
 }
 
@@ -405,7 +428,7 @@ impl<'a> StageContext<'a> {
             .iter()
             .find(|i| i.kind == kind)
             .map(|i| i.dir.as_path())
-            .ok_or_else(|| StageError::msg(format!("no input of kind {kind:?}")))
+            .ok_or_else(|| StageError::NoInput(kind.to_string()))
     }
     /// Resolves a path param: `@stage/sub/path` points into an input stage's output, anything else
     /// is taken as given (relative to the current directory).
@@ -414,9 +437,10 @@ impl<'a> StageContext<'a> {
             Some(rest) => {
                 let (name, sub) = rest.split_once('/').unwrap_or((rest, ""));
                 let input = self.inputs.iter().find(|i| i.name == name).ok_or_else(|| {
-                    StageError::msg(format!(
-                        "{s:?} names stage {name:?}, which is not an input of this stage"
-                    ))
+                    StageError::NotAnInput {
+                        path: s.to_string(),
+                        stage: name.to_string(),
+                    }
                 })?;
                 Ok(input.dir.join(sub))
             }
