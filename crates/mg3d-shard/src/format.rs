@@ -184,11 +184,17 @@ pub struct TensorData<'a> {
     pub data: &'a [u8],
 }
 
-/// Builds the safetensors header bytes (length prefix included) and the tensor write order.
+/// Builds the safetensors header bytes (length prefix included) and the tensor write order of
+/// the file at `path`.
 fn header(
+    path: &Path,
     tensors: &[TensorData<'_>],
     metadata: &BTreeMap<String, String>,
-) -> Result<(Vec<u8>, Vec<usize>), String> {
+) -> Result<(Vec<u8>, Vec<usize>), ShardError> {
+    let bad = |detail: String| ShardError::Format {
+        path: path.to_path_buf(),
+        detail,
+    };
     let mut order: Vec<usize> = (0..tensors.len()).collect();
     order.sort_by(|&a, &b| {
         tensors[b]
@@ -203,13 +209,13 @@ fn header(
         let t = &tensors[i];
         let n = t.shape.iter().product::<usize>() * t.dtype.size();
         if n != t.data.len() {
-            return Err(format!(
+            return Err(bad(format!(
                 "tensor {}: {} bytes for shape {:?} {}, expected {n}",
                 t.name,
                 t.data.len(),
                 t.shape,
                 t.dtype.name()
-            ));
+            )));
         }
         map.insert(
             t.name.to_string(),
@@ -219,12 +225,12 @@ fn header(
     }
     map.insert(
         "__metadata__".into(),
-        serde_json::to_value(metadata).map_err(|e| e.to_string())?,
+        serde_json::to_value(metadata).map_err(|e| bad(e.to_string()))?,
     );
     // Keys come out sorted (BTreeMap) or, if some crate turns on serde_json's preserve_order, in
     // the insertion order above: deterministic either way.
     let mut json =
-        serde_json::to_vec(&serde_json::Value::Object(map)).map_err(|e| e.to_string())?;
+        serde_json::to_vec(&serde_json::Value::Object(map)).map_err(|e| bad(e.to_string()))?;
     while json.len() % 8 != 0 {
         json.push(b' ');
     }
@@ -240,10 +246,7 @@ pub fn write_safetensors(
     tensors: &[TensorData<'_>],
     metadata: &BTreeMap<String, String>,
 ) -> Result<(u64, String), ShardError> {
-    let (head, order) = header(tensors, metadata).map_err(|detail| ShardError::Format {
-        path: path.to_path_buf(),
-        detail,
-    })?;
+    let (head, order) = header(path, tensors, metadata)?;
     let io = |e: std::io::Error| ShardError::Io {
         path: path.to_path_buf(),
         source: e,

@@ -79,4 +79,21 @@ pub enum ShardError {
     /// The work was cancelled.
     #[error("cancelled")]
     Cancelled,
+    /// Nothing to shard: no volume has both a report and tokens.
+    #[error(
+        "no volume-report pairs to shard ({counts}); check that volumes have reports (volumes.report_key = reports.report_key) and that tokens exist"
+    )]
+    NoPairs {
+        /// What was left out at each step, as the stage counts it.
+        counts: String,
+    },
+}
+
+impl From<ShardError> for mg3d_core::StageError {
+    fn from(e: ShardError) -> Self {
+        match e {
+            ShardError::Cancelled => mg3d_core::StageError::Cancelled,
+            e => mg3d_core::StageError::wrap(e),
+        }
+    }
 }

@@ -18,6 +18,7 @@ use mg3d_core::stage::{InputDecl, ParamDef, Stage, StageContext, StageError};
 use mg3d_core::table::{Row, read_rows};
 use serde_json::{Value, json};
 
+use crate::ShardError;
 use crate::format::Dtype;
 use crate::split::split_number;
 use crate::writer::{SampleRecord, VolumeSource, WriterConfig, write_shards};
@@ -47,7 +48,16 @@ mg3d_core::stage_params! {
 }
 
 fn fail(path: &Path, detail: impl std::fmt::Display) -> StageError {
-    StageError::msg(format!("{}: {detail}", path.display()))
+    ShardError::Input {
+        path: path.to_path_buf(),
+        detail: detail.to_string(),
+    }
+    .into()
+}
+
+/// A setting or input choice the stage cannot work with.
+fn config(detail: impl Into<String>) -> StageError {
+    ShardError::Config(detail.into()).into()
 }
 
 /// Reads a table as typed rows (checked against its contract); a missing file names the fix.
@@ -105,7 +115,7 @@ fn read_pairs(
         }
     } else {
         let (Ok(ing), Ok(rep)) = (ctx.input("ingest"), ctx.input("reports")) else {
-            return Err(StageError::msg(
+            return Err(config(
                 "without a curate input, the shards stage pairs volumes with reports itself: \
                  add the ingest and reports stages to its inputs (or a curate stage)",
             ));
@@ -275,14 +285,14 @@ fn check_plan(
     if let Some(s) = shape_ras
         && s != plan.shape_ras
     {
-        return Err(StageError::msg(format!(
+        return Err(config(format!(
             "shape {s:?} differs from the {:?} preprocess made with preset {:?}: set shape = [] (the \
              volumes' shape) or change the preset",
             plan.shape_ras, plan.preset
         )));
     }
     if window[0] < plan.window[0] || window[1] > plan.window[1] {
-        return Err(StageError::msg(format!(
+        return Err(config(format!(
             "window {window:?} reaches outside the HU window {:?} preprocess clipped the volumes to \
              (preset {:?}): use a window within it",
             plan.window, plan.preset
@@ -323,13 +333,11 @@ impl Stage for ShardsStage {
             "bf16" | "bfloat16" => Dtype::BF16,
             "f32" | "float32" => Dtype::F32,
             other => {
-                return Err(StageError::msg(format!(
-                    "dtype {other:?}: use f16, bf16 or f32"
-                )));
+                return Err(config(format!("dtype {other:?}: use f16, bf16 or f32")));
             }
         };
         if p.window.len() != 2 {
-            return Err(StageError::msg(format!(
+            return Err(config(format!(
                 "window {:?} must be [low, high] in HU",
                 p.window
             )));
@@ -340,7 +348,7 @@ impl Stage for ShardsStage {
                 Some([*r as usize, *a as usize, *s as usize])
             }
             _ => {
-                return Err(StageError::msg(format!(
+                return Err(config(format!(
                     "shape {:?} must be [] or three positive voxel counts [R, A, S]",
                     p.shape
                 )));
@@ -350,10 +358,10 @@ impl Stage for ShardsStage {
             check_plan(&plan, shape_ras, [p.window[0], p.window[1]])?;
         }
         if p.shard_mb.is_nan() || p.shard_mb <= 0.0 {
-            return Err(StageError::msg("shard_mb must be positive"));
+            return Err(config("shard_mb must be positive"));
         }
         if p.seed < 0 || p.max_neighbors < 0 {
-            return Err(StageError::msg("seed and max_neighbors must be >= 0"));
+            return Err(config("seed and max_neighbors must be >= 0"));
         }
         let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
 
@@ -379,14 +387,14 @@ impl Stage for ShardsStage {
             &mut counts,
         );
         if records.is_empty() {
-            return Err(StageError::msg(format!(
-                "no volume-report pairs to shard ({counts:?}); check that volumes have reports \
-                 (volumes.report_key = reports.report_key) and that tokens exist"
-            )));
+            return Err(ShardError::NoPairs {
+                counts: format!("{counts:?}"),
+            }
+            .into());
         }
 
         if p.ratios.len() != 3 {
-            return Err(StageError::msg(format!(
+            return Err(config(format!(
                 "ratios {:?} must be [train, val, test]",
                 p.ratios
             )));
@@ -410,11 +418,7 @@ impl Stage for ShardsStage {
             &ctx.out_dir,
             &cancelled,
             &progress,
-        )
-        .map_err(|e| match e {
-            crate::ShardError::Cancelled => StageError::Cancelled,
-            e => StageError::msg(e.to_string()),
-        })?;
+        )?;
         pb.finish_and_clear();
         let mut summary = json!({
             "samples": s.samples.iter().sum::<usize>(),
