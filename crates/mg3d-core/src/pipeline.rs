@@ -443,10 +443,10 @@ fn stage_spec(
             format!("valid params of {kind}: {}", valid.join(", ")),
         )
     })?;
-    stage.check_params(&params).map_err(|msg| {
+    stage.check_params(&params).map_err(|e| {
         err(
             Some(table_line),
-            format!("stage {name:?} (kind {kind}): {msg}"),
+            format!("stage {name:?} (kind {kind}): {e}"),
             format!("see `mg3d stages` for the params of {kind}"),
         )
     })?;

@@ -330,7 +330,7 @@ pub trait Stage: Send + Sync {
     }
     /// Checks params beyond their types when the pipeline is parsed, before anything runs (e.g.
     /// that a rule names only known columns). The error says what is wrong and how to fix it.
-    fn check_params(&self, _params: &Params) -> Result<(), String> {
+    fn check_params(&self, _params: &Params) -> Result<(), StageError> {
         Ok(())
     }
     /// A digest of external sources (files outside the work dir) named by params, if any.

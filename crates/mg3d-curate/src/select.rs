@@ -25,14 +25,14 @@ pub enum Reconstruction {
 
 impl Reconstruction {
     /// Parses `all` / `thinnest` / `first`.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, CurateError> {
         match s {
             "all" => Ok(Self::All),
             "thinnest" => Ok(Self::Thinnest),
             "first" => Ok(Self::First),
-            _ => Err(format!(
+            _ => Err(CurateError::Params(format!(
                 "reconstruction must be all, thinnest or first, not {s:?}"
-            )),
+            ))),
         }
     }
 }
@@ -92,8 +92,11 @@ pub struct Selection {
 }
 
 /// Columns a SQL rule reads; errors when it does not parse.
-pub fn rule_columns(rule: &str) -> Result<Vec<String>, String> {
-    let e = sql_expr(rule).map_err(|e| format!("rule {rule:?} does not parse: {e}"))?;
+pub fn rule_columns(rule: &str) -> Result<Vec<String>, CurateError> {
+    let e = sql_expr(rule).map_err(|source| CurateError::RuleSyntax {
+        rule: rule.to_string(),
+        source,
+    })?;
     let mut cols: Vec<String> = e
         .meta()
         .root_names()
@@ -106,14 +109,15 @@ pub fn rule_columns(rule: &str) -> Result<Vec<String>, String> {
 }
 
 /// Checks that every rule parses and names only columns in `valid`.
-pub fn check_rules(rules: &[String], valid: &[String]) -> Result<(), String> {
+pub fn check_rules(rules: &[String], valid: &[String]) -> Result<(), CurateError> {
     for r in rules {
         for c in rule_columns(r)? {
             if !valid.contains(&c) {
-                return Err(format!(
-                    "rule {r:?} names unknown column {c:?}; valid columns: {}",
-                    valid.join(", ")
-                ));
+                return Err(CurateError::UnknownColumn {
+                    rule: r.clone(),
+                    column: c,
+                    valid: valid.to_vec(),
+                });
             }
         }
     }
@@ -251,7 +255,7 @@ pub fn select(
         .iter()
         .map(|c| c.to_string())
         .collect();
-    check_rules(rules, &valid).map_err(CurateError::Rule)?;
+    check_rules(rules, &valid)?;
     let mut sv = Sieve {
         alive: vec![true; n],
         out: Selection {

@@ -42,7 +42,7 @@ mg3d_core::stage_params! {
 }
 
 impl CurateParams {
-    fn policies(&self) -> Result<Policies, String> {
+    fn policies(&self) -> Result<Policies, CurateError> {
         Ok(Policies {
             require_volume: self.require_volume,
             require_report: self.require_report,
@@ -52,20 +52,22 @@ impl CurateParams {
             reconstruction: Reconstruction::parse(&self.reconstruction)?,
         })
     }
-    fn ratios(&self) -> Result<[f64; 3], String> {
+    fn ratios(&self) -> Result<[f64; 3], CurateError> {
         match self.split_ratios.as_slice() {
             [a, b, c] if *a >= 0.0 && *b >= 0.0 && *c >= 0.0 && a + b + c > 0.0 => Ok([*a, *b, *c]),
-            _ => Err("split_ratios must be three non-negative numbers [train, val, test]".into()),
+            _ => Err(CurateError::Params(
+                "split_ratios must be three non-negative numbers [train, val, test]".into(),
+            )),
         }
     }
 }
 
 fn strs(df: &DataFrame, name: &str) -> Result<Vec<Option<String>>, StageError> {
-    crate::select::str_col(df, name).map_err(|e| StageError::msg(e.to_string()))
+    Ok(crate::select::str_col(df, name)?)
 }
 
 fn f64s(df: &DataFrame, name: &str) -> Result<Vec<Option<f64>>, StageError> {
-    crate::select::f64_col(df, name).map_err(|e| StageError::msg(e.to_string()))
+    Ok(crate::select::f64_col(df, name)?)
 }
 
 fn histogram(values: &[f64], edges: &[f64], unit: &str) -> Vec<(String, usize)> {
@@ -235,7 +237,7 @@ fn write_outputs(
     );
     let spacing = f64s(view, "slice_spacing_mm")?;
     let dim_k = f64s(view, "dim_k")?;
-    let ratios = p.ratios().map_err(StageError::msg)?;
+    let ratios = p.ratios()?;
     let rows = &sel.selected;
     let text = |v: &[Option<String>], r: usize| v[r].clone().unwrap_or_default();
     let corpus: Vec<CorpusRow> = rows
@@ -355,31 +357,29 @@ impl Stage for CurateStage {
     fn uses_seed(&self) -> bool {
         true
     }
-    fn check_params(&self, params: &Params) -> Result<(), String> {
-        let p: CurateParams = params.parse().map_err(|e| e.to_string())?;
+    fn check_params(&self, params: &Params) -> Result<(), StageError> {
+        let p: CurateParams = params.parse()?;
         p.policies()?;
         p.ratios()?;
         let valid: Vec<String> = view_columns().into_iter().map(|(n, _)| n).collect();
-        check_rules(&p.rules, &valid)
+        Ok(check_rules(&p.rules, &valid)?)
     }
     fn run(&self, ctx: &StageContext) -> Result<Value, StageError> {
         let p: CurateParams = ctx.params.parse()?;
-        let pol = p.policies().map_err(StageError::msg)?;
+        let pol = p.policies()?;
         let ingest = ctx.input("ingest")?;
         let reports = ctx.input("reports")?;
         let preprocess = ctx.input("preprocess").ok();
         let entities = ctx.input("entities").ok();
-        let err = |e: CurateError| StageError::msg(e.to_string());
         let view = build_view(&ViewInputs {
             ingest,
             reports,
             preprocess,
             entities,
-        })
-        .map_err(err)?
+        })?
         .collect()
-        .map_err(|e| StageError::msg(format!("building the curate view: {e}")))?;
-        let sel = select(&view, &p.rules, &pol).map_err(err)?;
+        .map_err(CurateError::View)?;
+        let sel = select(&view, &p.rules, &pol)?;
         // Sources: every table the view read, by content.
         let mut sources = serde_json::Map::new();
         let mut key = blake3::Hasher::new();

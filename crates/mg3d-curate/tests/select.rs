@@ -181,7 +181,9 @@ fn rules_apply_in_order_and_the_first_failing_one_is_recorded() {
 #[test]
 fn unknown_columns_and_non_boolean_rules_are_errors() {
     let valid: Vec<String> = vec!["slice_spacing_mm".into(), "findings_chars".into()];
-    let e = check_rules(&["slice_thicknes <= 1".to_string()], &valid).unwrap_err();
+    let e = check_rules(&["slice_thicknes <= 1".to_string()], &valid)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("unknown column \"slice_thicknes\""), "{e}");
     assert!(
         e.contains("valid columns: slice_spacing_mm, findings_chars"),

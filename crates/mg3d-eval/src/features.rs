@@ -8,6 +8,8 @@ use mg3d_shard::{Loader, LoaderConfig, ShardIndex};
 use mg3d_train::stage::TrainedModel;
 use tch::{Device, Kind, Tensor};
 
+use crate::EvalError;
+
 /// Encoded samples of some splits.
 pub(crate) struct Encoded {
     /// Frozen image features, N×F.
@@ -153,7 +155,7 @@ pub(crate) fn encode_split(
     keep_volumes: bool,
     bank: &mut ClauseBank,
     out: &mut Encoded,
-) -> Result<(), String> {
+) -> Result<(), EvalError> {
     if index
         .split(split)
         .map(|s| s.samples.is_empty())
@@ -171,12 +173,11 @@ pub(crate) fn encode_split(
             workers: 0,
             ..Default::default()
         },
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     let device = tm.model.device();
-    let entries = &index.split(split).map_err(|e| e.to_string())?.samples;
+    let entries = &index.split(split)?.samples;
     for batch in loader {
-        let batch = batch.map_err(|e| e.to_string())?;
+        let batch = batch?;
         out.report_ids.extend(
             batch
                 .samples
@@ -190,9 +191,7 @@ pub(crate) fn encode_split(
             out.volumes.push(inp.volume.to_device(Device::Cpu));
         }
         out.clauses.extend(bank.add_batch(&inp));
-        let lab = batch
-            .field("labels")
-            .ok_or("the shards have no labels field")?;
+        let lab = batch.field("labels").ok_or(EvalError::NoLabels)?;
         let width = lab.shape.get(1).copied().unwrap_or(0);
         let v = lab.to_i64().unwrap_or_default();
         for c in v.chunks(width.max(1)) {
@@ -219,7 +218,7 @@ pub(crate) fn bank_prompts(
     tm: &TrainedModel,
     prompts: &[String],
     bank: &mut ClauseBank,
-) -> Result<Vec<usize>, String> {
+) -> Result<Vec<usize>, EvalError> {
     let tk = load_tokenizer(&tm.text_model, PROMPT_TOKENS)?;
     prompts
         .iter()

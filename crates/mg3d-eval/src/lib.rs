@@ -1,5 +1,6 @@
 //! mg3d-eval: how good is the corpus and the model.
 //!
+//! - [`error`]: [`EvalError`], what the stage returns;
 //! - [`features`]: a trained model's frozen image and clause features, and the prompts;
 //! - [`align`]: CLIP alignment and what both alignment methods share;
 //! - [`entity_align`]: clause-level finding targets from the entities stage and the
@@ -13,9 +14,12 @@
 
 pub mod align;
 pub mod entity_align;
+pub mod error;
 pub mod features;
 pub mod metrics;
 pub mod params;
 pub mod probe;
 pub mod stage;
 pub mod tasks;
+
+pub use error::EvalError;

@@ -3,6 +3,8 @@
 use mg3d_core::labels::CT_RATE_LABELS;
 use serde_json::json;
 
+use crate::EvalError;
+
 mg3d_core::stage_params! {
     /// The parameters of the stage, declared once: `mg3d stages` lists them from here.
     pub(crate) struct EvalParams {
@@ -54,25 +56,26 @@ mg3d_core::stage_params! {
 }
 
 impl EvalParams {
-    pub(crate) fn check(&self) -> Result<(), String> {
+    pub(crate) fn check(&self) -> Result<(), EvalError> {
+        let bad = |m: String| Err(EvalError::Params(m));
         if self.splits.is_empty() {
-            return Err("splits: name at least one split (train, val, test)".into());
+            return bad("splits: name at least one split (train, val, test)".into());
         }
         for s in &self.splits {
             if !["train", "val", "test"].contains(&s.as_str()) {
-                return Err(format!("splits: {s:?} is not one of train, val, test"));
+                return bad(format!("splits: {s:?} is not one of train, val, test"));
             }
         }
         for l in &self.labels {
             if !CT_RATE_LABELS.contains(&l.as_str()) {
-                return Err(format!(
+                return bad(format!(
                     "labels: {l:?} is not a CT-RATE label; use one of: {}",
                     CT_RATE_LABELS.join(", ")
                 ));
             }
         }
         if self.templates.len() != 2 || self.templates.iter().any(|t| !t.contains("{label}")) {
-            return Err(
+            return bad(
                 "templates: give two strings containing {label}: the present and the absent prompt"
                     .into(),
             );
@@ -84,23 +87,23 @@ impl EvalParams {
         ];
         for (n, v) in positive {
             if v < 1 {
-                return Err(format!("{n} must be >= 1"));
+                return bad(format!("{n} must be >= 1"));
             }
         }
         if !["entity", "clip"].contains(&self.alignment.as_str()) {
-            return Err(format!(
+            return bad(format!(
                 "alignment: {:?} is not entity or clip",
                 self.alignment
             ));
         }
         if self.align_steps < 0 || self.align_text_steps < 0 || self.bootstrap < 0 {
-            return Err("align_steps, align_text_steps and bootstrap must be >= 0".into());
+            return bad("align_steps, align_text_steps and bootstrap must be >= 0".into());
         }
         if self.recall_k.iter().chain(&self.map_k).any(|&k| k < 1) {
-            return Err("recall_k and map_k must hold positive integers".into());
+            return bad("recall_k and map_k must hold positive integers".into());
         }
         if self.probe_c.is_nan() || self.probe_c <= 0.0 {
-            return Err("probe_c must be > 0".into());
+            return bad("probe_c must be > 0".into());
         }
         Ok(())
     }

@@ -38,6 +38,7 @@ use mg3d_train::stage::{TrainedModel, load_trained};
 use serde_json::{Value, json};
 use tch::{Device, Tensor};
 
+use crate::EvalError;
 use crate::align::{Aligner, l2, matrix};
 use crate::entity_align::{
     ClauseTargets, EntityAlignConfig, EntityAligner, read_clause_targets, target_row,
@@ -61,7 +62,7 @@ fn evaluate(
     report_labels: Option<&BTreeMap<String, Vec<Option<bool>>>>,
     clause_targets: Option<&ClauseTargets>,
     p: &EvalParams,
-) -> Result<(Vec<EvalRow>, Value), String> {
+) -> Result<(Vec<EvalRow>, Value), EvalError> {
     let clock = std::time::Instant::now();
     let label_set = p.label_set();
     let (mut train, mut test, prompt_text, distinct_clauses) =
@@ -73,13 +74,10 @@ fn evaluate(
     );
     let n = test.image.len();
     if n == 0 {
-        return Err(format!(
-            "the evaluated splits {:?} hold no samples; evaluate other splits or build a larger corpus",
-            p.splits
-        ));
+        return Err(EvalError::NoSamples(p.splits.clone()));
     }
     if train.image.len() < 2 {
-        return Err("the train split needs at least 2 samples to fit the alignment".into());
+        return Err(EvalError::TooFewTrainSamples);
     }
     let (aligner, align_json) = fit_alignment(tm, &train, clause_targets, p);
     tracing::info!(seconds = clock.elapsed().as_secs_f64(), "aligned");
@@ -202,7 +200,7 @@ fn encode_samples(
     report_labels: Option<&BTreeMap<String, Vec<Option<bool>>>>,
     label_set: &[usize],
     p: &EvalParams,
-) -> Result<EncodedSamples, String> {
+) -> Result<EncodedSamples, EvalError> {
     let bs = p.batch_size as usize;
     let mut bank = ClauseBank::default();
     let mut train = Encoded::empty();
@@ -538,13 +536,13 @@ impl Stage for EvalStage {
             },
         ]
     }
-    fn check_params(&self, params: &Params) -> Result<(), String> {
-        let p: EvalParams = params.parse().map_err(|e| e.to_string())?;
-        p.check()
+    fn check_params(&self, params: &Params) -> Result<(), StageError> {
+        let p: EvalParams = params.parse()?;
+        Ok(p.check()?)
     }
     fn run(&self, ctx: &StageContext) -> Result<Value, StageError> {
         let p: EvalParams = ctx.params.parse()?;
-        p.check().map_err(StageError::msg)?;
+        p.check()?;
         // Before any encoding: the entity alignment's clause targets.
         let clause_targets = match (ctx.input("reports"), ctx.input("entities")) {
             _ if p.alignment != "entity" => None,
@@ -552,16 +550,10 @@ impl Stage for EvalStage {
                 &reports.join("clauses.parquet"),
                 &entities.join("entities.parquet"),
             )?),
-            _ => {
-                return Err(StageError::msg(
-                    "alignment = \"entity\" needs the entities and reports stages as inputs \
-                     (clause-level finding assertions); add them, or set alignment = \"clip\"",
-                ));
-            }
+            _ => return Err(EvalError::EntityInputs.into()),
         };
-        let mut tm = load_trained(ctx.input("train")?, &p.device).map_err(StageError::msg)?;
-        let index =
-            ShardIndex::open(ctx.input("shards")?).map_err(|e| StageError::msg(e.to_string()))?;
+        let mut tm = load_trained(ctx.input("train")?, &p.device)?;
+        let index = ShardIndex::open(ctx.input("shards")?)?;
         let report_labels = match ctx.input("entities") {
             Ok(dir) => Some(read_report_labels(
                 &dir.join("labels.parquet"),
@@ -575,8 +567,7 @@ impl Stage for EvalStage {
             report_labels.as_ref(),
             clause_targets.as_ref(),
             &p,
-        )
-        .map_err(StageError::msg)?;
+        )?;
         write_rows(&ctx.out_dir.join("eval.parquet"), &rows_out)?;
         std::fs::write(
             ctx.out_dir.join("eval.json"),

@@ -13,6 +13,8 @@ use std::ops::Range;
 
 use serde::Deserialize;
 
+use crate::ReportError;
+
 /// Embedded default configuration files.
 pub const DEFAULT_FINDINGS: &str = include_str!("../../../configs/lexicon/findings.toml");
 /// Embedded anatomy lexicon.
@@ -241,12 +243,11 @@ fn laterality_words(text: &str) -> Option<String> {
 
 impl Extractor {
     /// Compiles lexicon and rule texts (TOML).
-    pub fn new(findings: &str, anatomy: &str, context: &str) -> Result<Extractor, String> {
-        let f: FindingsFile =
-            toml::from_str(findings).map_err(|e| format!("findings lexicon: {e}"))?;
-        let a: AnatomyFile =
-            toml::from_str(anatomy).map_err(|e| format!("anatomy lexicon: {e}"))?;
-        let c: ContextFile = toml::from_str(context).map_err(|e| format!("context rules: {e}"))?;
+    pub fn new(findings: &str, anatomy: &str, context: &str) -> Result<Extractor, ReportError> {
+        let lexicon = |what| move |source| ReportError::Lexicon { what, source };
+        let f: FindingsFile = toml::from_str(findings).map_err(lexicon("findings lexicon"))?;
+        let a: AnatomyFile = toml::from_str(anatomy).map_err(lexicon("anatomy lexicon"))?;
+        let c: ContextFile = toml::from_str(context).map_err(lexicon("context rules"))?;
         for r in &c.rule {
             if ![
                 "forward",
@@ -257,10 +258,12 @@ impl Extractor {
             ]
             .contains(&r.direction.as_str())
             {
-                return Err(format!(
-                    "context rule {:?}: direction must be forward, backward, bidirectional, terminate or pseudo",
-                    r.literals
-                ));
+                return Err(ReportError::ContextRule {
+                    literals: r.literals.clone(),
+                    detail:
+                        "direction must be forward, backward, bidirectional, terminate or pseudo"
+                            .into(),
+                });
             }
             if ![
                 "negated",
@@ -272,10 +275,10 @@ impl Extractor {
             ]
             .contains(&r.category.as_str())
             {
-                return Err(format!(
-                    "context rule {:?}: unknown category {:?}",
-                    r.literals, r.category
-                ));
+                return Err(ReportError::ContextRule {
+                    literals: r.literals.clone(),
+                    detail: format!("unknown category {:?}", r.category),
+                });
             }
         }
         let mut entity_index: HashMap<String, Vec<(Vec<String>, Kind)>> = HashMap::new();
@@ -322,7 +325,7 @@ impl Extractor {
             v.sort_by_key(|b| std::cmp::Reverse(b.0.len()));
         }
         let m: ModifiersFile =
-            toml::from_str(DEFAULT_MODIFIERS).map_err(|e| format!("modifiers lexicon: {e}"))?;
+            toml::from_str(DEFAULT_MODIFIERS).map_err(lexicon("modifiers lexicon"))?;
         let severity = m
             .severity
             .into_iter()

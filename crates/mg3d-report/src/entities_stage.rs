@@ -9,6 +9,7 @@ use mg3d_core::table::{read_rows, write_rows};
 use rayon::prelude::*;
 use serde_json::{Value, json};
 
+use crate::ReportError;
 use crate::entities::{
     DEFAULT_ANATOMY, DEFAULT_CONTEXT, DEFAULT_FINDINGS, EntityType, Extractor, aggregate,
 };
@@ -39,17 +40,22 @@ fn load(path: &str, default: &str) -> Result<String, StageError> {
     if path.is_empty() {
         Ok(default.to_string())
     } else {
-        std::fs::read_to_string(path).map_err(|e| StageError::ctx(path, e))
+        std::fs::read_to_string(path).map_err(|source| {
+            ReportError::Io {
+                path: path.into(),
+                source,
+            }
+            .into()
+        })
     }
 }
 
 fn extractor(p: &EntitiesParams) -> Result<Extractor, StageError> {
-    Extractor::new(
+    Ok(Extractor::new(
         &load(&p.findings_lexicon, DEFAULT_FINDINGS)?,
         &load(&p.anatomy_lexicon, DEFAULT_ANATOMY)?,
         &load(&p.context_rules, DEFAULT_CONTEXT)?,
-    )
-    .map_err(StageError::msg)
+    )?)
 }
 
 /// Section texts by (report_id, section), and each report's key.

@@ -12,6 +12,7 @@ use mg3d_core::table::write_rows;
 use rayon::prelude::*;
 use serde_json::{Value, json};
 
+use crate::ReportError;
 use crate::text::{clauses, sentences};
 
 /// Section names in report order.
@@ -73,9 +74,12 @@ type RawRow = (i64, Result<BTreeMap<String, String>, RowReject>);
 type RejectFn<'a> = dyn Fn(i64, Option<String>, &'static str, String) -> RowReject + 'a;
 
 /// The rows of a JSONL file (one object per line; non-string values as their JSON text).
-fn jsonl_rows(path: &Path, rej: &RejectFn) -> Result<Vec<RawRow>, String> {
+fn jsonl_rows(path: &Path, rej: &RejectFn) -> Result<Vec<RawRow>, ReportError> {
     let mut rows: Vec<RawRow> = Vec::new();
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let bytes = std::fs::read(path).map_err(|source| ReportError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
         let n = i as i64 + 1;
         if line.iter().all(|b| b.is_ascii_whitespace()) {
@@ -113,15 +117,19 @@ fn jsonl_rows(path: &Path, rej: &RejectFn) -> Result<Vec<RawRow>, String> {
 }
 
 /// The rows of a CSV file, read as bytes so a non-UTF-8 field rejects only its row.
-fn csv_rows(path: &Path, id_col: &str, rej: &RejectFn) -> Result<Vec<RawRow>, String> {
+fn csv_rows(path: &Path, id_col: &str, rej: &RejectFn) -> Result<Vec<RawRow>, ReportError> {
     let mut rows: Vec<RawRow> = Vec::new();
+    let csv_err = |source| ReportError::Csv {
+        path: path.to_path_buf(),
+        source,
+    };
     let mut rdr = csv::ReaderBuilder::new()
         .flexible(true)
         .from_path(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(csv_err)?;
     let headers: Vec<String> = rdr
         .byte_headers()
-        .map_err(|e| format!("{}: {e}", path.display()))?
+        .map_err(csv_err)?
         .iter()
         .map(|h| {
             String::from_utf8_lossy(h)
@@ -177,7 +185,7 @@ pub fn read_reports(
     id_col: &str,
     section_cols: &BTreeMap<String, String>,
     markers: &[String],
-) -> Result<(Vec<Report>, Vec<RowReject>), String> {
+) -> Result<(Vec<Report>, Vec<RowReject>), ReportError> {
     let mut ok = Vec::new();
     let mut bad = Vec::new();
     let rej = |row: i64, key: Option<String>, reason: &'static str, message: String| RowReject {
@@ -298,10 +306,7 @@ impl Stage for ReportsStage {
             .keys()
             .find(|k| !SECTIONS.contains(&k.as_str()))
         {
-            return Err(StageError::msg(format!(
-                "section_columns: unknown section {bad:?}; use {}",
-                SECTIONS.join(", ")
-            )));
+            return Err(ReportError::UnknownSection(bad.clone()).into());
         }
         let (reports, mut rejects) = read_all(ctx, &p)?;
         let mut tables = TextTables::default();
@@ -332,8 +337,7 @@ fn read_all(
             &p.id_column,
             &p.section_columns,
             &p.empty_markers,
-        )
-        .map_err(StageError::msg)?;
+        )?;
         reports.extend(ok);
         rejects.extend(bad);
     }

@@ -14,6 +14,8 @@ use mg3d_core::table::{read_rows, write_rows};
 use serde_json::{Value, json};
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
+use crate::ReportError;
+
 /// One report's tokens.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tokenized {
@@ -32,19 +34,20 @@ pub struct Tokenized {
 }
 
 /// Loads `tokenizer.json` (a file, or a model folder holding one), set up to truncate and pad.
-pub fn load_tokenizer(path: &Path, max_length: usize) -> Result<Tokenizer, String> {
+pub fn load_tokenizer(path: &Path, max_length: usize) -> Result<Tokenizer, ReportError> {
     let file = if path.is_dir() {
         path.join("tokenizer.json")
     } else {
         path.to_path_buf()
     };
-    let mut tk = Tokenizer::from_file(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let mut tk = Tokenizer::from_file(&file)
+        .map_err(|source| ReportError::TokenizerFile { path: file, source })?;
     let pad_id = tk.token_to_id("[PAD]").unwrap_or(0);
     tk.with_truncation(Some(TruncationParams {
         max_length,
         ..Default::default()
     }))
-    .map_err(|e| e.to_string())?;
+    .map_err(ReportError::Tokenizer)?;
     tk.with_padding(Some(PaddingParams {
         strategy: PaddingStrategy::Fixed(max_length),
         pad_id,
@@ -55,7 +58,7 @@ pub fn load_tokenizer(path: &Path, max_length: usize) -> Result<Tokenizer, Strin
 }
 
 /// Tokenizes clauses as MG-3D does (lower-cased, joined, clause index per token).
-pub fn tokenize_clauses(tk: &Tokenizer, clauses: &[String]) -> Result<Tokenized, String> {
+pub fn tokenize_clauses(tk: &Tokenizer, clauses: &[String]) -> Result<Tokenized, ReportError> {
     let mut text = String::new();
     let mut bounds = Vec::new();
     for c in clauses {
@@ -66,7 +69,9 @@ pub fn tokenize_clauses(tk: &Tokenizer, clauses: &[String]) -> Result<Tokenized,
         text.push_str(&c.to_lowercase());
         bounds.push(start..text.len());
     }
-    let enc = tk.encode(text.as_str(), true).map_err(|e| e.to_string())?;
+    let enc = tk
+        .encode(text.as_str(), true)
+        .map_err(ReportError::Tokenizer)?;
     let special = enc.get_special_tokens_mask();
     let offsets = enc.get_offsets();
     let words = enc.get_word_ids();
@@ -168,16 +173,14 @@ impl Stage for TokensStage {
         } else {
             path
         };
-        let d =
-            mg3d_core::fsutil::hash_file(&file).map_err(|e| StageError::ctx(file.display(), e))?;
+        let d = mg3d_core::fsutil::hash_file(&file)
+            .map_err(|source| ReportError::Io { path: file, source })?;
         Ok(Some(d.blake3))
     }
     fn run(&self, ctx: &StageContext) -> Result<Value, StageError> {
         let p: TokensParams = ctx.params.parse()?;
         if p.tokenizer.is_empty() && p.train_vocab_size <= 0 {
-            return Err(StageError::msg(
-                "set tokenizer (a tokenizer.json or model folder) or train_vocab_size (to train one)",
-            ));
+            return Err(ReportError::NoTokenizer.into());
         }
         let dir = ctx.input("reports")?;
         let items = report_clauses(dir)?;
@@ -187,11 +190,10 @@ impl Stage for TokensStage {
                 .iter()
                 .flat_map(|(_, c)| c.iter().map(|t| t.to_lowercase()))
                 .collect();
-            let trained = train_wordpiece(&texts, p.train_vocab_size as usize, &ctx.out_dir)
-                .map_err(StageError::msg)?;
+            let trained = train_wordpiece(&texts, p.train_vocab_size as usize, &ctx.out_dir)?;
             trained
                 .save(&tokenizer_file, true)
-                .map_err(|e| StageError::msg(e.to_string()))?;
+                .map_err(ReportError::Tokenizer)?;
         } else {
             let src = PathBuf::from(&p.tokenizer);
             let file = if src.is_dir() {
@@ -201,13 +203,12 @@ impl Stage for TokensStage {
             };
             std::fs::copy(&file, &tokenizer_file)?;
         }
-        let tk = load_tokenizer(&tokenizer_file, p.max_length as usize).map_err(StageError::msg)?;
+        let tk = load_tokenizer(&tokenizer_file, p.max_length as usize)?;
         use rayon::prelude::*;
         let out: Vec<Tokenized> = items
             .par_iter()
             .map(|(_, c)| tokenize_clauses(&tk, c))
-            .collect::<Result<_, _>>()
-            .map_err(StageError::msg)?;
+            .collect::<Result<_, _>>()?;
         let rows: Vec<TokensRow> = items
             .iter()
             .zip(&out)
@@ -245,7 +246,7 @@ pub fn train_wordpiece(
     texts: &[String],
     vocab_size: usize,
     dir: &Path,
-) -> Result<Tokenizer, String> {
+) -> Result<Tokenizer, ReportError> {
     use std::collections::{BTreeMap, BTreeSet};
     use tokenizers::decoders::wordpiece::WordPiece as WordPieceDecoder;
     use tokenizers::models::wordpiece::WordPiece;
@@ -261,11 +262,13 @@ pub fn train_wordpiece(
     let mut words: BTreeMap<String, u64> = BTreeMap::new();
     for t in texts {
         let mut n = NormalizedString::from(t.as_str());
-        normalizer.normalize(&mut n).map_err(|e| e.to_string())?;
+        normalizer
+            .normalize(&mut n)
+            .map_err(ReportError::Tokenizer)?;
         let mut pre = PreTokenizedString::from(n);
         BertPreTokenizer
             .pre_tokenize(&mut pre)
-            .map_err(|e| e.to_string())?;
+            .map_err(ReportError::Tokenizer)?;
         for (w, _, _) in pre.get_splits(OffsetReferential::Original, OffsetType::Byte) {
             *words.entry(w.to_string()).or_default() += 1;
         }
@@ -322,14 +325,17 @@ pub fn train_wordpiece(
         vocab.push(p);
     }
     let vocab_file = dir.join("vocab.txt");
-    std::fs::write(&vocab_file, vocab.join("\n") + "\n").map_err(|e| e.to_string())?;
+    std::fs::write(&vocab_file, vocab.join("\n") + "\n").map_err(|source| ReportError::Io {
+        path: vocab_file.clone(),
+        source,
+    })?;
     let model = WordPiece::from_file(&vocab_file.to_string_lossy())
         .unk_token("[UNK]".into())
         .build()
-        .map_err(|e| e.to_string())?;
+        .map_err(ReportError::Tokenizer)?;
     let mut tk = Tokenizer::new(model);
     tk.with_normalizer(Some(normalizer))
-        .map_err(|e| e.to_string())?;
+        .map_err(ReportError::Tokenizer)?;
     tk.with_pre_tokenizer(Some(BertPreTokenizer));
     tk.with_post_processor(Some(BertProcessing::new(
         ("[SEP]".into(), 3),
@@ -340,6 +346,7 @@ pub fn train_wordpiece(
         .iter()
         .map(|s| tokenizers::AddedToken::from(*s, true))
         .collect();
-    tk.add_special_tokens(added).map_err(|e| e.to_string())?;
+    tk.add_special_tokens(added)
+        .map_err(ReportError::Tokenizer)?;
     Ok(tk)
 }

@@ -1,5 +1,6 @@
 //! mg3d-train: MG-3D pre-training with tch 0.24 (libtorch 2.11).
 //!
+//! - [`error`]: [`TrainError`], what training and the `train` stage return;
 //! - [`runtime`]: choosing a device from a config string, describing the libtorch (`mg3d doctor`);
 //! - [`bert`]: the text encoder, a Hugging Face BERT loaded from a model folder;
 //! - [`swin`]: the 3D Swin Transformer image encoder with MONAI SwinViT parameter names;
@@ -12,6 +13,7 @@
 
 pub mod bert;
 pub mod clause_targets;
+pub mod error;
 pub mod fusion;
 pub mod losses;
 pub mod model;
@@ -19,3 +21,5 @@ pub mod runtime;
 pub mod stage;
 pub mod swin;
 pub mod trainer;
+
+pub use error::TrainError;

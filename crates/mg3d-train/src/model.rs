@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
+use crate::TrainError;
 use crate::bert::BertModel;
 use crate::fusion::{
     ClauseMlp, ContrastHead, Fusion, MimDecoder, SentenceAttentionPool, TokenPooler, UniGate,
@@ -160,18 +161,19 @@ impl std::fmt::Debug for Mg3d {
 
 impl Mg3d {
     /// Builds the model in `vs`, loading the text encoder from a Hugging Face folder.
-    pub fn new(vs: &nn::VarStore, cfg: ModelConfig, text_folder: &Path) -> Result<Mg3d, String> {
+    pub fn new(
+        vs: &nn::VarStore,
+        cfg: ModelConfig,
+        text_folder: &Path,
+    ) -> Result<Mg3d, TrainError> {
         let root = vs.root();
-        for (a, n) in cfg.input.iter().zip(["D", "H", "W"]) {
-            if a % 32 != 0 {
-                return Err(format!(
-                    "model input {n} = {a} is not a multiple of 32 (patch 2 and 4 merges)"
-                ));
+        for (&size, axis) in cfg.input.iter().zip(["D", "H", "W"]) {
+            if size % 32 != 0 {
+                return Err(TrainError::InputSize { axis, size });
             }
         }
         let swin = SwinViT::new(&(&root / "swinViT"), &cfg.swin);
-        let (bert, _) = BertModel::load_into(&(&root / "text"), text_folder, cfg.text_trainable)
-            .map_err(|e| e.to_string())?;
+        let (bert, _) = BertModel::load_into(&(&root / "text"), text_folder, cfg.text_trainable)?;
         let bh = bert.config().hidden_size;
         let vocab = bert.config().vocab_size;
         let h = cfg.hidden;

@@ -15,6 +15,7 @@ use mg3d_shard::ShardIndex;
 use serde_json::{Value, json};
 use tch::nn;
 
+use crate::TrainError;
 use crate::model::{Mg3d, ModelConfig, Objectives};
 use crate::swin::SwinConfig;
 use crate::trainer::{CheckpointState, StepMetrics, TrainConfig, latest_checkpoint, train};
@@ -62,35 +63,33 @@ mg3d_core::stage_params! {
 }
 
 impl TrainParams {
-    fn configs(&self) -> Result<(ModelConfig, TrainConfig, Objectives), String> {
+    fn configs(&self) -> Result<(ModelConfig, TrainConfig, Objectives), TrainError> {
         let swin = if self.model.ends_with(".toml") {
-            SwinConfig::from_file(Path::new(&self.model)).map_err(|e| e.to_string())?
+            SwinConfig::from_file(Path::new(&self.model))?
         } else {
-            SwinConfig::preset(&self.model).map_err(|e| e.to_string())?
+            SwinConfig::preset(&self.model)?
         };
         let input: [i64; 3] = self
             .input
             .clone()
             .try_into()
-            .map_err(|_| "input must be [D, H, W]".to_string())?;
+            .map_err(|_| TrainError::Params("input must be [D, H, W]".into()))?;
         let obj: Objectives = if self.objectives.is_empty() {
             Objectives::default()
         } else {
             let mut base =
-                serde_json::to_value(Objectives::default()).map_err(|e| e.to_string())?;
+                serde_json::to_value(Objectives::default()).map_err(TrainError::Objectives)?;
             for (k, v) in &self.objectives {
                 if base.get(k).is_none() {
-                    return Err(format!(
-                        "unknown objective setting {k:?}; valid: mim, mlm, sal, cml, dcl, ssm, temperature, mask_ratio, cube_fraction, mlm_probability"
-                    ));
+                    return Err(TrainError::UnknownObjective(k.clone()));
                 }
                 base[k] = v.clone();
             }
-            serde_json::from_value(base).map_err(|e| e.to_string())?
+            serde_json::from_value(base).map_err(TrainError::Objectives)?
         };
-        let pos = |x: i64, n: &str| -> Result<u64, String> {
+        let pos = |x: i64, n: &str| -> Result<u64, TrainError> {
             if x < 1 {
-                Err(format!("{n} must be >= 1"))
+                Err(TrainError::Params(format!("{n} must be >= 1")))
             } else {
                 Ok(x as u64)
             }
@@ -135,26 +134,41 @@ pub struct TrainedModel {
 
 /// Loads the final checkpoint of a `train` stage output (`train.json` gives the settings) onto
 /// `device` (`cpu`, `cuda`, `auto`, ...).
-pub fn load_trained(train_dir: &Path, device: &str) -> Result<TrainedModel, String> {
+pub fn load_trained(train_dir: &Path, device: &str) -> Result<TrainedModel, TrainError> {
     let record_path = train_dir.join("train.json");
-    let text = std::fs::read_to_string(&record_path)
-        .map_err(|e| format!("{}: {e}", record_path.display()))?;
-    let record: Value =
-        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", record_path.display()))?;
+    let path = || record_path.clone();
+    let text = std::fs::read_to_string(&record_path).map_err(|source| TrainError::Io {
+        path: path(),
+        source,
+    })?;
+    let record: Value = serde_json::from_str(&text).map_err(|source| TrainError::Json {
+        path: path(),
+        source,
+    })?;
     let params = record
         .get("model")
         .and_then(|m| m.as_object())
-        .ok_or_else(|| format!("{}: no \"model\" settings", record_path.display()))?;
-    let p: TrainParams = serde_json::from_value(Value::Object(params.clone()))
-        .map_err(|e| format!("{}: {e}", record_path.display()))?;
+        .ok_or_else(|| TrainError::Checkpoint {
+            path: path(),
+            detail: "no \"model\" settings".into(),
+        })?;
+    let p: TrainParams =
+        serde_json::from_value(Value::Object(params.clone())).map_err(|source| {
+            TrainError::Json {
+                path: path(),
+                source,
+            }
+        })?;
     let (mcfg, _, _) = p.configs()?;
-    let device = crate::runtime::pick_device(device).map_err(|e| e.to_string())?;
+    let device = crate::runtime::pick_device(device)?;
     let mut vs = nn::VarStore::new(device);
     let input = mcfg.input;
     let model = Mg3d::new(&vs, mcfg, Path::new(&p.text_model))?;
     let weights = train_dir.join("final").join("model.safetensors");
-    vs.load(&weights)
-        .map_err(|e| format!("{}: {e}", weights.display()))?;
+    vs.load(&weights).map_err(|source| TrainError::Torch {
+        path: weights.clone(),
+        source,
+    })?;
     vs.freeze();
     Ok(TrainedModel {
         model,
@@ -212,9 +226,10 @@ impl Stage for TrainStage {
             required: true,
         }]
     }
-    fn check_params(&self, params: &Params) -> Result<(), String> {
-        let p: TrainParams = params.parse().map_err(|e| e.to_string())?;
-        p.configs().map(|_| ())
+    fn check_params(&self, params: &Params) -> Result<(), StageError> {
+        let p: TrainParams = params.parse()?;
+        p.configs()?;
+        Ok(())
     }
     fn item_params(&self) -> Option<Vec<&'static str>> {
         // Checkpoints of a killed run stay valid for everything but the step count.
@@ -235,20 +250,19 @@ impl Stage for TrainStage {
     }
     fn run(&self, ctx: &StageContext) -> Result<Value, StageError> {
         let p: TrainParams = ctx.params.parse()?;
-        let (mcfg, tcfg, obj) = p.configs().map_err(StageError::msg)?;
-        let device =
-            crate::runtime::pick_device(&p.device).map_err(|e| StageError::msg(e.to_string()))?;
+        let (mcfg, tcfg, obj) = p.configs()?;
+        let device = crate::runtime::pick_device(&p.device).map_err(TrainError::from)?;
         let shards_dir = ctx.input("shards")?;
-        let index = ShardIndex::open(shards_dir).map_err(|e| StageError::msg(e.to_string()))?;
+        let index = ShardIndex::open(shards_dir)?;
         // The model input is the volumes' shape as the shards hold it ([D, H, W] = [S, A, R]).
         let [r, a, s] = index.file.volume.shape_ras;
         let volumes = [s as i64, a as i64, r as i64];
         if mcfg.input != volumes {
-            return Err(StageError::msg(format!(
-                "input {:?} differs from the shards' volumes, [D, H, W] = {volumes:?}: set input = \
-                 {volumes:?} (or change the preprocess preset and the shards' shape)",
-                mcfg.input
-            )));
+            return Err(TrainError::InputMismatch {
+                input: mcfg.input,
+                volumes,
+            }
+            .into());
         }
         let digest = mg3d_core::fsutil::hash_file(&shards_dir.join("index.json"))?;
         let key = ctx.items().key("train-run", &digest.blake3);
@@ -256,7 +270,7 @@ impl Stage for TrainStage {
         let resume = latest_checkpoint(&ckpt_dir);
         tch::manual_seed(tcfg.seed as i64);
         let mut vs = nn::VarStore::new(device);
-        let model = Mg3d::new(&vs, mcfg, Path::new(&p.text_model)).map_err(StageError::msg)?;
+        let model = Mg3d::new(&vs, mcfg, Path::new(&p.text_model))?;
         let bar = ctx.progress_bar(tcfg.steps, "train");
         if let Some(r) = &resume {
             tracing::info!(checkpoint = %r.display(), "resuming");
@@ -285,14 +299,12 @@ impl Stage for TrainStage {
                     m.total, m.samples_per_s
                 ));
             },
-        )
-        .map_err(StageError::msg)?;
+        )?;
         bar.finish_and_clear();
         let mut all = earlier;
         all.extend(metrics.iter().cloned());
         write_metrics(&ctx.out_dir.join("metrics.parquet"), &all)?;
-        let last = latest_checkpoint(&ckpt_dir)
-            .ok_or_else(|| StageError::msg("training wrote no checkpoint"))?;
+        let last = latest_checkpoint(&ckpt_dir).ok_or(TrainError::NoCheckpoint)?;
         copy_dir(&last, &ctx.out_dir.join("final"))?;
         let n = metrics.len().max(1) as f64;
         let step_s = metrics.iter().map(|m| m.seconds).sum::<f64>() / n;

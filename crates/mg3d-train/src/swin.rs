@@ -230,10 +230,12 @@ impl SwinConfig {
             path: origin.to_string(),
             message: format!("{e}; the file needs a [swin] table with in_chans, embed_dim, depths, heads, window, patch, mlp_ratio"),
         })?;
-        file.swin.validate().map_err(|message| SwinError::Config {
-            path: origin.to_string(),
-            message,
-        })?;
+        if let Some(message) = file.swin.problem() {
+            return Err(SwinError::Config {
+                path: origin.to_string(),
+                message,
+            });
+        }
         Ok(file.swin)
     }
 
@@ -247,20 +249,31 @@ impl SwinConfig {
     }
 
     /// Checks the sizes MONAI's layout needs: 4 stages, heads dividing each stage's width,
-    /// positive sizes.
-    pub fn validate(&self) -> Result<(), String> {
+    /// positive sizes. The error is a [`SwinError::Config`] at path `<config>`.
+    pub fn validate(&self) -> Result<(), SwinError> {
+        match self.problem() {
+            None => Ok(()),
+            Some(message) => Err(SwinError::Config {
+                path: "<config>".into(),
+                message,
+            }),
+        }
+    }
+
+    /// What [`SwinConfig::validate`] finds wrong, if anything.
+    fn problem(&self) -> Option<String> {
         if self.depths.len() != 4 || self.heads.len() != 4 {
-            return Err(format!(
+            return Some(format!(
                 "depths and heads need 4 entries (MONAI's layers1..layers4), got {} and {}",
                 self.depths.len(),
                 self.heads.len()
             ));
         }
         if self.in_chans < 1 || self.embed_dim < 1 || self.window < 1 || self.patch < 1 {
-            return Err("in_chans, embed_dim, window and patch must be at least 1".into());
+            return Some("in_chans, embed_dim, window and patch must be at least 1".into());
         }
         if self.mlp_ratio.is_nan() || self.mlp_ratio <= 0.0 {
-            return Err(format!(
+            return Some(format!(
                 "mlp_ratio must be positive, got {}",
                 self.mlp_ratio
             ));
@@ -268,13 +281,13 @@ impl SwinConfig {
         for (i, (&d, &h)) in self.depths.iter().zip(&self.heads).enumerate() {
             let dim = self.stage_dim(i);
             if d < 1 || h < 1 || dim % h != 0 {
-                return Err(format!(
+                return Some(format!(
                     "stage {} (width {dim}) has depth {d} and {h} heads; depth and heads must be positive and heads must divide the width",
                     i + 1
                 ));
             }
         }
-        Ok(())
+        None
     }
 
     /// Channels inside stage `i` (0-based): `embed_dim * 2^i`.
@@ -563,7 +576,7 @@ impl SwinViT {
     /// `path.layers1.0.blocks.0...`), initialised like PyTorch's defaults with the relative position
     /// bias tables drawn with std 0.02. Panics on an invalid config (see [`SwinConfig::validate`]).
     pub fn new(path: &nn::Path, cfg: &SwinConfig) -> Self {
-        if let Err(e) = cfg.validate() {
+        if let Some(e) = cfg.problem() {
             panic!("invalid Swin config: {e}");
         }
         let root = {

@@ -13,6 +13,7 @@ use mg3d_shard::{Batch, Loader, LoaderConfig, ShardIndex};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor, nn};
 
+use crate::TrainError;
 use crate::model::{Inputs, Mg3d, Objectives};
 
 /// Optimisation settings.
@@ -212,20 +213,26 @@ impl AdamW {
     }
 
     /// Restores the moments saved by [`AdamW::state_tensors`].
-    pub fn load_state(&mut self, file: &Path, step: u64) -> Result<(), String> {
+    pub fn load_state(&mut self, file: &Path, step: u64) -> Result<(), TrainError> {
         let saved: BTreeMap<String, Tensor> = Tensor::read_safetensors(file)
-            .map_err(|e| format!("{}: {e}", file.display()))?
+            .map_err(|source| TrainError::Torch {
+                path: file.to_path_buf(),
+                source,
+            })?
             .into_iter()
             .collect();
         let _guard = tch::no_grad_guard();
         for (i, (n, _, _, _)) in self.vars.iter().enumerate() {
             for (prefix, dst) in [("m", &mut self.m[i]), ("v", &mut self.v[i])] {
-                let src = saved.get(&format!("{prefix}.{n}")).ok_or_else(|| {
-                    format!(
-                        "{}: no {prefix}.{n}; the checkpoint is from another model",
-                        file.display()
-                    )
-                })?;
+                let src =
+                    saved
+                        .get(&format!("{prefix}.{n}"))
+                        .ok_or_else(|| TrainError::Checkpoint {
+                            path: file.to_path_buf(),
+                            detail: format!(
+                                "no {prefix}.{n}; the checkpoint is from another model"
+                            ),
+                        })?;
                 dst.copy_(src);
             }
         }
@@ -252,21 +259,21 @@ pub struct CheckpointState {
 
 /// Converts a loader batch to model inputs on `device`, padding or cropping the volume to the
 /// model's input size (centred).
-pub fn to_inputs(batch: &Batch, input: [i64; 3], device: Device) -> Result<Inputs, String> {
+pub fn to_inputs(batch: &Batch, input: [i64; 3], device: Device) -> Result<Inputs, TrainError> {
     let field = |n: &str| {
         batch
             .field(n)
-            .ok_or_else(|| format!("the shards have no field {n:?}"))
+            .ok_or_else(|| TrainError::MissingField(n.to_string()))
     };
     let vol = field("volume")?;
     let shape: Vec<i64> = vol.shape.iter().map(|&s| s as i64).collect();
     let x = Tensor::from_slice(&vol.to_f32()).view(shape.as_slice());
     let x = fit(&x, input);
-    let ints = |n: &str| -> Result<Tensor, String> {
+    let ints = |n: &str| -> Result<Tensor, TrainError> {
         let f = field(n)?;
         let v = f
             .to_i64()
-            .ok_or_else(|| format!("field {n} is not integer"))?;
+            .ok_or_else(|| TrainError::NotInteger(n.to_string()))?;
         let shape: Vec<i64> = f.shape.iter().map(|&s| s as i64).collect();
         Ok(Tensor::from_slice(&v).view(shape.as_slice()))
     };
@@ -314,27 +321,38 @@ pub fn fit(x: &Tensor, size: [i64; 3]) -> Tensor {
     y
 }
 
+/// What failed writing the checkpoint in `tmp`: `what` (create, weights, optimizer, state, rename).
+fn save_failed<'a, E: Into<Box<dyn std::error::Error + Send + Sync>>>(
+    tmp: &'a Path,
+    what: &'static str,
+) -> impl FnOnce(E) -> TrainError + 'a {
+    move |e| TrainError::Save {
+        path: tmp.to_path_buf(),
+        what,
+        source: e.into(),
+    }
+}
+
 fn save_checkpoint(
     dir: &Path,
     vs: &nn::VarStore,
     opt: &AdamW,
     state: &CheckpointState,
-) -> Result<PathBuf, String> {
+) -> Result<PathBuf, TrainError> {
     let final_dir = dir.join(format!("step-{:06}", state.step));
     let tmp = dir.join(format!(".step-{:06}.tmp", state.step));
-    let e = |w: &str, x: &dyn std::fmt::Display| format!("{}: {w}: {x}", tmp.display());
     let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|x| e("create", &x))?;
+    std::fs::create_dir_all(&tmp).map_err(save_failed(&tmp, "create"))?;
     vs.save(tmp.join("model.safetensors"))
-        .map_err(|x| e("weights", &x))?;
+        .map_err(save_failed(&tmp, "weights"))?;
     let named = opt.state_tensors();
     let refs: Vec<(&str, &Tensor)> = named.iter().map(|(n, t)| (n.as_str(), t)).collect();
     Tensor::write_safetensors(&refs, tmp.join("optimizer.safetensors"))
-        .map_err(|x| e("optimizer", &x))?;
-    let text = serde_json::to_string_pretty(state).map_err(|x| e("state", &x))?;
-    std::fs::write(tmp.join("state.json"), text + "\n").map_err(|x| e("state", &x))?;
+        .map_err(save_failed(&tmp, "optimizer"))?;
+    let text = serde_json::to_string_pretty(state).map_err(save_failed(&tmp, "state"))?;
+    std::fs::write(tmp.join("state.json"), text + "\n").map_err(save_failed(&tmp, "state"))?;
     let _ = std::fs::remove_dir_all(&final_dir);
-    std::fs::rename(&tmp, &final_dir).map_err(|x| e("rename", &x))?;
+    std::fs::rename(&tmp, &final_dir).map_err(save_failed(&tmp, "rename"))?;
     Ok(final_dir)
 }
 
@@ -361,18 +379,23 @@ fn resume_from(
     vs: &mut nn::VarStore,
     opt: &mut AdamW,
     loader: &mut Loader,
-) -> Result<(u64, Vec<StepMetrics>), String> {
-    let st: CheckpointState = serde_json::from_str(
-        &std::fs::read_to_string(ck.join("state.json"))
-            .map_err(|e| format!("{}: {e}", ck.display()))?,
-    )
-    .map_err(|e| format!("{}: {e}", ck.display()))?;
+) -> Result<(u64, Vec<StepMetrics>), TrainError> {
+    let path = || ck.to_path_buf();
+    let text = std::fs::read_to_string(ck.join("state.json")).map_err(|source| TrainError::Io {
+        path: path(),
+        source,
+    })?;
+    let st: CheckpointState = serde_json::from_str(&text).map_err(|source| TrainError::Json {
+        path: path(),
+        source,
+    })?;
     vs.load(ck.join("model.safetensors"))
-        .map_err(|e| format!("{}: {e}", ck.display()))?;
+        .map_err(|source| TrainError::Torch {
+            path: path(),
+            source,
+        })?;
     opt.load_state(&ck.join("optimizer.safetensors"), st.step)?;
-    loader
-        .skip_to(st.loader_epoch, st.loader_sample_in_epoch)
-        .map_err(|e| e.to_string())?;
+    loader.skip_to(st.loader_epoch, st.loader_sample_in_epoch)?;
     Ok((st.step, st.metrics))
 }
 
@@ -389,7 +412,7 @@ pub fn train(
     ckpt_dir: &Path,
     resume: Option<&Path>,
     mut on_step: impl FnMut(&StepMetrics),
-) -> Result<Vec<StepMetrics>, String> {
+) -> Result<Vec<StepMetrics>, TrainError> {
     let device = model.device();
     let mut opt = AdamW::new(vs, Mg3d::lr_multiplier);
     let mut loader = Loader::new(
@@ -403,20 +426,21 @@ pub fn train(
             workers: cfg.workers,
             ..Default::default()
         },
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     if loader.num_samples() < cfg.batch_size {
-        return Err(format!(
-            "the train split has {} samples, fewer than batch_size {}",
-            loader.num_samples(),
-            cfg.batch_size
-        ));
+        return Err(TrainError::TooFewSamples {
+            samples: loader.num_samples(),
+            batch_size: cfg.batch_size,
+        });
     }
     let (start, mut history) = match resume {
         Some(ck) => resume_from(ck, vs, &mut opt, &mut loader)?,
         None => (0, Vec::new()),
     };
-    std::fs::create_dir_all(ckpt_dir).map_err(|e| format!("{}: {e}", ckpt_dir.display()))?;
+    std::fs::create_dir_all(ckpt_dir).map_err(|source| TrainError::Io {
+        path: ckpt_dir.to_path_buf(),
+        source,
+    })?;
     let mut pos = loader.state();
     let mut out = Vec::new();
     for step in start + 1..=cfg.steps {
@@ -428,7 +452,7 @@ pub fn train(
         for micro in 0..cfg.accumulate.max(1) {
             let batch = loop {
                 match loader.next() {
-                    Some(b) => break b.map_err(|e| e.to_string())?,
+                    Some(b) => break b?,
                     None => continue, // next epoch
                 }
             };
