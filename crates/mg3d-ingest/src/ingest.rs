@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use mg3d_core::budget::ByteBudget;
 use mg3d_core::phi::Phi;
 
+use crate::IngestError;
 use crate::walk::{Found, Walker};
 use mg3d_dicom::header::{SliceHeader, checked_header, parse_header};
 use mg3d_dicom::series::{SeriesGroup, SpacingRules, assemble, group_series};
@@ -27,7 +28,7 @@ mod sources;
 
 pub use sources::locate;
 use sources::{
-    age_bucket, ctrate_ids, file_digest, file_name, hash_i16, parse_list, read_csv, rel,
+    age_bucket, ctrate_ids, file_digest, file_name, hash_i16, parse_list, read_csv, read_err, rel,
     without_paths,
 };
 
@@ -134,7 +135,7 @@ impl Stage for IngestStage {
             any = true;
             let root = PathBuf::from(r);
             h.update(r.as_bytes());
-            for f in walker.walk(&root).map_err(|e| StageError::ctx(r, e))? {
+            for f in walker.walk(&root).map_err(read_err(r))? {
                 h.update(rel(&root, f.path()).as_bytes());
                 let len = std::fs::metadata(f.path())
                     .map(|m| m.len())
@@ -149,8 +150,7 @@ impl Stage for IngestStage {
             .filter(external)
         {
             any = true;
-            let d =
-                mg3d_core::fsutil::hash_file(Path::new(r)).map_err(|e| StageError::ctx(r, e))?;
+            let d = mg3d_core::fsutil::hash_file(Path::new(r)).map_err(read_err(r))?;
             h.update(d.blake3.as_bytes());
         }
         Ok(any.then(|| h.finalize().to_hex().to_string()))
@@ -170,10 +170,11 @@ impl Stage for IngestStage {
             .iter()
             .find(|a| !KNOWN.contains(&a.as_str()))
         {
-            return Err(StageError::msg(format!(
+            return Err(IngestError::Params(format!(
                 "allowed_metadata: unknown field {bad:?}; allowed fields are {}",
                 KNOWN.join(", ")
-            )));
+            ))
+            .into());
         }
         let mut metadata = HashMap::new();
         for m in &p.ctrate_metadata {
@@ -219,10 +220,11 @@ impl Stage for IngestStage {
         }
         // Every file found becomes a result (a reject, or part of a volume).
         if out.results.is_empty() && !p.allow_empty {
-            return Err(StageError::msg(format!(
-                "no input files under dicom_roots {:?} or nifti_roots {:?}: check that they are the right folders and are mounted, or set allow_empty = true",
-                p.dicom_roots, p.nifti_roots
-            )));
+            return Err(IngestError::NoInputs {
+                dicom_roots: p.dicom_roots.clone(),
+                nifti_roots: p.nifti_roots.clone(),
+            }
+            .into());
         }
         out.finish(ctx)
     }
@@ -267,7 +269,7 @@ impl Collected {
                     });
                 }
                 ItemResult::Volume(v) => {
-                    let dir = dir.ok_or_else(|| StageError::msg("a volume without its item"))?;
+                    let dir = dir.ok_or(IngestError::VolumeWithoutItem)?;
                     placed.insert(v.volume_id.clone(), dir);
                     vols.push(*v);
                 }

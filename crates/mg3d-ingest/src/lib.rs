@@ -1,5 +1,6 @@
 //! mg3d-ingest: the stages that turn an archive into volumes a model can read.
 //!
+//! - [`error`]: [`IngestError`], what the stages return when they cannot go on.
 //! - [`ingest`]: the `ingest` stage: DICOM roots and NIfTI roots (CT-RATE metadata, accession
 //!   map) to `volumes.parquet` and validated RAS volumes, every other input a reject with a reason;
 //!   identifiers scrubbed, ids keyed.
@@ -8,7 +9,10 @@
 //! - [`walk`]: following symlinks with cycle detection, every file accounted for once.
 //! - [`inspect`]: what mg3d reads from one DICOM or NIfTI file (`mg3d inspect`).
 
+pub mod error;
 pub mod ingest;
 pub mod inspect;
 pub mod preprocess;
 pub mod walk;
+
+pub use error::IngestError;

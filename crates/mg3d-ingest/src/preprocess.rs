@@ -14,6 +14,8 @@ use mg3d_volume::nifti_io::{read_nifti, write_nifti_i16};
 use mg3d_volume::ops::{Interp, crop_pad, foreground_box, reorient_ras, resample, window};
 use mg3d_volume::{Reject, Volume};
 
+use crate::IngestError;
+
 /// A preprocessing preset.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -44,18 +46,22 @@ pub fn builtin_preset(name: &str) -> Option<&'static str> {
 }
 
 /// Loads a preset by built-in name or from a TOML file path.
-pub fn load_preset(name: &str) -> Result<Preset, String> {
+pub fn load_preset(name: &str) -> Result<Preset, IngestError> {
     let text = match builtin_preset(name) {
         Some(t) => t.to_string(),
-        None => std::fs::read_to_string(name).map_err(|e| {
-            format!(
-                "preset {name:?} is not built in (demo, demo-64, ct-clip, mg3d) and not a readable file: {e}"
-            )
+        None => std::fs::read_to_string(name).map_err(|source| IngestError::UnknownPreset {
+            name: name.to_string(),
+            source,
         })?,
     };
-    let p: Preset = toml::from_str(&text).map_err(|e| format!("preset {name}: {e}"))?;
+    let p: Preset = toml::from_str(&text).map_err(|source| IngestError::PresetSyntax {
+        name: name.to_string(),
+        source,
+    })?;
     if !["center", "foreground"].contains(&p.crop.as_str()) {
-        return Err(format!("preset {name}: crop must be center or foreground"));
+        return Err(IngestError::PresetCrop {
+            name: name.to_string(),
+        });
     }
     Ok(p)
 }
@@ -236,7 +242,7 @@ impl Stage for PreprocessStage {
     ) -> Result<Option<String>, StageError> {
         // The preset's content (a file may change without its name changing).
         let p: PreprocessParams = params.parse()?;
-        let preset = load_preset(&p.preset).map_err(StageError::msg)?;
+        let preset = load_preset(&p.preset)?;
         Ok(Some(
             blake3::hash(serde_json::to_string(&preset).unwrap().as_bytes())
                 .to_hex()
@@ -245,7 +251,7 @@ impl Stage for PreprocessStage {
     }
     fn run(&self, ctx: &StageContext) -> Result<Value, StageError> {
         let p: PreprocessParams = ctx.params.parse()?;
-        let preset = load_preset(&p.preset).map_err(StageError::msg)?;
+        let preset = load_preset(&p.preset)?;
         let ingest = ctx.input("ingest")?;
         let mut items: Vec<Item> = Vec::new();
         for v in read_rows::<VolumesRow>(&ingest.join("volumes.parquet"))? {
@@ -287,13 +293,19 @@ impl Stage for PreprocessStage {
                             |r| Ok(Err(r)),
                         )?
                         .map_err(Failed::from);
-                        let json = serde_json::to_vec(&res).map_err(|e| StageError::msg(e.to_string()))?;
+                        let json = serde_json::to_vec(&res).map_err(|source| IngestError::Item {
+                            path: dir.to_path_buf(),
+                            source,
+                        })?;
                         std::fs::write(dir.join("row.json"), json)?;
                         Ok(())
                     })?;
                     let res: Result<PreprocessedRow, Failed> =
                         serde_json::from_slice(&std::fs::read(o.dir().join("row.json"))?)
-                            .map_err(|e| StageError::ctx(o.dir().display(), e))?;
+                            .map_err(|source| IngestError::Item {
+                                path: o.dir().to_path_buf(),
+                                source,
+                            })?;
                     if res.is_ok() {
                         let dst = ctx.out_dir.join(format!("volumes/{}.nii.gz", it.id));
                         mg3d_core::fsutil::link_or_copy(&o.dir().join("volume.nii.gz"), &dst)?;
@@ -333,7 +345,7 @@ fn preprocess_one(
         Err(r) => return Ok(Err(r)),
     };
     let (out, center) = apply_preset(&v, preset);
-    write_nifti_i16(&dir.join("volume.nii.gz"), &out).map_err(StageError::msg)?;
+    write_nifti_i16(&dir.join("volume.nii.gz"), &out).map_err(IngestError::from)?;
     let n = out.data.len() as f64;
     let st = out.stats();
     let var = out

@@ -40,6 +40,23 @@ impl Reject {
     }
 }
 
+/// Writing a volume failed (reading one gives a [`Reject`] instead: a bad input is data, not an
+/// error).
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    /// The voxels do not fill the volume's dims.
+    #[error("{0}")]
+    Shape(#[from] ndarray::ShapeError),
+    /// The NIfTI file could not be written.
+    #[error("{path}: {source}")]
+    Write {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The nifti crate's error.
+        source: nifti::NiftiError,
+    },
+}
+
 /// The reject of an item whose work panicked. The panic's message is not kept: it may quote the
 /// input (a file name, a header value).
 pub fn internal_error() -> Reject {

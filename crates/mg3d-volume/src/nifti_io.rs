@@ -9,7 +9,7 @@ use nifti::{NiftiHeader, NiftiType};
 use serde::Serialize;
 
 use crate::nifti_header::{Header, Shape, read_header, read_values};
-use crate::{Reject, Volume};
+use crate::{Reject, Volume, VolumeError};
 
 /// What the header said, for provenance.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -331,20 +331,22 @@ pub fn header_for(
 }
 
 /// Writes a volume as int16 (values rounded and clamped) with sform and qform (code 1).
-pub fn write_nifti_i16(path: &Path, v: &Volume) -> Result<(), String> {
+pub fn write_nifti_i16(path: &Path, v: &Volume) -> Result<(), VolumeError> {
     let data: Vec<i16> = v
         .data
         .iter()
         .map(|&x| x.round().clamp(-32768.0, 32767.0) as i16)
         .collect();
-    let arr = Array3::from_shape_vec((v.dims[0], v.dims[1], v.dims[2]).f(), data)
-        .map_err(|e| e.to_string())?;
+    let arr = Array3::from_shape_vec((v.dims[0], v.dims[1], v.dims[2]).f(), data)?;
     let mut h = header_for(&v.affine, v.spacing(), None);
     h.datatype = NiftiType::Int16 as i16;
     WriterOptions::new(path)
         .reference_header(&h)
         .write_nifti(&arr)
-        .map_err(|e| format!("{}: {e}", path.display()))
+        .map_err(|source| VolumeError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 /// Quaternion (b, c, d) and qfac of an affine's rotation (nifti_mat44_to_quatern, for orthogonal axes).

@@ -102,7 +102,7 @@ impl Ctx<'_> {
         row.hu_mean = st.mean;
         row.content_hash = hash_i16(vol);
         row.volume_file = format!("volumes/{}.nii.gz", row.volume_id);
-        write_nifti_i16(&dir.join("volume.nii.gz"), vol).map_err(StageError::msg)?;
+        write_nifti_i16(&dir.join("volume.nii.gz"), vol).map_err(IngestError::from)?;
         Ok(ItemResult::Volume(Box::new(row)))
     }
 

@@ -12,9 +12,10 @@ impl Ctx<'_> {
         label: &str,
         out: &mut Collected,
     ) -> Result<Vec<PathBuf>, StageError> {
-        let found = walker
-            .walk(root)
-            .map_err(|e| StageError::ctx(format!("{label} {}", root.display()), e))?;
+        let found = walker.walk(root).map_err(|source| IngestError::Read {
+            path: format!("{label} {}", root.display()),
+            source,
+        })?;
         let mut files = Vec::new();
         for f in found {
             let p = match &f {
@@ -53,12 +54,18 @@ impl Ctx<'_> {
             let mut res =
                 mg3d_volume::catch_panic(|| make(dir), |_| Ok(ItemResult::Reject(on_panic())))?;
             res.scrub(phi);
-            let json = serde_json::to_vec(&res).map_err(|e| StageError::msg(e.to_string()))?;
+            let json = serde_json::to_vec(&res).map_err(|source| IngestError::Item {
+                path: dir.to_path_buf(),
+                source,
+            })?;
             std::fs::write(dir.join("result.json"), json)?;
             Ok(())
         })?;
         let res: ItemResult = serde_json::from_slice(&std::fs::read(o.dir().join("result.json"))?)
-            .map_err(|e| StageError::ctx(o.dir().display(), e))?;
+            .map_err(|source| IngestError::Item {
+                path: o.dir().to_path_buf(),
+                source,
+            })?;
         Ok((res, Some(o.dir().to_path_buf())))
     }
 

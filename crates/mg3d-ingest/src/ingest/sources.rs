@@ -37,18 +37,27 @@ pub(crate) fn hash_i16(v: &Volume) -> String {
     h.finalize().to_hex().to_string()
 }
 
+/// The error of reading `path` (a root or file as the params give it).
+pub(crate) fn read_err(path: &str) -> impl FnOnce(std::io::Error) -> IngestError + '_ {
+    move |source| IngestError::Read {
+        path: path.to_string(),
+        source,
+    }
+}
+
 pub(crate) fn read_csv(path: &Path) -> Result<Vec<BTreeMap<String, String>>, StageError> {
+    let csv_err = |source| IngestError::Csv {
+        path: path.to_path_buf(),
+        source,
+    };
     let mut r = csv::ReaderBuilder::new()
         .flexible(true)
         .from_path(path)
-        .map_err(|e| StageError::ctx(path.display(), e))?;
-    let headers = r
-        .headers()
-        .map_err(|e| StageError::ctx(path.display(), e))?
-        .clone();
+        .map_err(csv_err)?;
+    let headers = r.headers().map_err(csv_err)?.clone();
     let mut rows = Vec::new();
     for rec in r.records() {
-        let rec = rec.map_err(|e| StageError::ctx(path.display(), e))?;
+        let rec = rec.map_err(csv_err)?;
         rows.push(
             headers
                 .iter()
@@ -164,7 +173,7 @@ pub fn locate(
     for (label, r) in roots {
         let root = resolve(r);
         let mut seen = BTreeSet::new();
-        for f in walker.walk(&root).map_err(|e| StageError::ctx(r, e))? {
+        for f in walker.walk(&root).map_err(read_err(r))? {
             // A file's own ref, and its folder's (series rejects name the folder).
             let folder = f.path().parent().unwrap_or(&root).to_path_buf();
             for cand in [f.path().to_path_buf(), folder] {
