@@ -9,6 +9,7 @@ use dicom_dictionary_std::{tags, uids};
 use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
 use serde::Serialize;
 
+use crate::SynthError;
 use crate::geometry::{Encoding, Grid, PatientPosition};
 
 /// Transfer syntaxes the generator writes.
@@ -169,7 +170,7 @@ pub fn write_slice(
     enc: Encoding,
     syntax: Syntax,
     s: &SliceSpec,
-) -> Result<(), String> {
+) -> Result<(), SynthError> {
     let ipp = grid.slice_position(s.k);
     let stored: Vec<u16> = s.hu.iter().map(|&h| enc.store(h)).collect();
     let iop = [
@@ -228,9 +229,12 @@ pub fn write_slice(
                 .media_storage_sop_class_uid(uids::CT_IMAGE_STORAGE)
                 .media_storage_sop_instance_uid(s.sop_uid.as_str()),
         )
-        .map_err(|e| format!("meta: {e}"))?;
+        .map_err(|e| SynthError::DicomMeta(Box::new(e)))?;
     file.write_to_file(path)
-        .map_err(|e| format!("{}: {e}", path.display()))
+        .map_err(|e| SynthError::DicomWrite {
+            path: path.to_path_buf(),
+            source: Box::new(e),
+        })
 }
 
 /// Writes a whole series as one Enhanced CT Image Storage object: frames in `frame_order` (indices
@@ -244,7 +248,7 @@ pub fn write_enhanced(
     enc: Encoding,
     hu: &[i16],
     frame_order: &[usize],
-) -> Result<(), String> {
+) -> Result<(), SynthError> {
     use dicom_core::value::DataSetSequence;
     let item =
         |elems: Vec<DataElement<InMemDicomObject>>| InMemDicomObject::from_element_iter(elems);
@@ -334,9 +338,12 @@ pub fn write_enhanced(
                 .media_storage_sop_class_uid(uids::ENHANCED_CT_IMAGE_STORAGE)
                 .media_storage_sop_instance_uid(sop_uid.as_str()),
         )
-        .map_err(|e| format!("meta: {e}"))?;
+        .map_err(|e| SynthError::DicomMeta(Box::new(e)))?;
     file.write_to_file(path)
-        .map_err(|e| format!("{}: {e}", path.display()))
+        .map_err(|e| SynthError::DicomWrite {
+            path: path.to_path_buf(),
+            source: Box::new(e),
+        })
 }
 
 /// PackBits (DICOM PS3.5 G.3.1) of one byte run; rows are encoded separately.

@@ -86,7 +86,7 @@ fn normal_report(ctx: &Ctx, vn: &str, pid: u32) -> Result<[Vec<u8>; 5], SynthErr
             finding: None,
         })
         .collect();
-    let r = write_report(ctx.templates, &st, 3.0, &mut rng).map_err(SynthError::Templates)?;
+    let r = write_report(ctx.templates, &st, 3.0, &mut rng)?;
     Ok([
         vn.into(),
         r.clinical.into(),
@@ -300,7 +300,7 @@ fn series_faults(
     let (rel, vn) = series(ctx, w, p, None, |_| {}, 0.0)?;
     let files = sorted_files(&out.join(&rel))?;
     let src = &files[3];
-    let mut obj = dicom_object::open_file(src).map_err(|e| SynthError::Write(e.to_string()))?;
+    let mut obj = dicom_object::open_file(src).map_err(|e| SynthError::DicomRead(Box::new(e)))?;
     let new_uid = uid(&[&rel, "duplicate"]);
     obj.put(dicom_core::DataElement::new(
         dicom_dictionary_std::tags::SOP_INSTANCE_UID,
@@ -308,8 +308,12 @@ fn series_faults(
         new_uid.as_str(),
     ));
     obj.meta_mut().media_storage_sop_instance_uid = new_uid.clone();
-    obj.write_to_file(out.join(&rel).join("IMG_dup.dcm"))
-        .map_err(|e| SynthError::Write(e.to_string()))?;
+    let dup = out.join(&rel).join("IMG_dup.dcm");
+    obj.write_to_file(&dup)
+        .map_err(|e| SynthError::DicomWrite {
+            path: dup,
+            source: Box::new(e),
+        })?;
     fault(
         w,
         "duplicate_slice",
@@ -435,8 +439,7 @@ fn nifti_faults(
         data,
         [grid.cols, grid.rows, grid.slices],
         &header_for(&grid.affine_ras(), [grid.dx, grid.dy, grid.dz], None),
-    )
-    .map_err(SynthError::Write)?;
+    )?;
     w.fault_reports.push(normal_report(ctx, &vn, p)?);
     fault(
         w,

@@ -25,6 +25,7 @@
 
 pub mod catalog;
 pub mod dicom_out;
+pub mod error;
 mod faults;
 pub mod geometry;
 pub mod nifti_out;
@@ -41,6 +42,7 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+pub use error::{SynthError, TemplateError};
 pub use stage::SynthStage;
 pub use writer::VolumeTruth;
 
@@ -103,13 +105,13 @@ impl Default for SynthConfig {
 }
 
 impl SynthConfig {
-    /// Checks ranges; the message names the field.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks ranges; the error is a [`SynthError::Config`] whose message names the field.
+    pub fn validate(&self) -> Result<(), SynthError> {
         let range = |name: &str, r: [f64; 2], lo: f64, hi: f64| {
             if !(r[0] > 0.0 && r[0] <= r[1] && r[0] >= lo && r[1] <= hi) {
-                Err(format!(
+                Err(SynthError::Config(format!(
                     "{name} must be [min, max] with {lo} <= min <= max <= {hi}, got {r:?}"
-                ))
+                )))
             } else {
                 Ok(())
             }
@@ -131,15 +133,17 @@ impl SynthConfig {
                 .map(|(k, v)| (k.as_str(), *v)),
         ) {
             if !(0.0..=1.0).contains(&p) {
-                return Err(format!("{name} must be within [0, 1], got {p}"));
+                return Err(SynthError::Config(format!(
+                    "{name} must be within [0, 1], got {p}"
+                )));
             }
         }
         for k in self.prevalence_by_finding.keys() {
             if !RENDERED.contains(&k.as_str()) {
-                return Err(format!(
+                return Err(SynthError::Config(format!(
                     "prevalence_by_finding: {k:?} is not a drawn finding; use one of: {}",
                     RENDERED.join(", ")
-                ));
+                )));
             }
         }
         Ok(())
@@ -167,26 +171,6 @@ pub struct SynthSummary {
     pub voxels: u64,
     /// Present findings drawn, per label.
     pub findings: BTreeMap<String, u32>,
-}
-
-/// Synth errors.
-#[derive(Debug, thiserror::Error)]
-pub enum SynthError {
-    /// Invalid configuration.
-    #[error("invalid synth config: {0}")]
-    Config(String),
-    /// Templates could not be parsed or filled.
-    #[error("report templates: {0}")]
-    Templates(String),
-    /// Writing failed.
-    #[error("{0}")]
-    Write(String),
-}
-
-impl From<std::io::Error> for SynthError {
-    fn from(e: std::io::Error) -> Self {
-        SynthError::Write(e.to_string())
-    }
 }
 
 /// A seeded RNG for one purpose, independent of the order things are generated in.
@@ -242,7 +226,7 @@ pub fn generate(
     templates: &Templates,
     out: &Path,
 ) -> Result<SynthSummary, SynthError> {
-    cfg.validate().map_err(SynthError::Config)?;
+    cfg.validate()?;
     let mut w = writer::CorpusWriter::new(out)?;
     let patients: Vec<writer::PatientOutput> = (1..=cfg.patients)
         .into_par_iter()
@@ -287,8 +271,7 @@ pub fn write_reports_only(
                 }
             }
             let st = statements_for(&ph.findings, &mut rng);
-            let r = report::write_report(templates, &st, 1.5, &mut rng)
-                .map_err(SynthError::Templates)?;
+            let r = report::write_report(templates, &st, 1.5, &mut rng)?;
             let q = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
             Ok(format!(
                 "train_{pid}_a_1.nii.gz,{},{},{},{}\n",

@@ -6,6 +6,8 @@ use ndarray::{Array3, ShapeBuilder};
 use nifti::NiftiHeader;
 use nifti::writer::WriterOptions;
 
+use crate::SynthError;
+
 /// Header with sform and qform (both code 1) from a voxel -> RAS affine (shared with mg3d-volume).
 pub fn header_for(
     affine: &[[f64; 4]; 4],
@@ -24,13 +26,15 @@ fn write<T: nifti::DataElement + bytemuck::Pod>(
     data: Vec<T>,
     dims: [usize; 3],
     header: &NiftiHeader,
-) -> Result<(), String> {
-    let arr =
-        Array3::from_shape_vec((dims[0], dims[1], dims[2]).f(), data).map_err(|e| e.to_string())?;
+) -> Result<(), SynthError> {
+    let arr = Array3::from_shape_vec((dims[0], dims[1], dims[2]).f(), data)?;
     WriterOptions::new(path)
         .reference_header(header)
         .write_nifti(&arr)
-        .map_err(|e| format!("{}: {e}", path.display()))
+        .map_err(|source| SynthError::Nifti {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 /// Writes int16 voxels given in (k, j, i) order as a NIfTI volume of shape (i, j, k).
@@ -41,11 +45,15 @@ pub fn write_i16(
     data: Vec<i16>,
     dims: [usize; 3],
     header: &NiftiHeader,
-) -> Result<(), String> {
+) -> Result<(), SynthError> {
     write(path, data, dims, header)?;
     if header.scl_slope != 1.0 || header.scl_inter != 0.0 {
-        patch_scaling(path, header.scl_slope, header.scl_inter)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        patch_scaling(path, header.scl_slope, header.scl_inter).map_err(|source| {
+            SynthError::File {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
     }
     Ok(())
 }
@@ -68,6 +76,6 @@ pub fn write_f32(
     data: Vec<f32>,
     dims: [usize; 3],
     header: &NiftiHeader,
-) -> Result<(), String> {
+) -> Result<(), SynthError> {
     write(path, data, dims, header)
 }

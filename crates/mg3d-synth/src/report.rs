@@ -11,6 +11,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::Side;
+use crate::error::TemplateError;
 use crate::phantom::RenderedFinding;
 
 /// The default templates, embedded from `configs/synth/reports.toml`.
@@ -64,17 +65,15 @@ pub struct Templates {
 
 impl Templates {
     /// Parses a template file.
-    pub fn parse(text: &str) -> Result<Templates, String> {
-        let t: Templates = toml::from_str(text).map_err(|e| e.to_string())?;
+    pub fn parse(text: &str) -> Result<Templates, TemplateError> {
+        let t: Templates = toml::from_str(text)?;
         for (name, f) in &t.findings {
             if f.present.is_empty()
                 || f.absent.is_empty()
                 || f.uncertain.is_empty()
                 || f.impression.is_empty()
             {
-                return Err(format!(
-                    "finding {name:?} needs present, uncertain, absent and impression templates"
-                ));
+                return Err(TemplateError::Incomplete(name.clone()));
             }
         }
         Ok(t)
@@ -161,7 +160,11 @@ pub fn fill(
     template: &str,
     default: &str,
     findings: &BTreeMap<String, RenderedFinding>,
-) -> Result<(String, Vec<Span>), String> {
+) -> Result<(String, Vec<Span>), TemplateError> {
+    let markup = |detail: String| TemplateError::Markup {
+        template: template.to_string(),
+        detail,
+    };
     let mut out = String::new();
     let mut spans = Vec::new();
     let mut open: Option<usize> = None;
@@ -169,14 +172,12 @@ pub fn fill(
     while !rest.is_empty() {
         if let Some(r) = rest.strip_prefix("<<") {
             if open.is_some() {
-                return Err(format!("nested << in {template:?}"));
+                return Err(markup("nested <<".into()));
             }
             open = Some(out.len());
             rest = r;
         } else if let Some(r) = rest.strip_prefix(">>") {
-            let start = open
-                .take()
-                .ok_or_else(|| format!("unbalanced >> in {template:?}"))?;
+            let start = open.take().ok_or_else(|| markup("unbalanced >>".into()))?;
             let inner = out[start..].to_string();
             let (text, label) = match inner.rsplit_once('|') {
                 Some((t, l)) => (t.to_string(), l.to_string()),
@@ -187,16 +188,12 @@ pub fn fill(
             spans.push((start, out.len(), label));
             rest = r;
         } else if rest.starts_with('{') {
-            let end = rest
-                .find('}')
-                .ok_or_else(|| format!("unclosed {{ in {template:?}"))?;
+            let end = rest.find('}').ok_or_else(|| markup("unclosed {".into()))?;
             let ph = &rest[1..end];
             let (name, label) = ph.split_once(':').unwrap_or((ph, default));
             let f = findings.get(label);
             let need = |o: Option<String>| {
-                o.ok_or_else(|| {
-                    format!("placeholder {{{ph}}} has no value for {label:?} in {template:?}")
-                })
+                o.ok_or_else(|| markup(format!("placeholder {{{ph}}} has no value for {label:?}")))
             };
             let side = f.and_then(|f| f.side);
             let val = match name {
@@ -211,7 +208,7 @@ pub fn fill(
                     Side::Bilateral => "both sides".to_string(),
                     s => format!("{} side", s.word()),
                 }))?,
-                other => return Err(format!("unknown placeholder {other:?} in {template:?}")),
+                other => return Err(markup(format!("unknown placeholder {other:?}"))),
             };
             out.push_str(&val);
             rest = &rest[end + 1..];
@@ -222,7 +219,7 @@ pub fn fill(
         }
     }
     if open.is_some() {
-        return Err(format!("unclosed << in {template:?}"));
+        return Err(markup("unclosed <<".into()));
     }
     Ok((out, spans))
 }
@@ -281,7 +278,7 @@ struct Builder<'a> {
 }
 
 impl Builder<'_> {
-    fn sentence(&mut self, template: &str, default: &str) -> Result<(), String> {
+    fn sentence(&mut self, template: &str, default: &str) -> Result<(), TemplateError> {
         let (mut s, spans) = fill(template, default, self.findings)?;
         // Sentences start with a capital letter (a template may start with a placeholder).
         if let Some(c) = s.chars().next().filter(|c| c.is_lowercase())
@@ -298,7 +295,7 @@ impl Builder<'_> {
             let assertion = *self
                 .assertions
                 .get(&label)
-                .ok_or_else(|| format!("span for {label:?} without a statement"))?;
+                .ok_or_else(|| TemplateError::Unstated(label.clone()))?;
             self.entities.push(EntityTruth {
                 volume_name: String::new(),
                 section: self.section.to_string(),
@@ -352,7 +349,7 @@ fn write_impressions(
     t: &Templates,
     statements: &[Statement],
     rng: &mut ChaCha8Rng,
-) -> Result<(), String> {
+) -> Result<(), TemplateError> {
     let positives: Vec<&Statement> = statements
         .iter()
         .filter(|s| s.assertion != Assertion::Absent && s.finding.is_some())
@@ -386,7 +383,7 @@ pub fn write_report(
     statements: &[Statement],
     slice_mm: f64,
     rng: &mut ChaCha8Rng,
-) -> Result<Report, String> {
+) -> Result<Report, TemplateError> {
     let findings: BTreeMap<String, RenderedFinding> = statements
         .iter()
         .filter_map(|s| s.finding.clone().map(|f| (s.label.clone(), f)))
@@ -427,7 +424,7 @@ pub fn write_report(
             let ft = t
                 .findings
                 .get(label)
-                .ok_or_else(|| format!("no templates for {label:?}"))?;
+                .ok_or_else(|| TemplateError::NoTemplates(label.to_string()))?;
             let list = match a {
                 Assertion::Present => &ft.present,
                 Assertion::Uncertain => &ft.uncertain,
@@ -440,10 +437,10 @@ pub fn write_report(
                 list.iter().filter(|s| !s.contains('{')).collect()
             };
             if candidates.is_empty() {
-                return Err(format!(
-                    "{label:?}: no {} template without placeholders",
-                    a.as_str()
-                ));
+                return Err(TemplateError::NoPlainTemplate {
+                    label: label.to_string(),
+                    assertion: a.as_str(),
+                });
             }
             let tpl = candidates[rng.random_range(0..candidates.len())];
             b.sentence(tpl, label)?;

@@ -6,7 +6,7 @@ use mg3d_core::stage::{ParamDef, Params, Stage, StageContext, StageError};
 use serde_json::{Value, json};
 
 use crate::report::{DEFAULT_TEMPLATES, Templates};
-use crate::{SynthConfig, generate};
+use crate::{SynthConfig, SynthError, generate};
 
 /// Stage kind `synth`: writes the synthetic corpus into the stage's output directory.
 pub struct SynthStage;
@@ -47,8 +47,13 @@ fn templates_text(path: &str) -> Result<String, StageError> {
     if path.is_empty() {
         Ok(DEFAULT_TEMPLATES.to_string())
     } else {
-        std::fs::read_to_string(PathBuf::from(path))
-            .map_err(|e| StageError::ctx(format!("templates file {path}"), e))
+        std::fs::read_to_string(PathBuf::from(path)).map_err(|source| {
+            SynthError::TemplatesFile {
+                path: path.to_string(),
+                source,
+            }
+            .into()
+        })
     }
 }
 
@@ -96,10 +101,9 @@ impl Stage for SynthStage {
             body_width_mm: p.body_width_mm,
             z_extent_mm: p.z_extent_mm,
         };
-        let templates = Templates::parse(&templates_text(&p.templates)?)
-            .map_err(|e| StageError::msg(format!("report templates: {e}")))?;
-        let s =
-            generate(&cfg, &templates, &ctx.out_dir).map_err(|e| StageError::msg(e.to_string()))?;
+        let templates =
+            Templates::parse(&templates_text(&p.templates)?).map_err(SynthError::from)?;
+        let s = generate(&cfg, &templates, &ctx.out_dir)?;
         Ok(serde_json::to_value(s).unwrap())
     }
 }

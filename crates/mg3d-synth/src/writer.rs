@@ -206,8 +206,7 @@ pub(crate) fn write_series(
             plan.encoding,
             hu,
             &order,
-        )
-        .map_err(SynthError::Write)?;
+        )?;
     }
     let plane = grid.cols * grid.rows;
     for k in (0..grid.slices).filter(|_| !plan.enhanced) {
@@ -237,8 +236,7 @@ pub(crate) fn write_series(
             plan.encoding,
             plan.syntax,
             &spec,
-        )
-        .map_err(SynthError::Write)?;
+        )?;
     }
     let st = hu_stats(hu);
     Ok((
@@ -317,8 +315,7 @@ pub(crate) fn write_nifti_volume(
         data,
         [grid.cols, grid.rows, grid.slices],
         &header_for(&affine, spacing, scl),
-    )
-    .map_err(SynthError::Write)?;
+    )?;
     let st = hu_stats(hu);
     let ipp = grid.slice_position(0);
     let f = crate::dicom_out::ds;
@@ -590,8 +587,7 @@ pub(crate) fn make_patient(
         }
         volume_names.push(volume_name);
     }
-    let report =
-        write_report(templates, &statements, first_dz, &mut rng).map_err(SynthError::Templates)?;
+    let report = write_report(templates, &statements, first_dz, &mut rng)?;
     let patient_source_id = if is_dicom {
         id0.patient_id.clone()
     } else {
@@ -840,8 +836,7 @@ impl CorpusWriter {
             .iter()
             .flat_map(|p| p.findings.iter().cloned())
             .collect();
-        write_rows(&out.join("truth/truth_findings.parquet"), &findings)
-            .map_err(|e| SynthError::Write(e.to_string()))?;
+        write_rows(&out.join("truth/truth_findings.parquet"), &findings)?;
         let mut summary_json =
             serde_json::to_vec_pretty(&serde_json::json!({ "summary": &s, "config": cfg }))
                 .unwrap();
