@@ -28,4 +28,33 @@ pub enum GraphError {
     /// Writing outputs failed.
     #[error("graph output: {0}")]
     Output(String),
+    /// An input table is not there.
+    #[error("{path}: missing; rerun the stage that writes it")]
+    Missing {
+        /// The table file.
+        path: std::path::PathBuf,
+    },
+    /// A path polars cannot take (it reads UTF-8 paths only).
+    #[error("{path}: path is not UTF-8")]
+    NotUtf8 {
+        /// The path.
+        path: std::path::PathBuf,
+    },
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A param is out of range (the message names it).
+    #[error("{0}")]
+    Params(String),
+}
+
+impl From<GraphError> for mg3d_core::StageError {
+    fn from(e: GraphError) -> Self {
+        mg3d_core::StageError::wrap(e)
+    }
 }

@@ -36,28 +36,26 @@ mg3d_core::stage_params! {
     }
 }
 
-fn layout_of(p: &GraphStageParams) -> Result<Layout, StageError> {
+fn layout_of(p: &GraphStageParams) -> Result<Layout, GraphError> {
     if p.regions.is_empty() {
         Layout::parse(DEFAULT_REGIONS, "configs/graph/regions.toml (built in)")
     } else {
         Layout::load(Path::new(&p.regions))
     }
-    .map_err(|e| StageError::msg(e.to_string()))
 }
 
-fn pl_err(what: &str) -> impl Fn(PolarsError) -> StageError + '_ {
-    move |e| StageError::msg(GraphError::Input(format!("{what}: {e}")).to_string())
+fn pl_err(what: &str) -> impl Fn(PolarsError) -> GraphError + '_ {
+    move |e| GraphError::Input(format!("{what}: {e}"))
 }
 
-fn scan(path: &Path) -> Result<LazyFrame, StageError> {
-    let s = path
-        .to_str()
-        .ok_or_else(|| StageError::msg(format!("{}: path is not UTF-8", path.display())))?;
+fn scan(path: &Path) -> Result<LazyFrame, GraphError> {
+    let s = path.to_str().ok_or_else(|| GraphError::NotUtf8 {
+        path: path.to_path_buf(),
+    })?;
     if !path.is_file() {
-        return Err(StageError::msg(format!(
-            "{}: missing; rerun the stage that writes it",
-            path.display()
-        )));
+        return Err(GraphError::Missing {
+            path: path.to_path_buf(),
+        });
     }
     LazyFrame::scan_parquet(PlRefPath::from(s), ScanArgsParquet::default())
         .map_err(pl_err(&path.display().to_string()))
@@ -533,8 +531,8 @@ pub fn build_and_write(
         },
     });
     let text = serde_json::to_string_pretty(&stats).map_err(|e| StageError::ctx("stats", e))?;
-    std::fs::write(out.join("graph_stats.json"), text + "\n")
-        .map_err(|e| StageError::ctx("graph_stats.json", e))?;
+    let path = out.join("graph_stats.json");
+    std::fs::write(&path, text + "\n").map_err(|source| GraphError::Io { path, source })?;
     Ok(stats)
 }
 
@@ -572,16 +570,20 @@ impl Stage for GraphStage {
         let text = if p.regions.is_empty() {
             DEFAULT_REGIONS.to_string()
         } else {
-            std::fs::read_to_string(&p.regions).map_err(|e| StageError::ctx(&p.regions, e))?
+            std::fs::read_to_string(&p.regions).map_err(|source| GraphError::Io {
+                path: p.regions.clone().into(),
+                source,
+            })?
         };
         Ok(Some(blake3::hash(text.as_bytes()).to_hex().to_string()))
     }
     fn run(&self, ctx: &StageContext) -> Result<Value, StageError> {
         let p: GraphStageParams = ctx.params.parse()?;
         if p.top_k < 1 || !(0.0..=1.0).contains(&p.min_weight) {
-            return Err(StageError::msg(
-                "top_k must be >= 1 and min_weight within 0..=1",
-            ));
+            return Err(GraphError::Params(
+                "top_k must be >= 1 and min_weight within 0..=1".into(),
+            )
+            .into());
         }
         let layout = layout_of(&p)?;
         let ingest = ctx.input("ingest").ok();
