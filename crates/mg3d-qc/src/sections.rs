@@ -13,8 +13,11 @@ use crate::html::{Html, Table, num};
 use crate::inputs::{Inputs, file_name, parquet_files, parquet_rows};
 use crate::plots::{Bar, hbar, int_histogram, lines};
 
+/// Reads one objective's column from a row of metrics.parquet.
+pub type ObjectiveColumn = fn(&MetricsRow) -> f64;
+
 /// The training objectives plotted, in order, with their columns of metrics.parquet.
-pub const OBJECTIVES: [(&str, fn(&MetricsRow) -> f64); 7] = [
+pub const OBJECTIVES: [(&str, ObjectiveColumn); 7] = [
     ("total", |r| r.total),
     ("mim", |r| r.mim),
     ("mlm", |r| r.mlm),
