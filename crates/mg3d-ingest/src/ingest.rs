@@ -19,7 +19,9 @@ use crate::IngestError;
 use crate::walk::{Found, Walker};
 use mg3d_dicom::header::{SliceHeader, checked_header, parse_header};
 use mg3d_dicom::series::{SeriesGroup, SpacingRules, assemble, group_series};
-use mg3d_volume::nifti_io::{NiftiInfo, NiftiReader, ReadOptions, write_nifti_i16};
+use mg3d_volume::content_hash;
+use mg3d_volume::nifti_io::{NiftiInfo, NiftiReader, ReadOptions};
+use mg3d_volume::nifti_write::{FileCompression, write_i16_values};
 use mg3d_volume::{Reject, Volume};
 
 mod items;
@@ -28,7 +30,7 @@ mod sources;
 
 pub use sources::locate;
 use sources::{
-    age_bucket, ctrate_ids, file_digest, file_name, hash_i16, parse_list, read_csv, read_err, rel,
+    age_bucket, ctrate_ids, file_digest, file_name, parse_list, read_csv, read_err, rel,
     without_paths,
 };
 

@@ -10,8 +10,13 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use mg3d_volume::nifti_io::{read_nifti, write_nifti_i16};
-use mg3d_volume::ops::{Interp, crop_pad, foreground_box, reorient_ras, resample, window};
+use mg3d_volume::content_hash;
+use mg3d_volume::nifti_io::read_nifti;
+use mg3d_volume::nifti_write::{FileCompression, write_i16_values};
+use mg3d_volume::ops::{
+    Interp, crop_pad, foreground_box, reorient_ras, resample, resample_center_crop, resampled_dims,
+    resize, window,
+};
 use mg3d_volume::{Reject, Volume};
 
 use crate::IngestError;
@@ -79,102 +84,47 @@ impl Preset {
     }
 }
 
-/// Resizes to `shape` with trilinear interpolation, align_corners = false (PyTorch's convention);
-/// the affine keeps world positions of voxel centres consistent.
-pub fn resize(v: &Volume, shape: [usize; 3]) -> Volume {
-    let scale: [f64; 3] = std::array::from_fn(|a| v.dims[a] as f64 / shape[a] as f64);
-    let mut data = vec![0f32; shape[0] * shape[1] * shape[2]];
-    let at = |i: isize, j: isize, k: isize| {
-        let c = |x: isize, n: usize| x.clamp(0, n as isize - 1) as usize;
-        v.get(c(i, v.dims[0]), c(j, v.dims[1]), c(k, v.dims[2]))
-    };
-    data.par_chunks_mut(shape[0] * shape[1])
-        .enumerate()
-        .for_each(|(k, plane)| {
-            let z = ((k as f64 + 0.5) * scale[2] - 0.5).max(0.0);
-            for j in 0..shape[1] {
-                let y = ((j as f64 + 0.5) * scale[1] - 0.5).max(0.0);
-                for i in 0..shape[0] {
-                    let x = ((i as f64 + 0.5) * scale[0] - 0.5).max(0.0);
-                    let (x0, y0, z0) = (x.floor(), y.floor(), z.floor());
-                    let (fx, fy, fz) = ((x - x0) as f32, (y - y0) as f32, (z - z0) as f32);
-                    let (x0, y0, z0) = (x0 as isize, y0 as isize, z0 as isize);
-                    let mut acc = 0f32;
-                    for (dz, wz) in [(0, 1.0 - fz), (1, fz)] {
-                        for (dy, wy) in [(0, 1.0 - fy), (1, fy)] {
-                            for (dx, wx) in [(0, 1.0 - fx), (1, fx)] {
-                                acc += wx * wy * wz * at(x0 + dx, y0 + dy, z0 + dz);
-                            }
-                        }
-                    }
-                    plane[i + shape[0] * j] = acc;
-                }
-            }
-        });
-    let mut a = v.affine;
-    // Output voxel o sits at input index (o + 0.5) * s - 0.5.
-    let o = v.world([
-        0.5 * scale[0] - 0.5,
-        0.5 * scale[1] - 0.5,
-        0.5 * scale[2] - 0.5,
-    ]);
-    for r in 0..3 {
-        for c in 0..3 {
-            a[r][c] = v.affine[r][c] * scale[c];
-        }
-        a[r][3] = o[r];
-    }
-    Volume {
-        dims: shape,
-        data,
-        affine: a,
-    }
-}
-
 /// Applies a preset to a volume: RAS, resample, window, crop (centre or foreground), fit to shape.
 /// Returns the output and the RAS crop centre.
+///
+/// A centre crop resamples only the kept box ([`resample_center_crop`]); a foreground crop needs
+/// the whole resampled grid to find the foreground first.
 pub fn apply_preset(v: &Volume, p: &Preset) -> (Volume, [f64; 3]) {
-    let ras = reorient_ras(v);
-    let mut r = resample(&ras, p.spacing_mm, Interp::Linear, p.window[0] as f32);
-    window(&mut r, p.window[0] as f32, p.window[1] as f32);
-    let center: [f64; 3] = match (p.crop.as_str(), foreground_box(&r, -500.0)) {
-        ("foreground", Some((lo, hi))) => std::array::from_fn(|a| (lo[a] + hi[a]) as f64 / 2.0),
-        _ => std::array::from_fn(|a| (r.dims[a] as f64 - 1.0) / 2.0),
-    };
-    let center_ras = r.world(center);
-    let out = if p.resize {
-        let box_shape: [usize; 3] = std::array::from_fn(|a| {
-            ((r.dims[a] as f64 * p.crop_fraction[a]).round() as usize).max(1)
-        });
-        let cropped = crop_pad(
-            &r,
-            box_shape,
-            std::array::from_fn(|a| center[a] + 0.5),
-            p.window[0] as f32,
-        );
-        resize(&cropped, p.shape)
-    } else {
-        let box_shape: [usize; 3] = std::array::from_fn(|a| {
-            ((p.shape[a] as f64 * p.crop_fraction[a]).round() as usize).max(1)
-        });
-        let cropped = crop_pad(
-            &r,
-            box_shape,
-            std::array::from_fn(|a| center[a] + 0.5),
-            p.window[0] as f32,
-        );
-        if box_shape == p.shape {
-            cropped
-        } else {
-            crop_pad(
-                &cropped,
-                p.shape,
-                std::array::from_fn(|a| box_shape[a] as f64 / 2.0),
-                p.window[0] as f32,
-            )
+    let (lo, hi) = (p.window[0] as f32, p.window[1] as f32);
+    if p.crop == "foreground" {
+        let ras = reorient_ras(v);
+        let mut r = resample(&ras, p.spacing_mm, Interp::Linear, lo);
+        window(&mut r, lo, hi);
+        if let Some((a, b)) = foreground_box(&r, -500.0) {
+            let center: [f64; 3] = std::array::from_fn(|x| (a[x] + b[x]) as f64 / 2.0);
+            let box_shape = box_shape(p, r.dims);
+            let cropped = crop_pad(&r, box_shape, center.map(|c| c + 0.5), lo);
+            return (fit(cropped, p), r.world(center));
         }
-    };
-    (out, center_ras)
+    }
+    let box_shape = box_shape(p, resampled_dims(v, p.spacing_mm));
+    let (mut cropped, center_ras) = resample_center_crop(v, p.spacing_mm, box_shape, lo);
+    window(&mut cropped, lo, hi);
+    (fit(cropped, p), center_ras)
+}
+
+/// The box kept around the crop centre: a fraction of the resampled grid (then resized to the
+/// shape) or of the shape itself.
+fn box_shape(p: &Preset, resampled: [usize; 3]) -> [usize; 3] {
+    let base = if p.resize { resampled } else { p.shape };
+    std::array::from_fn(|a| ((base[a] as f64 * p.crop_fraction[a]).round() as usize).max(1))
+}
+
+/// The cropped box brought to the preset's shape: resized, or centre-padded/cropped.
+fn fit(cropped: Volume, p: &Preset) -> Volume {
+    if p.resize {
+        resize(&cropped, p.shape)
+    } else if cropped.dims == p.shape {
+        cropped
+    } else {
+        let c = cropped.dims.map(|d| d as f64 / 2.0);
+        crop_pad(&cropped, p.shape, c, p.window[0] as f32)
+    }
 }
 
 /// Stage kind `preprocess`.
@@ -187,6 +137,9 @@ mg3d_core::stage_params! {
         preset: String = json!("demo"),
         /// volumes processed at once (bounds memory)
         max_in_flight: i64 = json!(4),
+        /// output files: gzip (libdeflate level 1: fast, and smaller than zlib's default), gzip-N
+        /// (level 1-12), or none (.nii, fastest, about twice the size)
+        compression: String = json!("gzip"),
         /// largest input + resampled grid accepted, in voxels; a volume over it is a reject
         /// (preprocess_too_large), never an abort
         max_output_voxels: i64 = json!(1i64 << 30),
@@ -252,6 +205,13 @@ impl Stage for PreprocessStage {
     fn run(&self, ctx: &StageContext) -> Result<Value, StageError> {
         let p: PreprocessParams = ctx.params.parse()?;
         let preset = load_preset(&p.preset)?;
+        let compression = FileCompression::parse(&p.compression).ok_or_else(|| {
+            IngestError::Params(format!(
+                "compression = {:?}: use gzip, gzip-1 .. gzip-12 or none",
+                p.compression
+            ))
+        })?;
+        let ext = compression.extension();
         let ingest = ctx.input("ingest")?;
         let mut items: Vec<Item> = Vec::new();
         for v in read_rows::<VolumesRow>(&ingest.join("volumes.parquet"))? {
@@ -289,7 +249,7 @@ impl Stage for PreprocessStage {
                     let key = ctx.items().key(&it.id, &it.digest);
                     let o = ctx.items().get_or_make::<StageError>(&key, |dir| {
                         let res = mg3d_volume::catch_panic(
-                            || preprocess_one(&ingest.join(&it.file), &it.id, (&p.preset, &preset), dir),
+                            || preprocess_one(&ingest.join(&it.file), &it.id, (&p.preset, &preset, compression), dir),
                             |r| Ok(Err(r)),
                         )?
                         .map_err(Failed::from);
@@ -307,8 +267,8 @@ impl Stage for PreprocessStage {
                                 source,
                             })?;
                     if res.is_ok() {
-                        let dst = ctx.out_dir.join(format!("volumes/{}.nii.gz", it.id));
-                        mg3d_core::fsutil::link_or_copy(&o.dir().join("volume.nii.gz"), &dst)?;
+                        let dst = ctx.out_dir.join(format!("volumes/{}.{ext}", it.id));
+                        mg3d_core::fsutil::link_or_copy(&o.dir().join(format!("volume.{ext}")), &dst)?;
                     }
                     Ok(res)
                 })
@@ -337,7 +297,7 @@ impl Stage for PreprocessStage {
 fn preprocess_one(
     file: &Path,
     id: &str,
-    (preset_name, preset): (&str, &Preset),
+    (preset_name, preset, compression): (&str, &Preset, FileCompression),
     dir: &Path,
 ) -> Result<Result<PreprocessedRow, Reject>, StageError> {
     let v = match read_nifti(file, false).and_then(|(v, _)| v.check_geometry().map(|_| v)) {
@@ -345,33 +305,26 @@ fn preprocess_one(
         Err(r) => return Ok(Err(r)),
     };
     let (out, center) = apply_preset(&v, preset);
-    write_nifti_i16(&dir.join("volume.nii.gz"), &out).map_err(IngestError::from)?;
-    let n = out.data.len() as f64;
-    let st = out.stats();
-    let var = out
-        .data
-        .iter()
-        .map(|&x| (x as f64 - st.mean).powi(2))
-        .sum::<f64>()
-        / n;
-    let mut h = blake3::Hasher::new();
-    for x in &out.data {
-        h.update(&(x.round() as i16).to_le_bytes());
-    }
+    drop(v);
+    let data = out.to_i16();
+    let ext = compression.extension();
+    write_i16_values(&dir.join(format!("volume.{ext}")), &out, &data, compression)
+        .map_err(IngestError::from)?;
+    let (mean, std, foreground_fraction) = out.moments(-500.0);
     Ok(Ok(PreprocessedRow {
         volume_id: id.to_string(),
         preset: preset_name.to_string(),
-        file: format!("volumes/{id}.nii.gz"),
+        file: format!("volumes/{id}.{ext}"),
         dims: out.dims.map(|d| d as i32),
         spacing_mm: out.spacing(),
         affine_ras: std::array::from_fn(|i| out.affine[i / 4][i % 4]),
         window_lo: preset.window[0],
         window_hi: preset.window[1],
         crop_center_ras: center,
-        mean: st.mean,
-        std: var.sqrt(),
-        foreground_fraction: out.data.iter().filter(|&&x| x > -500.0).count() as f64 / n,
-        content_hash: h.finalize().to_hex().to_string(),
+        mean,
+        std,
+        foreground_fraction,
+        content_hash: content_hash(&data),
     }))
 }
 

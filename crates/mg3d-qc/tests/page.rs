@@ -129,7 +129,7 @@ fn preprocess(d: &Path) {
     fs::create_dir_all(d.join("volumes")).unwrap();
     for (i, v) in VOLUMES.iter().enumerate() {
         let path = d.join(format!("volumes/{v}.nii.gz"));
-        mg3d_volume::nifti_io::write_nifti_i16(&path, &phantom(i == 1)).unwrap();
+        mg3d_volume::nifti_write::write_nifti_i16(&path, &phantom(i == 1)).unwrap();
     }
     let files: Vec<String> = VOLUMES
         .iter()

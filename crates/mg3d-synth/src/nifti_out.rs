@@ -14,7 +14,7 @@ pub fn header_for(
     spacing: [f64; 3],
     scl: Option<(f64, f64)>,
 ) -> NiftiHeader {
-    let mut h = mg3d_volume::nifti_io::header_for(affine, spacing, scl);
+    let mut h = mg3d_volume::nifti_write::header_for(affine, spacing, scl);
     h.descrip = b"mg3d-synth".to_vec();
     h
 }

@@ -6,16 +6,20 @@
 //! - [`nifti_header`], [`nifti_io`]: NIfTI-1/2 reading (both byte orders, nibabel's vox_offset and
 //!   scaling rules, dims checked against a voxel limit before any allocation; sform when
 //!   sform_code > 0, else qform, else pixdim; scl applied exactly once; 4D, NaN, corrupt gzip
-//!   rejected with reasons) and int16 writing.
+//!   rejected with reasons; a single-member gzip file inflated in one call).
+//! - [`nifti_write`], [`gz`]: int16 NIfTI-1 writing, gzip (libdeflate, whole buffers) or plain.
 //! - [`check_geometry`]: the one validation every volume passes before use (finite, non-degenerate
 //!   axes, plausible spacing).
 //! - [`Reject`], [`catch_panic`]: a reasoned reject, and one item's panic turned into one.
-//! - [`ops`]: reorientation to RAS, trilinear/nearest resampling, HU windowing, crop/pad.
+//! - [`ops`]: reorientation to RAS, trilinear/nearest resampling, HU windowing, crop/pad, and the
+//!   separable fused resample + centre crop and resize the presets use.
 
 #![allow(clippy::needless_range_loop)] // matrix and voxel code reads better with indices
 
+pub mod gz;
 pub mod nifti_header;
 pub mod nifti_io;
+pub mod nifti_write;
 pub mod ops;
 
 use serde::Serialize;
@@ -44,16 +48,13 @@ impl Reject {
 /// error).
 #[derive(Debug, thiserror::Error)]
 pub enum VolumeError {
-    /// The voxels do not fill the volume's dims.
-    #[error("{0}")]
-    Shape(#[from] ndarray::ShapeError),
     /// The NIfTI file could not be written.
     #[error("{path}: {source}")]
     Write {
         /// The file.
         path: std::path::PathBuf,
-        /// The nifti crate's error.
-        source: nifti::NiftiError,
+        /// The I/O error.
+        source: std::io::Error,
     },
 }
 
@@ -64,6 +65,21 @@ pub fn internal_error() -> Reject {
         "internal_error",
         "reading this input hit an internal error (a bug in mg3d; please report it with the reason code)",
     )
+}
+
+/// blake3 of int16 values as little-endian bytes (the `content_hash` of volume tables), hashed in
+/// blocks rather than value by value.
+pub fn content_hash(values: &[i16]) -> String {
+    let mut h = blake3::Hasher::new();
+    let mut buf = Vec::with_capacity(1 << 17);
+    for chunk in values.chunks(1 << 16) {
+        buf.clear();
+        for v in chunk {
+            buf.extend_from_slice(&v.to_le_bytes());
+        }
+        h.update(&buf);
+    }
+    h.finalize().to_hex().to_string()
 }
 
 /// Runs one item's work; a panic in it becomes `on_panic(internal_error())` instead of unwinding
@@ -136,12 +152,26 @@ impl Volume {
 
     /// Min, max, mean and sum of the values.
     pub fn stats(&self) -> Stats {
+        use rayon::prelude::*;
+        // Fixed-size chunks: the same sum whatever the thread count.
+        let parts: Vec<(f32, f32, f64)> = self
+            .data
+            .par_chunks(1 << 16)
+            .map(|c| {
+                let (mut min, mut max, mut sum) = (f32::INFINITY, f32::NEG_INFINITY, 0.0f64);
+                for &v in c {
+                    min = min.min(v);
+                    max = max.max(v);
+                    sum += v as f64;
+                }
+                (min, max, sum)
+            })
+            .collect();
         let (mut min, mut max, mut sum) = (f64::INFINITY, f64::NEG_INFINITY, 0.0f64);
-        for &v in &self.data {
-            let v = v as f64;
-            min = min.min(v);
-            max = max.max(v);
-            sum += v;
+        for (a, b, s) in parts {
+            min = min.min(a as f64);
+            max = max.max(b as f64);
+            sum += s;
         }
         let n = self.data.len().max(1) as f64;
         Stats {
@@ -150,6 +180,42 @@ impl Volume {
             mean: sum / n,
             sum,
         }
+    }
+
+    /// The values rounded and clamped to int16, as the volume files store them.
+    pub fn to_i16(&self) -> Vec<i16> {
+        use rayon::prelude::*;
+        self.data
+            .par_iter()
+            .map(|&x| x.round().clamp(-32768.0, 32767.0) as i16)
+            .collect()
+    }
+
+    /// Mean, standard deviation (population) and the fraction of values above `threshold`, summed
+    /// in fixed-size chunks (in parallel, the same result whatever the thread count).
+    pub fn moments(&self, threshold: f32) -> (f64, f64, f64) {
+        use rayon::prelude::*;
+        const CHUNK: usize = 1 << 16;
+        let n = self.data.len().max(1) as f64;
+        let parts: Vec<(f64, usize)> = self
+            .data
+            .par_chunks(CHUNK)
+            .map(|c| {
+                let sum = c.iter().map(|&x| x as f64).sum::<f64>();
+                (sum, c.iter().filter(|&&x| x > threshold).count())
+            })
+            .collect();
+        let mean = parts.iter().map(|p| p.0).sum::<f64>() / n;
+        let above = parts.iter().map(|p| p.1).sum::<usize>() as f64 / n;
+        let var = self
+            .data
+            .par_chunks(CHUNK)
+            .map(|c| c.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>())
+            .collect::<Vec<f64>>()
+            .iter()
+            .sum::<f64>()
+            / n;
+        (mean, var.sqrt(), above)
     }
 
     /// RAS position of voxel (i, j, k) (fractional indices allowed).

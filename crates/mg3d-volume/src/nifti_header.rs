@@ -101,31 +101,39 @@ impl Scalar {
             Scalar::I64 | Scalar::U64 | Scalar::F64 => 8,
         }
     }
+}
 
-    /// The value of one element's bytes.
-    #[inline]
-    fn decode(self, b: &[u8], big: bool) -> f64 {
-        macro_rules! num {
+impl Scalar {
+    /// Appends the values of `bytes` (whole elements), scaled by `scale` in f64, as f32: each value
+    /// converted through f64, with the type dispatched once per block.
+    fn decode_into(self, bytes: &[u8], big: bool, scale: Option<(f64, f64)>, out: &mut Vec<f32>) {
+        macro_rules! run {
             ($t:ty, $n:expr) => {{
-                let a: [u8; $n] = b[..$n].try_into().expect("element size");
-                (if big {
-                    <$t>::from_be_bytes(a)
-                } else {
-                    <$t>::from_le_bytes(a)
-                }) as f64
+                let values = bytes.chunks_exact($n).map(|c| {
+                    let a: [u8; $n] = c.try_into().expect("element size");
+                    (if big {
+                        <$t>::from_be_bytes(a)
+                    } else {
+                        <$t>::from_le_bytes(a)
+                    }) as f64
+                });
+                match scale {
+                    Some((s, i)) => out.extend(values.map(|v| (v * s + i) as f32)),
+                    None => out.extend(values.map(|v| v as f32)),
+                }
             }};
         }
         match self {
-            Scalar::U8 => b[0] as f64,
-            Scalar::I8 => b[0] as i8 as f64,
-            Scalar::I16 => num!(i16, 2),
-            Scalar::U16 => num!(u16, 2),
-            Scalar::I32 => num!(i32, 4),
-            Scalar::U32 => num!(u32, 4),
-            Scalar::I64 => num!(i64, 8),
-            Scalar::U64 => num!(u64, 8),
-            Scalar::F32 => num!(f32, 4),
-            Scalar::F64 => num!(f64, 8),
+            Scalar::U8 => run!(u8, 1),
+            Scalar::I8 => run!(i8, 1),
+            Scalar::I16 => run!(i16, 2),
+            Scalar::U16 => run!(u16, 2),
+            Scalar::I32 => run!(i32, 4),
+            Scalar::U32 => run!(u32, 4),
+            Scalar::I64 => run!(i64, 8),
+            Scalar::U64 => run!(u64, 8),
+            Scalar::F32 => run!(f32, 4),
+            Scalar::F64 => run!(f64, 8),
         }
     }
 }
@@ -423,13 +431,7 @@ pub fn read_values<R: Read>(
     while out.len() < count {
         let want = ((count - out.len()) * size).min(buf.len());
         read_full(r, &mut buf[..want], "voxel data")?;
-        let chunk = buf[..want]
-            .chunks_exact(size)
-            .map(|b| scalar.decode(b, h.big_endian));
-        match scale {
-            Some((s, i)) => out.extend(chunk.map(|v| (v * s + i) as f32)),
-            None => out.extend(chunk.map(|v| v as f32)),
-        }
+        scalar.decode_into(&buf[..want], h.big_endian, scale, &mut out);
     }
     Ok(out)
 }

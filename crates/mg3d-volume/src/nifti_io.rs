@@ -1,15 +1,14 @@
-//! NIfTI reading (NIfTI-1 and NIfTI-2, see [`crate::nifti_header`]) and int16 NIfTI-1 writing.
+//! NIfTI reading (NIfTI-1 and NIfTI-2, see [`crate::nifti_header`]); writing is in
+//! [`crate::nifti_write`].
 
 use std::io::{BufRead, Read};
 use std::path::Path;
+use std::sync::Arc;
 
-use ndarray::{Array3, ShapeBuilder};
-use nifti::writer::WriterOptions;
-use nifti::{NiftiHeader, NiftiType};
 use serde::Serialize;
 
 use crate::nifti_header::{Header, Shape, read_header, read_values};
-use crate::{Reject, Volume, VolumeError};
+use crate::{Reject, Volume};
 
 /// What the header said, for provenance.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -160,6 +159,11 @@ pub struct NiftiReader<'a> {
     shape: Shape,
     stream: Box<dyn Read + 'a>,
     gz: bool,
+    /// The whole compressed file, when it was read into memory: [`NiftiReader::read`] then
+    /// inflates it in one call ([`crate::gz::inflate_whole`]) instead of streaming.
+    whole: Option<Arc<[u8]>>,
+    /// Whether the whole gzip stream was inflated and checked already.
+    checked: bool,
     /// Prefix of every message (the file's path, or empty).
     name: String,
 }
@@ -169,11 +173,25 @@ impl NiftiReader<'static> {
     pub fn open(path: &Path) -> Result<Self, Reject> {
         let named = |code, m: String| Reject::new(code, format!("{}: {m}", path.display()));
         let f = std::fs::File::open(path).map_err(|e| named("unreadable", e.to_string()))?;
-        if f.metadata().map(|m| m.len()).unwrap_or(0) == 0 {
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        if len == 0 {
             return Err(named("empty_file", "0 bytes".into()));
         }
-        let r = std::io::BufReader::with_capacity(1 << 20, f);
-        NiftiReader::from_reader(r, path.display().to_string())
+        let mut bytes = Vec::with_capacity(len as usize);
+        (&f).read_to_end(&mut bytes)
+            .map_err(|e| named("unreadable", e.to_string()))?;
+        NiftiReader::from_bytes(bytes.into(), path.display().to_string())
+    }
+
+    /// Reads the header of a whole file held in memory. A gzip file's voxels are then inflated
+    /// in one call ([`crate::gz::inflate_whole`]) when it is a single intact member, else streamed.
+    pub fn from_bytes(bytes: Arc<[u8]>, name: String) -> Result<Self, Reject> {
+        let gz = bytes.starts_with(&[0x1f, 0x8b]);
+        let mut reader = NiftiReader::from_reader(std::io::Cursor::new(bytes.clone()), name)?;
+        if gz {
+            reader.whole = Some(bytes);
+        }
+        Ok(reader)
     }
 }
 
@@ -192,6 +210,8 @@ impl<'a> NiftiReader<'a> {
             shape: Shape::default(),
             stream: Box::new(std::io::empty()),
             gz,
+            whole: None,
+            checked: false,
             name,
         };
         let header = read_header(&mut stream).map_err(|e| reader.named(e))?;
@@ -217,7 +237,7 @@ impl<'a> NiftiReader<'a> {
     /// Reads the voxels (values after scl_slope/scl_inter).
     pub fn read(mut self, opts: &ReadOptions) -> Result<(Volume, NiftiInfo), Reject> {
         let out = self.read_voxels(opts).map_err(|e| self.named(e))?;
-        if self.gz {
+        if self.gz && !self.checked {
             // The rest of the stream must inflate cleanly too (a damaged tail is caught by its
             // CRC); at most 64 MiB of trailing bytes are read, so a bomb after the voxels costs
             // little.
@@ -257,7 +277,22 @@ impl<'a> NiftiReader<'a> {
                 ),
             ));
         }
-        let data = read_values(&mut self.stream, h, h.size() as u64, n)?;
+        // The payload of a single-member gzip file, inflated whole and checked (CRC, size, nothing
+        // after it); anything else streams, and the stream's errors name the damage.
+        let payload = h.vox_offset.max(h.size() as u64)
+            + (n as u64) * scalar.size() as u64 * shape.volumes.max(1) as u64;
+        let inflated = self
+            .whole
+            .as_ref()
+            .and_then(|gz| crate::gz::inflate_whole(gz, payload));
+        let data = match &inflated {
+            Some(raw) => {
+                (self.whole, self.checked) = (None, true);
+                read_values(&mut &raw[h.size().min(raw.len())..], h, h.size() as u64, n)?
+            }
+            None => read_values(&mut self.stream, h, h.size() as u64, n)?,
+        };
+        drop(inflated);
         if let Some(p) = data.iter().position(|v| !v.is_finite()) {
             let nans = data.iter().filter(|v| !v.is_finite()).count();
             return Err(Reject::new(
@@ -282,128 +317,4 @@ impl<'a> NiftiReader<'a> {
             },
         ))
     }
-}
-
-/// A header with sform and qform (both code 1, scanner anatomical) for a voxel -> RAS affine,
-/// spacing in mm, and optional scl_slope/scl_inter.
-pub fn header_for(
-    affine: &[[f64; 4]; 4],
-    spacing: [f64; 3],
-    scl: Option<(f64, f64)>,
-) -> NiftiHeader {
-    let mut h = NiftiHeader::default();
-    let (b, c, d, qfac) = quatern(affine, spacing);
-    h.pixdim = [
-        qfac as f32,
-        spacing[0] as f32,
-        spacing[1] as f32,
-        spacing[2] as f32,
-        1.0,
-        0.0,
-        0.0,
-        0.0,
-    ];
-    h.qform_code = 1;
-    h.sform_code = 1;
-    h.quatern_b = b as f32;
-    h.quatern_c = c as f32;
-    h.quatern_d = d as f32;
-    h.quatern_x = affine[0][3] as f32;
-    h.quatern_y = affine[1][3] as f32;
-    h.quatern_z = affine[2][3] as f32;
-    let row = |r: usize| {
-        [
-            affine[r][0] as f32,
-            affine[r][1] as f32,
-            affine[r][2] as f32,
-            affine[r][3] as f32,
-        ]
-    };
-    h.srow_x = row(0);
-    h.srow_y = row(1);
-    h.srow_z = row(2);
-    h.xyzt_units = 2 | 8;
-    let (slope, inter) = scl.unwrap_or((1.0, 0.0));
-    h.scl_slope = slope as f32;
-    h.scl_inter = inter as f32;
-    h.descrip = b"mg3d".to_vec();
-    h
-}
-
-/// Writes a volume as int16 (values rounded and clamped) with sform and qform (code 1).
-pub fn write_nifti_i16(path: &Path, v: &Volume) -> Result<(), VolumeError> {
-    let data: Vec<i16> = v
-        .data
-        .iter()
-        .map(|&x| x.round().clamp(-32768.0, 32767.0) as i16)
-        .collect();
-    let arr = Array3::from_shape_vec((v.dims[0], v.dims[1], v.dims[2]).f(), data)?;
-    let mut h = header_for(&v.affine, v.spacing(), None);
-    h.datatype = NiftiType::Int16 as i16;
-    WriterOptions::new(path)
-        .reference_header(&h)
-        .write_nifti(&arr)
-        .map_err(|source| VolumeError::Write {
-            path: path.to_path_buf(),
-            source,
-        })
-}
-
-/// Quaternion (b, c, d) and qfac of an affine's rotation (nifti_mat44_to_quatern, for orthogonal axes).
-pub fn quatern(m: &[[f64; 4]; 4], sp: [f64; 3]) -> (f64, f64, f64, f64) {
-    let mut r = [[0.0; 3]; 3];
-    for i in 0..3 {
-        for j in 0..3 {
-            r[i][j] = m[i][j] / sp[j].max(1e-12);
-        }
-    }
-    let det = r[0][0] * (r[1][1] * r[2][2] - r[1][2] * r[2][1])
-        - r[0][1] * (r[1][0] * r[2][2] - r[1][2] * r[2][0])
-        + r[0][2] * (r[1][0] * r[2][1] - r[1][1] * r[2][0]);
-    let qfac = if det < 0.0 { -1.0 } else { 1.0 };
-    if qfac < 0.0 {
-        for row in r.iter_mut() {
-            row[2] = -row[2];
-        }
-    }
-    let tr = r[0][0] + r[1][1] + r[2][2] + 1.0;
-    let (a, b, c, d);
-    if tr > 0.5 {
-        a = 0.5 * tr.sqrt();
-        b = 0.25 * (r[2][1] - r[1][2]) / a;
-        c = 0.25 * (r[0][2] - r[2][0]) / a;
-        d = 0.25 * (r[1][0] - r[0][1]) / a;
-    } else {
-        let xd = 1.0 + r[0][0] - (r[1][1] + r[2][2]);
-        let yd = 1.0 + r[1][1] - (r[0][0] + r[2][2]);
-        let zd = 1.0 + r[2][2] - (r[0][0] + r[1][1]);
-        let (mut aa, mut bb, mut cc, mut dd);
-        if xd > 1.0 {
-            bb = 0.5 * xd.sqrt();
-            cc = 0.25 * (r[0][1] + r[1][0]) / bb;
-            dd = 0.25 * (r[0][2] + r[2][0]) / bb;
-            aa = 0.25 * (r[2][1] - r[1][2]) / bb;
-        } else if yd > 1.0 {
-            cc = 0.5 * yd.sqrt();
-            bb = 0.25 * (r[0][1] + r[1][0]) / cc;
-            dd = 0.25 * (r[1][2] + r[2][1]) / cc;
-            aa = 0.25 * (r[0][2] - r[2][0]) / cc;
-        } else {
-            dd = 0.5 * zd.sqrt();
-            bb = 0.25 * (r[0][2] + r[2][0]) / dd;
-            cc = 0.25 * (r[1][2] + r[2][1]) / dd;
-            aa = 0.25 * (r[1][0] - r[0][1]) / dd;
-        }
-        if aa < 0.0 {
-            bb = -bb;
-            cc = -cc;
-            dd = -dd;
-            aa = -aa;
-        }
-        let _ = aa;
-        b = bb;
-        c = cc;
-        d = dd;
-    }
-    (b, c, d, qfac)
 }

@@ -100,9 +100,16 @@ impl Ctx<'_> {
         row.hu_min = st.min;
         row.hu_max = st.max;
         row.hu_mean = st.mean;
-        row.content_hash = hash_i16(vol);
+        let data = vol.to_i16();
+        row.content_hash = content_hash(&data);
         row.volume_file = format!("volumes/{}.nii.gz", row.volume_id);
-        write_nifti_i16(&dir.join("volume.nii.gz"), vol).map_err(IngestError::from)?;
+        write_i16_values(
+            &dir.join("volume.nii.gz"),
+            vol,
+            &data,
+            FileCompression::Gzip(1),
+        )
+        .map_err(IngestError::from)?;
         Ok(ItemResult::Volume(Box::new(row)))
     }
 

@@ -29,14 +29,6 @@ pub fn age_bucket(age: &str) -> Option<String> {
     })
 }
 
-pub(crate) fn hash_i16(v: &Volume) -> String {
-    let mut h = blake3::Hasher::new();
-    for x in &v.data {
-        h.update(&(x.round().clamp(-32768.0, 32767.0) as i16).to_le_bytes());
-    }
-    h.finalize().to_hex().to_string()
-}
-
 /// The error of reading `path` (a root or file as the params give it).
 pub(crate) fn read_err(path: &str) -> impl FnOnce(std::io::Error) -> IngestError + '_ {
     move |source| IngestError::Read {
