@@ -9,7 +9,7 @@ TORCH_VERSION := 2.11.0
 MG3D  := target/debug/mg3d
 PIPELINE ?= pipelines/demo.toml
 
-.PHONY: setup cmake chromium pipeline test fuzz bench build stage status fmt lint clippy clean-work
+.PHONY: setup cmake chromium dcm2niix pipeline test fuzz bench bench-peers build stage status fmt lint clippy clean-work
 
 ## setup: project-local Python venv with torch (libtorch for tch) and the reference packages.
 setup: cmake chromium $(VENV)/.torch-$(TORCH_VERSION) $(VENV)/.requirements $(VENV)/libtorch $(VENV)/minilm
@@ -22,6 +22,10 @@ cmake:
 # Headless Chromium opens the QC page in the qc stage's browser test (Debian's package).
 chromium:
 	@[ -x /usr/bin/chromium ] || { echo "installing chromium (Debian)"; $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+
+# dcm2niix is the DICOM peer of `make bench-peers` (Debian's package).
+dcm2niix:
+	@command -v dcm2niix >/dev/null || { echo "installing dcm2niix (Debian)"; $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dcm2niix >/dev/null; }
 
 $(VENV)/bin/python:
 	python3 -m venv $(VENV)
@@ -74,6 +78,12 @@ fuzz: setup
 bench: setup
 	cargo build --release --workspace --bins
 	target/release/mg3d bench
+
+## bench-peers: mg3d's volume path (the binary `make pipeline` uses) side by side with CT-CLIP's
+## recipe, MONAI's chain and dcm2niix on the same generated 512 x 512 x 300 CT, at 1 thread and all
+## cores; prints volumes/s, peak memory and ratios (scripts/bench_peers.py; about 5 minutes).
+bench-peers: setup dcm2niix build
+	$(PY) scripts/bench_peers.py --mg3d $(MG3D) --json-out work/bench-peers/results.json
 
 ## stage: rerun one stage, e.g. `make stage STAGE=synth`.
 stage: build
