@@ -19,9 +19,8 @@ use crate::IngestError;
 use crate::walk::{Found, Walker};
 use mg3d_dicom::header::{SliceHeader, checked_header, parse_header};
 use mg3d_dicom::series::{SeriesGroup, SpacingRules, assemble, group_series};
-use mg3d_volume::content_hash;
 use mg3d_volume::nifti_io::{NiftiInfo, NiftiReader, ReadOptions};
-use mg3d_volume::nifti_write::{FileCompression, write_i16_values};
+use mg3d_volume::nifti_write::{EncodedI16, FileCompression};
 use mg3d_volume::{Reject, Volume};
 
 mod items;

@@ -10,9 +10,8 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use mg3d_volume::content_hash;
 use mg3d_volume::nifti_io::read_nifti;
-use mg3d_volume::nifti_write::{FileCompression, write_i16_values};
+use mg3d_volume::nifti_write::{EncodedI16, FileCompression};
 use mg3d_volume::ops::{
     Interp, crop_pad, foreground_box, reorient_ras, resample, resample_center_crop, resampled_dims,
     resize, window,
@@ -306,9 +305,9 @@ fn preprocess_one(
     };
     let (out, center) = apply_preset(&v, preset);
     drop(v);
-    let data = out.to_i16();
+    let file = EncodedI16::new(&out);
     let ext = compression.extension();
-    write_i16_values(&dir.join(format!("volume.{ext}")), &out, &data, compression)
+    file.write(&dir.join(format!("volume.{ext}")), compression)
         .map_err(IngestError::from)?;
     let (mean, std, foreground_fraction) = out.moments(-500.0);
     Ok(Ok(PreprocessedRow {
@@ -324,7 +323,7 @@ fn preprocess_one(
         mean,
         std,
         foreground_fraction,
-        content_hash: content_hash(&data),
+        content_hash: file.content_hash(),
     }))
 }
 

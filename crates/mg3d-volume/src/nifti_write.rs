@@ -40,12 +40,15 @@ impl FileCompression {
     }
 }
 
-/// The NIfTI-1 single-file bytes of an int16 volume: `h` (geometry; dims, type, offset, scaling
-/// and magic are set here as the `nifti` crate's writer sets them), no extensions, then `data` in
-/// (k, j, i) order.
-pub fn encode_i16(h: &NiftiHeader, dims: [usize; 3], data: &[i16]) -> Vec<u8> {
-    assert_eq!(data.len(), dims.iter().product::<usize>(), "voxel count");
-    let mut out = Vec::with_capacity(352 + 2 * data.len());
+/// Bytes before the voxels of the files written here: the 348-byte header and an empty extension
+/// flag.
+pub const VOX_OFFSET: usize = 352;
+
+/// The first [`VOX_OFFSET`] bytes of an int16 NIfTI-1 single file: `h` (geometry; dims, type,
+/// offset, scaling and magic are set here as the `nifti` crate's writer sets them), then no
+/// extensions. `capacity` reserves room for the voxels that follow.
+fn encode_header(h: &NiftiHeader, dims: [usize; 3], capacity: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(capacity);
     let i16s = |out: &mut Vec<u8>, v: i16| out.extend_from_slice(&v.to_le_bytes());
     let f32s = |out: &mut Vec<u8>, v: f32| out.extend_from_slice(&v.to_le_bytes());
     out.extend_from_slice(&348i32.to_le_bytes());
@@ -112,30 +115,56 @@ pub fn encode_i16(h: &NiftiHeader, dims: [usize; 3], data: &[i16]) -> Vec<u8> {
     out.extend_from_slice(b"n+1\0");
     debug_assert_eq!(out.len(), 348);
     out.extend_from_slice(&[0; 4]); // no extensions
-    for chunk in data.chunks(1 << 16) {
-        for v in chunk {
-            out.extend_from_slice(&v.to_le_bytes());
-        }
-    }
     out
 }
 
-/// Writes [`encode_i16`]'s bytes to `path`, compressed as `c` says.
-pub fn write_i16(
-    path: &Path,
-    h: &NiftiHeader,
-    dims: [usize; 3],
-    data: &[i16],
-    c: FileCompression,
-) -> std::io::Result<()> {
-    let bytes = encode_i16(h, dims, data);
-    match c {
-        FileCompression::None => std::fs::write(path, bytes),
-        FileCompression::Gzip(level) => {
-            let z = crate::gz::deflate_whole(&bytes, level);
-            drop(bytes);
-            std::fs::write(path, z)
-        }
+/// A volume encoded in memory as an int16 NIfTI-1 file (values rounded half away from zero and
+/// clamped), ready to hash and write: one pass, in parallel, from the float voxels to the bytes.
+pub struct EncodedI16 {
+    bytes: Vec<u8>,
+}
+
+impl EncodedI16 {
+    /// Encodes `v` with sform and qform from its affine ([`header_for`]).
+    pub fn new(v: &Volume) -> EncodedI16 {
+        use rayon::prelude::*;
+        let h = header_for(&v.affine, v.spacing(), None);
+        let mut bytes = encode_header(&h, v.dims, VOX_OFFSET + 2 * v.data.len());
+        bytes.resize(VOX_OFFSET + 2 * v.data.len(), 0);
+        bytes[VOX_OFFSET..]
+            .par_chunks_mut(1 << 17)
+            .zip(v.data.par_chunks(1 << 16))
+            .for_each(|(out, values)| {
+                for (o, &x) in out.chunks_exact_mut(2).zip(values) {
+                    o.copy_from_slice(&crate::round_i16(x).to_le_bytes());
+                }
+            });
+        EncodedI16 { bytes }
+    }
+
+    /// The whole file's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// [`crate::content_hash`] of the voxels.
+    pub fn content_hash(&self) -> String {
+        crate::content_hash(&self.bytes[VOX_OFFSET..])
+    }
+
+    /// Writes the file, stored as `c` says (the caller names it with
+    /// [`FileCompression::extension`]).
+    pub fn write(&self, path: &Path, c: FileCompression) -> Result<(), VolumeError> {
+        let res = match c {
+            FileCompression::None => std::fs::write(path, &self.bytes),
+            FileCompression::Gzip(level) => {
+                std::fs::write(path, crate::gz::deflate_whole(&self.bytes, level))
+            }
+        };
+        res.map_err(|source| VolumeError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
     }
 }
 
@@ -193,22 +222,7 @@ pub fn write_nifti_i16(path: &Path, v: &Volume) -> Result<(), VolumeError> {
     } else {
         FileCompression::None
     };
-    write_i16_values(path, v, &v.to_i16(), c)
-}
-
-/// Writes `data`, the int16 values of `v` (as [`Volume::to_i16`] gives them), with `v`'s
-/// geometry, stored as `c` says (the caller names the file with [`FileCompression::extension`]).
-pub fn write_i16_values(
-    path: &Path,
-    v: &Volume,
-    data: &[i16],
-    c: FileCompression,
-) -> Result<(), VolumeError> {
-    let h = header_for(&v.affine, v.spacing(), None);
-    write_i16(path, &h, v.dims, data, c).map_err(|source| VolumeError::Write {
-        path: path.to_path_buf(),
-        source,
-    })
+    EncodedI16::new(v).write(path, c)
 }
 
 /// Quaternion (b, c, d) and qfac of an affine's rotation (nifti_mat44_to_quatern, for orthogonal axes).
@@ -285,8 +299,17 @@ mod tests {
             [0.0, 0.0, 0.0, 1.0],
         ];
         let dims = [5, 4, 3];
-        let data: Vec<i16> = (0..60).map(|i| i * 37 - 1000).collect();
-        let mut h = header_for(&affine, [0.7, 0.8, 2.5], None);
+        let mut v = Volume::filled(dims, affine, 0.0);
+        // Halves round away from zero; out-of-range values clamp.
+        v.data = (0..60).map(|i| i as f32 * 37.25 - 1000.5).collect();
+        v.data[7] = 40000.0;
+        v.data[8] = -40000.4;
+        let data: Vec<i16> = v
+            .data
+            .iter()
+            .map(|&x| x.round().clamp(-32768.0, 32767.0) as i16)
+            .collect();
+        let mut h = header_for(&affine, v.spacing(), None);
         h.datatype = nifti::NiftiType::Int16 as i16;
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("crate.nii");
@@ -295,7 +318,10 @@ mod tests {
             .reference_header(&h)
             .write_nifti(&arr)
             .unwrap();
-        assert_eq!(encode_i16(&h, dims, &data), std::fs::read(&p).unwrap());
+        let e = EncodedI16::new(&v);
+        assert_eq!(e.bytes(), std::fs::read(&p).unwrap());
+        let le: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
+        assert_eq!(e.content_hash(), blake3::hash(&le).to_hex().to_string());
         assert_eq!(
             FileCompression::parse("gzip"),
             Some(FileCompression::Gzip(1))

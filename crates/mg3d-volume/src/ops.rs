@@ -207,57 +207,52 @@ impl Tap {
     }
 }
 
-/// Applies per-axis taps (`taps[c]` for source axis c) in three passes (k, then j, then i, each
-/// reading contiguous rows or planes), then lays the result out with output axis w taken from
+/// Applies per-axis taps (`taps[c]` for source axis c) one output plane (along source axis k) at
+/// a time: the two source planes blended along k, its rows blended along j, then gathered along i,
+/// in two small per-thread scratch buffers. The result is laid out with output axis w taken from
 /// source axis `order[w]`. Trilinear interpolation is the product of the three 1-D ones, so this
-/// equals sampling the eight neighbours at once, up to float rounding, for a fraction of the work.
+/// equals sampling the eight neighbours at once, up to float rounding, for a fraction of the work
+/// and without full-size intermediates.
 fn separable(v: &Volume, taps: &[Vec<Tap>; 3], order: [usize; 3], fill: f32) -> Vec<f32> {
     let [n0, n1, _] = v.dims;
     let m = [taps[0].len(), taps[1].len(), taps[2].len()];
-    // Pass k: planes of n0 x n1.
-    let mut t1 = vec![0f32; n0 * n1 * m[2]];
-    t1.par_chunks_mut(n0 * n1)
-        .zip(&taps[2])
-        .for_each(|(plane, tap)| lerp_into(plane, &v.data, n0 * n1, tap, fill));
-    // Pass j: rows of n0.
-    let mut t2 = vec![0f32; n0 * m[1] * m[2]];
-    t2.par_chunks_mut(n0 * m[1])
-        .enumerate()
-        .for_each(|(q2, plane)| {
-            let src = &t1[q2 * n0 * n1..(q2 + 1) * n0 * n1];
-            for (row, tap) in plane.chunks_mut(n0).zip(&taps[1]) {
-                lerp_into(row, src, n0, tap, fill);
+    let scratch = || (vec![0f32; n0 * n1], vec![0f32; n0 * m[1]]);
+    let plane = |(s1, s2): &mut (Vec<f32>, Vec<f32>), q2: usize, out: &mut [f32]| {
+        if taps[2][q2] == Tap::Fill {
+            out.fill(fill);
+            return;
+        }
+        lerp_into(s1, &v.data, n0 * n1, &taps[2][q2], fill);
+        for (row, tap) in s2.chunks_mut(n0).zip(&taps[1]) {
+            lerp_into(row, s1, n0, tap, fill);
+        }
+        for (orow, src) in out.chunks_mut(m[0]).zip(s2.chunks(n0)) {
+            for (o, tap) in orow.iter_mut().zip(&taps[0]) {
+                *o = lerp1(src, tap, fill);
             }
-        });
-    drop(t1);
-    // Pass i: gathers along rows, written straight into the output order.
+        }
+    };
+    let mut planes = vec![0f32; m[0] * m[1] * m[2]];
+    planes
+        .par_chunks_mut(m[0] * m[1])
+        .enumerate()
+        .for_each_init(scratch, |s, (q2, out)| plane(s, q2, out));
+    if order == [0, 1, 2] {
+        return planes;
+    }
+    // Permuted axes: scatter into the output order.
     let out_dims = [m[order[0]], m[order[1]], m[order[2]]];
-    let stride_out: [usize; 3] = [1, out_dims[0], out_dims[0] * out_dims[1]];
-    // Stride in the output of one step along source axis c.
+    let stride_out = [1, out_dims[0], out_dims[0] * out_dims[1]];
     let mut stride = [0usize; 3];
     for w in 0..3 {
         stride[order[w]] = stride_out[w];
     }
-    let mut out = vec![0f32; m[0] * m[1] * m[2]];
-    if order == [0, 1, 2] {
-        out.par_chunks_mut(m[0] * m[1])
-            .enumerate()
-            .for_each(|(q2, plane)| {
-                for (q1, row) in plane.chunks_mut(m[0]).enumerate() {
-                    let src = &t2[(q2 * m[1] + q1) * n0..][..n0];
-                    for (o, tap) in row.iter_mut().zip(&taps[0]) {
-                        *o = lerp1(src, tap, fill);
-                    }
-                }
-            });
-    } else {
-        for q2 in 0..m[2] {
-            for q1 in 0..m[1] {
-                let src = &t2[(q2 * m[1] + q1) * n0..][..n0];
-                let base = q1 * stride[1] + q2 * stride[2];
-                for (q0, tap) in taps[0].iter().enumerate() {
-                    out[base + q0 * stride[0]] = lerp1(src, tap, fill);
-                }
+    let mut out = vec![0f32; planes.len()];
+    for (q2, p) in planes.chunks(m[0] * m[1]).enumerate() {
+        for (q1, row) in p.chunks(m[0]).enumerate() {
+            let base = q1 * stride[1] + q2 * stride[2];
+            for (q0, &x) in row.iter().enumerate() {
+                out[base + q0 * stride[0]] = x;
             }
         }
     }
@@ -397,7 +392,12 @@ pub fn resize(v: &Volume, shape: [usize; 3]) -> Volume {
 
 /// Clamps values to [lo, hi].
 pub fn window(v: &mut Volume, lo: f32, hi: f32) {
-    v.data.par_iter_mut().for_each(|x| *x = x.clamp(lo, hi));
+    // Blocks, so the per-value loop is this crate's code (optimised), not a call per value.
+    v.data.par_chunks_mut(1 << 16).for_each(|c| {
+        for x in c {
+            *x = x.clamp(lo, hi);
+        }
+    });
 }
 
 /// Crops or pads (with `fill`) to `shape` around `center` (voxel indices), keeping the affine true.

@@ -100,16 +100,11 @@ impl Ctx<'_> {
         row.hu_min = st.min;
         row.hu_max = st.max;
         row.hu_mean = st.mean;
-        let data = vol.to_i16();
-        row.content_hash = content_hash(&data);
+        let file = EncodedI16::new(vol);
+        row.content_hash = file.content_hash();
         row.volume_file = format!("volumes/{}.nii.gz", row.volume_id);
-        write_i16_values(
-            &dir.join("volume.nii.gz"),
-            vol,
-            &data,
-            FileCompression::Gzip(1),
-        )
-        .map_err(IngestError::from)?;
+        file.write(&dir.join("volume.nii.gz"), FileCompression::Gzip(1))
+            .map_err(IngestError::from)?;
         Ok(ItemResult::Volume(Box::new(row)))
     }
 
@@ -339,9 +334,11 @@ fn apply_hu(
                 None,
             )
         } else {
-            vol.data
-                .par_iter_mut()
-                .for_each(|x| *x = (*x as f64 * s + i) as f32);
+            vol.data.par_chunks_mut(1 << 16).for_each(|c| {
+                for x in c {
+                    *x = (*x as f64 * s + i) as f32;
+                }
+            });
             (
                 "ctrate_metadata",
                 format!(
