@@ -119,35 +119,21 @@ def generate(data, n):
 
 def write_dicom(folder, stored):
     """The volume as a CT series, one uncompressed file per slice (explicit VR little endian)."""
-    import pydicom
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import generate_uid
+
+    from gen_dicom_archive import ct_slice
 
     os.makedirs(folder)
-    study, series, frame = generate_uid(), generate_uid(), generate_uid()
+    uids = (generate_uid(), generate_uid(), generate_uid())
     a = affine()
     for k in range(stored.shape[2]):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.Modality, ds.PatientID, ds.PatientName = "CT", "BENCH0001", "Bench^Phantom"
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
-        ds.SeriesNumber, ds.InstanceNumber = 1, k + 1
-        # DICOM is LPS; the NIfTI affine is RAS: flip x and y.
+        # DICOM is LPS, the NIfTI affine RAS: flip x and y. Rows run along j (posterior), columns
+        # along i (left).
         pos = a @ np.array([0, 0, k, 1.0])
-        ds.ImagePositionPatient = [f"{-pos[0]:.4f}", f"{-pos[1]:.4f}", f"{pos[2]:.4f}"]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.PixelSpacing = [SPACING[1], SPACING[0]]
-        ds.SliceThickness = SPACING[2]
-        ds.Rows, ds.Columns = stored.shape[1], stored.shape[0]
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = INTERCEPT, 1, "HU"
-        # Rows run along j (posterior), columns along i (left).
-        ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).tobytes()
+        ds = ct_slice(uids, k, (-pos[0], -pos[1], pos[2]),
+                      np.ascontiguousarray(stored[:, :, k].T).tobytes(),
+                      (stored.shape[1], stored.shape[0]), (SPACING[1], SPACING[0], SPACING[2]),
+                      "BENCH0001", INTERCEPT)
         ds.save_as(os.path.join(folder, f"IM{k + 1:04d}.dcm"), enforce_file_format=True)
 
 

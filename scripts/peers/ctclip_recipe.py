@@ -13,23 +13,20 @@ and `np.save` as float32.
 `--workers` runs files in a process pool (CT-CLIP's script uses multiprocessing.Pool), each worker
 with one torch thread; `--workers 1` is one process, one thread.
 """
-import argparse
-import csv
 import os
-from multiprocessing import Pool
+import sys
 
 import nibabel as nib
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import main  # noqa: E402
+
 TARGET_SPACING = (1.5, 0.75, 0.75)  # z, x, y
 TARGET_SHAPE = (480, 480, 240)  # x, y, z
 HU_MIN, HU_MAX = -1000, 1000
-
-META = {}
-OUT = ""
-
 
 def resize_array(array, current_spacing, target_spacing):
     original_shape = array.shape[2:]
@@ -49,9 +46,8 @@ def crop_pad(img, target):
     return F.pad(tensor, pad, value=-1).numpy()
 
 
-def process(path):
+def process(path, row, out):
     name = os.path.basename(path)
-    row = META[name]
     slope, intercept = float(row["RescaleSlope"]), float(row["RescaleIntercept"])
     xy = float(row["XYSpacing"][1:][:-2].split(",")[0])
     z = float(row["ZSpacing"])
@@ -63,34 +59,8 @@ def process(path):
     img = np.clip(img, HU_MIN, HU_MAX) / 1000.0
     img = np.transpose(img, (1, 2, 0))
     img = crop_pad(img, TARGET_SHAPE).astype(np.float32)
-    np.save(os.path.join(OUT, name.split(".")[0] + ".npy"), img)
-    return name
-
-
-def init(meta, out):
-    global META, OUT
-    META, OUT = meta, out
-    torch.set_num_threads(1)
-
-
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--metadata", required=True)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("files", nargs="+")
-    a = ap.parse_args()
-    with open(a.metadata, newline="") as f:
-        meta = {r["VolumeName"]: r for r in csv.DictReader(f)}
-    os.makedirs(a.out, exist_ok=True)
-    if a.workers <= 1:
-        init(meta, a.out)
-        for p in a.files:
-            process(p)
-    else:
-        with Pool(a.workers, initializer=init, initargs=(meta, a.out)) as pool:
-            list(pool.imap_unordered(process, a.files))
+    np.save(os.path.join(out, name.split(".")[0] + ".npy"), img)
 
 
 if __name__ == "__main__":
-    main()
+    main(process, "CT-CLIP's preprocessing recipe")

@@ -345,16 +345,8 @@ pub fn resample_center_crop(
         data: Vec::new(),
         affine: a,
     };
-    let o = grid.world(start.map(|x| x as f64));
-    for r in 0..3 {
-        a[r][3] = o[r];
-    }
     (
-        Volume {
-            dims: shape,
-            data,
-            affine: a,
-        },
+        sub_grid(&grid, start.map(|x| x as f64), shape, data),
         grid.world(center),
     )
 }
@@ -425,16 +417,18 @@ pub fn crop_pad(v: &Volume, shape: [usize; 3], center: [f64; 3], fill: f32) -> V
                 }
             }
         });
-    let o = v.world([start[0] as f64, start[1] as f64, start[2] as f64]);
-    let mut a = v.affine;
+    sub_grid(v, start.map(|x| x as f64), shape, data)
+}
+
+/// A volume of `dims` holding `data` on `grid`'s lattice, its first voxel at voxel `start` of
+/// `grid`.
+fn sub_grid(grid: &Volume, start: [f64; 3], dims: [usize; 3], data: Vec<f32>) -> Volume {
+    let o = grid.world(start);
+    let mut affine = grid.affine;
     for r in 0..3 {
-        a[r][3] = o[r];
+        affine[r][3] = o[r];
     }
-    Volume {
-        dims: shape,
-        data,
-        affine: a,
-    }
+    Volume { dims, data, affine }
 }
 
 /// Bounding box (voxel index min/max per axis) of values above `threshold`, or None.
