@@ -391,22 +391,10 @@ pub fn assemble(group: &SeriesGroup, rules: &SpacingRules) -> Result<(Volume, Se
     let (order, dz) = stacking(&planes, n, h0.gantry_tilt, rules)?;
     let (rows, cols) = (h0.rows as usize, h0.cols as usize);
     let plane = rows * cols;
-    // Decode (files in parallel; an enhanced object once), rescale per plane, keep the sorted order.
+    // Decode (files in parallel; an enhanced object once), rescale per plane straight into the
+    // volume in the sorted order: one decoded slice per thread is held, never the whole series.
     use rayon::prelude::*;
-    let stored: Vec<Vec<f64>> = if enhanced {
-        let mut frames = decode_stored(h0)?;
-        order
-            .iter()
-            .map(|&(_, i)| std::mem::take(&mut frames[planes[i].frame]))
-            .collect()
-    } else {
-        order
-            .par_iter()
-            .map(|&(_, i)| decode_stored(planes[i].file).map(|mut fr| fr.swap_remove(0)))
-            .collect::<Result<_, _>>()?
-    };
-    let mut data = Vec::with_capacity(plane * stored.len());
-    for (s, &(_, i)) in stored.iter().zip(&order) {
+    let fill = |dst: &mut [f32], s: &[f64], i: usize| -> Result<(), Reject> {
         if s.len() < plane {
             return Err(Reject::new(
                 "dicom_decode_failed",
@@ -414,7 +402,28 @@ pub fn assemble(group: &SeriesGroup, rules: &SpacingRules) -> Result<(Volume, Se
             ));
         }
         let (m, b) = (planes[i].slope, planes[i].intercept);
-        data.extend(s[..plane].iter().map(|&v| (v * m + b) as f32));
+        for (d, &v) in dst.iter_mut().zip(&s[..plane]) {
+            *d = (v * m + b) as f32;
+        }
+        Ok(())
+    };
+    let mut data = vec![0f32; plane * order.len()];
+    if enhanced {
+        let frames = decode_stored(h0)?;
+        for (dst, &(_, i)) in data.chunks_mut(plane).zip(&order) {
+            fill(dst, &frames[planes[i].frame], i)?;
+        }
+    } else {
+        // Every slice's outcome, then the first failure in slice order (deterministic).
+        let outcomes: Vec<Result<(), Reject>> = data
+            .par_chunks_mut(plane)
+            .zip(order.par_iter())
+            .map(|(dst, &(_, i))| {
+                let frames = decode_stored(planes[i].file)?;
+                fill(dst, frames.first().map(Vec::as_slice).unwrap_or(&[]), i)
+            })
+            .collect();
+        outcomes.into_iter().collect::<Result<(), Reject>>()?;
     }
     let mut warnings = Vec::new();
     let padded = fill_padding(&mut data);

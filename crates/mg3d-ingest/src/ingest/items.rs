@@ -66,10 +66,12 @@ impl Ctx<'_> {
         })
     }
 
+    /// Fills the row's geometry, statistics and hash from `vol` and writes its file; the volume is
+    /// dropped before the file is compressed (the two would otherwise be held together).
     pub(crate) fn finish_row(
         &self,
         dir: &Path,
-        vol: &Volume,
+        vol: Volume,
         mut row: VolumesRow,
     ) -> Result<ItemResult, StageError> {
         // Only the metadata the pipeline allows leaves ingest.
@@ -100,7 +102,8 @@ impl Ctx<'_> {
         row.hu_min = st.min;
         row.hu_max = st.max;
         row.hu_mean = st.mean;
-        let file = EncodedI16::new(vol);
+        let file = EncodedI16::new(&vol);
+        drop(vol);
         row.content_hash = file.content_hash();
         row.volume_file = format!("volumes/{}.nii.gz", row.volume_id);
         file.write(&dir.join("volume.nii.gz"), FileCompression::Gzip(1))
@@ -194,7 +197,7 @@ impl Ctx<'_> {
             warnings: info.warnings.clone(),
             ..VolumesRow::default()
         };
-        self.finish_row(dir, &vol, row)
+        self.finish_row(dir, vol, row)
     }
 
     pub(crate) fn nifti_item(
@@ -295,7 +298,7 @@ impl Ctx<'_> {
             warnings,
             ..VolumesRow::default()
         };
-        self.finish_row(dir, &vol, row)
+        self.finish_row(dir, vol, row)
     }
 }
 
