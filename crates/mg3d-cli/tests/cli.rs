@@ -82,6 +82,45 @@ fn run_status_rerun_and_determinism() {
 }
 
 #[test]
+fn an_input_rewritten_in_place_with_the_same_size_makes_ingest_stale() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("nifti");
+    fs::create_dir_all(&root).unwrap();
+    let nii = |v: i16| {
+        let vals: Vec<i16> = (0..48).map(|i| i * 37 - 900 + v).collect();
+        mg3d_testkit::crafted::Nii::int16(&[4, 4, 3], &vals).bytes()
+    };
+    let file = root.join("a.nii");
+    fs::write(&file, nii(0)).unwrap();
+    let p = t.path().join("p.toml");
+    fs::write(
+        &p,
+        format!(
+            "[pipeline]\nname = \"s\"\nwork_dir = \"{}\"\nsalt = \"same-size-edit-salt-0123\"\n[stages.ingest]\nkind = \"ingest\"\nparams = {{ nifti_roots = [\"{}\"] }}\n",
+            t.path().join("w").display(),
+            root.display()
+        ),
+    )
+    .unwrap();
+    let p = p.to_str().unwrap();
+    assert!(mg3d(t.path(), &["run", p, "--quiet"]).status.success());
+    let o = mg3d(t.path(), &["status", p]);
+    assert!(text(&o).contains("ingest       fresh"), "{}", text(&o));
+    // Other voxels, the same length; the clock moves on.
+    let later =
+        fs::metadata(&file).unwrap().modified().unwrap() + std::time::Duration::from_secs(5);
+    fs::write(&file, nii(1)).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    let o = mg3d(t.path(), &["status", p]);
+    assert!(text(&o).contains("ingest       stale"), "{}", text(&o));
+}
+
+#[test]
 fn bad_inputs_have_exit_codes_and_messages() {
     let d = tempfile::tempdir().unwrap();
     let bad = d.path().join("bad.toml");

@@ -124,9 +124,9 @@ impl Stage for IngestStage {
         Some(vec!["first_of_4d", "max_volume_voxels", "allowed_metadata"])
     }
     fn sources_fingerprint(&self, params: &Params) -> Result<Option<String>, StageError> {
-        // Roots: the name and size of every file reached (content is hashed per item when it
-        // runs). Metadata CSVs and the accession map: their content, since a same-length edit
-        // changes volumes.
+        // Roots: the name, size and modification time of every file reached (content is hashed
+        // per item when it runs; the time catches a same-size rewrite in place). Metadata CSVs
+        // and the accession map: their content, since a same-length edit changes volumes.
         let p: IngestParams = params.parse()?;
         let mut h = blake3::Hasher::new();
         let mut any = false;
@@ -138,10 +138,17 @@ impl Stage for IngestStage {
             h.update(r.as_bytes());
             for f in walker.walk(&root).map_err(read_err(r))? {
                 h.update(rel(&root, f.path()).as_bytes());
-                let len = std::fs::metadata(f.path())
-                    .map(|m| m.len())
-                    .unwrap_or(u64::MAX);
+                let (len, modified) = std::fs::metadata(f.path())
+                    .map(|m| {
+                        let t = m
+                            .modified()
+                            .ok()
+                            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+                        (m.len(), t.map_or(u128::MAX, |d| d.as_nanos()))
+                    })
+                    .unwrap_or((u64::MAX, u128::MAX));
                 h.update(&len.to_le_bytes());
+                h.update(&modified.to_le_bytes());
             }
         }
         for r in p
