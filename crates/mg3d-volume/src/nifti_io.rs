@@ -151,6 +151,16 @@ pub fn read_nifti_from<R: BufRead>(
     NiftiReader::from_reader(r, String::new())?.read(opts)
 }
 
+/// The whole file behind a reader, for the one-call inflate.
+enum Whole {
+    /// Not available (a stream).
+    None,
+    /// The file, read again whole once its header has passed the size checks.
+    Path(std::path::PathBuf),
+    /// The file's bytes, already in memory.
+    Bytes(Arc<[u8]>),
+}
+
 /// A NIfTI image opened as far as its header: its shape is known before any voxel is read (so a
 /// caller can plan memory from it), then [`NiftiReader::read`] reads the voxels from the same
 /// stream.
@@ -159,9 +169,9 @@ pub struct NiftiReader<'a> {
     shape: Shape,
     stream: Box<dyn Read + 'a>,
     gz: bool,
-    /// The whole compressed file, when it was read into memory: [`NiftiReader::read`] then
-    /// inflates it in one call ([`crate::gz::inflate_whole`]) instead of streaming.
-    whole: Option<Arc<[u8]>>,
+    /// Where the whole compressed file can be had again: [`NiftiReader::read`] then inflates it in
+    /// one call ([`crate::gz::inflate_whole`]) instead of streaming.
+    whole: Whole,
     /// Whether the whole gzip stream was inflated and checked already.
     checked: bool,
     /// Prefix of every message (the file's path, or empty).
@@ -173,14 +183,15 @@ impl NiftiReader<'static> {
     pub fn open(path: &Path) -> Result<Self, Reject> {
         let named = |code, m: String| Reject::new(code, format!("{}: {m}", path.display()));
         let f = std::fs::File::open(path).map_err(|e| named("unreadable", e.to_string()))?;
-        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-        if len == 0 {
+        if f.metadata().map(|m| m.len()).unwrap_or(0) == 0 {
             return Err(named("empty_file", "0 bytes".into()));
         }
-        let mut bytes = Vec::with_capacity(len as usize);
-        (&f).read_to_end(&mut bytes)
-            .map_err(|e| named("unreadable", e.to_string()))?;
-        NiftiReader::from_bytes(bytes.into(), path.display().to_string())
+        let r = std::io::BufReader::with_capacity(1 << 20, f);
+        let mut reader = NiftiReader::from_reader(r, path.display().to_string())?;
+        if reader.gz {
+            reader.whole = Whole::Path(path.to_path_buf());
+        }
+        Ok(reader)
     }
 
     /// Reads the header of a whole file held in memory. A gzip file's voxels are then inflated
@@ -189,7 +200,7 @@ impl NiftiReader<'static> {
         let gz = bytes.starts_with(&[0x1f, 0x8b]);
         let mut reader = NiftiReader::from_reader(std::io::Cursor::new(bytes.clone()), name)?;
         if gz {
-            reader.whole = Some(bytes);
+            reader.whole = Whole::Bytes(bytes);
         }
         Ok(reader)
     }
@@ -210,7 +221,7 @@ impl<'a> NiftiReader<'a> {
             shape: Shape::default(),
             stream: Box::new(std::io::empty()),
             gz,
-            whole: None,
+            whole: Whole::None,
             checked: false,
             name,
         };
@@ -277,17 +288,21 @@ impl<'a> NiftiReader<'a> {
                 ),
             ));
         }
-        // The payload of a single-member gzip file, inflated whole and checked (CRC, size, nothing
-        // after it); anything else streams, and the stream's errors name the damage.
-        let payload = h.vox_offset.max(h.size() as u64)
-            + (n as u64) * scalar.size() as u64 * shape.volumes.max(1) as u64;
-        let inflated = self
-            .whole
-            .as_ref()
-            .and_then(|gz| crate::gz::inflate_whole(gz, payload));
+        // A 3D single-member gzip file, its size now checked, is inflated whole and checked (CRC,
+        // size, nothing after it); anything else streams on, and the stream's errors name the
+        // damage.
+        let payload = h.vox_offset.max(h.size() as u64) + (n as u64) * scalar.size() as u64;
+        let inflated = match std::mem::replace(&mut self.whole, Whole::None) {
+            _ if shape.volumes > 1 => None,
+            Whole::None => None,
+            Whole::Path(p) => std::fs::read(p)
+                .ok()
+                .and_then(|gz| crate::gz::inflate_whole(&gz, payload)),
+            Whole::Bytes(gz) => crate::gz::inflate_whole(&gz, payload),
+        };
         let data = match &inflated {
             Some(raw) => {
-                (self.whole, self.checked) = (None, true);
+                self.checked = true;
                 read_values(&mut &raw[h.size().min(raw.len())..], h, h.size() as u64, n)?
             }
             None => read_values(&mut self.stream, h, h.size() as u64, n)?,

@@ -128,13 +128,13 @@ impl Ctx<'_> {
                 self.reject(label, &folder, "series", n, &r),
             ))
         };
-        // Stored values (f64) and HU (f32) of every plane are alive at once while assembling.
+        // The HU volume (f32), then its int16 file and the compressed copy (2 + at most 2).
         let voxels: u64 = g
             .files
             .iter()
             .map(|h| h.rows as u64 * h.cols as u64 * h.frames.max(1) as u64)
             .sum();
-        let _held = match self.reserve(voxels, 12) {
+        let _held = match self.reserve(voxels, 8) {
             Ok(h) => h,
             Err(r) => return series_reject(r),
         };
@@ -214,14 +214,15 @@ impl Ctx<'_> {
                 self.reject_at(root, label, path, "file", 1, r),
             ))
         };
-        // The header's dims decide the memory before any voxel is read: f32 values plus the
-        // int16 copy written out.
+        // The header's dims decide the memory before any voxel is read: the file whole and
+        // inflated (about 3 bytes a voxel for int16 data) with the f32 values, then the int16
+        // file written out and its compressed copy.
         let reader = match NiftiReader::open(path) {
             Ok(r) => r,
             Err(r) => return file_reject(r),
         };
         let voxels = reader.shape().spatial.iter().map(|&d| d as u64).product();
-        let _held = match self.reserve(voxels, 6) {
+        let _held = match self.reserve(voxels, 8) {
             Ok(h) => h,
             Err(r) => return file_reject(r),
         };
