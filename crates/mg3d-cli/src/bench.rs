@@ -48,6 +48,16 @@ impl RssSampler {
     }
 }
 
+/// Runs a pipeline given as TOML text, quietly.
+fn run_quiet(text: &str, registry: &mg3d_core::StageRegistry) -> Result<mg3d_core::RunReport> {
+    let p = mg3d_core::Pipeline::parse(Path::new("bench.toml"), text, registry)?;
+    let opts = mg3d_core::RunOptions {
+        quiet: true,
+        ..Default::default()
+    };
+    Ok(mg3d_core::Engine::new(registry).run(&p, &opts)?)
+}
+
 fn row(name: &str, value: f64, unit: &str, note: &str, json: bool) {
     if json {
         println!(
@@ -102,14 +112,7 @@ fn bench_volumes(
             work.display(),
             d = out.display()
         );
-        let p = mg3d_core::Pipeline::parse(std::path::Path::new("bench.toml"), &text, registry)?;
-        let report = mg3d_core::Engine::new(registry).run(
-            &p,
-            &mg3d_core::RunOptions {
-                quiet: true,
-                ..Default::default()
-            },
-        )?;
+        let report = run_quiet(&text, registry)?;
         let vols = report.stages[0].summary["volumes"].as_f64().unwrap_or(0.0);
         let (ti, tp) = (report.stages[0].seconds, report.stages[1].seconds);
         row(
@@ -171,14 +174,7 @@ fn bench_text(
         work.display(),
         csv.display()
     );
-    let p = mg3d_core::Pipeline::parse(std::path::Path::new("bench.toml"), &text, registry)?;
-    let report = mg3d_core::Engine::new(registry).run(
-        &p,
-        &mg3d_core::RunOptions {
-            quiet: true,
-            ..Default::default()
-        },
-    )?;
+    let report = run_quiet(&text, registry)?;
     let reports = report
         .stages
         .iter()
@@ -200,15 +196,8 @@ fn bench_text(
     // it runs (the report stages above are already fresh, so only the graph runs here).
     let text =
         format!("{text}[stages.graph]\nkind = \"graph\"\ninputs = [\"reports\", \"entities\"]\n");
-    let p = mg3d_core::Pipeline::parse(std::path::Path::new("bench.toml"), &text, registry)?;
     let sampler = RssSampler::start();
-    let report = mg3d_core::Engine::new(registry).run(
-        &p,
-        &mg3d_core::RunOptions {
-            quiet: true,
-            ..Default::default()
-        },
-    )?;
+    let report = run_quiet(&text, registry)?;
     let (base, peak) = sampler.stop();
     let g = report.stages.iter().find(|s| s.name == "graph").unwrap();
     let stats: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
