@@ -246,6 +246,11 @@ struct RunArgs {
     /// Override the pipeline's work_dir.
     #[arg(long)]
     work_dir: Option<PathBuf>,
+    /// With --stage: compute only partition K of N of the stage's items into the shared item
+    /// store (K/N, or `auto` inside a Slurm job array or a Kubernetes indexed Job); a later run
+    /// without --partition merges them.
+    #[arg(long, requires = "stage", value_name = "K/N|auto")]
+    partition: Option<String>,
 }
 
 /// The arguments of `mg3d query` (see [`Cmd`]).
@@ -327,7 +332,12 @@ fn cmd_run(reg: &StageRegistry, quiet: bool, json: bool, a: RunArgs) -> Result<(
         dry_run,
         verify,
         work_dir,
+        partition,
     } = a;
+    let partition = partition
+        .map(|s| mg3d_core::items::Partition::parse(&s, |k| std::env::var(k).ok()))
+        .transpose()
+        .map_err(|e| Fail(2, anyhow::anyhow!(e)))?;
     let p = load(pipeline, reg, work_dir)?;
     let engine = Engine::new(reg);
     let flag = engine.cancel_flag();
@@ -344,6 +354,7 @@ fn cmd_run(reg: &StageRegistry, quiet: bool, json: bool, a: RunArgs) -> Result<(
         dry_run,
         quiet: quiet || json,
         verify,
+        partition,
     };
     let t0 = Instant::now();
     let report = engine.run(&p, &opts).map_err(|e| match e {
@@ -369,6 +380,10 @@ fn cmd_run(reg: &StageRegistry, quiet: bool, json: bool, a: RunArgs) -> Result<(
                 "would-run" => {
                     println!("{:<12} would run: {}", s.name, s.reasons.join("; "))
                 }
+                a if a.starts_with("partition") => println!(
+                    "{:<12} {a} done in {:.1}s  {}",
+                    s.name, s.seconds, s.summary
+                ),
                 _ => println!("{:<12} fresh", s.name),
             }
         }
@@ -666,7 +681,11 @@ fn run(cli: Cli) -> Result<(), Fail> {
                         StageState::Stale => "stale",
                         StageState::Missing => "missing",
                     };
-                    println!("{:<12} {:<8} {}", s.name, state, s.reasons.join("; "));
+                    let mut why = s.reasons.join("; ");
+                    if let Some(items) = &s.items {
+                        why = format!("{why}; {items}");
+                    }
+                    println!("{:<12} {:<8} {why}", s.name, state);
                 }
             }
         }

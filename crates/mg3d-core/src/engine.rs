@@ -17,7 +17,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::fsutil::{dir_digest, hash_dir, list_files};
-use crate::items::ItemStore;
+use crate::items::{ItemProgress, ItemStore, Partition};
 use crate::lock::{InputRecord, Lockfile, StageRecord};
 use crate::pipeline::{Pipeline, StageSpec};
 use crate::stage::{CancelFlag, StageContext, StageError, StageInput, StageRegistry};
@@ -47,6 +47,8 @@ pub struct StageStatus {
     pub reasons: Vec<String>,
     /// The key it would run with now, when all inputs are fresh.
     pub key: Option<String>,
+    /// What partition runs of this key left in the item store, when the stage is not fresh.
+    pub items: Option<ItemProgress>,
 }
 
 /// What `run` should do.
@@ -64,6 +66,9 @@ pub struct RunOptions {
     pub quiet: bool,
     /// Check output files by content (blake3) rather than by name and size.
     pub verify: bool,
+    /// With `only`: compute just this partition's items into the item store (no output, no
+    /// lockfile, no work-dir lock), for a later plain run to merge.
+    pub partition: Option<Partition>,
 }
 
 /// One stage's outcome in a run.
@@ -271,6 +276,12 @@ impl<'r> Engine<'r> {
             state,
             reasons,
             key: key.clone(),
+            items: match (&key, state) {
+                (Some(k), StageState::Stale | StageState::Missing) => {
+                    crate::items::progress(&item_dir(p, spec), k)
+                }
+                _ => None,
+            },
         };
         let Some(rec) = lock.stages.get(&spec.name) else {
             return Ok(mk(StageState::Missing, vec!["never run".to_string()]));
@@ -345,6 +356,9 @@ impl<'r> Engine<'r> {
 
     /// Runs the stale (or selected) stages in order. Stops at the first failing stage.
     pub fn run(&self, p: &Pipeline, opts: &RunOptions) -> Result<RunReport, EngineError> {
+        if let Some(part) = opts.partition {
+            return self.run_partition(p, opts, part);
+        }
         for sel in [&opts.only, &opts.from].into_iter().flatten() {
             if p.stage(sel).is_none() {
                 let names: Vec<_> = p.stages.iter().map(|s| s.name.as_str()).collect();
@@ -443,6 +457,108 @@ impl<'r> Engine<'r> {
         Ok(report)
     }
 
+    /// `--stage S --partition K/N`: computes partition K's items of S into the item store and
+    /// nothing else. It takes no work-dir lock (N of them run at once, on other hosts too), writes
+    /// no output and leaves the lockfile alone; its scratch output is deleted. A plain run of S
+    /// afterwards merges the items.
+    fn run_partition(
+        &self,
+        p: &Pipeline,
+        opts: &RunOptions,
+        part: Partition,
+    ) -> Result<RunReport, EngineError> {
+        let Some(name) = &opts.only else {
+            return Err(EngineError::Usage(
+                "--partition needs --stage NAME: partitions run one stage at a time".into(),
+            ));
+        };
+        let Some(spec) = p.stage(name) else {
+            return Err(EngineError::Usage(format!(
+                "{}: no stage named {name:?}; stages are: {}",
+                p.file.display(),
+                p.stages
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        };
+        let stage = self.registry.get(&spec.kind).unwrap().clone();
+        if !stage.partitioned() {
+            return Err(EngineError::Usage(format!(
+                "stage {name:?} (kind {}) works on the whole corpus and does not partition; run it without --partition (partitioned kinds: {})",
+                spec.kind,
+                self.registry
+                    .kinds()
+                    .into_iter()
+                    .filter(|k| self.registry.get(k).is_some_and(|s| s.partitioned()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        let lock = Lockfile::load(&p.work_dir).map_err(io_err(&p.work_dir))?;
+        let (inputs, ctx_inputs) = stage_inputs(p, spec, &lock, opts.dry_run)?;
+        let fail = |source: StageError| EngineError::Stage {
+            stage: spec.name.clone(),
+            source,
+        };
+        let outcome = |action: String, seconds, summary| RunReport {
+            pipeline: p.name.clone(),
+            stages: vec![StageOutcome {
+                name: spec.name.clone(),
+                action,
+                reasons: vec![format!("partition {part}")],
+                seconds,
+                summary,
+            }],
+        };
+        if opts.dry_run {
+            return Ok(outcome("would-run".into(), 0.0, Value::Null));
+        }
+        let t0 = Instant::now();
+        let (key, _) = self.key_of(spec, &p.salt, p.seed, &inputs).map_err(fail)?;
+        let store = item_dir(p, spec);
+        let scratch = store.join(".scratch").join(crate::fsutil::writer_tag());
+        let _ = fs::remove_dir_all(&scratch);
+        fs::create_dir_all(&scratch).map_err(io_err(&scratch))?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(p.threads)
+            .build()
+            .map_err(|e| EngineError::Usage(format!("cannot build thread pool: {e}")))?;
+        let progress = MultiProgress::with_draw_target(if opts.quiet {
+            ProgressDrawTarget::hidden()
+        } else {
+            ProgressDrawTarget::stderr()
+        });
+        let ctx = StageContext {
+            name: &spec.name,
+            params: &spec.params,
+            inputs: ctx_inputs,
+            out_dir: scratch.clone(),
+            seed: p.seed,
+            salt: &p.salt,
+            pool: &pool,
+            progress: &progress,
+            cancel: &self.cancel,
+            items: ItemStore::new(store, self.item_fingerprint(spec, &p.salt))
+                .for_run(Some(part), &key),
+        };
+        tracing::info!(stage = %spec.name, partition = %part, "running a partition");
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            pool.install(|| stage.run(&ctx))
+        }))
+        .unwrap_or(Err(StageError::Panicked));
+        let _ = fs::remove_dir_all(&scratch);
+        result.map_err(fail)?;
+        ctx.items.write_progress(true);
+        let counts = ctx.items.counts();
+        Ok(outcome(
+            format!("partition {part}"),
+            t0.elapsed().as_secs_f64(),
+            serde_json::json!({ "items": counts }),
+        ))
+    }
+
     fn run_stage(
         &self,
         p: &Pipeline,
@@ -473,7 +589,7 @@ impl<'r> Engine<'r> {
             pool,
             progress,
             cancel: &self.cancel,
-            items: ItemStore::new(p.work_dir.join(".items").join(&spec.name), fingerprint),
+            items: ItemStore::new(item_dir(p, spec), fingerprint).for_run(None, &key),
         };
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             pool.install(|| stage.run(&ctx))
@@ -492,9 +608,19 @@ impl<'r> Engine<'r> {
         };
         // What only this run knows (wall times, a resume) is reported, not kept in the lockfile,
         // so the same inputs give the same lockfile however the run went.
-        let this_run = summary
+        let mut this_run = summary
             .as_object_mut()
             .and_then(|o| o.remove(crate::stage::THIS_RUN));
+        let counts = ctx.items.counts();
+        if counts.seen + counts.made + counts.reused > 0 {
+            let o = this_run.get_or_insert_with(|| Value::Object(Default::default()));
+            if let Some(o) = o.as_object_mut() {
+                o.insert(
+                    "items".into(),
+                    serde_json::to_value(&counts).unwrap_or_default(),
+                );
+            }
+        }
         let files = hash_dir(&tmp).map_err(io_err(&tmp))?;
         let output_digest = dir_digest(&files);
         // Promote: old -> trash, tmp -> final, drop trash.
@@ -520,6 +646,11 @@ impl<'r> Engine<'r> {
         };
         Ok((record, this_run))
     }
+}
+
+/// The item store of a stage: `WORK/.items/NAME/`.
+fn item_dir(p: &Pipeline, spec: &StageSpec) -> PathBuf {
+    p.work_dir.join(".items").join(&spec.name)
 }
 
 /// A stage's summary with its run-only part put back, for the run report.

@@ -18,13 +18,39 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     fs::rename(&tmp, path)
 }
 
-/// `dir/.name.tmp-PID` beside `path`.
+/// `dir/.name.tmp-WRITER` beside `path` (see [`writer_tag`]).
 pub fn tmp_sibling(path: &Path) -> PathBuf {
     let name = path
         .file_name()
         .map(|s| s.to_string_lossy())
         .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+    path.with_file_name(format!(".{name}.tmp-{}", writer_tag()))
+}
+
+/// `HOST-PID-THREAD`: unique among the processes and threads writing into one shared directory,
+/// also across the hosts of a cluster sharing it over NFS (where process ids repeat).
+pub fn writer_tag() -> String {
+    static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let host = HOST.get_or_init(|| {
+        let raw = fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_default();
+        let clean: String = raw
+            .trim()
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+            .take(63)
+            .collect();
+        if clean.is_empty() {
+            "host".into()
+        } else {
+            clean
+        }
+    });
+    let thread = format!("{:?}", std::thread::current().id());
+    let thread: String = thread.chars().filter(char::is_ascii_digit).collect();
+    format!("{host}-{}-{thread}", std::process::id())
 }
 
 /// Puts `src` at `dst` as a hard link (a copy across file systems). An existing `dst` is removed

@@ -1,23 +1,194 @@
-//! Per-item work that survives a killed stage.
+//! Per-item work that survives a killed stage, and that many processes share.
 //!
-//! A stage over many items (volumes, reports) asks the [`ItemStore`] for each item: the item's key is
-//! a hash of the stage's fingerprint (kind, code version, params) and the item's own content digest, so
-//! a rerun skips items already done, a killed run resumes, and adding 100 studies processes those 100.
-//! Each finished item is a directory, promoted atomically. Which machine of N takes an item is
-//! [`partition_of`], a pure function of the item id, so `--partition K/N` needs no redesign.
+//! A stage over many items (volumes, reports, shards) asks the [`ItemStore`] for each item: the
+//! item's key is a hash of the stage's fingerprint (kind, code version, params) and the item's own
+//! content digest, so a rerun skips items already done, a killed run resumes, and adding 100
+//! studies processes those 100. Each finished item is a directory (or one JSON file) promoted
+//! atomically by a rename within its folder.
+//!
+//! A partition run (`mg3d run --stage S --partition K/N`) makes only the items [`Partition::owns`]
+//! gives it: a keyed hash of the item id, so N processes on N hosts split a stage without talking
+//! to each other. They share the store over a network file system: every writer has its own
+//! temporary names (host, process, thread), nothing is locked, and a rename within one folder is
+//! the only atomic step relied on. A later plain run merges: it finds every item in the store and
+//! computes none of them again, so its output is the unpartitioned output, byte for byte.
 
 use std::collections::BTreeSet;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::fsutil::{write_atomic, writer_tag};
+
+/// Partition `index` of `count` (`--partition K/N`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Partition {
+    /// K, in 0..count.
+    pub index: u32,
+    /// N.
+    pub count: u32,
+}
+
+impl std::fmt::Display for Partition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+impl Partition {
+    /// Partition `index` of `count`; `index` must be below `count`.
+    pub fn new(index: u32, count: u32) -> Result<Partition, String> {
+        if count == 0 || index >= count {
+            return Err(format!(
+                "partition {index}/{count}: give K/N with N >= 1 and K in 0..N-1"
+            ));
+        }
+        Ok(Partition { index, count })
+    }
+
+    /// `K/N`, or `auto`: the array task of the job engine running this process, read from `env`
+    /// (Slurm: `SLURM_ARRAY_TASK_ID` and `SLURM_ARRAY_TASK_COUNT`, or the task range
+    /// `SLURM_ARRAY_TASK_MIN`..`MAX`; a Kubernetes indexed Job: `JOB_COMPLETION_INDEX` and
+    /// `MG3D_PARTITIONS`, the Job's `completions`).
+    pub fn parse(s: &str, env: impl Fn(&str) -> Option<String>) -> Result<Partition, String> {
+        let num = |name: &str, v: &str| -> Result<u32, String> {
+            v.trim()
+                .parse()
+                .map_err(|_| format!("{name} = {v:?} is not a number"))
+        };
+        if s == "auto" {
+            let get = |n: &str| env(n).filter(|v| !v.trim().is_empty());
+            if let Some(id) = get("SLURM_ARRAY_TASK_ID") {
+                let id = num("SLURM_ARRAY_TASK_ID", &id)?;
+                let count = match (
+                    get("SLURM_ARRAY_TASK_COUNT"),
+                    get("SLURM_ARRAY_TASK_MIN"),
+                    get("SLURM_ARRAY_TASK_MAX"),
+                ) {
+                    (Some(c), _, _) => num("SLURM_ARRAY_TASK_COUNT", &c)?,
+                    (None, Some(lo), Some(hi)) => {
+                        let (lo, hi) = (
+                            num("SLURM_ARRAY_TASK_MIN", &lo)?,
+                            num("SLURM_ARRAY_TASK_MAX", &hi)?,
+                        );
+                        if lo != 0 {
+                            return Err(format!(
+                                "--partition auto needs a job array starting at 0 (--array=0-{}), not at {lo}",
+                                hi.saturating_sub(lo)
+                            ));
+                        }
+                        hi + 1
+                    }
+                    _ => {
+                        return Err("--partition auto: SLURM_ARRAY_TASK_ID is set but neither \
+                             SLURM_ARRAY_TASK_COUNT nor SLURM_ARRAY_TASK_MIN/MAX"
+                            .into());
+                    }
+                };
+                return Partition::new(id, count);
+            }
+            if let Some(id) = get("JOB_COMPLETION_INDEX") {
+                let Some(count) = get("MG3D_PARTITIONS") else {
+                    return Err(
+                        "--partition auto: JOB_COMPLETION_INDEX is set (a Kubernetes \
+                         indexed Job); set MG3D_PARTITIONS to the Job's completions too"
+                            .into(),
+                    );
+                };
+                return Partition::new(
+                    num("JOB_COMPLETION_INDEX", &id)?,
+                    num("MG3D_PARTITIONS", &count)?,
+                );
+            }
+            return Err(
+                "--partition auto: not in a Slurm job array (no SLURM_ARRAY_TASK_ID) \
+                 nor a Kubernetes indexed Job (no JOB_COMPLETION_INDEX); give K/N"
+                    .into(),
+            );
+        }
+        let (k, n) = s
+            .split_once('/')
+            .ok_or_else(|| format!("--partition {s:?}: give K/N (e.g. 0/4) or auto"))?;
+        Partition::new(num("K", k)?, num("N", n)?)
+    }
+
+    /// Whether this partition owns the item of a store with `fingerprint`: a keyed hash of the
+    /// item id (the fingerprint holds the salt's digest), so the assignment is stable across runs
+    /// and hosts and says nothing about the id.
+    pub fn owns(&self, fingerprint: &str, item_id: &str) -> bool {
+        partition_of(&format!("{fingerprint}\0{item_id}"), self.count) == self.index
+    }
+}
+
+/// How many items a run of a stage asked for, and what became of them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItemCounts {
+    /// Items the stage enumerated (all partitions' items: every partition sees the whole corpus).
+    pub seen: u64,
+    /// Items of other partitions, left to them.
+    pub other_partitions: u64,
+    /// Items computed in this run.
+    pub made: u64,
+    /// Items found in the store.
+    pub reused: u64,
+}
+
+/// One partition's progress record: `STORE/.progress/<stage key>/<K>-of-<N>.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ProgressRecord {
+    partition: Partition,
+    counts: ItemCounts,
+    finished: bool,
+}
+
+/// What the partitions of a stage have done so far (`mg3d status`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ItemProgress {
+    /// Items finished in the store.
+    pub done: u64,
+    /// Items of the stage (as far as the partitions enumerated them).
+    pub total: u64,
+    /// Partitions that reported, and the partition count they were run with.
+    pub reporting: u32,
+    /// N.
+    pub partitions: u32,
+    /// Partitions that finished.
+    pub finished: u32,
+}
+
+impl std::fmt::Display for ItemProgress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "items {}/{} done in the store", self.done, self.total)?;
+        if self.partitions > 1 {
+            write!(
+                f,
+                " ({} of {} partitions reported, {} finished)",
+                self.reporting, self.partitions, self.finished
+            )?;
+        }
+        Ok(())
+    }
+}
 
 /// Content-addressed storage for one stage's finished items (`WORK/.items/STAGE/`).
 #[derive(Debug)]
 pub struct ItemStore {
     dir: PathBuf,
     fingerprint: String,
+    partition: Option<Partition>,
     used: Mutex<BTreeSet<String>>,
+    seen: AtomicU64,
+    other_partitions: AtomicU64,
+    made: AtomicU64,
+    reused: AtomicU64,
+    /// Where this run's progress record goes, and when it was last written.
+    progress: Option<(PathBuf, Mutex<Instant>)>,
 }
 
 /// Outcome of [`ItemStore::get_or_make`].
@@ -38,19 +209,68 @@ impl ItemOutcome {
     }
 }
 
+/// Progress records are rewritten at most this often during a run.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
 impl ItemStore {
     /// A store rooted at `dir` for a stage whose fingerprint (kind + code + params) is `fingerprint`.
     pub fn new(dir: PathBuf, fingerprint: String) -> Self {
         ItemStore {
             dir,
             fingerprint,
+            partition: None,
             used: Mutex::new(BTreeSet::new()),
+            seen: AtomicU64::new(0),
+            other_partitions: AtomicU64::new(0),
+            made: AtomicU64::new(0),
+            reused: AtomicU64::new(0),
+            progress: None,
         }
+    }
+
+    /// The same store for a run of one partition (`None`: the whole stage) of the stage run with
+    /// key `stage_key`, which reports its progress for `mg3d status`.
+    pub fn for_run(mut self, partition: Option<Partition>, stage_key: &str) -> Self {
+        let p = partition.unwrap_or(Partition { index: 0, count: 1 });
+        let file =
+            progress_dir(&self.dir, stage_key).join(format!("{}-of-{}.json", p.index, p.count));
+        self.partition = partition;
+        self.progress = Some((file, Mutex::new(Instant::now() - PROGRESS_EVERY)));
+        self
     }
 
     /// The store's directory (stages may keep resumable state, e.g. checkpoints, beneath it).
     pub fn root(&self) -> &Path {
         &self.dir
+    }
+
+    /// The partition this run computes, if it is a partition run.
+    pub fn partition(&self) -> Option<Partition> {
+        self.partition
+    }
+
+    /// Whether this run computes item `item_id` (every item outside a partition run). A stage
+    /// asks before computing the item's digest, so a partition reads only its own items' inputs;
+    /// it skips the items it does not own.
+    pub fn owns(&self, item_id: &str) -> bool {
+        self.seen.fetch_add(1, Ordering::Relaxed);
+        let mine = self
+            .partition
+            .is_none_or(|p| p.owns(&self.fingerprint, item_id));
+        if !mine {
+            self.other_partitions.fetch_add(1, Ordering::Relaxed);
+        }
+        mine
+    }
+
+    /// What this run did with its items so far.
+    pub fn counts(&self) -> ItemCounts {
+        ItemCounts {
+            seen: self.seen.load(Ordering::Relaxed),
+            other_partitions: self.other_partitions.load(Ordering::Relaxed),
+            made: self.made.load(Ordering::Relaxed),
+            reused: self.reused.load(Ordering::Relaxed),
+        }
     }
 
     /// Key of an item: stage fingerprint + item id + the item's input digest.
@@ -67,8 +287,21 @@ impl ItemStore {
         self.dir.join(&key[..2]).join(key)
     }
 
+    fn tmp_for(&self, key: &str) -> io::Result<PathBuf> {
+        let parent = self.dir.join(&key[..2]);
+        fs::create_dir_all(&parent)?;
+        Ok(parent.join(format!(".{key}.tmp-{}", writer_tag())))
+    }
+
+    fn finished(&self, made: bool) {
+        let n = if made { &self.made } else { &self.reused };
+        n.fetch_add(1, Ordering::Relaxed);
+        self.write_progress(false);
+    }
+
     /// Returns the finished item with `key`, or runs `make` into a fresh temporary directory and
-    /// promotes it. Safe to call from many threads; a failed `make` leaves nothing behind.
+    /// promotes it. Safe to call from many threads and processes; a failed `make` leaves nothing
+    /// behind.
     pub fn get_or_make<E: From<io::Error>>(
         &self,
         key: &str,
@@ -77,25 +310,23 @@ impl ItemStore {
         self.used.lock().unwrap().insert(key.to_string());
         let final_dir = self.path_of(key);
         if final_dir.is_dir() {
+            self.finished(false);
             return Ok(ItemOutcome::Reused(final_dir));
         }
-        let parent = final_dir.parent().unwrap();
-        fs::create_dir_all(parent)?;
-        let tmp = parent.join(format!(
-            ".{key}.tmp-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
+        let tmp = self.tmp_for(key)?;
         let _ = fs::remove_dir_all(&tmp);
         fs::create_dir_all(&tmp)?;
         match make(&tmp) {
             Ok(()) => {
+                // Another process may have promoted the same item meanwhile: a rename onto a
+                // non-empty directory fails, and theirs is as good as ours.
                 if let Err(e) = fs::rename(&tmp, &final_dir) {
                     let _ = fs::remove_dir_all(&tmp);
                     if !final_dir.is_dir() {
                         return Err(e.into());
                     }
                 }
+                self.finished(true);
                 Ok(ItemOutcome::Made(final_dir))
             }
             Err(e) => {
@@ -105,28 +336,138 @@ impl ItemStore {
         }
     }
 
+    /// Like [`ItemStore::get_or_make`] for an item that is one value: kept as a JSON file
+    /// (`KEY.json`), read back when found. For small items (a report's rows), where a directory
+    /// per item would cost more than the work.
+    pub fn get_or_make_value<T, E>(
+        &self,
+        key: &str,
+        make: impl FnOnce() -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        T: Serialize + DeserializeOwned,
+        E: From<io::Error>,
+    {
+        self.used.lock().unwrap().insert(key.to_string());
+        let file = self.path_of(key).with_extension("json");
+        match fs::read(&file) {
+            Ok(bytes) => {
+                let v = serde_json::from_slice(&bytes).map_err(|e| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("item {}: {e}", file.display()),
+                    )
+                })?;
+                self.finished(false);
+                return Ok(v);
+            }
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
+            Err(_) => {}
+        }
+        let v = make()?;
+        let bytes = serde_json::to_vec(&v).map_err(io::Error::other)?;
+        let tmp = self.tmp_for(key)?;
+        fs::write(&tmp, &bytes)?;
+        // Replacing a file by rename is atomic; a concurrent maker wrote the same bytes.
+        fs::rename(&tmp, &file)?;
+        self.finished(true);
+        Ok(v)
+    }
+
+    /// Writes this run's progress record (throttled unless `last`).
+    pub fn write_progress(&self, last: bool) {
+        let Some((file, at)) = &self.progress else {
+            return;
+        };
+        {
+            let mut at = at.lock().unwrap();
+            if !last && at.elapsed() < PROGRESS_EVERY {
+                return;
+            }
+            *at = Instant::now();
+        }
+        let rec = ProgressRecord {
+            partition: self.partition.unwrap_or(Partition { index: 0, count: 1 }),
+            counts: self.counts(),
+            finished: last,
+        };
+        // Progress is advisory: a record that cannot be written costs a status line, not the run.
+        if let Some(parent) = file.parent() {
+            let _ = fs::create_dir_all(parent);
+        }
+        if let Ok(json) = serde_json::to_vec(&rec) {
+            let _ = write_atomic(file, &json);
+        }
+    }
+
     /// Deletes finished items not requested in this run (after the stage succeeded), keeping the
-    /// store bounded by the current corpus. Returns how many were removed.
+    /// store bounded by the current corpus, and the progress records of earlier partition runs.
+    /// Returns how many items were removed. Entries whose name starts with a dot other than
+    /// temporary items (`.progress`, a partition's scratch directory) are left alone.
     pub fn prune_unused(&self) -> io::Result<usize> {
         let used = self.used.lock().unwrap();
         let mut removed = 0;
+        let _ = fs::remove_dir_all(self.dir.join(".progress"));
         let Ok(rd) = fs::read_dir(&self.dir) else {
             return Ok(0);
         };
         for shard in rd.flatten() {
-            if !shard.file_type()?.is_dir() {
+            let name = shard.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || !shard.file_type()?.is_dir() {
                 continue;
             }
             for e in fs::read_dir(shard.path())?.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                if !used.contains(&name) {
-                    fs::remove_dir_all(e.path())?;
+                let key = name.strip_suffix(".json").unwrap_or(&name);
+                if !used.contains(key) {
+                    if e.file_type()?.is_dir() {
+                        fs::remove_dir_all(e.path())?;
+                    } else {
+                        fs::remove_file(e.path())?;
+                    }
                     removed += 1;
                 }
             }
         }
         Ok(removed)
     }
+}
+
+fn progress_dir(store: &Path, stage_key: &str) -> PathBuf {
+    store
+        .join(".progress")
+        .join(&stage_key[..stage_key.len().min(32)])
+}
+
+/// The progress partition runs of the stage run with `stage_key` reported into the store at
+/// `store` (`None` when none did). Of records made with different partition counts, the count
+/// that got furthest is shown.
+pub fn progress(store: &Path, stage_key: &str) -> Option<ItemProgress> {
+    let rd = fs::read_dir(progress_dir(store, stage_key)).ok()?;
+    let mut by_count: std::collections::BTreeMap<u32, ItemProgress> = Default::default();
+    for e in rd.flatten() {
+        let Ok(bytes) = fs::read(e.path()) else {
+            continue;
+        };
+        let Ok(rec) = serde_json::from_slice::<ProgressRecord>(&bytes) else {
+            continue;
+        };
+        let n = rec.partition.count;
+        let p = by_count.entry(n).or_insert(ItemProgress {
+            done: 0,
+            total: 0,
+            reporting: 0,
+            partitions: n,
+            finished: 0,
+        });
+        p.done += rec.counts.made + rec.counts.reused;
+        p.total = p.total.max(rec.counts.seen);
+        p.reporting += 1;
+        p.finished += rec.finished as u32;
+    }
+    by_count
+        .into_values()
+        .max_by_key(|p| (p.done, p.partitions))
 }
 
 /// The partition (0..n) that owns `item_id`: a pure function of the id, stable across runs and machines.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
@@ -343,6 +344,13 @@ pub trait Stage: Send + Sync {
     fn item_params(&self) -> Option<Vec<&'static str>> {
         None
     }
+    /// Whether the stage runs over items of its own that `--partition K/N` can split across
+    /// processes (see [`crate::items`]): its per-item work goes through [`StageContext::items`],
+    /// skipping the items [`ItemStore::owns`] says are another partition's. Whole-corpus stages
+    /// (a graph, a selection, training) keep the default, and the engine refuses to partition them.
+    fn partitioned(&self) -> bool {
+        false
+    }
     /// Does the work, writing only under `ctx.out_dir`. Returns a JSON summary (counts); what
     /// depends on how this run went rather than on the inputs (wall times, a resumed checkpoint)
     /// goes under the key [`THIS_RUN`], which the run report shows and the lockfile leaves out.
@@ -479,5 +487,51 @@ impl<'a> StageContext<'a> {
     /// The per-item store of this stage (see [`crate::items`]).
     pub fn items(&self) -> &ItemStore {
         &self.items
+    }
+    /// Whether this is a partition run (`--partition K/N`): its outputs are thrown away, only the
+    /// items it puts in the store count.
+    pub fn is_partition(&self) -> bool {
+        self.items.partition().is_some()
+    }
+    /// Maps small items through the store, in parallel with a progress bar and cancellation
+    /// checks: each item `i` has `id_digest(i)` = (item id, digest of everything its result
+    /// depends on), and its value is found in the store or made by `make` and kept there (as
+    /// JSON). Items of other partitions are `None` (outside a partition run, none is).
+    pub fn map_items<I, T>(
+        &self,
+        items: &[I],
+        what: &str,
+        id_digest: impl Fn(&I) -> (String, String) + Sync,
+        make: impl Fn(&I) -> Result<T, StageError> + Sync,
+    ) -> Result<Vec<Option<T>>, StageError>
+    where
+        I: Sync,
+        T: Send + Serialize + DeserializeOwned,
+    {
+        use rayon::prelude::*;
+        let pb = self.progress_bar(items.len() as u64, what);
+        let mut out = Vec::with_capacity(items.len());
+        for chunk in items.chunks(4096) {
+            self.check_cancelled()?;
+            let done: Vec<Result<Option<T>, StageError>> = chunk
+                .par_iter()
+                .map(|it| {
+                    let (id, digest) = id_digest(it);
+                    let r = if self.items.owns(&id) {
+                        let key = self.items.key(&id, &digest);
+                        self.items.get_or_make_value(&key, || make(it)).map(Some)
+                    } else {
+                        Ok(None)
+                    };
+                    pb.inc(1);
+                    r
+                })
+                .collect();
+            for r in done {
+                out.push(r?);
+            }
+        }
+        pb.finish_and_clear();
+        Ok(out)
     }
 }

@@ -120,6 +120,9 @@ impl Stage for IngestStage {
             required: false,
         }]
     }
+    fn partitioned(&self) -> bool {
+        true
+    }
     fn item_params(&self) -> Option<Vec<&'static str>> {
         Some(vec!["first_of_4d", "max_volume_voxels", "allowed_metadata"])
     }

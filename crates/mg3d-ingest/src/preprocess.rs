@@ -185,6 +185,9 @@ impl Stage for PreprocessStage {
             required: true,
         }]
     }
+    fn partitioned(&self) -> bool {
+        true
+    }
     fn item_params(&self) -> Option<Vec<&'static str>> {
         Some(vec!["preset", "max_output_voxels"])
     }
@@ -224,6 +227,7 @@ impl Stage for PreprocessStage {
                 digest,
             });
         }
+        items.retain(|it| ctx.items().owns(&it.id));
         std::fs::create_dir_all(ctx.out_dir.join("volumes"))?;
         let pb = ctx.progress_bar(items.len() as u64, "volumes");
         let mut rows: Vec<PreprocessedRow> = Vec::new();

@@ -6,7 +6,6 @@ use std::path::Path;
 use mg3d_core::rows::{ClausesRow, EntitiesRow, LabelsRow, ReportsRow, SectionsRow, SentencesRow};
 use mg3d_core::stage::{InputDecl, ParamDef, Params, Stage, StageContext, StageError};
 use mg3d_core::table::{read_rows, write_rows};
-use rayon::prelude::*;
 use serde_json::{Value, json};
 
 use crate::ReportError;
@@ -101,70 +100,74 @@ fn load_sentences(
     Ok(sents)
 }
 
-/// The entities of every sentence (in parallel), numbered per report; `located_at` becomes a
+/// One report's sentences (of the configured sections) with their spans, in reading order.
+type ReportSentences = Vec<(SentKey, SentSpan)>;
+
+/// The sentences grouped by report (in report id order).
+fn by_report(sents: BTreeMap<SentKey, SentSpan>) -> Vec<(String, ReportSentences)> {
+    let mut out: Vec<(String, ReportSentences)> = Vec::new();
+    for (k, v) in sents {
+        match out.last_mut() {
+            Some((id, list)) if *id == k.0 => list.push((k, v)),
+            _ => out.push((k.0.clone(), vec![(k, v)])),
+        }
+    }
+    out
+}
+
+/// What one report's entities depend on: its sentences' sections, numbers, spans, clause spans
+/// and text.
+fn report_digest(texts: &BTreeMap<(String, String), String>, sents: &ReportSentences) -> String {
+    let mut h = blake3::Hasher::new();
+    for ((id, sec, si), (a, e, cls)) in sents {
+        let text = &texts[&(id.clone(), sec.clone())][*a..*e];
+        h.update(format!("{sec}|{si}|{a}|{e}|{cls:?}|{}|", text.len()).as_bytes());
+        h.update(text.as_bytes());
+    }
+    h.finalize().to_hex().to_string()
+}
+
+/// The entities of one report's sentences, numbered within the report; `located_at` becomes a
 /// report-level entity index.
-fn extract_rows(
+fn extract_report(
     x: &Extractor,
     texts: &BTreeMap<(String, String), String>,
-    sents: &BTreeMap<SentKey, SentSpan>,
+    sents: &ReportSentences,
 ) -> Vec<EntitiesRow> {
-    let work: Vec<(&SentKey, &SentSpan)> = sents.iter().collect();
-    let per_sentence: Vec<Vec<EntitiesRow>> = work
-        .par_iter()
-        .map(|((id, sec, si), (a, e, cls))| {
-            let text = &texts[&(id.clone(), sec.clone())];
-            let s = &text[*a..*e];
-            let whole = std::iter::once(0..s.len()).collect::<Vec<_>>();
-            let cls = if cls.is_empty() { whole } else { cls.clone() };
-            x.extract(s, &cls)
-                .into_iter()
-                .map(|en| EntitiesRow {
-                    report_id: id.clone(),
-                    section: sec.clone(),
-                    sent_idx: *si,
-                    ent_idx: 0,
-                    char_start: (a + en.span.start) as i32,
-                    char_end: (a + en.span.end) as i32,
-                    surface: s[en.span.clone()].to_string(),
-                    norm_term: en.norm,
-                    label: en.label,
-                    r#type: if en.etype == EntityType::Anatomy {
-                        "ANATOMY"
-                    } else {
-                        "OBSERVATION"
-                    }
-                    .into(),
-                    assertion: en.assertion.into(),
-                    trigger_text: en.trigger,
-                    historical: en.historical,
-                    hypothetical: en.hypothetical,
-                    laterality: en.laterality,
-                    size_mm: en.size_mm,
-                    severity: en.severity,
-                    located_at: en.located_at.map(|i| i as i32),
-                    extractor: EXTRACTOR.into(),
-                })
-                .collect()
-        })
-        .collect();
-    // Number entities per report; located_at becomes a report-level ent_idx.
     let mut rows: Vec<EntitiesRow> = Vec::new();
-    let mut next: BTreeMap<String, i32> = BTreeMap::new();
-    for sent_rows in per_sentence {
-        let base = *next
-            .get(
-                sent_rows
-                    .first()
-                    .map(|r| r.report_id.as_str())
-                    .unwrap_or(""),
-            )
-            .unwrap_or(&0);
-        let n = sent_rows.len() as i32;
-        for (k, mut r) in sent_rows.into_iter().enumerate() {
-            r.ent_idx = base + k as i32;
-            r.located_at = r.located_at.map(|l| base + l);
-            next.insert(r.report_id.clone(), base + n);
-            rows.push(r);
+    for ((id, sec, si), (a, e, cls)) in sents {
+        let text = &texts[&(id.clone(), sec.clone())];
+        let s = &text[*a..*e];
+        let whole = std::iter::once(0..s.len()).collect::<Vec<_>>();
+        let cls = if cls.is_empty() { whole } else { cls.clone() };
+        let base = rows.len() as i32;
+        for (k, en) in x.extract(s, &cls).into_iter().enumerate() {
+            rows.push(EntitiesRow {
+                report_id: id.clone(),
+                section: sec.clone(),
+                sent_idx: *si,
+                ent_idx: base + k as i32,
+                char_start: (a + en.span.start) as i32,
+                char_end: (a + en.span.end) as i32,
+                surface: s[en.span.clone()].to_string(),
+                norm_term: en.norm,
+                label: en.label,
+                r#type: if en.etype == EntityType::Anatomy {
+                    "ANATOMY"
+                } else {
+                    "OBSERVATION"
+                }
+                .into(),
+                assertion: en.assertion.into(),
+                trigger_text: en.trigger,
+                historical: en.historical,
+                hypothetical: en.hypothetical,
+                laterality: en.laterality,
+                size_mm: en.size_mm,
+                severity: en.severity,
+                located_at: en.located_at.map(|i| base + i as i32),
+                extractor: EXTRACTOR.into(),
+            });
         }
     }
     rows
@@ -240,6 +243,9 @@ impl Stage for EntitiesStage {
     fn describe(&self) -> &'static str {
         "lexicon + ConText entities with assertion -> entities.parquet, labels.parquet, labels CSV (CT-RATE shape)"
     }
+    fn partitioned(&self) -> bool {
+        true
+    }
     fn params(&self) -> Vec<ParamDef> {
         EntitiesParams::defs()
     }
@@ -268,8 +274,24 @@ impl Stage for EntitiesStage {
         let dir = ctx.input("reports")?;
         let (texts, keys) = load_texts(dir)?;
         // Sentences with their clauses (relative to the sentence).
-        let sents = load_sentences(dir, &p.sections)?;
-        let rows = extract_rows(&x, &texts, &sents);
+        let reports = by_report(load_sentences(dir, &p.sections)?);
+        // The lexicons' and rules' content (their paths are params, not what they hold).
+        let rules = self.sources_fingerprint(ctx.params)?.unwrap_or_default();
+        let per_report = ctx.map_items(
+            &reports,
+            "reports",
+            |(id, sents)| {
+                (
+                    id.clone(),
+                    format!("{rules}|{}", report_digest(&texts, sents)),
+                )
+            },
+            |(_, sents)| Ok(extract_report(&x, &texts, sents)),
+        )?;
+        if ctx.is_partition() {
+            return Ok(Value::Null);
+        }
+        let rows: Vec<EntitiesRow> = per_report.into_iter().flatten().flatten().collect();
         write_rows(&ctx.out_dir.join("entities.parquet"), &rows)?;
         let positives = write_labels(&ctx.out_dir, &rows, &keys)?;
         let obs = rows.iter().filter(|r| r.r#type == "OBSERVATION").count();

@@ -9,7 +9,6 @@ use std::path::Path;
 use mg3d_core::rows::{ClausesRow, RejectsRow, ReportsRow, SectionsRow, SentencesRow};
 use mg3d_core::stage::{ParamDef, Stage, StageContext, StageError};
 use mg3d_core::table::write_rows;
-use rayon::prelude::*;
 use serde_json::{Value, json};
 
 use crate::ReportError;
@@ -290,6 +289,9 @@ impl Stage for ReportsStage {
     fn describe(&self) -> &'static str {
         "report CSV/JSONL -> reports, sections, sentences, clauses (exact byte offsets), rejects"
     }
+    fn partitioned(&self) -> bool {
+        true
+    }
     fn params(&self) -> Vec<ParamDef> {
         ReportsParams::defs()
     }
@@ -309,9 +311,9 @@ impl Stage for ReportsStage {
             return Err(ReportError::UnknownSection(bad.clone()).into());
         }
         let (reports, mut rejects) = read_all(ctx, &p)?;
-        let mut tables = TextTables::default();
-        for (r, seg) in segment_all(reports, &mut rejects) {
-            tables.add(ctx.pseudonym("report", &r.key), &r, &seg);
+        let tables = segment_all(ctx, reports, &mut rejects)?;
+        if ctx.is_partition() {
+            return Ok(Value::Null);
         }
         let (n_reports, n_sent, n_cl) = tables.write(&ctx.out_dir)?;
         let (n, by_reason) = write_rejects(ctx, rejects)?;
@@ -360,18 +362,46 @@ fn read_all(
     Ok((reports, rejects))
 }
 
-/// Each report with its sentences and clauses. One report's failure is that report's reject,
-/// never the stage's; the panic's message is dropped because it may quote the report.
-fn segment_all(reports: Vec<Report>, rejects: &mut Vec<RowReject>) -> Vec<(Report, Segmented)> {
-    let segmented: Vec<Option<Segmented>> = reports
-        .par_iter()
-        .map(|r| std::panic::catch_unwind(|| segment(r)).ok())
-        .collect();
-    let mut kept = Vec::new();
+/// Each report with its sentences and clauses, one item of the store per report (keyed by its
+/// pseudonym, digest of its row and text). One report's failure is that report's reject, never
+/// the stage's; the panic's message is dropped because it may quote the report.
+fn segment_all(
+    ctx: &StageContext,
+    reports: Vec<Report>,
+    rejects: &mut Vec<RowReject>,
+) -> Result<TextTables, StageError> {
+    let segmented: Vec<Option<Option<TextTables>>> = ctx.map_items(
+        &reports,
+        "reports",
+        |r| {
+            let mut h = blake3::Hasher::new();
+            for part in [r.source.as_str(), &r.row.to_string()]
+                .into_iter()
+                .chain(r.sections.iter().flat_map(|(k, v)| [*k, v.as_str()]))
+            {
+                h.update(part.as_bytes());
+                h.update(&[0]);
+            }
+            (
+                ctx.pseudonym("report", &r.key),
+                h.finalize().to_hex().to_string(),
+            )
+        },
+        |r| {
+            Ok(std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let mut t = TextTables::default();
+                t.add(ctx.pseudonym("report", &r.key), r, &segment(r));
+                t
+            }))
+            .ok())
+        },
+    )?;
+    let mut tables = TextTables::default();
     for (r, seg) in reports.into_iter().zip(segmented) {
         match seg {
-            Some(seg) => kept.push((r, seg)),
-            None => rejects.push(RowReject {
+            None => {}
+            Some(Some(t)) => tables.extend(t),
+            Some(None) => rejects.push(RowReject {
                 source: r.source.clone(),
                 row: r.row,
                 key: Some(r.key.clone()),
@@ -383,12 +413,12 @@ fn segment_all(reports: Vec<Report>, rejects: &mut Vec<RowReject>) -> Vec<(Repor
             }),
         }
     }
-    kept
+    Ok(tables)
 }
 
 /// The rows of reports.parquet, sections.parquet, sentences.parquet and clauses.parquet, filled
-/// report by report.
-#[derive(Default)]
+/// report by report (one report's rows are an item of the store).
+#[derive(Default, serde::Serialize, serde::Deserialize)]
 struct TextTables {
     reports: Vec<ReportsRow>,
     sections: Vec<SectionsRow>,
@@ -397,6 +427,14 @@ struct TextTables {
 }
 
 impl TextTables {
+    /// Appends another report's rows.
+    fn extend(&mut self, o: TextTables) {
+        self.reports.extend(o.reports);
+        self.sections.extend(o.sections);
+        self.sentences.extend(o.sentences);
+        self.clauses.extend(o.clauses);
+    }
+
     /// Adds one report (pseudonym `id`) with its sections, sentences and clauses.
     fn add(&mut self, id: String, r: &Report, seg: &Segmented) {
         let (mut ns, mut nc) = (0i32, 0i32);

@@ -153,6 +153,9 @@ impl Stage for TokensStage {
     fn describe(&self) -> &'static str {
         "findings + impression clauses -> token ids, masks, clause index per token (HF tokenizers)"
     }
+    fn partitioned(&self) -> bool {
+        true
+    }
     fn params(&self) -> Vec<ParamDef> {
         TokensParams::defs()
     }
@@ -204,35 +207,49 @@ impl Stage for TokensStage {
             std::fs::copy(&file, &tokenizer_file)?;
         }
         let tk = load_tokenizer(&tokenizer_file, p.max_length as usize)?;
-        use rayon::prelude::*;
-        let out: Vec<Tokenized> = items
-            .par_iter()
-            .map(|(_, c)| tokenize_clauses(&tk, c))
-            .collect::<Result<_, _>>()?;
-        let rows: Vec<TokensRow> = items
-            .iter()
-            .zip(&out)
-            .map(|((id, _), t)| TokensRow {
-                report_id: id.clone(),
-                input_ids: t.ids.clone(),
-                attention_mask: t.mask.clone(),
-                clause_index: t.clause.clone(),
-                word_start: t.word_start.clone(),
-                length: t.length as i32,
-                truncated: t.truncated,
-                n_clauses: t
-                    .clause
-                    .iter()
-                    .filter(|&&c| c >= 0)
-                    .collect::<std::collections::BTreeSet<_>>()
-                    .len() as i32,
-            })
-            .collect();
+        // Each report's tokens depend on the tokenizer's bytes (copied or trained) and its clauses.
+        let vocab = mg3d_core::fsutil::hash_file(&tokenizer_file)?.blake3;
+        let rows: Vec<Option<TokensRow>> = ctx.map_items(
+            &items,
+            "reports",
+            |(id, c)| {
+                let mut h = blake3::Hasher::new();
+                h.update(vocab.as_bytes());
+                for t in c {
+                    h.update(&[0]);
+                    h.update(t.as_bytes());
+                }
+                (id.clone(), h.finalize().to_hex().to_string())
+            },
+            |(id, c)| {
+                let t = tokenize_clauses(&tk, c)?;
+                Ok(TokensRow {
+                    report_id: id.clone(),
+                    n_clauses: t
+                        .clause
+                        .iter()
+                        .filter(|&&c| c >= 0)
+                        .collect::<std::collections::BTreeSet<_>>()
+                        .len() as i32,
+                    input_ids: t.ids,
+                    attention_mask: t.mask,
+                    clause_index: t.clause,
+                    word_start: t.word_start,
+                    length: t.length as i32,
+                    truncated: t.truncated,
+                })
+            },
+        )?;
+        if ctx.is_partition() {
+            return Ok(Value::Null);
+        }
+        let rows: Vec<TokensRow> = rows.into_iter().flatten().collect();
         write_rows(&ctx.out_dir.join("tokens.parquet"), &rows)?;
-        let truncated = out.iter().filter(|t| t.truncated).count();
-        let mean_len = out.iter().map(|t| t.length).sum::<usize>() as f64 / out.len().max(1) as f64;
+        let truncated = rows.iter().filter(|t| t.truncated).count();
+        let mean_len =
+            rows.iter().map(|t| t.length as usize).sum::<usize>() as f64 / rows.len().max(1) as f64;
         Ok(
-            json!({"reports": out.len(), "truncated": truncated, "mean_tokens": (mean_len * 10.0).round() / 10.0, "vocab": tk.get_vocab_size(true)}),
+            json!({"reports": rows.len(), "truncated": truncated, "mean_tokens": (mean_len * 10.0).round() / 10.0, "vocab": tk.get_vocab_size(true)}),
         )
     }
 }

@@ -30,7 +30,9 @@ pub use reader::{
     Batch, Loader, LoaderConfig, LoaderState, NeighborSampler, ShardIndex, TensorBuf,
 };
 pub use stage::ShardsStage;
-pub use writer::{SampleRecord, VolumeSource, WriteSummary, WriterConfig, write_shards};
+pub use writer::{
+    SampleRecord, ShardCache, ShardMade, VolumeSource, WriteSummary, WriterConfig, write_shards,
+};
 
 /// Shard errors. Each names the file at fault and what to do about it.
 #[derive(Debug, thiserror::Error)]

@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use crate::ShardError;
 use crate::format::Dtype;
 use crate::split::split_number;
-use crate::writer::{SampleRecord, VolumeSource, WriterConfig, write_shards};
+use crate::writer::{SampleRecord, ShardCache, VolumeSource, WriterConfig, write_shards};
 
 /// Stage kind `shards`.
 pub struct ShardsStage;
@@ -234,6 +234,40 @@ fn sample_records(
     records
 }
 
+/// The stage's item store as the writer's shard cache: one item per shard file.
+struct StoredShards<'a, 'c>(&'a StageContext<'c>);
+
+impl ShardCache for StoredShards<'_, '_> {
+    fn shard(
+        &self,
+        id: &str,
+        digest: &dyn Fn() -> Result<String, ShardError>,
+        make: &dyn Fn(&Path) -> Result<(), ShardError>,
+    ) -> Result<Option<PathBuf>, ShardError> {
+        let items = self.0.items();
+        if !items.owns(id) {
+            return Ok(None);
+        }
+        let key = items.key(id, &digest()?);
+        // The store speaks io::Error; the writer's own error is carried past it.
+        let failed = std::sync::Mutex::new(None);
+        let made = items.get_or_make::<std::io::Error>(&key, |dir| {
+            make(dir).map_err(|e| {
+                *failed.lock().unwrap() = Some(e);
+                std::io::Error::other("shard not written")
+            })
+        });
+        match (made, failed.into_inner().unwrap()) {
+            (_, Some(e)) => Err(e),
+            (Ok(o), None) => Ok(Some(o.dir().to_path_buf())),
+            (Err(source), None) => Err(ShardError::Io {
+                path: items.root().to_path_buf(),
+                source,
+            }),
+        }
+    }
+}
+
 /// Signatures and neighbours in rank order.
 type GraphInputs = (
     Option<BTreeMap<String, Vec<i8>>>,
@@ -310,6 +344,9 @@ impl Stage for ShardsStage {
     }
     fn describe(&self) -> &'static str {
         "volume-report pairs -> patient splits + safetensors shards (fixed shapes) + index.json"
+    }
+    fn partitioned(&self) -> bool {
+        true
     }
     fn params(&self) -> Vec<ParamDef> {
         ShardsParams::defs()
@@ -416,10 +453,14 @@ impl Stage for ShardsStage {
             neighbors.as_ref(),
             &cfg,
             &ctx.out_dir,
+            Some(&StoredShards(ctx)),
             &cancelled,
             &progress,
         )?;
         pb.finish_and_clear();
+        if ctx.is_partition() {
+            return Ok(Value::Null);
+        }
         let mut summary = json!({
             "samples": s.samples.iter().sum::<usize>(),
             "train": s.samples[0], "val": s.samples[1], "test": s.samples[2],

@@ -416,25 +416,112 @@ struct ShardLayout<'a> {
     shape: [usize; 3],
     per_shard: usize,
     cfg: &'a WriterConfig,
-    out_dir: &'a Path,
 }
 
-/// Writes shard `shard_no` of split `name` from `chunk`, adds its samples to `split` and its
-/// counts to `summary`.
+/// What writing one shard file gave (kept beside a stored shard, so a reused one needs no rereading).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ShardMade {
+    /// File size.
+    pub bytes: u64,
+    /// sha256 of the file.
+    pub sha256: String,
+    /// Samples whose volume was cropped or padded to the shape.
+    pub resized: usize,
+}
+
+/// Finished shard files kept between runs, and which shards this process writes: the shards
+/// stage passes its item store, so a partition run (`--partition K/N`) writes only its own shards
+/// and a later run reuses them. Without one, every shard is written.
+pub trait ShardCache: Sync {
+    /// The directory holding shard `id` as `shard.safetensors`, made by `make` into a fresh
+    /// directory when the store has none for `digest()`; `None` when another partition makes it.
+    fn shard(
+        &self,
+        id: &str,
+        digest: &dyn Fn() -> Result<String, ShardError>,
+        make: &dyn Fn(&Path) -> Result<(), ShardError>,
+    ) -> Result<Option<PathBuf>, ShardError>;
+}
+
+/// Everything a shard's bytes depend on: the layout, its place, and each record's fields and
+/// volume (the file's blake3, or the HU values).
+fn shard_digest(
+    layout: &ShardLayout,
+    name: &str,
+    shard_no: usize,
+    chunk: &[SampleRecord],
+) -> Result<String, ShardError> {
+    let mut h = blake3::Hasher::new();
+    let cfg = layout.cfg;
+    let head = serde_json::json!({
+        "fields": layout.fields, "shape": layout.shape, "per_shard": layout.per_shard,
+        "dtype": format!("{:?}", cfg.dtype), "window": cfg.window, "split": name, "shard": shard_no,
+    });
+    h.update(head.to_string().as_bytes());
+    let mut buf = Vec::new();
+    for r in chunk {
+        for id in [&r.patient_id, &r.study_id, &r.volume_id, &r.report_id] {
+            h.update(id.as_bytes());
+            h.update(&[0]);
+        }
+        buf.clear();
+        le_bytes_i32(&r.input_ids, &mut buf);
+        le_bytes_i8(&r.attention_mask, &mut buf);
+        le_bytes_i32(&r.clause_index, &mut buf);
+        le_bytes_i8(&r.word_start, &mut buf);
+        le_bytes_i8(&r.labels, &mut buf);
+        if let Some(sig) = &r.signature {
+            le_bytes_i8(sig, &mut buf);
+        }
+        h.update(&(buf.len() as u64).to_le_bytes());
+        h.update(&buf);
+        match &r.volume {
+            VolumeSource::Nifti(p) => {
+                let d = mg3d_core::fsutil::hash_file(p).map_err(|source| ShardError::Io {
+                    path: p.clone(),
+                    source,
+                })?;
+                h.update(d.blake3.as_bytes());
+            }
+            VolumeSource::Hu { dims, data } => {
+                h.update(format!("{dims:?}").as_bytes());
+                for x in data {
+                    h.update(&x.to_le_bytes());
+                }
+            }
+        }
+    }
+    Ok(h.finalize().to_hex().to_string())
+}
+
+/// Adds the samples of shard `shard_no` (`chunk`) to `split`.
+fn add_samples(split: &mut SplitIndex, shard_no: usize, chunk: &[SampleRecord]) {
+    for (row, r) in chunk.iter().enumerate() {
+        split.samples.push(SampleEntry {
+            shard: shard_no,
+            row,
+            patient_id: r.patient_id.clone(),
+            study_id: r.study_id.clone(),
+            volume_id: r.volume_id.clone(),
+            report_id: r.report_id.clone(),
+            neighbors: Vec::new(),
+        });
+    }
+}
+
+/// Writes shard `shard_no` of split `name` from `chunk` to `path`.
 fn write_shard(
     layout: &ShardLayout,
     name: &str,
     shard_no: usize,
     chunk: &[SampleRecord],
-    split: &mut SplitIndex,
-    summary: &mut WriteSummary,
-) -> Result<(), ShardError> {
+    path: &Path,
+) -> Result<ShardMade, ShardError> {
     let ShardLayout {
         fields,
         shape,
         per_shard,
         cfg,
-        out_dir,
     } = *layout;
     let vol_row = fields[0].row_bytes();
     // Token sequence length (capacity hint).
@@ -449,7 +536,7 @@ fn write_shard(
             Ok(encode_volume(&v, shape, cfg.window, cfg.dtype, out))
         })
         .collect::<Result<_, ShardError>>()?;
-    summary.resized += resized.iter().filter(|&&x| x).count();
+    let resized = resized.iter().filter(|&&x| x).count();
     let (mut ids, mut mask, mut clause, mut ws, mut labels, mut sig, mut idx) = (
         Vec::with_capacity(n * l * 4),
         Vec::with_capacity(n * l),
@@ -470,15 +557,6 @@ fn write_shard(
         }
         let sample = shard_no * per_shard + row;
         idx.extend_from_slice(&(sample as i64).to_le_bytes());
-        split.samples.push(SampleEntry {
-            shard: shard_no,
-            row,
-            patient_id: r.patient_id.clone(),
-            study_id: r.study_id.clone(),
-            volume_id: r.volume_id.clone(),
-            report_id: r.report_id.clone(),
-            neighbors: Vec::new(),
-        });
     }
     let data: BTreeMap<&str, &[u8]> = [
         ("volume", volume.as_slice()),
@@ -516,17 +594,61 @@ fn write_shard(
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
-    let file = format!("shards/{name}-{shard_no:05}.safetensors");
-    let (bytes, sha256) = write_safetensors(&out_dir.join(&file), &tensors, &meta)?;
-    summary.shards += 1;
-    summary.bytes += bytes;
-    split.shards.push(ShardEntry {
-        file,
-        sha256,
-        samples: n,
+    let (bytes, sha256) = write_safetensors(path, &tensors, &meta)?;
+    Ok(ShardMade {
         bytes,
-    });
-    Ok(())
+        sha256,
+        resized,
+    })
+}
+
+/// Shard `shard_no` of split `name`: written into `out_dir`, or through `cache` (found or made
+/// there, then linked into `out_dir`); `None` when another partition writes it.
+fn place_shard(
+    layout: &ShardLayout,
+    (name, shard_no, chunk): (&str, usize, &[SampleRecord]),
+    out_dir: &Path,
+    cache: Option<&dyn ShardCache>,
+) -> Result<Option<(String, ShardMade)>, ShardError> {
+    let file = format!("shards/{name}-{shard_no:05}.safetensors");
+    let dst = out_dir.join(&file);
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ShardError::Io { path, source }
+    };
+    let Some(cache) = cache else {
+        return Ok(Some((
+            file,
+            write_shard(layout, name, shard_no, chunk, &dst)?,
+        )));
+    };
+    let made = cache.shard(
+        &file,
+        &|| shard_digest(layout, name, shard_no, chunk),
+        &|dir| {
+            let m = write_shard(
+                layout,
+                name,
+                shard_no,
+                chunk,
+                &dir.join("shard.safetensors"),
+            )?;
+            let json = serde_json::to_vec(&m).map_err(|e| ShardError::Config(e.to_string()))?;
+            let meta = dir.join("shard.json");
+            std::fs::write(&meta, json).map_err(io(&meta))
+        },
+    )?;
+    let Some(dir) = made else {
+        return Ok(None);
+    };
+    let meta = dir.join("shard.json");
+    let bytes = std::fs::read(&meta).map_err(io(&meta))?;
+    let m: ShardMade = serde_json::from_slice(&bytes).map_err(|e| ShardError::Format {
+        path: meta.clone(),
+        detail: e.to_string(),
+    })?;
+    mg3d_core::fsutil::link_or_copy(&dir.join("shard.safetensors"), &dst).map_err(io(&dst))?;
+    Ok(Some((file, m)))
 }
 
 /// Writes the shards, `index.json` and `splits.parquet` into `out_dir`.
@@ -534,11 +656,13 @@ fn write_shard(
 /// `neighbors` maps a report id to its graph neighbours' report ids, best first (the graph
 /// stage's `neighbors.parquet`); `None` means no graph (the neighbour sampler is then
 /// unavailable). `cancelled` is polled between shards; `progress` gets the samples written so far.
+/// `cache` keeps finished shards between runs and partitions (see [`ShardCache`]).
 pub fn write_shards(
     records: Vec<SampleRecord>,
     neighbors: Option<&BTreeMap<String, Vec<String>>>,
     cfg: &WriterConfig,
     out_dir: &Path,
+    cache: Option<&dyn ShardCache>,
     cancelled: &dyn Fn() -> bool,
     progress: &dyn Fn(usize),
 ) -> Result<(IndexFile, WriteSummary), ShardError> {
@@ -602,9 +726,20 @@ pub fn write_shards(
                 shape,
                 per_shard,
                 cfg,
-                out_dir,
             };
-            write_shard(&layout, name, shard_no, chunk, &mut split, &mut summary)?;
+            add_samples(&mut split, shard_no, chunk);
+            if let Some((file, m)) = place_shard(&layout, (name, shard_no, chunk), out_dir, cache)?
+            {
+                summary.shards += 1;
+                summary.bytes += m.bytes;
+                summary.resized += m.resized;
+                split.shards.push(ShardEntry {
+                    file,
+                    sha256: m.sha256,
+                    samples: chunk.len(),
+                    bytes: m.bytes,
+                });
+            }
             done += chunk.len();
             progress(done);
         }

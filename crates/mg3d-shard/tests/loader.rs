@@ -147,6 +147,7 @@ fn a_patient_in_two_given_splits_is_refused() {
         None,
         &WriterConfig::default(),
         dir.path(),
+        None,
         &|| false,
         &|_| {},
     )
@@ -264,7 +265,7 @@ fn volumes_of_other_shapes_are_cropped_or_padded() {
         ratios: [1.0, 0.0, 0.0],
         ..Default::default()
     };
-    let (_, s) = write_shards(recs, None, &c, dir.path(), &|| false, &|_| {}).unwrap();
+    let (_, s) = write_shards(recs, None, &c, dir.path(), None, &|| false, &|_| {}).unwrap();
     assert_eq!(s.resized, 1);
     let idx = ShardIndex::open(dir.path()).unwrap();
     let e = idx

@@ -92,6 +92,9 @@ impl Ctx<'_> {
                 .or_default() += 1;
         }
         self.in_batches(&groups, "series", out, |g| {
+            if !ctx.items().owns(&g.key) {
+                return Ok(None);
+            }
             let paths: Vec<&Path> = g.files.iter().map(|h| h.path.as_path()).collect();
             // The report key the accession map gives this series is part of its result.
             let series_uid = g.key.split('#').next().unwrap_or(&g.key);
@@ -115,18 +118,18 @@ impl Ctx<'_> {
                 |dir| self.dicom_item(root, label, g, dir),
             )?;
             let ItemResult::Volume(v) = &mut res else {
-                return Ok((res, dir));
+                return Ok(Some((res, dir)));
             };
             match losses.of(g, root) {
-                Loss::Reject(r) => Ok((
+                Loss::Reject(r) => Ok(Some((
                     ItemResult::Reject(self.reject(label, &folder, "series", n, &r)),
                     None,
-                )),
+                ))),
                 Loss::Warning(m) => {
                     v.warnings.push(m);
-                    Ok((res, dir))
+                    Ok(Some((res, dir)))
                 }
-                Loss::None => Ok((res, dir)),
+                Loss::None => Ok(Some((res, dir))),
             }
         })
     }
@@ -211,10 +214,14 @@ impl Ctx<'_> {
             let name = file_name(f);
             if !(name.ends_with(".nii") || name.ends_with(".nii.gz")) {
                 let r = Reject::new("not_nifti", "file name does not end in .nii or .nii.gz");
-                return Ok((
+                return Ok(Some((
                     ItemResult::Reject(self.reject_at(root, label, f, "file", 1, r)),
                     None,
-                ));
+                )));
+            }
+            let id = format!("{label}/{}", rel(root, f));
+            if !self.ctx.items().owns(&id) {
+                return Ok(None);
             }
             let meta = self
                 .metadata
@@ -226,10 +233,7 @@ impl Ctx<'_> {
                 file_digest(&[f.as_path()], root)?,
                 blake3::hash(meta.as_bytes()).to_hex()
             );
-            let key = self
-                .ctx
-                .items()
-                .key(&format!("{label}/{}", rel(root, f)), &digest);
+            let key = self.ctx.items().key(&id, &digest);
             let mut phi = Phi::new();
             phi.add_path(Path::new(&rel(root, f)));
             self.stored_item(
@@ -238,17 +242,19 @@ impl Ctx<'_> {
                 || self.reject_at(root, label, f, "file", 1, mg3d_volume::internal_error()),
                 |dir| self.nifti_item(root, label, f, dir),
             )
+            .map(Some)
         })
     }
 
     /// Runs `work` on `items`, `max_in_flight` at a time in parallel, with a progress bar and a
-    /// cancellation check between batches; collects the results in item order.
+    /// cancellation check between batches; collects the results in item order (`None`: an item
+    /// of another partition).
     pub(crate) fn in_batches<T: Sync>(
         &self,
         items: &[T],
         what: &str,
         out: &mut Collected,
-        work: impl Fn(&T) -> Result<(ItemResult, Option<PathBuf>), StageError> + Sync,
+        work: impl Fn(&T) -> Result<Option<(ItemResult, Option<PathBuf>)>, StageError> + Sync,
     ) -> Result<(), StageError> {
         let pb = self.ctx.progress_bar(items.len() as u64, what);
         for batch in items.chunks(self.p.max_in_flight.max(1) as usize) {
@@ -262,8 +268,9 @@ impl Ctx<'_> {
                 })
                 .collect();
             for r in done {
-                let (res, dir) = r?;
-                out.push(res, dir);
+                if let Some((res, dir)) = r? {
+                    out.push(res, dir);
+                }
             }
         }
         pb.finish_and_clear();

@@ -87,7 +87,7 @@ pub fn write(
     cfg: &WriterConfig,
     dir: &Path,
 ) -> IndexFile {
-    write_shards(records, nb, cfg, dir, &|| false, &|_| {})
+    write_shards(records, nb, cfg, dir, None, &|| false, &|_| {})
         .unwrap()
         .0
 }
