@@ -9,10 +9,10 @@ TORCH_VERSION := 2.11.0
 MG3D  := target/debug/mg3d
 PIPELINE ?= pipelines/demo.toml
 
-.PHONY: setup cmake chromium dcm2niix pipeline test fuzz bench bench-peers build stage status fmt lint clippy clean-work
+.PHONY: setup cmake chromium dcm2niix slurm pipeline test fuzz bench bench-peers build stage status fmt lint clippy clean-work
 
 ## setup: project-local Python venv with torch (libtorch for tch) and the reference packages.
-setup: cmake chromium $(VENV)/.torch-$(TORCH_VERSION) $(VENV)/.requirements $(VENV)/libtorch $(VENV)/minilm
+setup: cmake chromium slurm $(VENV)/.torch-$(TORCH_VERSION) $(VENV)/.requirements $(VENV)/libtorch $(VENV)/minilm
 
 # cmake builds CharLS (JPEG-LS decoding in dicom-rs); installed from Debian when missing.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -26,6 +26,11 @@ chromium:
 # dcm2niix is the DICOM peer of `make bench-peers` (Debian's package).
 dcm2niix:
 	@command -v dcm2niix >/dev/null || { echo "installing dcm2niix (Debian)"; $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dcm2niix >/dev/null; }
+
+# A single-node Slurm cluster for tests (scripts/slurm_cluster.sh, scripts/slurm_smoke.sh):
+# slurmctld, slurmd, the client commands and munge, from Debian.
+slurm:
+	@{ command -v slurmctld && command -v slurmd && command -v sbatch && command -v munged; } >/dev/null || { echo "installing slurm-wlm and munge (Debian)"; $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends slurm-wlm munge >/dev/null; }
 
 $(VENV)/bin/python:
 	python3 -m venv $(VENV)
