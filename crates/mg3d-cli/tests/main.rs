@@ -6,3 +6,4 @@ mod cli;
 mod curate;
 mod eval;
 mod hostile;
+mod partitions;

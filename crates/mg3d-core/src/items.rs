@@ -401,13 +401,15 @@ impl ItemStore {
     }
 
     /// Deletes finished items not requested in this run (after the stage succeeded), keeping the
-    /// store bounded by the current corpus, and the progress records of earlier partition runs.
-    /// Returns how many items were removed. Entries whose name starts with a dot other than
-    /// temporary items (`.progress`, a partition's scratch directory) are left alone.
+    /// store bounded by the current corpus, and what partition runs left: their progress records
+    /// and the scratch outputs of killed ones (`.progress/`, `.scratch/`). Returns how many items
+    /// were removed. Only a run of the whole stage calls it, after its partitions finished.
     pub fn prune_unused(&self) -> io::Result<usize> {
         let used = self.used.lock().unwrap();
         let mut removed = 0;
-        let _ = fs::remove_dir_all(self.dir.join(".progress"));
+        for leftover in [".progress", ".scratch"] {
+            let _ = fs::remove_dir_all(self.dir.join(leftover));
+        }
         let Ok(rd) = fs::read_dir(&self.dir) else {
             return Ok(0);
         };
@@ -490,6 +492,65 @@ mod tests {
         });
         assert!(counts.iter().all(|&c| c > 850 && c < 1150), "{counts:?}");
         assert_eq!(partition_of("abc", 7), partition_of("abc", 7));
+    }
+
+    #[test]
+    fn partitions_parse_from_k_n_and_from_job_arrays() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                vars.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let none = env(&[]);
+        assert_eq!(Partition::parse("2/5", none), Partition::new(2, 5));
+        for bad in ["5/5", "a/2", "1", "0/0", "-1/2"] {
+            assert!(Partition::parse(bad, none).is_err(), "{bad}");
+        }
+        let slurm = env(&[("SLURM_ARRAY_TASK_ID", "3"), ("SLURM_ARRAY_TASK_COUNT", "8")]);
+        assert_eq!(Partition::parse("auto", slurm), Partition::new(3, 8));
+        let range = env(&[
+            ("SLURM_ARRAY_TASK_ID", "1"),
+            ("SLURM_ARRAY_TASK_MIN", "0"),
+            ("SLURM_ARRAY_TASK_MAX", "3"),
+        ]);
+        assert_eq!(Partition::parse("auto", range), Partition::new(1, 4));
+        let k8s = env(&[("JOB_COMPLETION_INDEX", "0"), ("MG3D_PARTITIONS", "2")]);
+        assert_eq!(Partition::parse("auto", k8s), Partition::new(0, 2));
+        let k8s_no_count = env(&[("JOB_COMPLETION_INDEX", "0")]);
+        assert!(
+            Partition::parse("auto", k8s_no_count)
+                .unwrap_err()
+                .contains("MG3D_PARTITIONS")
+        );
+        assert!(Partition::parse("auto", none).is_err());
+    }
+
+    #[test]
+    fn partitions_split_items_exactly_once() {
+        let parts: Vec<Partition> = (0..3).map(|k| Partition::new(k, 3).unwrap()).collect();
+        for i in 0..300 {
+            let id = format!("item{i}");
+            assert_eq!(parts.iter().filter(|p| p.owns("fp", &id)).count(), 1);
+        }
+    }
+
+    #[test]
+    fn value_items_are_kept_and_pruned() {
+        let d = tempfile::tempdir().unwrap();
+        let s = ItemStore::new(d.path().to_path_buf(), "fp".into());
+        let k = s.key("a", "digest");
+        let v: Vec<u32> = s.get_or_make_value::<_, io::Error>(&k, || Ok(vec![1, 2])).unwrap();
+        let again: Vec<u32> = s
+            .get_or_make_value::<_, io::Error>(&k, || panic!("must not run"))
+            .unwrap();
+        assert_eq!((v, again.clone()), (vec![1, 2], vec![1, 2]));
+        assert_eq!(s.counts().made, 1);
+        assert_eq!(s.counts().reused, 1);
+        let fresh = ItemStore::new(d.path().to_path_buf(), "fp".into());
+        assert_eq!(fresh.prune_unused().unwrap(), 1);
+        assert!(!d.path().join(&k[..2]).join(format!("{k}.json")).exists());
     }
 
     #[test]
