@@ -70,9 +70,11 @@ pipeline: build
 	  if [ -f "$$f" ]; then echo "QC report: $$(realpath "$$f")"; fi; \
 	done
 
-## test: every test in the workspace (unit, engine, end-to-end, Python cross-checks).
+## test: every test in the workspace (unit, engine, end-to-end, Python cross-checks), then the
+## demo stages as Slurm job arrays on a real single-node cluster (scripts/slurm_test.sh).
 test: setup
 	MG3D_REQUIRE_PYTHON=1 MG3D_REQUIRE_BROWSER=1 cargo test --workspace --no-fail-fast
+	scripts/slurm_test.sh target/debug/mg3d
 
 ## fuzz: the parser mutation fuzzer at length (1,000,000 mutated NIfTI, DICOM and report inputs;
 ## `make test` runs 30,000 of them).

@@ -11,6 +11,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 
 mod bench;
+mod slurm;
 use clap::{Args, Parser, Subcommand};
 use mg3d_core::engine::{EngineError, StageState};
 use mg3d_core::table::{TableSchema, check_file};
@@ -37,6 +38,10 @@ struct Cli {
 enum Cmd {
     /// Run the stale stages of a pipeline (or the selected ones).
     Run(RunArgs),
+    /// Write the pipeline as Slurm batch jobs: a job array (`--partition auto`) and a merge job per
+    /// partitioned stage, one job per other stage, chained by `--dependency=afterok`; prints the
+    /// sbatch lines (`--submit` runs them).
+    Slurm(SlurmArgs),
     /// Show each stage as fresh, stale or missing, with the reasons.
     Status {
         /// Pipeline file (default: pipelines/demo.toml, or the copy built into mg3d).
@@ -253,6 +258,39 @@ struct RunArgs {
     partition: Option<String>,
 }
 
+/// The arguments of `mg3d slurm` (see [`Cmd`]).
+#[derive(Args)]
+struct SlurmArgs {
+    /// Pipeline file.
+    pipeline: PathBuf,
+    /// Array tasks per partitioned stage.
+    #[arg(long, default_value_t = 8)]
+    partitions: u32,
+    /// Only these stages (comma-separated); inputs outside them must already have outputs.
+    #[arg(long, value_delimiter = ',')]
+    stages: Vec<String>,
+    /// `#SBATCH` options for every job, e.g. "--partition=cpu --cpus-per-task=4 --mem=16G".
+    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    sbatch_args: String,
+    /// `#SBATCH` options for one stage, as STAGE=OPTIONS (repeatable), e.g.
+    /// train="--gres=gpu:1 --time=2-00:00:00".
+    #[arg(
+        long = "stage-args",
+        value_name = "STAGE=OPTIONS",
+        allow_hyphen_values = true
+    )]
+    stage_args: Vec<String>,
+    /// Directory for the scripts and job logs (default: WORK/.slurm).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Override the pipeline's work_dir (it must be on a file system every node shares).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Submit the jobs now (runs the written submit.sh).
+    #[arg(long)]
+    submit: bool,
+}
+
 /// The arguments of `mg3d query` (see [`Cmd`]).
 #[derive(Args)]
 struct QueryArgs {
@@ -320,6 +358,74 @@ struct SynthArgs {
     /// Report template file (default: the embedded configs/synth/reports.toml).
     #[arg(long)]
     templates: Option<PathBuf>,
+}
+
+/// `mg3d slurm`.
+fn cmd_slurm(reg: &StageRegistry, json: bool, a: SlurmArgs) -> Result<(), Fail> {
+    let p = load(Some(a.pipeline), reg, a.work_dir)?;
+    let stage_args = a
+        .stage_args
+        .iter()
+        .map(|s| {
+            s.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| Fail(2, anyhow::anyhow!("--stage-args {s:?}: give STAGE=OPTIONS")))
+        })
+        .collect::<Result<Vec<_>, Fail>>()?;
+    let plan = slurm::SlurmPlan {
+        pipeline: &p,
+        partitions: a.partitions,
+        stages: a.stages,
+        sbatch_args: a.sbatch_args,
+        stage_args,
+        out: a.out.unwrap_or_else(|| p.work_dir.join(".slurm")),
+    };
+    let (submit, lines) = slurm::write_plan(reg, &plan).map_err(|e| Fail(2, e))?;
+    if !a.submit {
+        if json {
+            println!("{}", serde_json::json!({"submit": submit, "sbatch": lines}));
+        } else {
+            println!(
+                "# jobs written; submit them with: bash {}",
+                submit.display()
+            );
+            println!("# which runs, in order (each $NAME is the job id sbatch printed):");
+            for l in &lines {
+                println!("{l}");
+            }
+        }
+        return Ok(());
+    }
+    let o = std::process::Command::new("bash")
+        .arg(&submit)
+        .output()
+        .map_err(|e| Fail(1, anyhow::anyhow!("running {}: {e}", submit.display())))?;
+    if !o.status.success() {
+        return Err(Fail(
+            1,
+            anyhow::anyhow!(
+                "{} failed: {}{}",
+                submit.display(),
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        ));
+    }
+    let jobs: Vec<(String, String)> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    if json {
+        let map: serde_json::Map<String, serde_json::Value> =
+            jobs.into_iter().map(|(k, v)| (k, v.into())).collect();
+        println!("{}", serde_json::json!({"submit": submit, "jobs": map}));
+    } else {
+        for (name, id) in jobs {
+            println!("{name:<24} job {id}");
+        }
+    }
+    Ok(())
 }
 
 /// `mg3d run`.
@@ -690,6 +796,7 @@ fn run(cli: Cli) -> Result<(), Fail> {
             }
         }
         Cmd::Query(a) => cmd_query(&reg, cli.quiet, cli.json, a)?,
+        Cmd::Slurm(a) => cmd_slurm(&reg, cli.json, a)?,
         Cmd::ExportEncoder(a) => cmd_export_encoder(cli.quiet, a)?,
         Cmd::Stages => cmd_stages(&reg),
         Cmd::Inspect { path } => match mg3d_ingest::inspect::inspect(&path) {

@@ -111,7 +111,15 @@ fn any_partition_count_merges_to_the_unpartitioned_outputs() {
                     let killed = kill_mid_way(d.path(), &p, &work, stage, &part);
                     let s = run_json(
                         d.path(),
-                        &[&p, "--work-dir", &work, "--stage", stage, "--partition", &part],
+                        &[
+                            &p,
+                            "--work-dir",
+                            &work,
+                            "--stage",
+                            stage,
+                            "--partition",
+                            &part,
+                        ],
                     );
                     if killed {
                         kills += 1;
@@ -125,7 +133,15 @@ fn any_partition_count_merges_to_the_unpartitioned_outputs() {
                 }
                 let s = run_json(
                     d.path(),
-                    &[&p, "--work-dir", &work, "--stage", stage, "--partition", &part],
+                    &[
+                        &p,
+                        "--work-dir",
+                        &work,
+                        "--stage",
+                        stage,
+                        "--partition",
+                        &part,
+                    ],
                 );
                 assert_eq!(s["items"]["reused"], 0, "{stage} {part}: {s}");
                 if n == 3 && k == 0 {
@@ -176,7 +192,10 @@ fn any_partition_count_merges_to_the_unpartitioned_outputs() {
 fn whole_corpus_stages_and_bad_partitions_are_refused() {
     let d = tempfile::tempdir().unwrap();
     let p = pipeline();
-    let o = mg3d(d.path(), &["run", &p, "--stage", "graph", "--partition", "0/2"]);
+    let o = mg3d(
+        d.path(),
+        &["run", &p, "--stage", "graph", "--partition", "0/2"],
+    );
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(
         text(&o).contains("works on the whole corpus and does not partition"),
@@ -184,7 +203,10 @@ fn whole_corpus_stages_and_bad_partitions_are_refused() {
         text(&o)
     );
     for bad in ["2/2", "x/3", "3", "0/0"] {
-        let o = mg3d(d.path(), &["run", &p, "--stage", "ingest", "--partition", bad]);
+        let o = mg3d(
+            d.path(),
+            &["run", &p, "--stage", "ingest", "--partition", bad],
+        );
         assert_eq!(o.status.code(), Some(2), "{bad}: {}", text(&o));
     }
     let o = mg3d(d.path(), &["run", &p, "--partition", "0/2"]);

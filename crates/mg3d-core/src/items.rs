@@ -508,7 +508,10 @@ mod tests {
         for bad in ["5/5", "a/2", "1", "0/0", "-1/2"] {
             assert!(Partition::parse(bad, none).is_err(), "{bad}");
         }
-        let slurm = env(&[("SLURM_ARRAY_TASK_ID", "3"), ("SLURM_ARRAY_TASK_COUNT", "8")]);
+        let slurm = env(&[
+            ("SLURM_ARRAY_TASK_ID", "3"),
+            ("SLURM_ARRAY_TASK_COUNT", "8"),
+        ]);
         assert_eq!(Partition::parse("auto", slurm), Partition::new(3, 8));
         let range = env(&[
             ("SLURM_ARRAY_TASK_ID", "1"),
@@ -541,7 +544,9 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let s = ItemStore::new(d.path().to_path_buf(), "fp".into());
         let k = s.key("a", "digest");
-        let v: Vec<u32> = s.get_or_make_value::<_, io::Error>(&k, || Ok(vec![1, 2])).unwrap();
+        let v: Vec<u32> = s
+            .get_or_make_value::<_, io::Error>(&k, || Ok(vec![1, 2]))
+            .unwrap();
         let again: Vec<u32> = s
             .get_or_make_value::<_, io::Error>(&k, || panic!("must not run"))
             .unwrap();
