@@ -58,7 +58,8 @@ fn run_quiet(text: &str, registry: &mg3d_core::StageRegistry) -> Result<mg3d_cor
     Ok(mg3d_core::Engine::new(registry).run(&p, &opts)?)
 }
 
-fn row(name: &str, value: f64, unit: &str, note: &str, json: bool) {
+/// Prints one measurement (a JSON line with `--json`).
+pub(crate) fn row(name: &str, value: f64, unit: &str, note: &str, json: bool) {
     if json {
         println!(
             "{}",
@@ -378,6 +379,7 @@ fn bench_table(dir: &Path, json: bool) -> Result<()> {
 pub fn run(
     patients: u32,
     text_reports: u32,
+    partition_items: u32,
     only: &[String],
     json: bool,
     registry: &mg3d_core::StageRegistry,
@@ -438,6 +440,10 @@ pub fn run(
     // 5. Schema-checked table writing.
     if on("table") {
         bench_table(dir.path(), json)?;
+    }
+    // 6. Partitions and merges at scale (minutes: only when asked for).
+    if only.iter().any(|o| o == "partition") {
+        crate::bench_partition::bench_partition(dir.path(), partition_items, json, registry)?;
     }
     Ok(())
 }

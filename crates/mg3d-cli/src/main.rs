@@ -11,6 +11,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 
 mod bench;
+mod bench_partition;
 mod slurm;
 use clap::{Args, Parser, Subcommand};
 use mg3d_core::engine::{EngineError, StageState};
@@ -84,7 +85,11 @@ enum Cmd {
         /// Report-only rows for the text-stage benchmark.
         #[arg(long, default_value_t = 50_000)]
         reports: u32,
-        /// Run only these sections (synth, volumes, text, shards, train, hash, table); default all.
+        /// Items (tiny volumes and reports) of the partition simulation.
+        #[arg(long, default_value_t = 100_000)]
+        items: u32,
+        /// Run only these sections (synth, volumes, text, shards, train, hash, table; and
+        /// partition, the 100,000-item simulation, only when named); default all but partition.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },
@@ -855,8 +860,9 @@ fn run(cli: Cli) -> Result<(), Fail> {
         Cmd::Bench {
             patients,
             reports,
+            items,
             only,
-        } => bench::run(patients, reports, &only, cli.json, &reg)?,
+        } => bench::run(patients, reports, items, &only, cli.json, &reg)?,
         Cmd::Schema { cmd } => cmd_schema(cmd, cli.json)?,
         Cmd::Synth(a) => cmd_synth(cli.json, a)?,
     }

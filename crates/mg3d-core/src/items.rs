@@ -307,10 +307,30 @@ impl ItemStore {
         key: &str,
         make: impl FnOnce(&Path) -> Result<(), E>,
     ) -> Result<ItemOutcome, E> {
+        let o = self.get_or_make_dir(key, make)?;
+        self.finished(matches!(o, ItemOutcome::Made(_)));
+        Ok(o)
+    }
+
+    /// Like [`ItemStore::get_or_make`] for an intermediate result of the whole stage that every
+    /// partition needs (a vocabulary trained on all reports): the first run to need it makes it,
+    /// the others (and the merge) find it. Not counted as an item.
+    pub fn get_or_make_shared<E: From<io::Error>>(
+        &self,
+        key: &str,
+        make: impl FnOnce(&Path) -> Result<(), E>,
+    ) -> Result<ItemOutcome, E> {
+        self.get_or_make_dir(key, make)
+    }
+
+    fn get_or_make_dir<E: From<io::Error>>(
+        &self,
+        key: &str,
+        make: impl FnOnce(&Path) -> Result<(), E>,
+    ) -> Result<ItemOutcome, E> {
         self.used.lock().unwrap().insert(key.to_string());
         let final_dir = self.path_of(key);
         if final_dir.is_dir() {
-            self.finished(false);
             return Ok(ItemOutcome::Reused(final_dir));
         }
         let tmp = self.tmp_for(key)?;
@@ -326,7 +346,6 @@ impl ItemStore {
                         return Err(e.into());
                     }
                 }
-                self.finished(true);
                 Ok(ItemOutcome::Made(final_dir))
             }
             Err(e) => {

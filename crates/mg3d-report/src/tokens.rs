@@ -193,10 +193,25 @@ impl Stage for TokensStage {
                 .iter()
                 .flat_map(|(_, c)| c.iter().map(|t| t.to_lowercase()))
                 .collect();
-            let trained = train_wordpiece(&texts, p.train_vocab_size as usize, &ctx.out_dir)?;
-            trained
-                .save(&tokenizer_file, true)
-                .map_err(ReportError::Tokenizer)?;
+            // Trained once on all reports, kept in the store: every partition and the merge
+            // need the same vocabulary.
+            let mut h = blake3::Hasher::new();
+            h.update(&p.train_vocab_size.to_le_bytes());
+            for t in &texts {
+                h.update(&(t.len() as u64).to_le_bytes());
+                h.update(t.as_bytes());
+            }
+            let key = ctx.items().key("trained-tokenizer", &h.finalize().to_hex());
+            let o = ctx.items().get_or_make_shared::<StageError>(&key, |dir| {
+                let trained = train_wordpiece(&texts, p.train_vocab_size as usize, dir)?;
+                trained
+                    .save(dir.join("tokenizer.json"), true)
+                    .map_err(ReportError::Tokenizer)?;
+                Ok(())
+            })?;
+            for f in ["tokenizer.json", "vocab.txt"] {
+                std::fs::copy(o.dir().join(f), ctx.out_dir.join(f))?;
+            }
         } else {
             let src = PathBuf::from(&p.tokenizer);
             let file = if src.is_dir() {
