@@ -379,7 +379,6 @@ fn bench_table(dir: &Path, json: bool) -> Result<()> {
 pub fn run(
     patients: u32,
     text_reports: u32,
-    partition_items: u32,
     only: &[String],
     json: bool,
     registry: &mg3d_core::StageRegistry,
@@ -440,10 +439,6 @@ pub fn run(
     // 5. Schema-checked table writing.
     if on("table") {
         bench_table(dir.path(), json)?;
-    }
-    // 6. Partitions and merges at scale (minutes: only when asked for).
-    if only.iter().any(|o| o == "partition") {
-        crate::bench_partition::bench_partition(dir.path(), partition_items, json, registry)?;
     }
     Ok(())
 }

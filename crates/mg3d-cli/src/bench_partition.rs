@@ -117,6 +117,78 @@ fn bench_store(dir: &Path, items: u32, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// `--stage S --partition K/N` (or the whole stage without `part`), quietly.
+fn stage_opts(stage: &str, part: Option<(u32, u32)>) -> Result<RunOptions> {
+    Ok(RunOptions {
+        only: Some(stage.into()),
+        partition: part
+            .map(|(k, n)| Partition::new(k, n))
+            .transpose()
+            .map_err(anyhow::Error::msg)?,
+        quiet: true,
+        ..Default::default()
+    })
+}
+
+/// One stage as N partitions, then its merge: returns (seconds in all, merge seconds).
+fn partitions_then_merge(
+    engine: &Engine,
+    p: &Pipeline,
+    stage: &str,
+    items: u32,
+    json: bool,
+) -> Result<(f64, f64)> {
+    let mut slowest: f64 = 0.0;
+    let mut total = 0.0;
+    for k in 0..N {
+        let (s, _) = timed(engine, p, &stage_opts(stage, Some((k, N)))?)?;
+        slowest = slowest.max(s);
+        total += s;
+    }
+    if stage == "ingest" {
+        // The partial state a user watches: N partitions done, no merge yet.
+        let t0 = Instant::now();
+        let st = engine.status(p, false)?;
+        let secs = t0.elapsed().as_secs_f64();
+        let progress = st[0]
+            .items
+            .as_ref()
+            .map(|i| i.to_string())
+            .unwrap_or_default();
+        let note = format!("mg3d status over {items} files: {progress}");
+        row("partition.status_s", secs, "s", &note, json);
+    }
+    let (merge, counts) = timed(engine, p, &stage_opts(stage, None)?)?;
+    if counts["made"] != 0 {
+        bail!("the {stage} merge computed items again: {counts}");
+    }
+    let part_note = format!("1 of {N} partitions of {items} items");
+    row(
+        &format!("partition.{stage}.slowest_task_s"),
+        slowest,
+        "s",
+        &part_note,
+        json,
+    );
+    let merge_note = format!("{} items reused, none made", counts["reused"]);
+    row(
+        &format!("partition.{stage}.merge_s"),
+        merge,
+        "s",
+        &merge_note,
+        json,
+    );
+    let per = merge * 1e6 / items as f64;
+    row(
+        &format!("partition.{stage}.merge_us_per_item"),
+        per,
+        "us/item",
+        "",
+        json,
+    );
+    Ok((total + merge, merge))
+}
+
 /// The simulation (see the module doc).
 pub fn bench_partition(dir: &Path, items: u32, json: bool, registry: &StageRegistry) -> Result<()> {
     let data = dir.join("partition-data");
@@ -125,85 +197,26 @@ pub fn bench_partition(dir: &Path, items: u32, json: bool, registry: &StageRegis
     let t = mg3d_synth::report::Templates::parse(mg3d_synth::report::DEFAULT_TEMPLATES)
         .map_err(anyhow::Error::msg)?;
     mg3d_synth::write_reports_only(items, 11, &t, &data.join("reports.csv"))?;
+    let note = format!("{items} tiny NIfTI volumes and {items} reports");
     row(
         "partition.generate",
         t0.elapsed().as_secs_f64(),
         "s",
-        &format!("{items} tiny NIfTI volumes and {items} reports"),
+        &note,
         json,
     );
     bench_store(dir, items, json)?;
 
     let engine = Engine::new(registry);
     let p = pipeline(&dir.join("partition-work"), &data, registry)?;
-    let stages = ["ingest", "reports", "entities", "tokens"];
     let mut partitioned_total = 0.0;
     let mut ingest_merge = 0.0;
-    for stage in stages {
-        let mut slowest: f64 = 0.0;
-        for k in 0..N {
-            let opts = RunOptions {
-                only: Some(stage.into()),
-                partition: Some(Partition::new(k, N).map_err(anyhow::Error::msg)?),
-                quiet: true,
-                ..Default::default()
-            };
-            let (s, _) = timed(&engine, &p, &opts)?;
-            slowest = slowest.max(s);
-            partitioned_total += s;
-        }
-        if stage == "ingest" {
-            // The partial state a user watches: N partitions done, no merge yet.
-            let t0 = Instant::now();
-            let st = engine.status(&p, false)?;
-            let secs = t0.elapsed().as_secs_f64();
-            let progress = st[0]
-                .items
-                .as_ref()
-                .map(|i| i.to_string())
-                .unwrap_or_default();
-            row(
-                "partition.status_s",
-                secs,
-                "s",
-                &format!("mg3d status over {items} files: {progress}"),
-                json,
-            );
-        }
-        let opts = RunOptions {
-            only: Some(stage.into()),
-            quiet: true,
-            ..Default::default()
-        };
-        let (merge, counts) = timed(&engine, &p, &opts)?;
-        partitioned_total += merge;
+    for stage in ["ingest", "reports", "entities", "tokens"] {
+        let (total, merge) = partitions_then_merge(&engine, &p, stage, items, json)?;
+        partitioned_total += total;
         if stage == "ingest" {
             ingest_merge = merge;
         }
-        if counts["made"] != 0 {
-            bail!("the {stage} merge computed items again: {counts}");
-        }
-        row(
-            &format!("partition.{stage}.slowest_task_s"),
-            slowest,
-            "s",
-            &format!("1 of {N} partitions of {items} items"),
-            json,
-        );
-        row(
-            &format!("partition.{stage}.merge_s"),
-            merge,
-            "s",
-            &format!("{} items reused, none made", counts["reused"]),
-            json,
-        );
-        row(
-            &format!("partition.{stage}.merge_us_per_item"),
-            merge * 1e6 / items as f64,
-            "us/item",
-            "",
-            json,
-        );
     }
     // The same stages unpartitioned, cold, for the overhead of partitioning.
     let p1 = pipeline(&dir.join("plain-work"), &data, registry)?;
@@ -216,47 +229,37 @@ pub fn bench_partition(dir: &Path, items: u32, json: bool, registry: &StageRegis
         },
     )?;
     let plain = t0.elapsed().as_secs_f64();
+    let note = format!(
+        "{N} partitions + merge, run one after another, over one unpartitioned run ({plain:.1} s)"
+    );
     row(
         "partition.overhead",
         partitioned_total / plain,
         "x",
-        &format!(
-            "{N} partitions + merge, run one after another, over one unpartitioned run ({plain:.1} s)"
-        ),
+        &note,
         json,
     );
     // What an array task pays before its first item: the walk of all files (a partition owning
     // about one item of the corpus).
-    let opts = RunOptions {
-        only: Some("ingest".into()),
-        partition: Some(Partition::new(0, items.max(1)).map_err(anyhow::Error::msg)?),
-        quiet: true,
-        ..Default::default()
-    };
-    let (enumerate, _) = timed(&engine, &p, &opts)?;
-    row(
-        "partition.task_fixed_s",
-        enumerate,
-        "s",
-        &format!("one ingest task's walk and enumeration of {items} files"),
-        json,
-    );
+    let (enumerate, _) = timed(&engine, &p, &stage_opts("ingest", Some((0, items.max(1))))?)?;
+    let note = format!("one ingest task's walk and enumeration of {items} files");
+    row("partition.task_fixed_s", enumerate, "s", &note, json);
     // CT-RATE on 64 array tasks (one CPU each): each walks everything and computes 1/64 of the
     // volumes; the ingest and preprocess merges each link every item (preprocess's taken as
     // ingest's, both being a directory per volume).
     let task = enumerate * CT_RATE_VOLUMES / items as f64
         + (CT_RATE_VOLUMES / TASKS).ceil() * CT_VOLUME_SECONDS;
     let merge = 2.0 * ingest_merge / items as f64 * CT_RATE_VOLUMES;
+    let note = format!(
+        "ingest + preprocess of 50K volumes: {:.2} h per task + {merge:.0} s merge (vs {:.0} h on one core)",
+        task / 3600.0,
+        CT_RATE_VOLUMES * CT_VOLUME_SECONDS / 3600.0
+    );
     row(
         "partition.ctrate_64_tasks_h",
         (task + merge) / 3600.0,
         "h",
-        &format!(
-            "ingest + preprocess of 50K volumes: {:.2} h per task + {:.0} s merge (vs {:.0} h on one core)",
-            task / 3600.0,
-            merge,
-            CT_RATE_VOLUMES * CT_VOLUME_SECONDS / 3600.0
-        ),
+        &note,
         json,
     );
     Ok(())

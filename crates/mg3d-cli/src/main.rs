@@ -862,7 +862,17 @@ fn run(cli: Cli) -> Result<(), Fail> {
             reports,
             items,
             only,
-        } => bench::run(patients, reports, items, &only, cli.json, &reg)?,
+        } => {
+            let others: Vec<String> = only.iter().filter(|o| *o != "partition").cloned().collect();
+            if only.is_empty() || !others.is_empty() {
+                bench::run(patients, reports, &others, cli.json, &reg)?;
+            }
+            // Partitions and merges at scale: minutes, so only when named.
+            if only.iter().any(|o| o == "partition") {
+                let dir = tempfile::tempdir()?;
+                bench_partition::bench_partition(dir.path(), items, cli.json, &reg)?;
+            }
+        }
         Cmd::Schema { cmd } => cmd_schema(cmd, cli.json)?,
         Cmd::Synth(a) => cmd_synth(cli.json, a)?,
     }

@@ -60,6 +60,72 @@ fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
     })
 }
 
+/// Where and how the scripts of one plan run.
+struct Writer<'a> {
+    plan: &'a SlurmPlan<'a>,
+    /// Absolute script directory.
+    out: PathBuf,
+    /// The jobs' working directory (where `mg3d slurm` ran).
+    cwd: PathBuf,
+    /// `mg3d run PIPELINE --work-dir WORK --quiet`, absolute paths.
+    run: String,
+}
+
+impl Writer<'_> {
+    /// Writes `NN-STAGE.<suffix>.sbatch`: the header (`#SBATCH` lines, one array of
+    /// `plan.partitions` tasks when `array`), a comment and `exec mg3d run ... ARGS`.
+    fn script(
+        &self,
+        (n, stage): (usize, &str),
+        (job, suffix): (&str, &str),
+        array: bool,
+        (comment, args): (&str, &str),
+    ) -> anyhow::Result<String> {
+        let extra: Vec<&str> = self
+            .plan
+            .stage_args
+            .iter()
+            .filter(|(s, _)| s == stage)
+            .map(|(_, a)| a.as_str())
+            .collect();
+        let mut h = String::from("#!/bin/bash\n");
+        let log = if array { "%A_%a" } else { "%j" };
+        let name = &self.plan.pipeline.name;
+        let _ = writeln!(h, "#SBATCH --job-name=mg3d-{name}-{stage}-{job}");
+        let _ = writeln!(
+            h,
+            "#SBATCH --output={}/logs/{stage}-{job}-{log}.out",
+            self.out.display()
+        );
+        let _ = writeln!(h, "#SBATCH --chdir={}", self.cwd.display());
+        if array {
+            let _ = writeln!(h, "#SBATCH --array=0-{}", self.plan.partitions - 1);
+        }
+        for opt in sbatch_options(&self.plan.sbatch_args, &extra) {
+            let _ = writeln!(h, "#SBATCH {opt}");
+        }
+        h.push_str(
+            "set -euo pipefail\n\
+             # One task's threads: what Slurm allotted it (--cpus-per-task), not the whole node.\n\
+             if [ -n \"${SLURM_CPUS_PER_TASK:-}\" ]; then export RAYON_NUM_THREADS=$SLURM_CPUS_PER_TASK; fi\n",
+        );
+        let args = if args.is_empty() {
+            String::new()
+        } else {
+            format!(" {args}")
+        };
+        let _ = writeln!(
+            h,
+            "# {comment}\nexec {} --stage {}{args}",
+            self.run,
+            shell_quote(stage)
+        );
+        let path = self.out.join(format!("{n:02}-{stage}.{suffix}"));
+        write_script(&path, &h)?;
+        Ok(path.to_string_lossy().into_owned())
+    }
+}
+
 /// Writes one sbatch script per job and `submit.sh` into `plan.out`; returns the submit script's
 /// path and the `sbatch` lines it runs.
 pub fn write_plan(reg: &StageRegistry, plan: &SlurmPlan) -> anyhow::Result<(PathBuf, Vec<String>)> {
@@ -72,143 +138,99 @@ pub fn write_plan(reg: &StageRegistry, plan: &SlurmPlan) -> anyhow::Result<(Path
         .iter()
         .chain(plan.stage_args.iter().map(|(s, _)| s))
     {
-        if p.stage(s).is_none() {
-            bail!(
-                "no stage named {s:?} in {}; stages are: {}",
-                p.file.display(),
-                p.stages
-                    .iter()
-                    .map(|s| s.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-        }
+        p.require_stage(s).map_err(anyhow::Error::msg)?;
     }
-    let exe = std::env::current_exe().context("locating the mg3d binary")?;
-    let cwd = std::env::current_dir()?;
-    let pipeline = absolute(&p.file)?;
-    let work = absolute(&p.work_dir)?;
     std::fs::create_dir_all(plan.out.join("logs"))
         .with_context(|| format!("creating {}", plan.out.display()))?;
-    let out = absolute(&plan.out)?;
-    let run = format!(
-        "{} run {} --work-dir {} --quiet",
-        shell_quote(&exe.to_string_lossy()),
-        shell_quote(&pipeline.to_string_lossy()),
-        shell_quote(&work.to_string_lossy())
-    );
+    let exe = std::env::current_exe().context("locating the mg3d binary")?;
+    let w = Writer {
+        plan,
+        out: absolute(&plan.out)?,
+        cwd: std::env::current_dir()?,
+        run: format!(
+            "{} run {} --work-dir {} --quiet",
+            shell_quote(&exe.to_string_lossy()),
+            shell_quote(&absolute(&p.file)?.to_string_lossy()),
+            shell_quote(&absolute(&p.work_dir)?.to_string_lossy())
+        ),
+    };
     let selected = |name: &str| plan.stages.is_empty() || plan.stages.iter().any(|s| s == name);
     let mut jobs: Vec<Job> = Vec::new();
     let mut prev_writer: Option<String> = None;
     // The job each scheduled stage's dependents wait for (its merge, or its only job).
     let mut last_of: std::collections::BTreeMap<&str, String> = Default::default();
-    for (n, spec) in p.stages.iter().enumerate() {
-        if !selected(&spec.name) {
-            continue;
-        }
+    for (n, spec) in p
+        .stages
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| selected(&s.name))
+    {
         let stage = reg.get(&spec.kind).expect("validated pipeline");
-        let extra: Vec<&str> = plan
-            .stage_args
-            .iter()
-            .filter(|(s, _)| *s == spec.name)
-            .map(|(_, a)| a.as_str())
-            .collect();
-        let var_base: String = spec
+        let var: String = spec
             .name
             .chars()
             .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
             .collect();
-        let after: Vec<String> = spec
+        let after_ok: Vec<String> = spec
             .inputs
             .iter()
             .filter_map(|i| last_of.get(i.as_str()).cloned())
             .collect();
-        let header = |job: &str, array: bool| {
-            let mut h = String::from("#!/bin/bash\n");
-            let log = if array { "%A_%a" } else { "%j" };
-            let _ = writeln!(h, "#SBATCH --job-name=mg3d-{}-{}-{job}", p.name, spec.name);
-            let _ = writeln!(
-                h,
-                "#SBATCH --output={}/logs/{}-{job}-{log}.out",
-                out.display(),
-                spec.name
-            );
-            let _ = writeln!(h, "#SBATCH --chdir={}", cwd.display());
-            if array {
-                let _ = writeln!(h, "#SBATCH --array=0-{}", plan.partitions - 1);
-            }
-            for a in std::iter::once(plan.sbatch_args.as_str()).chain(extra.iter().copied()) {
-                for opt in a.split_whitespace() {
-                    let _ = writeln!(h, "#SBATCH {opt}");
-                }
-            }
-            h.push_str(
-                "set -euo pipefail\n\
-                 # One task's threads: what Slurm allotted it (--cpus-per-task), not the whole node.\n\
-                 if [ -n \"${SLURM_CPUS_PER_TASK:-}\" ]; then export RAYON_NUM_THREADS=$SLURM_CPUS_PER_TASK; fi\n",
-            );
-            h
-        };
-        let prefix = format!("{:02}-{}", n, spec.name);
-        if stage.partitioned() && plan.partitions > 1 {
-            let script = out.join(format!("{prefix}.array.sbatch"));
-            let mut s = header("part", true);
-            let _ = writeln!(
-                s,
-                "# Partition $SLURM_ARRAY_TASK_ID of $SLURM_ARRAY_TASK_COUNT of the stage's items into the item store.\n\
-                 exec {run} --stage {} --partition auto",
-                shell_quote(&spec.name)
-            );
-            write_script(&script, &s)?;
+        let at = (n, spec.name.as_str());
+        let var = if stage.partitioned() && plan.partitions > 1 {
+            let part = "Partition $SLURM_ARRAY_TASK_ID of $SLURM_ARRAY_TASK_COUNT of the stage's items into the item store.";
+            let script = w.script(
+                at,
+                ("part", "array.sbatch"),
+                true,
+                (part, "--partition auto"),
+            )?;
+            let array = format!("{var}_array");
             jobs.push(Job {
-                var: format!("{var_base}_array"),
-                script: script.to_string_lossy().into_owned(),
-                after_ok: after,
+                var: array.clone(),
+                script,
+                after_ok,
                 after_any: None,
             });
-            let merge = out.join(format!("{prefix}.merge.sbatch"));
-            let mut s = header("merge", false);
-            let _ = writeln!(
-                s,
-                "# The stage's output from the items its partitions stored (none is computed again).\n\
-                 exec {run} --stage {}",
-                shell_quote(&spec.name)
-            );
-            write_script(&merge, &s)?;
-            let var = format!("{var_base}_merge");
+            let merge =
+                "The stage's output from the items its partitions stored (none is computed again).";
+            let script = w.script(at, ("merge", "merge.sbatch"), false, (merge, ""))?;
+            let var = format!("{var}_merge");
+            let after_any = prev_writer.replace(var.clone());
             jobs.push(Job {
                 var: var.clone(),
-                script: merge.to_string_lossy().into_owned(),
-                after_ok: vec![format!("{var_base}_array")],
-                after_any: prev_writer.replace(var.clone()),
+                script,
+                after_ok: vec![array],
+                after_any,
             });
-            last_of.insert(&spec.name, var);
+            var
         } else {
-            let script = out.join(format!("{prefix}.sbatch"));
-            let mut s = header("run", false);
             let what = if stage.partitioned() {
                 "One partition: the whole stage in one job."
             } else {
                 "A whole-corpus stage: one job."
             };
-            let _ = writeln!(
-                s,
-                "# {what}\nexec {run} --stage {}",
-                shell_quote(&spec.name)
-            );
-            write_script(&script, &s)?;
+            let script = w.script(at, ("run", "sbatch"), false, (what, ""))?;
+            let after_any = prev_writer.replace(var.clone());
             jobs.push(Job {
-                var: var_base.clone(),
-                script: script.to_string_lossy().into_owned(),
-                after_ok: after,
-                after_any: prev_writer.replace(var_base.clone()),
+                var: var.clone(),
+                script,
+                after_ok,
+                after_any,
             });
-            last_of.insert(&spec.name, var_base);
-        }
+            var
+        };
+        last_of.insert(&spec.name, var);
     }
     if jobs.is_empty() {
         bail!("no stage selected");
     }
+    write_submit(&w.out, &jobs)
+}
+
+/// `submit.sh`: one `sbatch --parsable --dependency=...` per job in order, each job id kept in
+/// its variable and printed as `NAME JOBID`.
+fn write_submit(out: &Path, jobs: &[Job]) -> anyhow::Result<(PathBuf, Vec<String>)> {
     let mut lines = Vec::new();
     let mut submit = String::from(
         "#!/bin/bash\n\
@@ -216,13 +238,13 @@ pub fn write_plan(reg: &StageRegistry, plan: &SlurmPlan) -> anyhow::Result<(Path
          # Written by `mg3d slurm`; prints one line per job: NAME JOBID.\n\
          set -euo pipefail\n",
     );
-    for j in &jobs {
+    for j in jobs {
         let mut deps = Vec::new();
         if !j.after_ok.is_empty() {
             let ids: Vec<String> = j.after_ok.iter().map(|v| format!("${v}")).collect();
             deps.push(format!("afterok:{}", ids.join(":")));
         }
-        if let Some(v) = &j.after_any {
+        if let Some(v) = j.after_any.as_ref().filter(|v| !j.after_ok.contains(v)) {
             deps.push(format!("afterany:${v}"));
         }
         let dep = if deps.is_empty() {
@@ -240,6 +262,19 @@ pub fn write_plan(reg: &StageRegistry, plan: &SlurmPlan) -> anyhow::Result<(Path
     Ok((submit_path, lines))
 }
 
+/// The `#SBATCH` options of one job: the common ones, then the stage's own, where a stage option
+/// `--name=value` replaces a common `--name=...` (options are whitespace-separated `--name=value`
+/// or single flags).
+fn sbatch_options<'a>(common: &'a str, stage: &[&'a str]) -> Vec<&'a str> {
+    let name = |o: &str| o.split('=').next().unwrap_or(o).to_string();
+    let own: Vec<&str> = stage.iter().flat_map(|a| a.split_whitespace()).collect();
+    common
+        .split_whitespace()
+        .filter(|c| !own.iter().any(|o| name(o) == name(c)))
+        .chain(own.iter().copied())
+        .collect()
+}
+
 fn write_script(path: &Path, text: &str) -> anyhow::Result<()> {
     mg3d_core::fsutil::write_atomic(path, text.as_bytes())
         .with_context(|| format!("writing {}", path.display()))?;
@@ -249,4 +284,27 @@ fn write_script(path: &Path, text: &str) -> anyhow::Result<()> {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stage_options_replace_common_ones_of_the_same_name() {
+        let got = sbatch_options(
+            "--partition=cpu --mem=8G --requeue",
+            &["--partition=gpu --gres=gpu:1"],
+        );
+        assert_eq!(
+            got,
+            ["--mem=8G", "--requeue", "--partition=gpu", "--gres=gpu:1"]
+        );
+    }
+
+    #[test]
+    fn shell_words_are_quoted_only_when_needed() {
+        assert_eq!(shell_quote("/a/b-c.toml"), "/a/b-c.toml");
+        assert_eq!(shell_quote("/my data/it's"), "'/my data/it'\\''s'");
+    }
 }

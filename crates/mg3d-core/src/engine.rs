@@ -276,12 +276,10 @@ impl<'r> Engine<'r> {
             state,
             reasons,
             key: key.clone(),
-            items: match (&key, state) {
-                (Some(k), StageState::Stale | StageState::Missing) => {
-                    crate::items::progress(&item_dir(p, spec), k)
-                }
-                _ => None,
-            },
+            items: key
+                .as_ref()
+                .filter(|_| state != StageState::Fresh)
+                .and_then(|k| crate::items::progress(&item_dir(p, spec), k)),
         };
         let Some(rec) = lock.stages.get(&spec.name) else {
             return Ok(mk(StageState::Missing, vec!["never run".to_string()]));
@@ -360,14 +358,7 @@ impl<'r> Engine<'r> {
             return self.run_partition(p, opts, part);
         }
         for sel in [&opts.only, &opts.from].into_iter().flatten() {
-            if p.stage(sel).is_none() {
-                let names: Vec<_> = p.stages.iter().map(|s| s.name.as_str()).collect();
-                return Err(EngineError::Usage(format!(
-                    "{}: no stage named {sel:?}; stages are: {}",
-                    p.file.display(),
-                    names.join(", ")
-                )));
-            }
+            p.require_stage(sel).map_err(EngineError::Usage)?;
         }
         fs::create_dir_all(&p.work_dir).map_err(io_err(&p.work_dir))?;
         let _guard = if opts.dry_run {
@@ -381,15 +372,7 @@ impl<'r> Engine<'r> {
             _ if opts.force => p.stages.iter().map(|s| s.name.clone()).collect(),
             _ => vec![],
         };
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(p.threads)
-            .build()
-            .map_err(|e| EngineError::Usage(format!("cannot build thread pool: {e}")))?;
-        let progress = MultiProgress::with_draw_target(if opts.quiet {
-            ProgressDrawTarget::hidden()
-        } else {
-            ProgressDrawTarget::stderr()
-        });
+        let (pool, progress) = pool_and_progress(p, opts)?;
         let mut lock = Lockfile::load(&p.work_dir).map_err(io_err(&p.work_dir))?;
         let mut statuses: Vec<StageStatus> = Vec::new();
         let mut report = RunReport {
@@ -472,17 +455,7 @@ impl<'r> Engine<'r> {
                 "--partition needs --stage NAME: partitions run one stage at a time".into(),
             ));
         };
-        let Some(spec) = p.stage(name) else {
-            return Err(EngineError::Usage(format!(
-                "{}: no stage named {name:?}; stages are: {}",
-                p.file.display(),
-                p.stages
-                    .iter()
-                    .map(|s| s.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
-        };
+        let spec = p.require_stage(name).map_err(EngineError::Usage)?;
         let stage = self.registry.get(&spec.kind).unwrap().clone();
         if !stage.partitioned() {
             return Err(EngineError::Usage(format!(
@@ -521,15 +494,7 @@ impl<'r> Engine<'r> {
         let scratch = store.join(".scratch").join(crate::fsutil::writer_tag());
         let _ = fs::remove_dir_all(&scratch);
         fs::create_dir_all(&scratch).map_err(io_err(&scratch))?;
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(p.threads)
-            .build()
-            .map_err(|e| EngineError::Usage(format!("cannot build thread pool: {e}")))?;
-        let progress = MultiProgress::with_draw_target(if opts.quiet {
-            ProgressDrawTarget::hidden()
-        } else {
-            ProgressDrawTarget::stderr()
-        });
+        let (pool, progress) = pool_and_progress(p, opts)?;
         let ctx = StageContext {
             name: &spec.name,
             params: &spec.params,
@@ -646,6 +611,23 @@ impl<'r> Engine<'r> {
         };
         Ok((record, this_run))
     }
+}
+
+/// The stages' thread pool (`threads`, 0 = all cores or `RAYON_NUM_THREADS`) and progress bars.
+fn pool_and_progress(
+    p: &Pipeline,
+    opts: &RunOptions,
+) -> Result<(rayon::ThreadPool, MultiProgress), EngineError> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(p.threads)
+        .build()
+        .map_err(|e| EngineError::Usage(format!("cannot build thread pool: {e}")))?;
+    let progress = MultiProgress::with_draw_target(if opts.quiet {
+        ProgressDrawTarget::hidden()
+    } else {
+        ProgressDrawTarget::stderr()
+    });
+    Ok((pool, progress))
 }
 
 /// The item store of a stage: `WORK/.items/NAME/`.

@@ -196,6 +196,18 @@ impl Pipeline {
         self.stages.iter().find(|s| s.name == name)
     }
 
+    /// The stage named `name`, or an error message that lists the pipeline's stages.
+    pub fn require_stage(&self, name: &str) -> Result<&StageSpec, String> {
+        self.stage(name).ok_or_else(|| {
+            let names: Vec<&str> = self.stages.iter().map(|s| s.name.as_str()).collect();
+            format!(
+                "{}: no stage named {name:?}; stages are: {}",
+                self.file.display(),
+                names.join(", ")
+            )
+        })
+    }
+
     /// `name` and every stage downstream of it, in pipeline order.
     pub fn descendants(&self, name: &str) -> Vec<String> {
         let mut set: BTreeSet<String> = BTreeSet::from([name.to_string()]);
