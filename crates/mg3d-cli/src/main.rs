@@ -43,6 +43,16 @@ enum Cmd {
     /// partitioned stage, one job per other stage, chained by `--dependency=afterok`; prints the
     /// sbatch lines (`--submit` runs them).
     Slurm(SlurmArgs),
+    /// Score the entity extractor on annotated reports (tests/report-eval/*.jsonl): micro-F1 of
+    /// "present" over the 18 CT-RATE labels, per-label F1, uncertain-only findings found.
+    ReportEval {
+        /// Annotated report files (JSON lines).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Also list every disagreement with the mentions behind it.
+        #[arg(long)]
+        errors: bool,
+    },
     /// Show each stage as fresh, stale or missing, with the reasons.
     Status {
         /// Pipeline file (default: pipelines/demo.toml, or the copy built into mg3d).
@@ -363,6 +373,36 @@ struct SynthArgs {
     /// Report template file (default: the embedded configs/synth/reports.toml).
     #[arg(long)]
     templates: Option<PathBuf>,
+}
+
+/// `mg3d report-eval`.
+fn cmd_report_eval(files: &[PathBuf], errors: bool, json: bool) -> Result<(), Fail> {
+    use mg3d_report::evalset;
+    let mut reports = Vec::new();
+    for f in files {
+        reports.extend(evalset::load(f).map_err(|e| Fail(2, e.into()))?);
+    }
+    let s = evalset::score(&mg3d_report::entities::Extractor::default_config(), &reports);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(());
+    }
+    if errors {
+        for e in &s.errors {
+            println!("{e}");
+        }
+    }
+    println!(
+        "{} reports: present micro-F1 {:.3} (precision {:.3}, recall {:.3}); uncertain-only found as uncertain {}/{}",
+        s.reports, s.micro_f1, s.precision, s.recall, s.uncertain_found, s.uncertain_only
+    );
+    for (label, c) in &s.per_label {
+        println!(
+            "  {label:<36} F1 {:.3}  positives {:>3}  tp {:>3} fp {:>3} fn {:>3}",
+            c.f1, c.positives, c.tp, c.fp, c.fn_
+        );
+    }
+    Ok(())
 }
 
 /// `mg3d slurm`.
@@ -801,6 +841,7 @@ fn run(cli: Cli) -> Result<(), Fail> {
             }
         }
         Cmd::Query(a) => cmd_query(&reg, cli.quiet, cli.json, a)?,
+        Cmd::ReportEval { files, errors } => cmd_report_eval(&files, errors, cli.json)?,
         Cmd::Slurm(a) => cmd_slurm(&reg, cli.json, a)?,
         Cmd::ExportEncoder(a) => cmd_export_encoder(cli.quiet, a)?,
         Cmd::Stages => cmd_stages(&reg),

@@ -8,6 +8,7 @@
 pub mod entities;
 pub mod entities_stage;
 pub mod error;
+pub mod evalset;
 pub mod reports;
 pub mod text;
 pub mod tokens;
