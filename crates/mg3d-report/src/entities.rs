@@ -35,6 +35,10 @@ struct FindingDef {
     coordinated: Vec<String>,
     #[serde(default)]
     head: Option<String>,
+    /// A mention that names the structure, not the finding ("lymph nodes"): it counts only
+    /// when its clause qualifies it (see [`node_qualifier`]); unqualified, it is no mention.
+    #[serde(default)]
+    qualified: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -223,6 +227,100 @@ fn size_mm(text: &str) -> Option<f64> {
     best
 }
 
+/// A word's lemma for matching entities: plural endings removed ("opacities" -> "opacity",
+/// "sequelae" -> "sequela", "masses" -> "mass", "bands" -> "band"), words ending in -is, -us or
+/// -ss kept ("atelectasis"). The lexicon's phrases go through it too, so listing one form matches
+/// both.
+fn lemma(w: &str) -> String {
+    let n = w.len();
+    if n > 4 && w.ends_with("ies") {
+        format!("{}y", &w[..n - 3])
+    } else if n > 4 && w.ends_with("ae") {
+        w[..n - 1].to_string()
+    } else if n > 4 && w.ends_with("sses") {
+        w[..n - 2].to_string()
+    } else if n > 3
+        && w.ends_with('s')
+        && !["ss", "is", "us", "'s"].iter().any(|e| w.ends_with(e))
+    {
+        w[..n - 1].to_string()
+    } else {
+        w.to_string()
+    }
+}
+
+const ARTERIAL: &str = "Arterial wall calcification";
+const CORONARY: &str = "Coronary artery wall calcification";
+
+/// Lower-cased words of `text` joined by single spaces.
+fn lower_words(text: &str) -> String {
+    words(text).into_iter().map(|(_, w)| w).collect::<Vec<_>>().join(" ")
+}
+
+/// A question mark hedging the finding at `span`: right after it ("atelectasis?"), or opening
+/// its clause ("?New trace left pleural effusion").
+fn question_mark(sentence: &str, span: &Range<usize>, clause: &Range<usize>) -> Option<String> {
+    let after = sentence[span.end..].trim_start_matches([' ', ')']);
+    let opens = sentence[clause.start.min(span.start)..span.start]
+        .trim_start()
+        .starts_with('?');
+    (after.starts_with('?') || opens).then(|| "?".to_string())
+}
+
+/// An organ header ("LYMPH NODES:", "PLEURA:"): the words in capitals, followed by a colon.
+fn is_header(sentence: &str, span: &Range<usize>) -> bool {
+    let t = &sentence[span.clone()];
+    t.chars().any(char::is_alphabetic)
+        && !t.chars().any(char::is_lowercase)
+        && sentence[span.end..].trim_start().starts_with(':')
+}
+
+/// What a clause says of the lymph nodes it names (`after`: the clause from the mention on):
+/// not enlarged ("subcentimetre", "not in pathological size", "less than 10 mm", "prominent but
+/// not enlarged") is absent, "borderline"/"equivocal" uncertain, enlarged ("pathological",
+/// "enlarged", "bulky") present; else the first size given decides by the 10 mm short-axis
+/// threshold (over: present, 10 mm: uncertain, under: absent). `None`: nothing said.
+fn node_qualifier(clause: &str, after: &str) -> Option<(&'static str, String)> {
+    let lower = clause.to_lowercase();
+    let w: Vec<String> = words(&lower).into_iter().map(|(_, w)| w).collect();
+    let text = w.join(" ");
+    let has = |p: &str| {
+        text == p
+            || text.starts_with(&format!("{p} "))
+            || text.ends_with(&format!(" {p}"))
+            || text.contains(&format!(" {p} "))
+    };
+    const NOT_ENLARGED: [&str; 14] = [
+        "not enlarged", "none enlarged", "not pathologically enlarged", "not in pathological size",
+        "not of pathological size", "not pathological", "subcentimeter", "subcentimetre",
+        "sub-centimeter", "sub-centimetre", "less than 1 cm", "less than 10 mm", "normal size",
+        "normal in size",
+    ];
+    const UNCERTAIN: [&str; 3] = ["borderline", "equivocal", "indeterminate"];
+    const ENLARGED: [&str; 11] = [
+        "enlarged", "enlargement", "pathological", "pathologic", "pathologically", "bulky",
+        "conglomerate", "conglomerated", "matted", "necrotic", "enlarging",
+    ];
+    if let Some(p) = NOT_ENLARGED.iter().find(|p| has(p)) {
+        return Some(("absent", p.to_string()));
+    }
+    if let Some(p) = UNCERTAIN.iter().find(|p| has(p)) {
+        return Some(("uncertain", p.to_string()));
+    }
+    if let Some(p) = ENLARGED.iter().find(|p| has(p)) {
+        return Some(("present", p.to_string()));
+    }
+    let size = size_mm(after).or_else(|| size_mm(clause))?;
+    let t = format!("{size} mm");
+    Some(if size > 10.0 {
+        ("present", t)
+    } else if size >= 10.0 {
+        ("uncertain", t)
+    } else {
+        ("absent", t)
+    })
+}
+
 fn laterality_words(text: &str) -> Option<String> {
     let w: Vec<String> = words(text).into_iter().map(|(_, w)| w).collect();
     if w.iter().any(|x| x == "bilateral" || x == "both")
@@ -284,7 +382,7 @@ impl Extractor {
         let mut entity_index: HashMap<String, Vec<(Vec<String>, Kind)>> = HashMap::new();
         for (i, d) in f.finding.iter().enumerate() {
             for s in d.synonyms.iter().chain(std::iter::once(&d.term)) {
-                let t = phrase_tokens(s);
+                let t: Vec<String> = phrase_tokens(s).iter().map(|w| lemma(w)).collect();
                 if !t.is_empty() {
                     entity_index
                         .entry(t[0].clone())
@@ -295,7 +393,7 @@ impl Extractor {
         }
         for (i, d) in a.anatomy.iter().enumerate() {
             for s in d.synonyms.iter().chain(std::iter::once(&d.term)) {
-                let t = phrase_tokens(s);
+                let t: Vec<String> = phrase_tokens(s).iter().map(|w| lemma(w)).collect();
                 if !t.is_empty() {
                     entity_index
                         .entry(t[0].clone())
@@ -392,28 +490,35 @@ impl Extractor {
     /// laterality and located_at); pass `[0..len]` when unknown.
     pub fn extract(&self, sentence: &str, clauses: &[Range<usize>]) -> Vec<Entity> {
         let toks = words(sentence);
-        let mut hits = longest_matches(&toks, &self.entity_index);
+        // Entities match on lemmas ("fibrotic bands" = "fibrotic band"); triggers on the words.
+        let lemmas: Vec<(Range<usize>, String)> =
+            toks.iter().map(|(r, w)| (r.clone(), lemma(w))).collect();
+        let mut hits = longest_matches(&lemmas, &self.entity_index);
         // Elliptic coordination: "<mod> (or|and|,) <mod2> <head>" where mod2+head is a finding.
-        let extra = self.coordinated(sentence, &toks, &hits);
+        let extra = self.coordinated(sentence, &lemmas, &hits);
         hits.extend(extra);
         hits.sort_by_key(|h| h.0.start);
         let triggers = longest_matches(&toks, &self.trigger_index);
         // Terminators: terminate rules, and semicolons / colons between words.
-        let mut terminators: Vec<usize> = triggers
-            .iter()
-            .filter(|(_, ri)| self.rules[*ri].direction == "terminate")
-            .map(|(r, _)| r.start)
-            .collect();
-        terminators.extend(
-            (1..toks.len())
-                .filter(|&i| sentence[toks[i - 1].0.end..toks[i].0.start].contains([';', ':'])),
-        );
-        terminators.sort_unstable();
+        // Terminate rules end a scope at their word; ";" and ":" between words at the word after.
+        let terminators = Terminators {
+            words: triggers
+                .iter()
+                .filter(|(_, ri)| self.rules[*ri].direction == "terminate")
+                .map(|(r, _)| r.start)
+                .collect(),
+            punct: (1..toks.len())
+                .filter(|&i| sentence[toks[i - 1].0.end..toks[i].0.start].contains([';', ':']))
+                .collect(),
+        };
         let byte = |r: &Range<usize>| toks[r.start].0.start..toks[r.end - 1].0.end;
         let clause_of = |b: usize| clauses.iter().position(|c| c.contains(&b)).unwrap_or(0);
         let mut out: Vec<Entity> = Vec::new();
         for (r, k) in &hits {
             let span = byte(r);
+            if is_header(sentence, &span) {
+                continue;
+            }
             let (etype, norm, label, mut laterality) = match *k {
                 Kind::Finding(i) => (
                     EntityType::Observation,
@@ -435,6 +540,22 @@ impl Extractor {
                 if !covers(rule, tr, r, &terminators, toks.len()) {
                     continue;
                 }
+                // A hedge after the finding that goes on to name something else hedges that
+                // ("consolidation, likely infective"; "nodes, likely reactive"), not the finding.
+                let alternative = matches!(
+                    lower_words(&sentence[byte(tr)]).as_str(),
+                    "versus" | "vs" | "or" | "differential diagnosis"
+                );
+                if rule.category == "possible"
+                    && !alternative
+                    && tr.start >= r.end
+                    && tr.end < toks.len()
+                    && clause_of(toks[tr.end].0.start) == clause_of(toks[tr.end - 1].0.start)
+                    && !terminators.words.contains(&tr.end)
+                    && !terminators.punct.contains(&tr.end)
+                {
+                    continue;
+                }
                 let text = sentence[byte(tr)].to_string();
                 match rule.category.as_str() {
                     "negated" => negated = negated.or(Some(text)),
@@ -444,17 +565,36 @@ impl Extractor {
                     _ => {}
                 }
             }
+            let c = clause_of(span.start);
+            let clause = clauses.get(c).cloned().unwrap_or(0..sentence.len());
+            let qualified = matches!(*k, Kind::Finding(i) if self.findings[i].qualified);
+            let qualifier = if qualified {
+                // What the sentence says of the nodes, from their clause to the next ";" or ":".
+                let end = sentence[span.end..]
+                    .find([';', ':'])
+                    .map_or(sentence.len(), |e| span.end + e);
+                node_qualifier(&sentence[clause.start.min(span.start)..end], &sentence[span.end..end])
+            } else {
+                None
+            };
+            // "?" hedges the finding it follows ("atelectasis?") and a clause it opens
+            // ("?New trace effusion").
+            let possible = possible.or_else(|| question_mark(sentence, &span, &clause));
             let (assertion, trigger) = if etype == EntityType::Anatomy {
                 ("present", None)
             } else if let Some(t) = possible {
                 ("uncertain", Some(t))
             } else if let Some(t) = negated {
                 ("absent", Some(t))
+            } else if qualified {
+                match qualifier {
+                    Some((a, t)) => (a, Some(t)),
+                    // A structure named without a finding ("LYMPH NODES", "nodes are seen").
+                    None => continue,
+                }
             } else {
                 ("present", None)
             };
-            let c = clause_of(span.start);
-            let clause = clauses.get(c).cloned().unwrap_or(0..sentence.len());
             if laterality.is_none() {
                 laterality = laterality_words(&sentence[clause.clone()]);
             }
@@ -481,6 +621,28 @@ impl Extractor {
                 located_at: None,
             });
         }
+        // Calcification of the coronary arteries is its own label: an arterial calcification
+        // whose clause names them counts for the coronary label (for both when the clause also
+        // names another artery: "in the aorta and coronary arteries").
+        let mut coronary = Vec::new();
+        for e in out.iter_mut().filter(|e| e.label.as_deref() == Some(ARTERIAL)) {
+            let c = clauses.get(clause_of(e.span.start)).cloned().unwrap_or(0..sentence.len());
+            let w = lower_words(&sentence[c]);
+            let has = |names: &[&str]| w.split(' ').any(|x| names.contains(&x));
+            if has(&["coronary", "coronaries", "lad", "rca", "circumflex"]) {
+                let mut cor = e.clone();
+                cor.label = Some(CORONARY.to_string());
+                cor.norm = "coronary artery wall calcification".to_string();
+                if has(&["aorta", "aortic", "arch", "carotid", "subclavian", "brachiocephalic", "arteries"])
+                    && w.matches("arter").count() + w.matches("aort").count() > 1
+                {
+                    coronary.push(cor);
+                } else {
+                    *e = cor;
+                }
+            }
+        }
+        out.extend(coronary);
         // located_at: nearest anatomy in the same clause.
         let anat: Vec<(usize, usize)> = out
             .iter()
@@ -503,6 +665,26 @@ impl Extractor {
     }
 }
 
+/// Where scopes end in a sentence, as word indices: terminate-rule words ("but") end a scope at
+/// themselves, ";" and ":" at the boundary before the word after them.
+struct Terminators {
+    words: Vec<usize>,
+    punct: Vec<usize>,
+}
+
+impl Terminators {
+    /// The first word a forward scope starting at word `from` cannot reach.
+    fn forward_stop(&self, from: usize) -> Option<usize> {
+        self.words.iter().chain(&self.punct).copied().filter(|&t| t >= from).min()
+    }
+    /// The first word a backward scope from a trigger at word `at` can reach.
+    fn backward_stop(&self, at: usize) -> usize {
+        let words = self.words.iter().filter(|&&t| t < at).map(|&t| t + 1);
+        let punct = self.punct.iter().copied().filter(|&t| t <= at);
+        words.chain(punct).max().unwrap_or(0)
+    }
+}
+
 /// Whether the trigger at word range `tr` scopes over the entity at `r`: forward to the next
 /// terminator (or `max_scope` words), backward to the previous one, or both, by the rule's
 /// direction.
@@ -510,16 +692,11 @@ fn covers(
     rule: &RuleDef,
     tr: &Range<usize>,
     r: &Range<usize>,
-    terminators: &[usize],
+    terminators: &Terminators,
     n_toks: usize,
 ) -> bool {
     let covers_forward = tr.end <= r.start && {
-        let stop = terminators
-            .iter()
-            .copied()
-            .filter(|&t| t >= tr.end)
-            .min()
-            .unwrap_or(n_toks);
+        let stop = terminators.forward_stop(tr.end).unwrap_or(n_toks);
         let max = if rule.max_scope > 0 {
             tr.end + rule.max_scope
         } else {
@@ -528,13 +705,7 @@ fn covers(
         r.start < stop.min(max)
     };
     let covers_backward = tr.start >= r.end && {
-        let stop = terminators
-            .iter()
-            .copied()
-            .filter(|&t| t < tr.start)
-            .max()
-            .map(|t| t + 1)
-            .unwrap_or(0);
+        let stop = terminators.backward_stop(tr.start);
         let max = if rule.max_scope > 0 {
             tr.start.saturating_sub(rule.max_scope)
         } else {

@@ -46,6 +46,30 @@ fn is_list_marker(s: &str) -> bool {
             || (body.len() == 1 && body.chars().all(|c| c.is_ascii_lowercase())))
 }
 
+/// Whether the line break at byte `i` is a hard wrap inside a sentence: the next line goes on in
+/// lower case, or this line ends with a comma, a hyphen or a word that cannot end a sentence
+/// ("or", "and", "of", ...). A blank line always ends the sentence.
+fn is_wrap(text: &str, i: usize) -> bool {
+    let before = text[..i].trim_end_matches([' ', '\t', '\r']);
+    let after = text[i + 1..].trim_start_matches([' ', '\t']);
+    if before.is_empty() || before.ends_with('\n') || after.starts_with(['\n', '\r']) {
+        return false;
+    }
+    if after.starts_with(|c: char| c.is_lowercase()) || before.ends_with([',', '-', '/', '(']) {
+        return true;
+    }
+    let last = before
+        .rsplit(|c: char| !c.is_alphanumeric())
+        .next()
+        .unwrap_or("")
+        .to_lowercase();
+    const CONNECTIVES: [&str; 16] = [
+        "and", "or", "of", "the", "a", "an", "with", "without", "to", "in", "at", "by", "for", "from",
+        "no", "nor",
+    ];
+    CONNECTIVES.contains(&last.as_str())
+}
+
 /// Sentence ranges of `text`.
 pub fn sentences(text: &str) -> Vec<Range<usize>> {
     let b = text.as_bytes();
@@ -54,7 +78,9 @@ pub fn sentences(text: &str) -> Vec<Range<usize>> {
     while i < b.len() {
         let c = b[i];
         if c == b'\n' {
-            cuts.push(i + 1);
+            if !is_wrap(text, i) {
+                cuts.push(i + 1);
+            }
         } else if c == b'.' || c == b'!' || c == b'?' {
             // Must be followed by whitespace (or the end).
             let next = b.get(i + 1).copied();
