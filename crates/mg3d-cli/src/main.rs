@@ -373,6 +373,10 @@ struct SynthArgs {
     /// Report template file (default: the embedded configs/synth/reports.toml).
     #[arg(long)]
     templates: Option<PathBuf>,
+    /// Write only a CT-RATE-format reports CSV of this many rows (`OUT/reports.csv`), no volumes
+    /// (text benchmarks).
+    #[arg(long)]
+    reports_only: Option<u32>,
 }
 
 /// `mg3d report-eval`.
@@ -382,7 +386,10 @@ fn cmd_report_eval(files: &[PathBuf], errors: bool, json: bool) -> Result<(), Fa
     for f in files {
         reports.extend(evalset::load(f).map_err(|e| Fail(2, e.into()))?);
     }
-    let s = evalset::score(&mg3d_report::entities::Extractor::default_config(), &reports);
+    let s = evalset::score(
+        &mg3d_report::entities::Extractor::default_config(),
+        &reports,
+    );
     if json {
         println!("{}", serde_json::to_string_pretty(&s)?);
         return Ok(());
@@ -660,6 +667,7 @@ fn cmd_synth(json: bool, a: SynthArgs) -> Result<(), Fail> {
         dicom_fraction,
         prevalence,
         templates,
+        reports_only,
     } = a;
     let mut cfg = mg3d_synth::SynthConfig {
         patients,
@@ -702,6 +710,12 @@ fn cmd_synth(json: bool, a: SynthArgs) -> Result<(), Fail> {
         ));
     }
     std::fs::create_dir_all(&out)?;
+    if let Some(n) = reports_only {
+        mg3d_synth::write_reports_only(n, seed, &t, &out.join("reports.csv"))
+            .map_err(|e| Fail(1, e.into()))?;
+        println!("wrote {n} reports to {}", out.join("reports.csv").display());
+        return Ok(());
+    }
     let t0 = Instant::now();
     let s = mg3d_synth::generate(&cfg, &t, &out).map_err(|e| Fail(1, e.into()))?;
     let secs = t0.elapsed().as_secs_f64();

@@ -253,14 +253,25 @@ impl ItemStore {
     /// asks before computing the item's digest, so a partition reads only its own items' inputs;
     /// it skips the items it does not own.
     pub fn owns(&self, item_id: &str) -> bool {
-        self.seen.fetch_add(1, Ordering::Relaxed);
+        self.owns_group(item_id, 1)
+    }
+
+    /// [`ItemStore::owns`] for a group of `n` items stored as one (see [`ItemStore::group_of`]).
+    pub fn owns_group(&self, group_id: &str, n: u64) -> bool {
+        self.seen.fetch_add(n, Ordering::Relaxed);
         let mine = self
             .partition
-            .is_none_or(|p| p.owns(&self.fingerprint, item_id));
+            .is_none_or(|p| p.owns(&self.fingerprint, group_id));
         if !mine {
-            self.other_partitions.fetch_add(1, Ordering::Relaxed);
+            self.other_partitions.fetch_add(n, Ordering::Relaxed);
         }
         mine
+    }
+
+    /// The group (0..groups) of a small item: a keyed hash of its id, independent of any
+    /// partition count, so groups and their stored values are the same however the stage runs.
+    pub fn group_of(&self, item_id: &str, groups: u32) -> u32 {
+        partition_of(&format!("{}\0{item_id}", self.fingerprint), groups)
     }
 
     /// What this run did with its items so far.
@@ -293,9 +304,9 @@ impl ItemStore {
         Ok(parent.join(format!(".{key}.tmp-{}", writer_tag())))
     }
 
-    fn finished(&self, made: bool) {
-        let n = if made { &self.made } else { &self.reused };
-        n.fetch_add(1, Ordering::Relaxed);
+    fn finished(&self, made: bool, n: u64) {
+        let c = if made { &self.made } else { &self.reused };
+        c.fetch_add(n, Ordering::Relaxed);
         self.write_progress(false);
     }
 
@@ -308,7 +319,7 @@ impl ItemStore {
         make: impl FnOnce(&Path) -> Result<(), E>,
     ) -> Result<ItemOutcome, E> {
         let o = self.get_or_make_dir(key, make)?;
-        self.finished(matches!(o, ItemOutcome::Made(_)));
+        self.finished(matches!(o, ItemOutcome::Made(_)), 1);
         Ok(o)
     }
 
@@ -367,6 +378,20 @@ impl ItemStore {
         T: Serialize + DeserializeOwned,
         E: From<io::Error>,
     {
+        self.get_or_make_group(key, 1, make)
+    }
+
+    /// [`ItemStore::get_or_make_value`] for a group of `n` items kept as one value.
+    pub fn get_or_make_group<T, E>(
+        &self,
+        key: &str,
+        n: u64,
+        make: impl FnOnce() -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        T: Serialize + DeserializeOwned,
+        E: From<io::Error>,
+    {
         self.used.lock().unwrap().insert(key.to_string());
         let file = self.path_of(key).with_extension("json");
         match fs::read(&file) {
@@ -377,7 +402,7 @@ impl ItemStore {
                         format!("item {}: {e}", file.display()),
                     )
                 })?;
-                self.finished(false);
+                self.finished(false, n);
                 return Ok(v);
             }
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
@@ -389,7 +414,7 @@ impl ItemStore {
         fs::write(&tmp, &bytes)?;
         // Replacing a file by rename is atomic; a concurrent maker wrote the same bytes.
         fs::rename(&tmp, &file)?;
-        self.finished(true);
+        self.finished(true, n);
         Ok(v)
     }
 

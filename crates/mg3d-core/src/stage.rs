@@ -307,6 +307,10 @@ impl StageError {
     }
 }
 
+/// The groups small items are stored in (see [`StageContext::map_items`]): enough for 64
+/// partitions to share them evenly, few enough that a merge reads a few hundred files.
+pub const ITEM_GROUPS: u32 = 256;
+
 /// The summary key for what only this run knows (see [`Stage::run`]).
 pub const THIS_RUN: &str = "this_run";
 
@@ -495,8 +499,11 @@ impl<'a> StageContext<'a> {
     }
     /// Maps small items through the store, in parallel with a progress bar and cancellation
     /// checks: each item `i` has `id_digest(i)` = (item id, digest of everything its result
-    /// depends on), and its value is found in the store or made by `make` and kept there (as
-    /// JSON). Items of other partitions are `None` (outside a partition run, none is).
+    /// depends on). Items are stored in [`ITEM_GROUPS`] groups by a keyed hash of their id (one
+    /// JSON file per group, keyed by its items' ids and digests): a report costs microseconds, a
+    /// file per report would cost more than the work. A group is found in the store or made by
+    /// `make` on each of its items; a changed item remakes its group. Items of groups another
+    /// partition owns are `None` (outside a partition run, none is).
     pub fn map_items<I, T>(
         &self,
         items: &[I],
@@ -509,26 +516,41 @@ impl<'a> StageContext<'a> {
         T: Send + Serialize + DeserializeOwned,
     {
         use rayon::prelude::*;
+        let keys: Vec<(String, String)> = items.par_iter().map(&id_digest).collect();
+        let mut groups: Vec<Vec<usize>> = vec![Vec::new(); ITEM_GROUPS as usize];
+        for (i, (id, _)) in keys.iter().enumerate() {
+            groups[self.items.group_of(id, ITEM_GROUPS) as usize].push(i);
+        }
         let pb = self.progress_bar(items.len() as u64, what);
-        let mut out = Vec::with_capacity(items.len());
-        for chunk in items.chunks(4096) {
-            self.check_cancelled()?;
-            let done: Vec<Result<Option<T>, StageError>> = chunk
-                .par_iter()
-                .map(|it| {
-                    let (id, digest) = id_digest(it);
-                    let r = if self.items.owns(&id) {
-                        let key = self.items.key(&id, &digest);
-                        self.items.get_or_make_value(&key, || make(it)).map(Some)
-                    } else {
-                        Ok(None)
-                    };
-                    pb.inc(1);
-                    r
-                })
-                .collect();
-            for r in done {
-                out.push(r?);
+        let done: Vec<Result<Option<Vec<T>>, StageError>> = groups
+            .par_iter()
+            .enumerate()
+            .map(|(g, members)| {
+                self.check_cancelled()?;
+                let n = members.len() as u64;
+                let id = format!("group-{g:03}");
+                if members.is_empty() || !self.items.owns_group(&id, n) {
+                    return Ok(None);
+                }
+                let mut h = blake3::Hasher::new();
+                for &i in members {
+                    for part in [&keys[i].0, &keys[i].1] {
+                        h.update(part.as_bytes());
+                        h.update(&[0]);
+                    }
+                }
+                let key = self.items.key(&id, &h.finalize().to_hex());
+                let values = self.items.get_or_make_group(&key, n, || {
+                    members.iter().map(|&i| make(&items[i])).collect()
+                })?;
+                pb.inc(n);
+                Ok(Some(values))
+            })
+            .collect();
+        let mut out: Vec<Option<T>> = std::iter::repeat_with(|| None).take(items.len()).collect();
+        for (members, values) in groups.iter().zip(done) {
+            for (&i, v) in members.iter().zip(values?.into_iter().flatten()) {
+                out[i] = Some(v);
             }
         }
         pb.finish_and_clear();

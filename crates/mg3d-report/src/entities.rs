@@ -239,9 +239,7 @@ fn lemma(w: &str) -> String {
         w[..n - 1].to_string()
     } else if n > 4 && w.ends_with("sses") {
         w[..n - 2].to_string()
-    } else if n > 3
-        && w.ends_with('s')
-        && !["ss", "is", "us", "'s"].iter().any(|e| w.ends_with(e))
+    } else if n > 3 && w.ends_with('s') && !["ss", "is", "us", "'s"].iter().any(|e| w.ends_with(e))
     {
         w[..n - 1].to_string()
     } else {
@@ -254,7 +252,11 @@ const CORONARY: &str = "Coronary artery wall calcification";
 
 /// Lower-cased words of `text` joined by single spaces.
 fn lower_words(text: &str) -> String {
-    words(text).into_iter().map(|(_, w)| w).collect::<Vec<_>>().join(" ")
+    words(text)
+        .into_iter()
+        .map(|(_, w)| w)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// A question mark hedging the finding at `span`: right after it ("atelectasis?"), or opening
@@ -291,15 +293,34 @@ fn node_qualifier(clause: &str, after: &str) -> Option<(&'static str, String)> {
             || text.contains(&format!(" {p} "))
     };
     const NOT_ENLARGED: [&str; 14] = [
-        "not enlarged", "none enlarged", "not pathologically enlarged", "not in pathological size",
-        "not of pathological size", "not pathological", "subcentimeter", "subcentimetre",
-        "sub-centimeter", "sub-centimetre", "less than 1 cm", "less than 10 mm", "normal size",
+        "not enlarged",
+        "none enlarged",
+        "not pathologically enlarged",
+        "not in pathological size",
+        "not of pathological size",
+        "not pathological",
+        "subcentimeter",
+        "subcentimetre",
+        "sub-centimeter",
+        "sub-centimetre",
+        "less than 1 cm",
+        "less than 10 mm",
+        "normal size",
         "normal in size",
     ];
     const UNCERTAIN: [&str; 3] = ["borderline", "equivocal", "indeterminate"];
     const ENLARGED: [&str; 11] = [
-        "enlarged", "enlargement", "pathological", "pathologic", "pathologically", "bulky",
-        "conglomerate", "conglomerated", "matted", "necrotic", "enlarging",
+        "enlarged",
+        "enlargement",
+        "pathological",
+        "pathologic",
+        "pathologically",
+        "bulky",
+        "conglomerate",
+        "conglomerated",
+        "matted",
+        "necrotic",
+        "enlarging",
     ];
     if let Some(p) = NOT_ENLARGED.iter().find(|p| has(p)) {
         return Some(("absent", p.to_string()));
@@ -573,7 +594,10 @@ impl Extractor {
                 let end = sentence[span.end..]
                     .find([';', ':'])
                     .map_or(sentence.len(), |e| span.end + e);
-                node_qualifier(&sentence[clause.start.min(span.start)..end], &sentence[span.end..end])
+                node_qualifier(
+                    &sentence[clause.start.min(span.start)..end],
+                    &sentence[span.end..end],
+                )
             } else {
                 None
             };
@@ -625,16 +649,29 @@ impl Extractor {
         // whose clause names them counts for the coronary label (for both when the clause also
         // names another artery: "in the aorta and coronary arteries").
         let mut coronary = Vec::new();
-        for e in out.iter_mut().filter(|e| e.label.as_deref() == Some(ARTERIAL)) {
-            let c = clauses.get(clause_of(e.span.start)).cloned().unwrap_or(0..sentence.len());
+        for e in out
+            .iter_mut()
+            .filter(|e| e.label.as_deref() == Some(ARTERIAL))
+        {
+            let c = clauses
+                .get(clause_of(e.span.start))
+                .cloned()
+                .unwrap_or(0..sentence.len());
             let w = lower_words(&sentence[c]);
             let has = |names: &[&str]| w.split(' ').any(|x| names.contains(&x));
             if has(&["coronary", "coronaries", "lad", "rca", "circumflex"]) {
                 let mut cor = e.clone();
                 cor.label = Some(CORONARY.to_string());
                 cor.norm = "coronary artery wall calcification".to_string();
-                if has(&["aorta", "aortic", "arch", "carotid", "subclavian", "brachiocephalic", "arteries"])
-                    && w.matches("arter").count() + w.matches("aort").count() > 1
+                if has(&[
+                    "aorta",
+                    "aortic",
+                    "arch",
+                    "carotid",
+                    "subclavian",
+                    "brachiocephalic",
+                    "arteries",
+                ]) && w.matches("arter").count() + w.matches("aort").count() > 1
                 {
                     coronary.push(cor);
                 } else {
@@ -675,7 +712,12 @@ struct Terminators {
 impl Terminators {
     /// The first word a forward scope starting at word `from` cannot reach.
     fn forward_stop(&self, from: usize) -> Option<usize> {
-        self.words.iter().chain(&self.punct).copied().filter(|&t| t >= from).min()
+        self.words
+            .iter()
+            .chain(&self.punct)
+            .copied()
+            .filter(|&t| t >= from)
+            .min()
     }
     /// The first word a backward scope from a trigger at word `at` can reach.
     fn backward_stop(&self, at: usize) -> usize {
@@ -747,6 +789,115 @@ mod tests {
             .filter(|e| e.etype == EntityType::Observation)
             .map(|e| (s[e.span].to_string(), e.assertion))
             .collect()
+    }
+
+    /// (text, label, assertion) of the labelled observations.
+    fn labelled(s: &str) -> Vec<(String, String, &'static str)> {
+        let x = Extractor::default_config();
+        x.extract(s, &[0..s.len()])
+            .into_iter()
+            .filter_map(|e| e.label.map(|l| (s[e.span].to_string(), l, e.assertion)))
+            .collect()
+    }
+
+    #[test]
+    fn lymph_nodes_count_by_what_the_sentence_says_of_them() {
+        let node = |s: &str| {
+            labelled(s)
+                .into_iter()
+                .filter(|(_, l, _)| l == "Lymphadenopathy")
+                .map(|(_, _, a)| a)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            node("Subcarinal lymph node measuring 14 mm in short axis."),
+            ["present"]
+        );
+        assert_eq!(node("A right hilar node of 8 mm."), ["absent"]);
+        assert_eq!(node("Subcarinal node borderline at 10 mm."), ["uncertain"]);
+        assert_eq!(
+            node("Prominent but not enlarged mediastinal lymph nodes."),
+            ["absent"]
+        );
+        assert_eq!(
+            node("Mediastinal lymph nodes are not in pathological size."),
+            ["absent"]
+        );
+        assert_eq!(
+            node("Lymph nodes of pathological size in the AP window."),
+            ["present"]
+        );
+        assert_eq!(node("Subcentimetre mediastinal nodes."), ["absent"]);
+        assert_eq!(
+            node("No lymph node of pathological size was detected."),
+            ["absent"]
+        );
+        // Named without a finding, a node is no mention; an organ header neither.
+        assert!(node("Mediastinal nodes are seen.").is_empty());
+        assert!(node("LYMPH NODES: unremarkable.").is_empty());
+    }
+
+    #[test]
+    fn hedges_question_marks_and_post_posed_negation() {
+        let a = |s: &str| {
+            labelled(s)
+                .into_iter()
+                .map(|(_, _, a)| a)
+                .collect::<Vec<_>>()
+        };
+        // A hedge naming a cause leaves the finding present; one closing the clause hedges it.
+        assert_eq!(a("Consolidation, likely infective."), ["present"]);
+        assert_eq!(a("A small effusion is likely."), ["uncertain"]);
+        assert_eq!(
+            a("Left lower lobe collapse versus consolidation."),
+            ["uncertain", "uncertain"]
+        );
+        assert_eq!(a("Atelectasis? Pneumonia?"), ["uncertain"]);
+        assert_eq!(a("?New trace left pleural effusion."), ["uncertain"]);
+        // A negation after the finding, also after an organ header.
+        assert_eq!(a("PLEURA: Pleural effusion is not seen."), ["absent"]);
+        assert_eq!(a("Pericardial effusion was not observed."), ["absent"]);
+        assert_eq!(
+            a("Resolution of the left lower lobe consolidation."),
+            ["absent"]
+        );
+    }
+
+    #[test]
+    fn plurals_match_their_lemma_and_context_picks_the_artery() {
+        assert_eq!(
+            labelled("Fibrotic bands in both apices."),
+            [(
+                "Fibrotic bands".into(),
+                "Pulmonary fibrotic sequela".into(),
+                "present"
+            )]
+        );
+        assert_eq!(lemma("opacities"), "opacity");
+        assert_eq!(lemma("sequelae"), "sequela");
+        assert_eq!(lemma("masses"), "mass");
+        assert_eq!(lemma("atelectasis"), "atelectasis");
+        let labels = |s: &str| {
+            labelled(s)
+                .into_iter()
+                .map(|(_, l, _)| l)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            labels("Calcific plaques were observed in the coronary arteries."),
+            ["Coronary artery wall calcification"]
+        );
+        assert_eq!(
+            labels("Atherosclerotic changes in the aorta and coronary arteries."),
+            [
+                "Arterial wall calcification",
+                "Coronary artery wall calcification"
+            ]
+        );
+        assert_eq!(
+            labels("Surgical emphysema in the chest wall."),
+            Vec::<String>::new()
+        );
     }
 
     #[test]

@@ -238,7 +238,8 @@ impl Stage for EntitiesStage {
         "entities"
     }
     fn code_version(&self) -> &'static str {
-        "1"
+        // 2: node qualifiers, lemmas, headers, cause hedges, "?" (the lexicons are sources).
+        "2"
     }
     fn describe(&self) -> &'static str {
         "lexicon + ConText entities with assertion -> entities.parquet, labels.parquet, labels CSV (CT-RATE shape)"

@@ -13,9 +13,9 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::ReportError;
 use crate::entities::{EntityType, Extractor, aggregate};
 use crate::text::{clauses, sentences};
-use crate::ReportError;
 use mg3d_core::labels::CT_RATE_LABELS;
 
 /// One annotated mention.
@@ -177,11 +177,7 @@ pub fn score(x: &Extractor, reports: &[EvalReport]) -> Scores {
                 .filter(|m| m.label == label && m.assertion != "hypothetical")
                 .map(|m| m.assertion.as_str())
                 .collect();
-            let guessed: Vec<&str> = pred
-                .iter()
-                .filter(|p| p.0 == label)
-                .map(|p| p.1)
-                .collect();
+            let guessed: Vec<&str> = pred.iter().filter(|p| p.0 == label).map(|p| p.1).collect();
             let (t, g) = (aggregate(&truth), aggregate(&guessed));
             let c = s.per_label.entry(label.to_string()).or_default();
             match (t == Some(1), g == Some(1)) {

@@ -284,7 +284,8 @@ impl Stage for ReportsStage {
         "reports"
     }
     fn code_version(&self) -> &'static str {
-        "2"
+        // 3: a hard line wrap no longer ends a sentence.
+        "3"
     }
     fn describe(&self) -> &'static str {
         "report CSV/JSONL -> reports, sections, sentences, clauses (exact byte offsets), rejects"

@@ -64,8 +64,8 @@ fn is_wrap(text: &str, i: usize) -> bool {
         .unwrap_or("")
         .to_lowercase();
     const CONNECTIVES: [&str; 16] = [
-        "and", "or", "of", "the", "a", "an", "with", "without", "to", "in", "at", "by", "for", "from",
-        "no", "nor",
+        "and", "or", "of", "the", "a", "an", "with", "without", "to", "in", "at", "by", "for",
+        "from", "no", "nor",
     ];
     CONNECTIVES.contains(&last.as_str())
 }
@@ -189,6 +189,29 @@ mod tests {
 
     fn sents(t: &str) -> Vec<&str> {
         sentences(t).into_iter().map(|r| &t[r]).collect()
+    }
+
+    #[test]
+    fn hard_line_wraps_do_not_end_sentences_but_lines_of_a_list_do() {
+        assert_eq!(
+            sents("PLEURA: No pleural or\npericardial effusion.\nHEART: Normal size."),
+            [
+                "PLEURA: No pleural or\npericardial effusion.",
+                "HEART: Normal size."
+            ]
+        );
+        assert_eq!(
+            sents("Mediastinal nodes up to 11 mm,\nborderline enlarged"),
+            ["Mediastinal nodes up to 11 mm,\nborderline enlarged"]
+        );
+        assert_eq!(
+            sents("IMPRESSION:\n\nNo acute findings"),
+            ["IMPRESSION:", "No acute findings"]
+        );
+        assert_eq!(
+            sents("1. Emphysema\n2. Nodule"),
+            ["1. Emphysema", "2. Nodule"]
+        );
     }
 
     #[test]

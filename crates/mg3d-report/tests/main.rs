@@ -3,6 +3,7 @@
 //! `cargo test --workspace --test report_tests <module>::`.
 
 mod entities_synth;
+mod eval_sets;
 mod fuzz;
 mod reports_synth;
 mod tokens_reference;
