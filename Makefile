@@ -9,7 +9,7 @@ TORCH_VERSION := 2.11.0
 MG3D  := target/debug/mg3d
 PIPELINE ?= pipelines/demo.toml
 
-.PHONY: setup cmake chromium dcm2niix slurm pipeline test fuzz bench bench-peers build stage status fmt lint clippy clean-work
+.PHONY: setup cmake chromium dcm2niix slurm medspacy pipeline test fuzz bench bench-peers build stage status fmt lint clippy clean-work
 
 ## setup: project-local Python venv with torch (libtorch for tch) and the reference packages.
 setup: cmake chromium slurm $(VENV)/.torch-$(TORCH_VERSION) $(VENV)/.requirements $(VENV)/libtorch $(VENV)/minilm
@@ -91,6 +91,20 @@ bench: setup
 ## cores; prints volumes/s, peak memory and ratios (scripts/bench_peers.py; about 5 minutes).
 bench-peers: setup dcm2niix build
 	$(PY) scripts/bench_peers.py --mg3d $(MG3D) --json-out work/bench-peers/results.json
+
+## medspacy: a separate venv (.venv-medspacy) with medSpaCy 1.3.1, the peer of mg3d's report reader
+## (scripts/peers/medspacy_reports.py: `score` on tests/report-eval, `run` on a CT-RATE reports CSV).
+## medspacy.load() needs no downloaded spaCy model (it builds a blank English pipeline).
+MEDSPACY_VENV := .venv-medspacy
+medspacy: $(MEDSPACY_VENV)/.medspacy-1.3.1
+
+$(MEDSPACY_VENV)/.medspacy-1.3.1:
+	[ -x $(MEDSPACY_VENV)/bin/python ] || python3 -m venv $(MEDSPACY_VENV)
+	@echo '*' > $(MEDSPACY_VENV)/.gitignore
+	$(MEDSPACY_VENV)/bin/pip install --quiet --upgrade pip
+	$(MEDSPACY_VENV)/bin/pip install --quiet 'medspacy==1.3.1' 'numpy<2'
+	$(MEDSPACY_VENV)/bin/python -c "import medspacy; nlp = medspacy.load(); print('medspacy', medspacy.__version__, nlp.pipe_names)"
+	@touch $@
 
 ## stage: rerun one stage, e.g. `make stage STAGE=synth`.
 stage: build
