@@ -89,8 +89,13 @@ bench: setup
 ## bench-peers: mg3d's volume path (the binary `make pipeline` uses) side by side with CT-CLIP's
 ## recipe, MONAI's chain and dcm2niix on the same generated 512 x 512 x 300 CT, at 1 thread and all
 ## cores; prints volumes/s, peak memory and ratios (scripts/bench_peers.py; about 5 minutes).
-bench-peers: setup dcm2niix build
+## Then mg3d's report reading beside medSpaCy (scripts/bench_reports.py): quality on the annotated
+## report sets, and reports/s of whole one-thread processes on 10,000 generated reports and on the
+## annotated texts (the release binary; medSpaCy takes about 3 minutes).
+bench-peers: setup dcm2niix build medspacy
 	$(PY) scripts/bench_peers.py --mg3d $(MG3D) --json-out work/bench-peers/results.json
+	cargo build --release --bin mg3d
+	$(PY) scripts/bench_reports.py --mg3d target/release/mg3d --json-out work/bench-peers/reports.json
 
 ## medspacy: a separate venv (.venv-medspacy) with medSpaCy 1.3.1, the peer of mg3d's report reader
 ## (scripts/peers/medspacy_reports.py: `score` on tests/report-eval, `run` on a CT-RATE reports CSV).
