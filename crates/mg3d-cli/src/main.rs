@@ -10,6 +10,10 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
+/// mimalloc instead of glibc malloc (see Cargo.toml).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod bench;
 mod bench_partition;
 mod slurm;

@@ -127,8 +127,9 @@ fn predict(x: &Extractor, r: &EvalReport) -> Vec<(String, &'static str, String)>
                 .into_iter()
                 .map(|c| c.start - s.start..c.end - s.start)
                 .collect();
-            let cls = if cls.is_empty() {
-                vec![0..s.len()]
+            let whole = std::iter::once(0..s.len());
+            let cls: Vec<_> = if cls.is_empty() {
+                whole.collect()
             } else {
                 cls
             };
