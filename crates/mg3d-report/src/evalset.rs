@@ -128,11 +128,7 @@ fn predict(x: &Extractor, r: &EvalReport) -> Vec<(String, &'static str, String)>
                 .map(|c| c.start - s.start..c.end - s.start)
                 .collect();
             let whole = std::iter::once(0..s.len());
-            let cls: Vec<_> = if cls.is_empty() {
-                whole.collect()
-            } else {
-                cls
-            };
+            let cls: Vec<_> = if cls.is_empty() { whole.collect() } else { cls };
             let sent = &text[s.clone()];
             for e in x.extract(sent, &cls) {
                 if e.etype != EntityType::Observation || e.hypothetical {
