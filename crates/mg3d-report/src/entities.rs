@@ -14,6 +14,9 @@ use std::ops::Range;
 use serde::Deserialize;
 
 use crate::ReportError;
+use crate::wording::{
+    is_header, lemma, lower_words, node_qualifier, question_mark, size_mm, words,
+};
 
 /// Embedded default configuration files.
 pub const DEFAULT_FINDINGS: &str = include_str!("../../../configs/lexicon/findings.toml");
@@ -136,41 +139,6 @@ pub struct Entity {
     pub located_at: Option<usize>,
 }
 
-fn words(text: &str) -> Vec<(Range<usize>, String)> {
-    let mut out = Vec::new();
-    let mut start: Option<usize> = None;
-    let b = text.as_bytes();
-    let is_word = |i: usize| {
-        let c = text[i..].chars().next().unwrap();
-        c.is_alphanumeric()
-            || ((c == '-' || c == '.' || c == '\'')
-                && i > 0
-                && i + 1 < b.len()
-                && text[..i]
-                    .chars()
-                    .last()
-                    .is_some_and(|p| p.is_alphanumeric())
-                && text[i + 1..]
-                    .chars()
-                    .next()
-                    .is_some_and(|n| n.is_alphanumeric()))
-    };
-    for (i, _) in text.char_indices() {
-        match (start, is_word(i)) {
-            (None, true) => start = Some(i),
-            (Some(s), false) => {
-                out.push((s..i, text[s..i].to_lowercase()));
-                start = None;
-            }
-            _ => {}
-        }
-    }
-    if let Some(s) = start {
-        out.push((s..text.len(), text[s..].to_lowercase()));
-    }
-    out
-}
-
 fn phrase_tokens(p: &str) -> Vec<String> {
     words(p).into_iter().map(|(_, w)| w).collect()
 }
@@ -201,145 +169,6 @@ fn longest_matches<K: Copy>(
         }
     }
     out
-}
-
-fn size_mm(text: &str) -> Option<f64> {
-    let toks = words(text);
-    let mut best: Option<f64> = None;
-    for w in toks.windows(2) {
-        let unit = w[1].1.as_str();
-        let scale = match unit {
-            "mm" => 1.0,
-            "cm" => 10.0,
-            _ => continue,
-        };
-        // "3.5 x 2 cm": every number before the unit in an "a x b" chain counts with that unit.
-        let mut j = toks.iter().position(|t| t.0 == w[0].0).unwrap();
-        while let Ok(v) = toks[j].1.replace(',', ".").parse::<f64>() {
-            best = Some(best.map_or(v * scale, |b: f64| b.max(v * scale)));
-            if j >= 2 && (toks[j - 1].1 == "x" || toks[j - 1].1 == "×") {
-                j -= 2;
-            } else {
-                break;
-            }
-        }
-    }
-    best
-}
-
-/// A word's lemma for matching entities: plural endings removed ("opacities" -> "opacity",
-/// "sequelae" -> "sequela", "masses" -> "mass", "bands" -> "band"), words ending in -is, -us or
-/// -ss kept ("atelectasis"). The lexicon's phrases go through it too, so listing one form matches
-/// both.
-fn lemma(w: &str) -> String {
-    let n = w.len();
-    if n > 4 && w.ends_with("ies") {
-        format!("{}y", &w[..n - 3])
-    } else if n > 4 && w.ends_with("ae") {
-        w[..n - 1].to_string()
-    } else if n > 4 && w.ends_with("sses") {
-        w[..n - 2].to_string()
-    } else if n > 3 && w.ends_with('s') && !["ss", "is", "us", "'s"].iter().any(|e| w.ends_with(e))
-    {
-        w[..n - 1].to_string()
-    } else {
-        w.to_string()
-    }
-}
-
-const ARTERIAL: &str = "Arterial wall calcification";
-const CORONARY: &str = "Coronary artery wall calcification";
-
-/// Lower-cased words of `text` joined by single spaces.
-fn lower_words(text: &str) -> String {
-    words(text)
-        .into_iter()
-        .map(|(_, w)| w)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// A question mark hedging the finding at `span`: right after it ("atelectasis?"), or opening
-/// its clause ("?New trace left pleural effusion").
-fn question_mark(sentence: &str, span: &Range<usize>, clause: &Range<usize>) -> Option<String> {
-    let after = sentence[span.end..].trim_start_matches([' ', ')']);
-    let opens = sentence[clause.start.min(span.start)..span.start]
-        .trim_start()
-        .starts_with('?');
-    (after.starts_with('?') || opens).then(|| "?".to_string())
-}
-
-/// An organ header ("LYMPH NODES:", "PLEURA:"): the words in capitals, followed by a colon.
-fn is_header(sentence: &str, span: &Range<usize>) -> bool {
-    let t = &sentence[span.clone()];
-    t.chars().any(char::is_alphabetic)
-        && !t.chars().any(char::is_lowercase)
-        && sentence[span.end..].trim_start().starts_with(':')
-}
-
-/// What a clause says of the lymph nodes it names (`after`: the clause from the mention on):
-/// not enlarged ("subcentimetre", "not in pathological size", "less than 10 mm", "prominent but
-/// not enlarged") is absent, "borderline"/"equivocal" uncertain, enlarged ("pathological",
-/// "enlarged", "bulky") present; else the first size given decides by the 10 mm short-axis
-/// threshold (over: present, 10 mm: uncertain, under: absent). `None`: nothing said.
-fn node_qualifier(clause: &str, after: &str) -> Option<(&'static str, String)> {
-    let lower = clause.to_lowercase();
-    let w: Vec<String> = words(&lower).into_iter().map(|(_, w)| w).collect();
-    let text = w.join(" ");
-    let has = |p: &str| {
-        text == p
-            || text.starts_with(&format!("{p} "))
-            || text.ends_with(&format!(" {p}"))
-            || text.contains(&format!(" {p} "))
-    };
-    const NOT_ENLARGED: [&str; 14] = [
-        "not enlarged",
-        "none enlarged",
-        "not pathologically enlarged",
-        "not in pathological size",
-        "not of pathological size",
-        "not pathological",
-        "subcentimeter",
-        "subcentimetre",
-        "sub-centimeter",
-        "sub-centimetre",
-        "less than 1 cm",
-        "less than 10 mm",
-        "normal size",
-        "normal in size",
-    ];
-    const UNCERTAIN: [&str; 3] = ["borderline", "equivocal", "indeterminate"];
-    const ENLARGED: [&str; 11] = [
-        "enlarged",
-        "enlargement",
-        "pathological",
-        "pathologic",
-        "pathologically",
-        "bulky",
-        "conglomerate",
-        "conglomerated",
-        "matted",
-        "necrotic",
-        "enlarging",
-    ];
-    if let Some(p) = NOT_ENLARGED.iter().find(|p| has(p)) {
-        return Some(("absent", p.to_string()));
-    }
-    if let Some(p) = UNCERTAIN.iter().find(|p| has(p)) {
-        return Some(("uncertain", p.to_string()));
-    }
-    if let Some(p) = ENLARGED.iter().find(|p| has(p)) {
-        return Some(("present", p.to_string()));
-    }
-    let size = size_mm(after).or_else(|| size_mm(clause))?;
-    let t = format!("{size} mm");
-    Some(if size > 10.0 {
-        ("present", t)
-    } else if size >= 10.0 {
-        ("uncertain", t)
-    } else {
-        ("absent", t)
-    })
 }
 
 fn laterality_words(text: &str) -> Option<String> {
@@ -520,7 +349,6 @@ impl Extractor {
         hits.extend(extra);
         hits.sort_by_key(|h| h.0.start);
         let triggers = longest_matches(&toks, &self.trigger_index);
-        // Terminators: terminate rules, and semicolons / colons between words.
         // Terminate rules end a scope at their word; ";" and ":" between words at the word after.
         let terminators = Terminators {
             words: triggers
@@ -554,38 +382,8 @@ impl Extractor {
                     self.anatomy[i].laterality.clone(),
                 ),
             };
-            let (mut negated, mut possible, mut historical, mut hypothetical) =
-                (None, None, false, false);
-            for (tr, ri) in &triggers {
-                let rule = &self.rules[*ri];
-                if !covers(rule, tr, r, &terminators, toks.len()) {
-                    continue;
-                }
-                // A hedge after the finding that goes on to name something else hedges that
-                // ("consolidation, likely infective"; "nodes, likely reactive"), not the finding.
-                let alternative = matches!(
-                    lower_words(&sentence[byte(tr)]).as_str(),
-                    "versus" | "vs" | "or" | "differential diagnosis"
-                );
-                if rule.category == "possible"
-                    && !alternative
-                    && tr.start >= r.end
-                    && tr.end < toks.len()
-                    && clause_of(toks[tr.end].0.start) == clause_of(toks[tr.end - 1].0.start)
-                    && !terminators.words.contains(&tr.end)
-                    && !terminators.punct.contains(&tr.end)
-                {
-                    continue;
-                }
-                let text = sentence[byte(tr)].to_string();
-                match rule.category.as_str() {
-                    "negated" => negated = negated.or(Some(text)),
-                    "possible" => possible = possible.or(Some(text)),
-                    "historical" => historical = true,
-                    "hypothetical" => hypothetical = true,
-                    _ => {}
-                }
-            }
+            let (negated, possible, historical, hypothetical) =
+                self.context_of(sentence, &toks, &triggers, &terminators, r, &clause_of);
             let c = clause_of(span.start);
             let clause = clauses.get(c).cloned().unwrap_or(0..sentence.len());
             let qualified = matches!(*k, Kind::Finding(i) if self.findings[i].qualified);
@@ -645,62 +443,127 @@ impl Extractor {
                 located_at: None,
             });
         }
-        // Calcification of the coronary arteries is its own label: an arterial calcification
-        // whose clause names them counts for the coronary label (for both when the clause also
-        // names another artery: "in the aorta and coronary arteries").
-        let mut coronary = Vec::new();
-        for e in out
-            .iter_mut()
-            .filter(|e| e.label.as_deref() == Some(ARTERIAL))
-        {
-            let c = clauses
-                .get(clause_of(e.span.start))
-                .cloned()
-                .unwrap_or(0..sentence.len());
-            let w = lower_words(&sentence[c]);
-            let has = |names: &[&str]| w.split(' ').any(|x| names.contains(&x));
-            if has(&["coronary", "coronaries", "lad", "rca", "circumflex"]) {
-                let mut cor = e.clone();
-                cor.label = Some(CORONARY.to_string());
-                cor.norm = "coronary artery wall calcification".to_string();
-                if has(&[
-                    "aorta",
-                    "aortic",
-                    "arch",
-                    "carotid",
-                    "subclavian",
-                    "brachiocephalic",
-                    "arteries",
-                ]) && w.matches("arter").count() + w.matches("aort").count() > 1
-                {
-                    coronary.push(cor);
-                } else {
-                    *e = cor;
-                }
-            }
-        }
-        out.extend(coronary);
-        // located_at: nearest anatomy in the same clause.
-        let anat: Vec<(usize, usize)> = out
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| e.etype == EntityType::Anatomy)
-            .map(|(i, e)| (i, e.span.start))
-            .collect();
-        for e in out
-            .iter_mut()
-            .filter(|e| e.etype == EntityType::Observation)
-        {
-            let c = clause_of(e.span.start);
-            e.located_at = anat
-                .iter()
-                .filter(|(_, s)| clause_of(*s) == c)
-                .min_by_key(|(_, s)| (*s as isize - e.span.start as isize).unsigned_abs())
-                .map(|(j, _)| *j);
-        }
+        coronary_context(&mut out, sentence, clauses, &clause_of);
+        link_anatomy(&mut out, &clause_of);
         out
     }
 }
+
+impl Extractor {
+    /// The ConText triggers covering the entity at word range `r`: (negation, hedge, historical,
+    /// hypothetical), the first two as the trigger's text.
+    fn context_of(
+        &self,
+        sentence: &str,
+        toks: &[(Range<usize>, String)],
+        triggers: &[(Range<usize>, usize)],
+        terminators: &Terminators,
+        r: &Range<usize>,
+        clause_of: &dyn Fn(usize) -> usize,
+    ) -> (Option<String>, Option<String>, bool, bool) {
+        let byte = |r: &Range<usize>| toks[r.start].0.start..toks[r.end - 1].0.end;
+        let (mut negated, mut possible, mut historical, mut hypothetical) =
+            (None, None, false, false);
+        for (tr, ri) in triggers {
+            let rule = &self.rules[*ri];
+            if !covers(rule, tr, r, terminators, toks.len()) {
+                continue;
+            }
+            // A hedge after the finding that goes on to name something else hedges that
+            // ("consolidation, likely infective"; "nodes, likely reactive"), not the finding.
+            let alternative = matches!(
+                lower_words(&sentence[byte(tr)]).as_str(),
+                "versus" | "vs" | "or" | "differential diagnosis"
+            );
+            if rule.category == "possible"
+                && !alternative
+                && tr.start >= r.end
+                && tr.end < toks.len()
+                && clause_of(toks[tr.end].0.start) == clause_of(toks[tr.end - 1].0.start)
+                && !terminators.words.contains(&tr.end)
+                && !terminators.punct.contains(&tr.end)
+            {
+                continue;
+            }
+            let text = sentence[byte(tr)].to_string();
+            match rule.category.as_str() {
+                "negated" => negated = negated.or(Some(text)),
+                "possible" => possible = possible.or(Some(text)),
+                "historical" => historical = true,
+                "hypothetical" => hypothetical = true,
+                _ => {}
+            }
+        }
+        (negated, possible, historical, hypothetical)
+    }
+}
+
+/// Calcification of the coronary arteries is its own label: an arterial calcification whose
+/// clause names them counts for the coronary label (for both when the clause also names another
+/// artery: "in the aorta and coronary arteries").
+fn coronary_context(
+    out: &mut Vec<Entity>,
+    sentence: &str,
+    clauses: &[Range<usize>],
+    clause_of: &dyn Fn(usize) -> usize,
+) {
+    let mut coronary = Vec::new();
+    for e in out
+        .iter_mut()
+        .filter(|e| e.label.as_deref() == Some(ARTERIAL))
+    {
+        let c = clauses
+            .get(clause_of(e.span.start))
+            .cloned()
+            .unwrap_or(0..sentence.len());
+        let w = lower_words(&sentence[c]);
+        let has = |names: &[&str]| w.split(' ').any(|x| names.contains(&x));
+        if has(&["coronary", "coronaries", "lad", "rca", "circumflex"]) {
+            let mut cor = e.clone();
+            cor.label = Some(CORONARY.to_string());
+            cor.norm = "coronary artery wall calcification".to_string();
+            let others = [
+                "aorta",
+                "aortic",
+                "arch",
+                "carotid",
+                "subclavian",
+                "brachiocephalic",
+                "arteries",
+            ];
+            if has(&others) && w.matches("arter").count() + w.matches("aort").count() > 1 {
+                coronary.push(cor);
+            } else {
+                *e = cor;
+            }
+        }
+    }
+    out.extend(coronary);
+}
+
+/// `located_at`: each observation's nearest anatomy entity in the same clause.
+fn link_anatomy(out: &mut [Entity], clause_of: &dyn Fn(usize) -> usize) {
+    let anat: Vec<(usize, usize)> = out
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.etype == EntityType::Anatomy)
+        .map(|(i, e)| (i, e.span.start))
+        .collect();
+    for e in out
+        .iter_mut()
+        .filter(|e| e.etype == EntityType::Observation)
+    {
+        let c = clause_of(e.span.start);
+        e.located_at = anat
+            .iter()
+            .filter(|(_, s)| clause_of(*s) == c)
+            .min_by_key(|(_, s)| (*s as isize - e.span.start as isize).unsigned_abs())
+            .map(|(j, _)| *j);
+    }
+}
+
+const ARTERIAL: &str = "Arterial wall calcification";
+const CORONARY: &str = "Coronary artery wall calcification";
 
 /// Where scopes end in a sentence, as word indices: terminate-rule words ("but") end a scope at
 /// themselves, ";" and ":" at the boundary before the word after them.

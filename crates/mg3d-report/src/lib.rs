@@ -12,5 +12,6 @@ pub mod evalset;
 pub mod reports;
 pub mod text;
 pub mod tokens;
+mod wording;
 
 pub use error::ReportError;
