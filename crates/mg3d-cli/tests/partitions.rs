@@ -104,23 +104,24 @@ fn any_partition_count_merges_to_the_unpartitioned_outputs() {
                 run_json(d.path(), &[&p, "--work-dir", &work, "--stage", stage]);
                 continue;
             }
+            let run_part = |part: &str| {
+                let args = [
+                    p.as_str(),
+                    "--work-dir",
+                    &work,
+                    "--stage",
+                    stage,
+                    "--partition",
+                    part,
+                ];
+                run_json(d.path(), &args)
+            };
             for k in 0..n {
                 let part = format!("{k}/{n}");
                 if n == 3 && k == 1 && matches!(stage, "ingest" | "preprocess") {
                     // Killed once mid-way, then simply rerun.
                     let killed = kill_mid_way(d.path(), &p, &work, stage, &part);
-                    let s = run_json(
-                        d.path(),
-                        &[
-                            &p,
-                            "--work-dir",
-                            &work,
-                            "--stage",
-                            stage,
-                            "--partition",
-                            &part,
-                        ],
-                    );
+                    let s = run_part(&part);
                     if killed {
                         kills += 1;
                         assert!(
@@ -131,18 +132,7 @@ fn any_partition_count_merges_to_the_unpartitioned_outputs() {
                     }
                     continue;
                 }
-                let s = run_json(
-                    d.path(),
-                    &[
-                        &p,
-                        "--work-dir",
-                        &work,
-                        "--stage",
-                        stage,
-                        "--partition",
-                        &part,
-                    ],
-                );
+                let s = run_part(&part);
                 assert_eq!(s["items"]["reused"], 0, "{stage} {part}: {s}");
                 if n == 3 && k == 0 {
                     let o = mg3d(d.path(), &["status", &p, "--work-dir", &work]);
