@@ -52,14 +52,6 @@ fn shell_quote(s: &str) -> String {
     }
 }
 
-fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
-    Ok(if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        std::env::current_dir()?.join(p)
-    })
-}
-
 /// Where and how the scripts of one plan run.
 struct Writer<'a> {
     plan: &'a SlurmPlan<'a>,
@@ -145,13 +137,13 @@ pub fn write_plan(reg: &StageRegistry, plan: &SlurmPlan) -> anyhow::Result<(Path
     let exe = std::env::current_exe().context("locating the mg3d binary")?;
     let w = Writer {
         plan,
-        out: absolute(&plan.out)?,
+        out: std::path::absolute(&plan.out)?,
         cwd: std::env::current_dir()?,
         run: format!(
             "{} run {} --work-dir {} --quiet",
             shell_quote(&exe.to_string_lossy()),
-            shell_quote(&absolute(&p.file)?.to_string_lossy()),
-            shell_quote(&absolute(&p.work_dir)?.to_string_lossy())
+            shell_quote(&std::path::absolute(&p.file)?.to_string_lossy()),
+            shell_quote(&std::path::absolute(&p.work_dir)?.to_string_lossy())
         ),
     };
     let selected = |name: &str| plan.stages.is_empty() || plan.stages.iter().any(|s| s == name);

@@ -509,10 +509,7 @@ impl<'r> Engine<'r> {
                 .for_run(Some(part), &key),
         };
         tracing::info!(stage = %spec.name, partition = %part, "running a partition");
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            pool.install(|| stage.run(&ctx))
-        }))
-        .unwrap_or(Err(StageError::Panicked));
+        let result = run_caught(stage.as_ref(), &ctx, &pool);
         let _ = fs::remove_dir_all(&scratch);
         result.map_err(fail)?;
         ctx.items.write_progress(true);
@@ -556,14 +553,7 @@ impl<'r> Engine<'r> {
             cancel: &self.cancel,
             items: ItemStore::new(item_dir(p, spec), fingerprint).for_run(None, &key),
         };
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            pool.install(|| stage.run(&ctx))
-        }))
-        .unwrap_or_else(|_| {
-            // The panic's message is not repeated: it may quote input data (the panic hook of the
-            // binary logs where it happened).
-            Err(StageError::Panicked)
-        });
+        let result = run_caught(stage.as_ref(), &ctx, pool);
         let mut summary = match result {
             Ok(s) => s,
             Err(e) => {
@@ -611,6 +601,19 @@ impl<'r> Engine<'r> {
         };
         Ok((record, this_run))
     }
+}
+
+/// Runs `stage` in `pool`; a panic becomes [`StageError::Panicked`]. The panic's message is not
+/// repeated: it may quote input data (the panic hook of the binary logs where it happened).
+fn run_caught(
+    stage: &dyn crate::stage::Stage,
+    ctx: &StageContext,
+    pool: &rayon::ThreadPool,
+) -> Result<Value, StageError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        pool.install(|| stage.run(ctx))
+    }))
+    .unwrap_or(Err(StageError::Panicked))
 }
 
 /// The stages' thread pool (`threads`, 0 = all cores or `RAYON_NUM_THREADS`) and progress bars.

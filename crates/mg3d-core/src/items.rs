@@ -42,6 +42,9 @@ impl std::fmt::Display for Partition {
 }
 
 impl Partition {
+    /// The whole stage as one partition (a run without `--partition`).
+    pub const WHOLE: Partition = Partition { index: 0, count: 1 };
+
     /// Partition `index` of `count`; `index` must be below `count`.
     pub fn new(index: u32, count: u32) -> Result<Partition, String> {
         if count == 0 || index >= count {
@@ -231,7 +234,7 @@ impl ItemStore {
     /// The same store for a run of one partition (`None`: the whole stage) of the stage run with
     /// key `stage_key`, which reports its progress for `mg3d status`.
     pub fn for_run(mut self, partition: Option<Partition>, stage_key: &str) -> Self {
-        let p = partition.unwrap_or(Partition { index: 0, count: 1 });
+        let p = partition.unwrap_or(Partition::WHOLE);
         let file =
             progress_dir(&self.dir, stage_key).join(format!("{}-of-{}.json", p.index, p.count));
         self.partition = partition;
@@ -431,7 +434,7 @@ impl ItemStore {
             *at = Instant::now();
         }
         let rec = ProgressRecord {
-            partition: self.partition.unwrap_or(Partition { index: 0, count: 1 }),
+            partition: self.partition.unwrap_or(Partition::WHOLE),
             counts: self.counts(),
             finished: last,
         };

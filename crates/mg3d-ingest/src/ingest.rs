@@ -229,13 +229,18 @@ impl Stage for IngestStage {
             let files = c.walk_root(&mut walker, &root, &label, &mut out)?;
             c.nifti_root(&root, &label, files, &mut out)?;
         }
-        // Every file found becomes a result (a reject, or part of a volume).
-        if out.results.is_empty() && !p.allow_empty {
+        // Every file found becomes a result (a reject, or part of a volume) or an item of another
+        // partition.
+        if out.results.is_empty() && ctx.items().counts().seen == 0 && !p.allow_empty {
             return Err(IngestError::NoInputs {
                 dicom_roots: p.dicom_roots.clone(),
                 nifti_roots: p.nifti_roots.clone(),
             }
             .into());
+        }
+        if ctx.is_partition() {
+            // Only the items in the store count; the tables are the merge's.
+            return Ok(Value::Null);
         }
         out.finish(ctx)
     }

@@ -269,7 +269,7 @@ impl Stage for PreprocessStage {
                                 path: o.dir().to_path_buf(),
                                 source,
                             })?;
-                    if res.is_ok() {
+                    if res.is_ok() && !ctx.is_partition() {
                         let dst = ctx.out_dir.join(format!("volumes/{}.{ext}", it.id));
                         mg3d_core::fsutil::link_or_copy(&o.dir().join(format!("volume.{ext}")), &dst)?;
                     }
@@ -284,6 +284,9 @@ impl Stage for PreprocessStage {
             }
         }
         pb.finish_and_clear();
+        if ctx.is_partition() {
+            return Ok(Value::Null);
+        }
         rows.sort_by(|a, b| a.volume_id.cmp(&b.volume_id));
         write_rows(&ctx.out_dir.join("preprocessed.parquet"), &rows)?;
         write_rejects(ctx, &rejects)?;

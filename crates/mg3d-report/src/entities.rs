@@ -471,9 +471,10 @@ impl Extractor {
             }
             // A hedge after the finding that goes on to name something else hedges that
             // ("consolidation, likely infective"; "nodes, likely reactive"), not the finding.
+            let trigger: Vec<&str> = toks[tr.clone()].iter().map(|(_, w)| w.as_str()).collect();
             let alternative = matches!(
-                lower_words(&sentence[byte(tr)]).as_str(),
-                "versus" | "vs" | "or" | "differential diagnosis"
+                trigger.as_slice(),
+                ["versus"] | ["vs"] | ["or"] | ["differential", "diagnosis"]
             );
             if rule.category == "possible"
                 && !alternative
@@ -522,6 +523,7 @@ fn coronary_context(
             let mut cor = e.clone();
             cor.label = Some(CORONARY.to_string());
             cor.norm = "coronary artery wall calcification".to_string();
+            // Another artery named too: the calcification counts for both labels.
             let others = [
                 "aorta",
                 "aortic",
@@ -529,9 +531,9 @@ fn coronary_context(
                 "carotid",
                 "subclavian",
                 "brachiocephalic",
-                "arteries",
+                "iliac",
             ];
-            if has(&others) && w.matches("arter").count() + w.matches("aort").count() > 1 {
+            if has(&others) {
                 coronary.push(cor);
             } else {
                 *e = cor;

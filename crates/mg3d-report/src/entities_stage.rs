@@ -57,14 +57,19 @@ fn extractor(p: &EntitiesParams) -> Result<Extractor, StageError> {
     )?)
 }
 
-/// Section texts by (report_id, section), and each report's key.
-type Texts = (BTreeMap<(String, String), String>, BTreeMap<String, String>);
+/// Section texts by report_id, then section.
+type SectionTexts = BTreeMap<String, BTreeMap<String, String>>;
+/// Section texts, and each report's key.
+type Texts = (SectionTexts, BTreeMap<String, String>);
 
 fn load_texts(dir: &Path) -> Result<Texts, StageError> {
-    let texts = read_rows::<SectionsRow>(&dir.join("sections.parquet"))?
-        .into_iter()
-        .map(|r| ((r.report_id, r.section), r.text))
-        .collect();
+    let mut texts = SectionTexts::new();
+    for r in read_rows::<SectionsRow>(&dir.join("sections.parquet"))? {
+        texts
+            .entry(r.report_id)
+            .or_default()
+            .insert(r.section, r.text);
+    }
     let keys = read_rows::<ReportsRow>(&dir.join("reports.parquet"))?
         .into_iter()
         .map(|r| (r.report_id, r.report_key))
@@ -117,10 +122,10 @@ fn by_report(sents: BTreeMap<SentKey, SentSpan>) -> Vec<(String, ReportSentences
 
 /// What one report's entities depend on: its sentences' sections, numbers, spans, clause spans
 /// and text.
-fn report_digest(texts: &BTreeMap<(String, String), String>, sents: &ReportSentences) -> String {
+fn report_digest(texts: &SectionTexts, sents: &ReportSentences) -> String {
     let mut h = blake3::Hasher::new();
     for ((id, sec, si), (a, e, cls)) in sents {
-        let text = &texts[&(id.clone(), sec.clone())][*a..*e];
+        let text = &texts[id][sec][*a..*e];
         h.update(format!("{sec}|{si}|{a}|{e}|{cls:?}|{}|", text.len()).as_bytes());
         h.update(text.as_bytes());
     }
@@ -131,12 +136,12 @@ fn report_digest(texts: &BTreeMap<(String, String), String>, sents: &ReportSente
 /// report-level entity index.
 fn extract_report(
     x: &Extractor,
-    texts: &BTreeMap<(String, String), String>,
+    texts: &SectionTexts,
     sents: &ReportSentences,
 ) -> Vec<EntitiesRow> {
     let mut rows: Vec<EntitiesRow> = Vec::new();
     for ((id, sec, si), (a, e, cls)) in sents {
-        let text = &texts[&(id.clone(), sec.clone())];
+        let text = &texts[id][sec];
         let s = &text[*a..*e];
         let whole = std::iter::once(0..s.len()).collect::<Vec<_>>();
         let cls = if cls.is_empty() { whole } else { cls.clone() };

@@ -371,10 +371,15 @@ fn segment_all(
     reports: Vec<Report>,
     rejects: &mut Vec<RowReject>,
 ) -> Result<TextTables, StageError> {
+    // Each report with its pseudonym, the id of its item.
+    let named: Vec<(String, &Report)> = reports
+        .iter()
+        .map(|r| (ctx.pseudonym("report", &r.key), r))
+        .collect();
     let segmented: Vec<Option<Option<TextTables>>> = ctx.map_items(
-        &reports,
+        &named,
         "reports",
-        |r| {
+        |(id, r)| {
             let mut h = blake3::Hasher::new();
             for part in [r.source.as_str(), &r.row.to_string()]
                 .into_iter()
@@ -383,15 +388,12 @@ fn segment_all(
                 h.update(part.as_bytes());
                 h.update(&[0]);
             }
-            (
-                ctx.pseudonym("report", &r.key),
-                h.finalize().to_hex().to_string(),
-            )
+            (id.clone(), h.finalize().to_hex().to_string())
         },
-        |r| {
+        |(id, r)| {
             Ok(std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 let mut t = TextTables::default();
-                t.add(ctx.pseudonym("report", &r.key), r, &segment(r));
+                t.add(id.clone(), r, &segment(r));
                 t
             }))
             .ok())
