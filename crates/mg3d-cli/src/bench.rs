@@ -59,7 +59,7 @@ fn run_quiet(text: &str, registry: &mg3d_core::StageRegistry) -> Result<mg3d_cor
 }
 
 /// Prints one measurement (a JSON line with `--json`).
-pub(crate) fn row(name: &str, value: f64, unit: &str, note: &str, json: bool) {
+pub fn row(name: &str, value: f64, unit: &str, note: &str, json: bool) {
     if json {
         println!(
             "{}",
@@ -273,76 +273,6 @@ fn bench_shards(json: bool) -> Result<()> {
     Ok(())
 }
 
-/// Training step time on the CPU (random inputs): the tiny model's full five-objective step and the swin-b encoder's forward + backward at MG-3D's input size, batch 2.
-fn bench_train(json: bool) -> Result<()> {
-    let text = std::path::Path::new(".venv/minilm");
-    if text.join("model.safetensors").is_file() {
-        for (name, input, hidden, steps) in [
-            ("tiny", [32i64, 64, 64], 64i64, 3usize),
-            ("swin-b", [128, 96, 128], 768, 1),
-        ] {
-            let swin = mg3d_train::swin::SwinConfig::preset(name)?;
-            let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-            let cfg = mg3d_train::model::ModelConfig {
-                swin,
-                hidden,
-                fusion_layers: 2,
-                pool_heads: 8,
-                input,
-                text_trainable: false,
-            };
-            let model = mg3d_train::model::Mg3d::new(&vs, cfg, text).map_err(anyhow::Error::msg)?;
-            let l = 128i64;
-            let inp = mg3d_train::model::Inputs {
-                volume: tch::Tensor::rand(
-                    [2, 1, input[0], input[1], input[2]],
-                    (tch::Kind::Float, tch::Device::Cpu),
-                ),
-                input_ids: tch::Tensor::randint_low(
-                    1000,
-                    2000,
-                    [2, l],
-                    (tch::Kind::Int64, tch::Device::Cpu),
-                ),
-                attention_mask: tch::Tensor::ones([2, l], (tch::Kind::Int64, tch::Device::Cpu)),
-                clause_index: tch::Tensor::arange(l, (tch::Kind::Int64, tch::Device::Cpu))
-                    .floor_divide_scalar(16)
-                    .unsqueeze(0)
-                    .repeat([2, 1]),
-                word_start: vec![vec![1i8; l as usize]; 2],
-            };
-            let obj = mg3d_train::model::Objectives::default();
-            let mut secs = Vec::new();
-            for s in 0..steps {
-                let t0 = Instant::now();
-                let losses = model.losses(&inp, &obj, s as u64);
-                losses.total.backward();
-                secs.push(t0.elapsed().as_secs_f64());
-            }
-            let mean = secs.iter().sum::<f64>() / secs.len() as f64;
-            row(
-                &format!("train.step_seconds.{name}"),
-                mean,
-                "s",
-                &format!(
-                    "forward+backward, five objectives, batch 2, input {input:?}, hidden {hidden}, CPU"
-                ),
-                json,
-            );
-            row(
-                &format!("train.samples_per_s.{name}"),
-                2.0 / mean,
-                "samples/s",
-                "",
-                json,
-            );
-        }
-    } else {
-        eprintln!("train: skipped (no .venv/minilm; run `make setup`)");
-    }
-    Ok(())
-}
-
 /// Schema-checked table writing (1,000,000 rows).
 fn bench_table(dir: &Path, json: bool) -> Result<()> {
     let schema = TableSchema::from_json(
@@ -382,6 +312,7 @@ pub fn run(
     only: &[String],
     json: bool,
     registry: &mg3d_core::StageRegistry,
+    torch: Option<&dyn crate::Torch>,
 ) -> Result<()> {
     let on = |s: &str| only.is_empty() || only.iter().any(|o| o == s);
     let dir = tempfile::tempdir()?;
@@ -420,8 +351,8 @@ pub fn run(
     }
     // Training step time on the CPU (random inputs): the tiny model's full five-objective step and
     // the swin-b encoder's forward + backward at MG-3D's input size, batch 2.
-    if on("train") {
-        bench_train(json)?;
+    if let Some(torch) = torch.filter(|_| on("train")) {
+        torch.bench_train(json)?;
     }
     // 4. Output hashing (what the engine does after each stage).
     if on("hash") {

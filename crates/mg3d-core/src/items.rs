@@ -369,8 +369,8 @@ impl ItemStore {
         }
     }
 
-    /// Like [`ItemStore::get_or_make`] for an item that is one value: kept as a JSON file
-    /// (`KEY.json`), read back when found. For small items (a report's rows), where a directory
+    /// Like [`ItemStore::get_or_make`] for an item that is one value: kept as a bincode file
+    /// (`KEY.bin`), read back when found. For small items (a report's rows), where a directory
     /// per item would cost more than the work.
     pub fn get_or_make_value<T, E>(
         &self,
@@ -396,10 +396,11 @@ impl ItemStore {
         E: From<io::Error>,
     {
         self.used.lock().unwrap().insert(key.to_string());
-        let file = self.path_of(key).with_extension("json");
+        let values = self.dir.join(VALUES_DIR);
+        let file = values.join(format!("{key}.{VALUE_EXT}"));
         match fs::read(&file) {
             Ok(bytes) => {
-                let v = serde_json::from_slice(&bytes).map_err(|e| {
+                let (v, _) = bincode::serde::decode_from_slice(&bytes, BINCODE).map_err(|e| {
                     io::Error::new(
                         io::ErrorKind::InvalidData,
                         format!("item {}: {e}", file.display()),
@@ -412,9 +413,19 @@ impl ItemStore {
             Err(_) => {}
         }
         let v = make()?;
-        let bytes = serde_json::to_vec(&v).map_err(io::Error::other)?;
-        let tmp = self.tmp_for(key)?;
-        fs::write(&tmp, &bytes)?;
+        let tmp = values.join(format!(".{key}.tmp-{}", writer_tag()));
+        let created = match fs::File::create(&tmp) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir_all(&values)?;
+                fs::File::create(&tmp)
+            }
+            r => r,
+        }?;
+        // Streamed to the file: a group is megabytes, and a buffer of that size per group costs
+        // more in fresh pages than the encoding itself (so does a 64 KiB one).
+        let mut w = io::BufWriter::new(created);
+        bincode::serde::encode_into_std_write(&v, &mut w, BINCODE).map_err(io::Error::other)?;
+        w.into_inner().map_err(io::IntoInnerError::into_error)?;
         // Replacing a file by rename is atomic; a concurrent maker wrote the same bytes.
         fs::rename(&tmp, &file)?;
         self.finished(true, n);
@@ -467,7 +478,9 @@ impl ItemStore {
             }
             for e in fs::read_dir(shard.path())?.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                let key = name.strip_suffix(".json").unwrap_or(&name);
+                let key = name
+                    .strip_suffix(&format!(".{VALUE_EXT}"))
+                    .unwrap_or(&name);
                 if !used.contains(key) {
                     if e.file_type()?.is_dir() {
                         fs::remove_dir_all(e.path())?;
@@ -481,6 +494,14 @@ impl ItemStore {
         Ok(removed)
     }
 }
+
+/// The extension of value items. They are bincode, not JSON: a stage's rows are written to the
+/// store on every fresh run, and JSON cost a sixth of the text stages' time.
+const VALUE_EXT: &str = "bin";
+/// The folder of value items, flat: a stage has a few hundred (groups of small items), and a
+/// folder for each cost as much as writing it.
+const VALUES_DIR: &str = "values";
+const BINCODE: bincode::config::Configuration = bincode::config::standard();
 
 fn progress_dir(store: &Path, stage_key: &str) -> PathBuf {
     store
@@ -602,7 +623,7 @@ mod tests {
         assert_eq!(s.counts().reused, 1);
         let fresh = ItemStore::new(d.path().to_path_buf(), "fp".into());
         assert_eq!(fresh.prune_unused().unwrap(), 1);
-        assert!(!d.path().join(&k[..2]).join(format!("{k}.json")).exists());
+        assert!(!d.path().join(VALUES_DIR).join(format!("{k}.bin")).exists());
     }
 
     #[test]

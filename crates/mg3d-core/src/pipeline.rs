@@ -24,6 +24,9 @@ pub struct PipelineError {
     pub message: String,
     /// How to fix it.
     pub fix: String,
+    /// The stage kind the registry does not know, when that is the error (a binary without
+    /// libtorch hands such a pipeline to the one with it).
+    pub unknown_kind: Option<String>,
 }
 
 impl fmt::Display for PipelineError {
@@ -125,6 +128,7 @@ impl Pipeline {
             line: None,
             message: format!("cannot read pipeline file: {e}"),
             fix: "check the path; pipelines live in pipelines/*.toml".into(),
+            unknown_kind: None,
         })?;
         Self::parse(path, &src, registry)
     }
@@ -140,6 +144,7 @@ impl Pipeline {
             line,
             message,
             fix,
+            unknown_kind: None,
         };
         let raw: RawFile = toml::from_str(src).map_err(|e| {
             let line = e.span().map(|s| line_of(src, s.start));
@@ -409,11 +414,14 @@ fn stage_spec(
     }
     let kind = r.kind.get_ref();
     let Some(stage) = registry.get(kind) else {
-        return Err(err(
-            Some(line_of(src, r.kind.span().start)),
-            format!("stage {name:?} has unknown kind {kind:?}"),
-            format!("use one of: {}", registry.kinds().join(", ")),
-        ));
+        return Err(PipelineError {
+            unknown_kind: Some(kind.clone()),
+            ..err(
+                Some(line_of(src, r.kind.span().start)),
+                format!("stage {name:?} has unknown kind {kind:?}"),
+                format!("use one of: {}", registry.kinds().join(", ")),
+            )
+        });
     };
     let mut inputs = Vec::new();
     for inp in &r.inputs {

@@ -500,7 +500,7 @@ impl<'a> StageContext<'a> {
     /// Maps small items through the store, in parallel with a progress bar and cancellation
     /// checks: each item `i` has `id_digest(i)` = (item id, digest of everything its result
     /// depends on). Items are stored in [`ITEM_GROUPS`] groups by a keyed hash of their id (one
-    /// JSON file per group, keyed by its items' ids and digests): a report costs microseconds, a
+    /// bincode file per group, keyed by its items' ids and digests): a report costs microseconds, a
     /// file per report would cost more than the work. A group is found in the store or made by
     /// `make` on each of its items; a changed item remakes its group. Items of groups another
     /// partition owns are `None` (outside a partition run, none is).

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use mg3d_core::rows::{ClausesRow, EntitiesRow, LabelsRow, ReportsRow, SectionsRow, SentencesRow};
 use mg3d_core::stage::{InputDecl, ParamDef, Params, Stage, StageContext, StageError};
-use mg3d_core::table::{read_rows, write_rows};
+use mg3d_core::table::{Row, TableSchema, TableWriter, read_rows, write_rows};
 use serde_json::{Value, json};
 
 use crate::ReportError;
@@ -143,10 +143,10 @@ fn extract_report(
     for ((id, sec, si), (a, e, cls)) in sents {
         let text = &texts[id][sec];
         let s = &text[*a..*e];
-        let whole = std::iter::once(0..s.len()).collect::<Vec<_>>();
-        let cls = if cls.is_empty() { whole } else { cls.clone() };
+        let whole = [0..s.len()];
+        let cls = if cls.is_empty() { &whole[..] } else { cls };
         let base = rows.len() as i32;
-        for (k, en) in x.extract(s, &cls).into_iter().enumerate() {
+        for (k, en) in x.extract(s, cls).into_iter().enumerate() {
             rows.push(EntitiesRow {
                 report_id: id.clone(),
                 section: sec.clone(),
@@ -178,29 +178,46 @@ fn extract_report(
     rows
 }
 
+/// entities.parquet from each report's rows, in batches of about [`BATCH_ROWS`] rows (one batch
+/// of all 200K rows of 10,000 reports doubled the stage's memory). Returns the row count.
+fn write_entities(path: &Path, per_report: Vec<Option<Vec<EntitiesRow>>>) -> Result<usize, StageError> {
+    const BATCH_ROWS: usize = 16 * 1024;
+    let mut w = TableWriter::create(path, &TableSchema::get(EntitiesRow::TABLE)?)?;
+    let (mut n, mut batch) = (0, Vec::with_capacity(BATCH_ROWS));
+    for rows in per_report.into_iter().flatten() {
+        n += rows.len();
+        batch.extend(rows);
+        if batch.len() >= BATCH_ROWS {
+            w.write_rows(&batch)?;
+            batch.clear();
+        }
+    }
+    w.write_rows(&batch)?;
+    w.finish()?;
+    Ok(n)
+}
+
 /// labels.parquet and predicted_labels.csv: per report and CT-RATE label, the aggregate of its
 /// observation mentions (historical and hypothetical ones excluded). Returns the positive reports
 /// per label.
-fn write_labels(
+fn write_labels<'a>(
     out: &Path,
-    rows: &[EntitiesRow],
+    rows: impl Iterator<Item = &'a EntitiesRow>,
     keys: &BTreeMap<String, String>,
 ) -> Result<BTreeMap<&'static str, usize>, StageError> {
     // Labels: aggregate observation assertions per report x label (historical/hypothetical excluded).
-    let mut mentions: BTreeMap<(String, String), Vec<&str>> = BTreeMap::new();
-    for r in rows
-        .iter()
-        .filter(|r| r.r#type == "OBSERVATION" && !r.hypothetical)
-    {
+    let mut mentions: BTreeMap<(&str, &str), Vec<&str>> = BTreeMap::new();
+    for r in rows.filter(|r| r.r#type == "OBSERVATION" && !r.hypothetical) {
         if let Some(l) = &r.label {
             mentions
-                .entry((r.report_id.clone(), l.clone()))
+                .entry((&r.report_id, l))
                 .or_default()
                 .push(&r.assertion);
         }
     }
-    let mut labels: Vec<LabelsRow> = Vec::new();
-    let mut csv = String::from("VolumeName");
+    let mut labels: Vec<LabelsRow> = Vec::with_capacity(keys.len() * CT_RATE_LABELS.len());
+    let mut csv = String::with_capacity(keys.len() * 128);
+    csv.push_str("VolumeName");
     for l in CT_RATE_LABELS {
         csv.push(',');
         csv.push_str(l);
@@ -211,10 +228,9 @@ fn write_labels(
         csv.push_str(key);
         for l in CT_RATE_LABELS {
             let m = mentions
-                .get(&(id.clone(), l.to_string()))
-                .cloned()
-                .unwrap_or_default();
-            let v = aggregate(&m);
+                .get(&(id.as_str(), l))
+                .map_or(&[][..], Vec::as_slice);
+            let v = aggregate(m);
             if v == Some(1) {
                 *positives.entry(l).or_default() += 1;
             }
@@ -297,12 +313,12 @@ impl Stage for EntitiesStage {
         if ctx.is_partition() {
             return Ok(Value::Null);
         }
-        let rows: Vec<EntitiesRow> = per_report.into_iter().flatten().flatten().collect();
-        write_rows(&ctx.out_dir.join("entities.parquet"), &rows)?;
-        let positives = write_labels(&ctx.out_dir, &rows, &keys)?;
-        let obs = rows.iter().filter(|r| r.r#type == "OBSERVATION").count();
+        let rows = || per_report.iter().flatten().flatten();
+        let positives = write_labels(&ctx.out_dir, rows(), &keys)?;
+        let obs = rows().filter(|r| r.r#type == "OBSERVATION").count();
+        let n = write_entities(&ctx.out_dir.join("entities.parquet"), per_report)?;
         Ok(
-            json!({"entities": rows.len(), "observations": obs, "reports": keys.len(), "positive_reports_by_label": positives}),
+            json!({"entities": n, "observations": obs, "reports": keys.len(), "positive_reports_by_label": positives}),
         )
     }
 }
