@@ -94,7 +94,7 @@ bench: setup
 ## annotated texts (the release binary; medSpaCy takes about 3 minutes).
 bench-peers: setup dcm2niix build medspacy
 	$(PY) scripts/bench_peers.py --mg3d $(MG3D) --json-out work/bench-peers/results.json
-	cargo build --release --bin mg3d
+	cargo build --release --bins
 	$(PY) scripts/bench_reports.py --mg3d target/release/mg3d --json-out work/bench-peers/reports.json
 
 ## medspacy: a separate venv (.venv-medspacy) with medSpaCy 1.3.1, the peer of mg3d's report reader

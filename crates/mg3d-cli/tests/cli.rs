@@ -183,3 +183,42 @@ fn every_shipped_pipeline_is_valid() {
         assert!(o.status.success(), "{}: {}", p.display(), text(&o));
     }
 }
+
+/// `mg3d` itself does not load libtorch; what needs it reaches `mg3d-torch` with the same
+/// arguments, and a pipeline without libtorch stages runs in `mg3d` alone.
+#[test]
+fn mg3d_hands_what_needs_libtorch_to_mg3d_torch() {
+    let bin = env!("CARGO_BIN_EXE_mg3d");
+    let ldd = Command::new("ldd").arg(bin).output().unwrap();
+    let libs = String::from_utf8_lossy(&ldd.stdout).into_owned();
+    assert!(ldd.status.success() && !libs.contains("libtorch"), "{libs}");
+    let d = tempfile::tempdir().unwrap();
+    // `stages` lists the libtorch kinds, which only mg3d-torch registers.
+    let o = mg3d(d.path(), &["stages"]);
+    assert!(o.status.success(), "{}", text(&o));
+    for kind in ["train (code version", "eval (code version", "reports (code version"] {
+        assert!(text(&o).contains(kind), "{kind}: {}", text(&o));
+    }
+    // A train pipeline is parsed by mg3d-torch: its errors are the train stage's own.
+    let p = d.path().join("p.toml");
+    fs::write(
+        &p,
+        "[pipeline]\nname = \"t\"\nwork_dir = \"w\"\nsalt = \"0123456789abcdef\"\n\
+         [stages.shards]\nkind = \"shards\"\n\
+         [stages.train]\nkind = \"train\"\ninputs = [\"shards\"]\nparams = { model = \"no-such-model\" }\n",
+    )
+    .unwrap();
+    let o = mg3d(d.path(), &["status", p.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("no-such-model"), "{}", text(&o));
+    // An unknown kind is still an error of the pipeline file, from either binary.
+    fs::write(
+        &p,
+        "[pipeline]\nname = \"t\"\nwork_dir = \"w\"\nsalt = \"0123456789abcdef\"\n\
+         [stages.x]\nkind = \"no-such-kind\"\n",
+    )
+    .unwrap();
+    let o = mg3d(d.path(), &["status", p.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("unknown kind \"no-such-kind\""), "{}", text(&o));
+}
