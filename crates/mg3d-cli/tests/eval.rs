@@ -171,6 +171,8 @@ fn eval_and_report_end_to_end() {
     );
     assert_eq!(summary["samples"].as_f64().unwrap(), n);
 
+    tensorboard_has_every_loss(dir.path());
+
     // Forced reruns give the same bytes: the train stage's checkpoint and metrics, then eval.
     let train_dir = dir.path().join("work/train");
     let train_before = hash_dir(&train_dir).unwrap();
@@ -199,4 +201,62 @@ fn eval_and_report_end_to_end() {
     // The QC page carries the evaluation.
     let page = fs::read_to_string(dir.path().join("work/report/qc/index.html")).unwrap();
     assert!(page.contains("report_to_volume") && page.contains("zero_shot"));
+}
+
+/// TensorBoard's own reader finds, in the train run's event files, every loss, the learning rate
+/// and the step time of every step, equal (as f32) to metrics.parquet.
+fn tensorboard_has_every_loss(dir: &Path) {
+    let py = mg3d_testkit::python_with(&["tensorboard"]).expect("tensorboard in the venv");
+    let runs = dir.join("work/.items/train/.tensorboard");
+    let run = fs::read_dir(&runs).unwrap().next().unwrap().unwrap().path();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/tensorboard_scalars.py");
+    let o = std::process::Command::new(py)
+        .arg(script)
+        .arg(run)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let got: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let metrics = read_table(
+        &dir.join("work/train/metrics.parquet"),
+        &TableSchema::get("metrics").unwrap(),
+    )
+    .unwrap();
+    let b = &metrics[0];
+    let col = |n: &str| {
+        b.column_by_name(n)
+            .unwrap()
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .unwrap()
+            .clone()
+    };
+    let steps = b
+        .column_by_name("step")
+        .unwrap()
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .unwrap()
+        .clone();
+    for (tag, column) in [
+        ("loss/total", "total"),
+        ("loss/mim", "mim"),
+        ("loss/mlm", "mlm"),
+        ("loss/sal", "sal"),
+        ("loss/cml", "cml"),
+        ("loss/dcl", "dcl"),
+        ("loss/ssm", "ssm"),
+        ("train/lr", "lr"),
+        ("train/grad_norm", "grad_norm"),
+    ] {
+        let events = got[tag].as_array().unwrap_or_else(|| panic!("no {tag} in {got}"));
+        let want = col(column);
+        assert_eq!(events.len(), want.len(), "{tag}");
+        for (i, e) in events.iter().enumerate() {
+            assert_eq!(e[0].as_i64(), Some(steps.value(i)), "{tag} step");
+            assert_eq!(e[1].as_f64().unwrap() as f32, want.value(i) as f32, "{tag} step {i}");
+        }
+    }
+    let times = got["train/step_seconds"].as_array().unwrap();
+    assert!(times.len() == steps.len() && times.iter().all(|t| t[1].as_f64().unwrap() > 0.0));
 }

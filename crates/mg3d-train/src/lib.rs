@@ -9,6 +9,7 @@
 //! - [`losses`]: the five MG-3D objectives as tensor functions;
 //! - [`model`]: the whole model and one step's losses;
 //! - [`trainer`]: AdamW with lr groups, schedule, clipping, accumulation, checkpoints, resume;
+//! - [`tensorboard`]: TensorBoard event files of the scalars of each step;
 //! - [`stage`]: the `train` stage.
 
 pub mod bert;
@@ -20,6 +21,7 @@ pub mod model;
 pub mod runtime;
 pub mod stage;
 pub mod swin;
+pub mod tensorboard;
 pub mod trainer;
 
 pub use error::TrainError;

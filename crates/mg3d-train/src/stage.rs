@@ -18,6 +18,7 @@ use tch::nn;
 use crate::TrainError;
 use crate::model::{Mg3d, ModelConfig, Objectives};
 use crate::swin::SwinConfig;
+use crate::tensorboard::EventWriter;
 use crate::trainer::{CheckpointState, StepMetrics, TrainConfig, latest_checkpoint, train};
 
 /// The `train` stage.
@@ -178,6 +179,23 @@ pub fn load_trained(train_dir: &Path, device: &str) -> Result<TrainedModel, Trai
     })
 }
 
+/// The TensorBoard scalars of a step: losses under `loss/`, then the optimiser and speed.
+fn step_scalars(m: &StepMetrics) -> [(&'static str, f64); 11] {
+    [
+        ("loss/total", m.total),
+        ("loss/mim", m.mim),
+        ("loss/mlm", m.mlm),
+        ("loss/sal", m.sal),
+        ("loss/cml", m.cml),
+        ("loss/dcl", m.dcl),
+        ("loss/ssm", m.ssm),
+        ("train/lr", m.lr),
+        ("train/grad_norm", m.grad_norm),
+        ("train/step_seconds", m.seconds),
+        ("train/samples_per_s", m.samples_per_s),
+    ]
+}
+
 fn write_metrics(path: &Path, m: &[StepMetrics]) -> Result<(), StageError> {
     let rows: Vec<MetricsRow> = m
         .iter()
@@ -266,12 +284,20 @@ impl Stage for TrainStage {
         }
         let digest = mg3d_core::fsutil::hash_file(&shards_dir.join("index.json"))?;
         let key = ctx.items().key("train-run", &digest.blake3);
-        let ckpt_dir = ctx.items().root().join("checkpoints").join(key);
+        let ckpt_dir = ctx.items().root().join("checkpoints").join(&key);
         let resume = latest_checkpoint(&ckpt_dir);
         tch::manual_seed(tcfg.seed as i64);
         let mut vs = nn::VarStore::new(device);
         let model = Mg3d::new(&vs, mcfg, Path::new(&p.text_model))?;
         let bar = ctx.progress_bar(tcfg.steps, "train");
+        // TensorBoard: every loss, the learning rate and step time, in the stage's store (the
+        // times differ run to run, so not in the output, which is reproducible), one folder per
+        // run key so a resumed run continues its curves; a dot folder, which pruning keeps after
+        // the checkpoints go. Logging is not worth failing a run for.
+        let events_dir = ctx.items().root().join(".tensorboard").join(&key);
+        let mut events = EventWriter::create(&events_dir)
+            .inspect_err(|e| tracing::warn!("no TensorBoard events: {e}"))
+            .ok();
         if let Some(r) = &resume {
             tracing::info!(checkpoint = %r.display(), "resuming");
         }
@@ -293,6 +319,12 @@ impl Stage for TrainStage {
             &ckpt_dir,
             resume.as_deref(),
             |m| {
+                if let Some(w) = &mut events
+                    && let Err(e) = w.scalars(m.step as i64, &step_scalars(m))
+                {
+                    tracing::warn!("TensorBoard events stop: {e}");
+                    events = None;
+                }
                 bar.set_position(m.step);
                 bar.set_message(format!(
                     "loss {:.4}, {:.1} samples/s",
@@ -330,6 +362,7 @@ impl Stage for TrainStage {
                 "resumed_from": resume.map(|r| r.file_name().map(|n| n.to_string_lossy().to_string())),
                 "mean_step_seconds": step_s,
                 "mean_samples_per_s": sps,
+                "tensorboard": events_dir,
             },
         }))
     }
