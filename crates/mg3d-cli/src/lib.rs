@@ -889,11 +889,9 @@ fn run(cli: Cli, app: &App) -> Result<(), Fail> {
         Cmd::ReportEval { files, errors } => cmd_report_eval(&files, errors, cli.json)?,
         Cmd::Slurm(a) => cmd_slurm(app, cli.json, a)?,
         Cmd::ExportEncoder(a) => {
-            let done = app.torch("export-encoder")?.export_encoder(
-                &a.train_dir,
-                &a.out,
-                &a.prefix,
-            )?;
+            let done =
+                app.torch("export-encoder")?
+                    .export_encoder(&a.train_dir, &a.out, &a.prefix)?;
             if !cli.quiet {
                 println!("{done}");
             }

@@ -134,4 +134,3 @@ fn bench_train(json: bool) -> Result<()> {
     }
     Ok(())
 }
-

@@ -196,7 +196,11 @@ fn mg3d_hands_what_needs_libtorch_to_mg3d_torch() {
     // `stages` lists the libtorch kinds, which only mg3d-torch registers.
     let o = mg3d(d.path(), &["stages"]);
     assert!(o.status.success(), "{}", text(&o));
-    for kind in ["train (code version", "eval (code version", "reports (code version"] {
+    for kind in [
+        "train (code version",
+        "eval (code version",
+        "reports (code version",
+    ] {
         assert!(text(&o).contains(kind), "{kind}: {}", text(&o));
     }
     // A train pipeline is parsed by mg3d-torch: its errors are the train stage's own.
@@ -220,5 +224,9 @@ fn mg3d_hands_what_needs_libtorch_to_mg3d_torch() {
     .unwrap();
     let o = mg3d(d.path(), &["status", p.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(text(&o).contains("unknown kind \"no-such-kind\""), "{}", text(&o));
+    assert!(
+        text(&o).contains("unknown kind \"no-such-kind\""),
+        "{}",
+        text(&o)
+    );
 }

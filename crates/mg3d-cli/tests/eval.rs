@@ -249,12 +249,18 @@ fn tensorboard_has_every_loss(dir: &Path) {
         ("train/lr", "lr"),
         ("train/grad_norm", "grad_norm"),
     ] {
-        let events = got[tag].as_array().unwrap_or_else(|| panic!("no {tag} in {got}"));
+        let events = got[tag]
+            .as_array()
+            .unwrap_or_else(|| panic!("no {tag} in {got}"));
         let want = col(column);
         assert_eq!(events.len(), want.len(), "{tag}");
         for (i, e) in events.iter().enumerate() {
             assert_eq!(e[0].as_i64(), Some(steps.value(i)), "{tag} step");
-            assert_eq!(e[1].as_f64().unwrap() as f32, want.value(i) as f32, "{tag} step {i}");
+            assert_eq!(
+                e[1].as_f64().unwrap() as f32,
+                want.value(i) as f32,
+                "{tag} step {i}"
+            );
         }
     }
     let times = got["train/step_seconds"].as_array().unwrap();

@@ -478,9 +478,7 @@ impl ItemStore {
             }
             for e in fs::read_dir(shard.path())?.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                let key = name
-                    .strip_suffix(&format!(".{VALUE_EXT}"))
-                    .unwrap_or(&name);
+                let key = name.strip_suffix(&format!(".{VALUE_EXT}")).unwrap_or(&name);
                 if !used.contains(key) {
                     if e.file_type()?.is_dir() {
                         fs::remove_dir_all(e.path())?;

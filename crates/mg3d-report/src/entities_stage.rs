@@ -1,12 +1,12 @@
 //! The `entities` stage: entities.parquet, labels.parquet and a CT-RATE-shaped wide label CSV.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 use std::path::Path;
+use std::sync::Arc;
 
+use arrow::array::{ArrayRef, Int32Builder, StringBuilder};
 use mg3d_core::rows::{ClausesRow, EntitiesRow, LabelsRow, ReportsRow, SectionsRow, SentencesRow};
 use mg3d_core::stage::{InputDecl, ParamDef, Params, Stage, StageContext, StageError};
-use arrow::array::{ArrayRef, Int32Builder, StringBuilder};
 use mg3d_core::table::{Row, TableSchema, TableWriter, read_rows, write_columns};
 use serde_json::{Value, json};
 
@@ -145,8 +145,13 @@ fn extract_report(
     for ((id, sec, si), (a, e, cls)) in sents {
         let text = &texts[id][sec];
         let s = &text[*a..*e];
-        let whole = [0..s.len()];
-        let cls = if cls.is_empty() { &whole[..] } else { cls };
+        // A sentence without clauses is one clause.
+        let whole = 0..s.len();
+        let cls = if cls.is_empty() {
+            std::slice::from_ref(&whole)
+        } else {
+            cls
+        };
         let base = rows.len() as i32;
         for (k, en) in x.extract(s, cls).into_iter().enumerate() {
             rows.push(EntitiesRow {
@@ -180,9 +185,12 @@ fn extract_report(
     rows
 }
 
-/// entities.parquet from each report's rows, in batches of about [`BATCH_ROWS`] rows (one batch
+/// entities.parquet from each report's rows, in batches of about `BATCH_ROWS` rows (one batch
 /// of all 200K rows of 10,000 reports doubled the stage's memory). Returns the row count.
-fn write_entities(path: &Path, per_report: Vec<Option<Vec<EntitiesRow>>>) -> Result<usize, StageError> {
+fn write_entities(
+    path: &Path,
+    per_report: Vec<Option<Vec<EntitiesRow>>>,
+) -> Result<usize, StageError> {
     const BATCH_ROWS: usize = 16 * 1024;
     let mut w = TableWriter::create(path, &TableSchema::get(EntitiesRow::TABLE)?)?;
     let (mut n, mut batch) = (0, Vec::with_capacity(BATCH_ROWS));
