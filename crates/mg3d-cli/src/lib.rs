@@ -629,6 +629,35 @@ fn cmd_run(app: &App, quiet: bool, json: bool, a: RunArgs) -> Result<(), Fail> {
     Ok(())
 }
 
+/// `mg3d status`.
+fn cmd_status(
+    app: &App,
+    json: bool,
+    pipeline: Option<PathBuf>,
+    verify: bool,
+    work_dir: Option<PathBuf>,
+) -> Result<(), Fail> {
+    let p = app.load(pipeline, work_dir)?;
+    let st = Engine::new(&app.reg).status(&p, verify)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&st)?);
+        return Ok(());
+    }
+    for s in &st {
+        let state = match s.state {
+            StageState::Fresh => "fresh",
+            StageState::Stale => "stale",
+            StageState::Missing => "missing",
+        };
+        let mut why = s.reasons.join("; ");
+        if let Some(items) = &s.items {
+            why = format!("{why}; {items}");
+        }
+        println!("{:<12} {:<8} {why}", s.name, state);
+    }
+    Ok(())
+}
+
 /// `mg3d query`.
 fn cmd_query(app: &App, quiet: bool, json: bool, a: QueryArgs) -> Result<(), Fail> {
     let QueryArgs {
@@ -865,26 +894,7 @@ fn run(cli: Cli, app: &App) -> Result<(), Fail> {
             pipeline,
             verify,
             work_dir,
-        } => {
-            let p = app.load(pipeline, work_dir)?;
-            let st = Engine::new(reg).status(&p, verify)?;
-            if cli.json {
-                println!("{}", serde_json::to_string_pretty(&st)?);
-            } else {
-                for s in &st {
-                    let state = match s.state {
-                        StageState::Fresh => "fresh",
-                        StageState::Stale => "stale",
-                        StageState::Missing => "missing",
-                    };
-                    let mut why = s.reasons.join("; ");
-                    if let Some(items) = &s.items {
-                        why = format!("{why}; {items}");
-                    }
-                    println!("{:<12} {:<8} {why}", s.name, state);
-                }
-            }
-        }
+        } => cmd_status(app, cli.json, pipeline, verify, work_dir)?,
         Cmd::Query(a) => cmd_query(app, cli.quiet, cli.json, a)?,
         Cmd::ReportEval { files, errors } => cmd_report_eval(&files, errors, cli.json)?,
         Cmd::Slurm(a) => cmd_slurm(app, cli.json, a)?,
