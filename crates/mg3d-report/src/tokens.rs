@@ -6,7 +6,7 @@
 //! exact whatever the tokenizer does inside words. Word-start flags come from the encoding's word ids.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use mg3d_core::rows::{ClausesRow, TokensRow};
 use mg3d_core::stage::{InputDecl, ParamDef, Params, Stage, StageContext, StageError};
@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
 use crate::ReportError;
+use crate::hf_tokenizer::{BERT_SPECIALS, BertSettings, TokenizerFiles, bert_wordpiece};
 
 /// One report's tokens.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,15 +34,10 @@ pub struct Tokenized {
     pub truncated: bool,
 }
 
-/// Loads `tokenizer.json` (a file, or a model folder holding one), set up to truncate and pad.
+/// Loads a tokenizer (a `tokenizer.json`, or a Hugging Face folder in either layout: see
+/// [`TokenizerFiles`]), set up to truncate and pad.
 pub fn load_tokenizer(path: &Path, max_length: usize) -> Result<Tokenizer, ReportError> {
-    let file = if path.is_dir() {
-        path.join("tokenizer.json")
-    } else {
-        path.to_path_buf()
-    };
-    let mut tk = Tokenizer::from_file(&file)
-        .map_err(|source| ReportError::TokenizerFile { path: file, source })?;
+    let mut tk = TokenizerFiles::find(path)?.load()?;
     let pad_id = tk.token_to_id("[PAD]").unwrap_or(0);
     tk.with_truncation(Some(TruncationParams {
         max_length,
@@ -170,15 +166,16 @@ impl Stage for TokensStage {
         if p.tokenizer.is_empty() {
             return Ok(None);
         }
-        let path = PathBuf::from(&p.tokenizer);
-        let file = if path.is_dir() {
-            path.join("tokenizer.json")
-        } else {
-            path
-        };
-        let d = mg3d_core::fsutil::hash_file(&file)
-            .map_err(|source| ReportError::Io { path: file, source })?;
-        Ok(Some(d.blake3))
+        let files = TokenizerFiles::find(Path::new(&p.tokenizer))?;
+        let mut digests = Vec::new();
+        for f in files.files() {
+            let d = mg3d_core::fsutil::hash_file(f).map_err(|source| ReportError::Io {
+                path: f.to_path_buf(),
+                source,
+            })?;
+            digests.push(d.blake3);
+        }
+        Ok(Some(digests.join("+")))
     }
     fn run(&self, ctx: &StageContext) -> Result<Value, StageError> {
         let p: TokensParams = ctx.params.parse()?;
@@ -213,13 +210,16 @@ impl Stage for TokensStage {
                 std::fs::copy(o.dir().join(f), ctx.out_dir.join(f))?;
             }
         } else {
-            let src = PathBuf::from(&p.tokenizer);
-            let file = if src.is_dir() {
-                src.join("tokenizer.json")
-            } else {
-                src
-            };
-            std::fs::copy(&file, &tokenizer_file)?;
+            match TokenizerFiles::find(Path::new(&p.tokenizer))? {
+                TokenizerFiles::Json(file) => {
+                    std::fs::copy(&file, &tokenizer_file)?;
+                }
+                // A vocab.txt folder: the output holds the tokenizer built from it, as JSON.
+                vocab => vocab
+                    .load()?
+                    .save(&tokenizer_file, true)
+                    .map_err(ReportError::Tokenizer)?,
+            }
         }
         let tk = load_tokenizer(&tokenizer_file, p.max_length as usize)?;
         // Each report's tokens depend on the tokenizer's bytes (copied or trained) and its clauses.
@@ -280,11 +280,8 @@ pub fn train_wordpiece(
     dir: &Path,
 ) -> Result<Tokenizer, ReportError> {
     use std::collections::{BTreeMap, BTreeSet};
-    use tokenizers::decoders::wordpiece::WordPiece as WordPieceDecoder;
-    use tokenizers::models::wordpiece::WordPiece;
     use tokenizers::normalizers::bert::BertNormalizer;
     use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
-    use tokenizers::processors::bert::BertProcessing;
     use tokenizers::{
         NormalizedString, Normalizer, OffsetReferential, OffsetType, PreTokenizedString,
         PreTokenizer,
@@ -305,7 +302,7 @@ pub fn train_wordpiece(
             *words.entry(w.to_string()).or_default() += 1;
         }
     }
-    let specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
+    let specials = BERT_SPECIALS;
     // Base alphabet: printable ASCII (lower-cased, as the normaliser does) plus every character seen.
     let mut chars: BTreeSet<String> = BTreeSet::new();
     for c in (33u8..127)
@@ -361,24 +358,5 @@ pub fn train_wordpiece(
         path: vocab_file.clone(),
         source,
     })?;
-    let model = WordPiece::from_file(&vocab_file.to_string_lossy())
-        .unk_token("[UNK]".into())
-        .build()
-        .map_err(ReportError::Tokenizer)?;
-    let mut tk = Tokenizer::new(model);
-    tk.with_normalizer(Some(normalizer))
-        .map_err(ReportError::Tokenizer)?;
-    tk.with_pre_tokenizer(Some(BertPreTokenizer));
-    tk.with_post_processor(Some(BertProcessing::new(
-        ("[SEP]".into(), 3),
-        ("[CLS]".into(), 2),
-    )));
-    tk.with_decoder(Some(WordPieceDecoder::default()));
-    let added: Vec<tokenizers::AddedToken> = specials
-        .iter()
-        .map(|s| tokenizers::AddedToken::from(*s, true))
-        .collect();
-    tk.add_special_tokens(added)
-        .map_err(ReportError::Tokenizer)?;
-    Ok(tk)
+    bert_wordpiece(&vocab_file, &BertSettings::default())
 }

@@ -1,7 +1,8 @@
 //! Hugging Face BERT (the MG-3D text encoder) in tch, loaded from a model folder.
 //!
-//! A folder is what `transformers` saves: `config.json` (a `BertConfig`) and `model.safetensors`;
-//! the `tokenizer.json` next to them is read by `mg3d_report::tokens`, not here. Parameter names
+//! A folder is what `transformers` saves: `config.json` (a `BertConfig`) and `model.safetensors`,
+//! or, in the older layout, `pytorch_model.bin` (read by [`crate::torch_pickle`]); the tokenizer
+//! files next to them (`tokenizer.json`, or `vocab.txt`) are read by `mg3d_report::hf_tokenizer`. Parameter names
 //! are exactly `transformers`' `BertModel` names (`embeddings.word_embeddings.weight`,
 //! `encoder.layer.{i}.attention.self.query.weight`, `pooler.dense.bias`, ...), so a checkpoint
 //! saved from a bare `BertModel` also loads with [`tch::nn::VarStore::load`] when the model sits
@@ -125,6 +126,9 @@ pub enum BertError {
         /// The unexpected names.
         names: Vec<String>,
     },
+    /// `pytorch_model.bin` could not be read.
+    #[error(transparent)]
+    Pickle(#[from] crate::torch_pickle::PickleError),
     /// Building the model's variables failed.
     #[error("building BERT parameter `{name}`: {source}")]
     Build {
@@ -491,6 +495,42 @@ impl std::fmt::Debug for BertModel {
     }
 }
 
+/// A folder's weights: `model.safetensors`, or else `pytorch_model.bin` (the older Hugging Face
+/// layout, a `torch.save` archive; RadBERT has only this), read by [`crate::torch_pickle`].
+fn read_weights(folder: &Path) -> Result<(PathBuf, Vec<(String, Tensor)>), BertError> {
+    let safetensors = folder.join("model.safetensors");
+    if safetensors.exists() {
+        let t = Tensor::read_safetensors(&safetensors).map_err(|source| BertError::Checkpoint {
+            path: safetensors.clone(),
+            source,
+        })?;
+        return Ok((safetensors, t));
+    }
+    let bin = folder.join("pytorch_model.bin");
+    if !bin.exists() {
+        return Err(BertError::MissingFile {
+            path: safetensors,
+            what: "model.safetensors or pytorch_model.bin (the weights)",
+        });
+    }
+    let t = crate::torch_pickle::read_state_dict(&bin)?;
+    // Checkpoints older than transformers 2 call LayerNorm's parameters gamma and beta.
+    let renamed = t
+        .into_iter()
+        .map(|(n, t)| {
+            let n = match n.strip_suffix(".gamma") {
+                Some(stem) if stem.ends_with("LayerNorm") => format!("{stem}.weight"),
+                _ => match n.strip_suffix(".beta") {
+                    Some(stem) if stem.ends_with("LayerNorm") => format!("{stem}.bias"),
+                    _ => n,
+                },
+            };
+            (n, t)
+        })
+        .collect();
+    Ok((bin, renamed))
+}
+
 impl BertModel {
     /// Builds a randomly initialised BERT (HF init: normal(0, `initializer_range`) weights,
     /// zero biases, unit LayerNorms) with its variables under `p`, named as in `transformers`.
@@ -581,18 +621,7 @@ impl BertModel {
             return Err(BertError::MissingFolder(folder.to_path_buf()));
         }
         let mut config = BertConfig::from_file(folder.join("config.json"))?;
-        let weights = folder.join("model.safetensors");
-        if !weights.exists() {
-            return Err(BertError::MissingFile {
-                path: weights,
-                what: "model.safetensors (the weights)",
-            });
-        }
-        let tensors =
-            Tensor::read_safetensors(&weights).map_err(|source| BertError::Checkpoint {
-                path: weights.clone(),
-                source,
-            })?;
+        let (weights, tensors) = read_weights(folder)?;
         config.add_pooling_layer = tensors.iter().any(|(n, _)| {
             let n = n.strip_prefix("bert.").unwrap_or(n);
             n.starts_with("pooler.dense.")

@@ -3,6 +3,7 @@
 //! - [`error`]: [`TrainError`], what training and the `train` stage return;
 //! - [`runtime`]: choosing a device from a config string, describing the libtorch (`mg3d doctor`);
 //! - [`bert`]: the text encoder, a Hugging Face BERT loaded from a model folder;
+//! - [`torch_pickle`]: `torch.save`d state dicts (`pytorch_model.bin`) read without Python;
 //! - [`swin`]: the 3D Swin Transformer image encoder with MONAI SwinViT parameter names;
 //! - [`fusion`]: gated cross layers, gates, poolers, heads and the MIM decoder;
 //! - [`clause_targets`]: the clause-level similarity targets of inter-patient matching (SSM);
@@ -22,6 +23,7 @@ pub mod runtime;
 pub mod stage;
 pub mod swin;
 pub mod tensorboard;
+pub mod torch_pickle;
 pub mod trainer;
 
 pub use error::TrainError;

@@ -6,5 +6,6 @@ mod bert_reference;
 mod fusion;
 mod libtorch;
 mod losses;
+mod old_layout;
 mod swin;
 mod train;
