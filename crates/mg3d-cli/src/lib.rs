@@ -168,21 +168,28 @@ pub trait Torch {
     fn bench_train(&self, json: bool) -> Result<()>;
 }
 
-/// Replaces this process by `mg3d-torch` (beside this binary) with the same arguments, for
-/// `what`, which needs libtorch.
+/// Replaces this process by `mg3d-torch` (beside this binary, or else on `PATH`) with the same
+/// arguments, for `what`, which needs libtorch.
 fn hand_to_torch(what: &str) -> Fail {
     let exe = std::env::current_exe().unwrap_or_default();
-    let torch = exe.with_file_name("mg3d-torch");
-    if !torch.is_file() {
+    let beside = exe.with_file_name("mg3d-torch");
+    let on_path = || {
+        std::env::var_os("PATH").and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("mg3d-torch"))
+                .find(|f| f.is_file())
+        })
+    };
+    let Some(torch) = Some(beside.clone()).filter(|f| f.is_file()).or_else(on_path) else {
         return Fail(
             2,
             anyhow::anyhow!(
-                "{what} needs libtorch, which {} does not load, and {} is missing: install both binaries side by side",
+                "{what} needs libtorch, which {} does not load, and mg3d-torch is neither at {} nor on PATH: install both binaries side by side",
                 exe.display(),
-                torch.display()
+                beside.display()
             ),
         );
-    }
+    };
     let mut args = std::env::args_os();
     let arg0 = args.next().unwrap_or_else(|| "mg3d".into());
     use std::os::unix::process::CommandExt;
