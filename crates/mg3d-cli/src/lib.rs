@@ -180,7 +180,10 @@ fn hand_to_torch(what: &str) -> Fail {
                 .find(|f| f.is_file())
         })
     };
-    let Some(torch) = Some(beside.clone()).filter(|f| f.is_file()).or_else(on_path) else {
+    let Some(torch) = Some(beside.clone())
+        .filter(|f| f.is_file())
+        .or_else(on_path)
+    else {
         return Fail(
             2,
             anyhow::anyhow!(
