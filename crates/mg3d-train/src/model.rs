@@ -234,6 +234,11 @@ impl Mg3d {
         })
     }
 
+    /// The image encoder.
+    pub fn encoder(&self) -> &SwinViT {
+        &self.swin
+    }
+
     /// Learning-rate multiplier of a variable: ×5 for heads and `multi_modal` modules.
     pub fn lr_multiplier(name: &str) -> f64 {
         if name.contains("multi_modal") || name.contains("_head") {

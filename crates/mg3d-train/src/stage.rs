@@ -60,6 +60,10 @@ mg3d_core::stage_params! {
         /// loss weights and settings (mim, mlm, sal, cml, dcl, ssm, temperature, mask_ratio,
         /// cube_fraction, mlm_probability)
         objectives: serde_json::Map<String, Value> = json!({}),
+        /// start from: a train output folder (every weight), or Swin encoder weights in MONAI's
+        /// layout (.safetensors, or a torch.save .pt/.pth/.bin such as a SwinUNETR checkpoint or
+        /// MONAI's self-supervised model_swinvit.pt); empty = random initialisation
+        init_from: String = json!(""),
     }
 }
 
@@ -119,6 +123,50 @@ impl TrainParams {
             obj,
         ))
     }
+}
+
+/// The weights file `init_from` names: a train output's `final/model.safetensors` (or a folder's
+/// `model.safetensors`), or the file itself.
+fn init_file(from: &Path) -> std::path::PathBuf {
+    if !from.is_dir() {
+        return from.to_path_buf();
+    }
+    let final_weights = from.join("final").join("model.safetensors");
+    if final_weights.is_file() {
+        final_weights
+    } else {
+        from.join("model.safetensors")
+    }
+}
+
+/// Sets a freshly built model's weights from `from` (the `init_from` param): every variable from
+/// a train output (shapes and names must match: the same model settings), or the image encoder
+/// from MONAI-layout Swin weights (strict: every encoder variable, no stray name under the
+/// encoder's prefix). Returns what was loaded, for the log.
+pub fn init_weights(
+    vs: &mut nn::VarStore,
+    model: &Mg3d,
+    from: &Path,
+) -> Result<String, TrainError> {
+    let file = init_file(from);
+    if from.is_dir() {
+        vs.load(&file).map_err(|source| TrainError::Torch {
+            path: file.clone(),
+            source,
+        })?;
+        return Ok(format!("every weight from {}", file.display()));
+    }
+    let report = crate::swin::load_encoder_with(
+        model.encoder(),
+        &file,
+        &crate::swin::LoadOptions::default(),
+    )?;
+    Ok(format!(
+        "{} image encoder tensors (prefix {:?}) from {}",
+        report.loaded,
+        report.prefix,
+        file.display()
+    ))
 }
 
 /// A trained model loaded from a `train` stage output directory.
@@ -264,7 +312,19 @@ impl Stage for TrainStage {
             "clip",
             "seed",
             "objectives",
+            "init_from",
         ])
+    }
+    fn sources_fingerprint(&self, params: &Params) -> Result<Option<String>, StageError> {
+        // The starting weights' bytes: new weights under the same path rerun the stage.
+        let p: TrainParams = params.parse()?;
+        if p.init_from.is_empty() {
+            return Ok(None);
+        }
+        let file = init_file(Path::new(&p.init_from));
+        let d = mg3d_core::fsutil::hash_file(&file)
+            .map_err(|source| TrainError::Io { path: file, source })?;
+        Ok(Some(d.blake3))
     }
     fn run(&self, ctx: &StageContext) -> Result<Value, StageError> {
         let p: TrainParams = ctx.params.parse()?;
@@ -300,6 +360,9 @@ impl Stage for TrainStage {
             .ok();
         if let Some(r) = &resume {
             tracing::info!(checkpoint = %r.display(), "resuming");
+        } else if !p.init_from.is_empty() {
+            let what = init_weights(&mut vs, &model, Path::new(&p.init_from))?;
+            tracing::info!("initialised with {what}");
         }
         // Steps before the checkpoint a killed run left behind.
         let earlier: Vec<StepMetrics> = match &resume {

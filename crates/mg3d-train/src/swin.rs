@@ -59,6 +59,9 @@ pub enum SwinError {
         /// The underlying error.
         source: TchError,
     },
+    /// A `torch.save` file could not be read.
+    #[error(transparent)]
+    Pickle(#[from] crate::torch_pickle::PickleError),
     /// The file holds no SwinViT weights, or several encoders and no prefix was given.
     #[error("{path}: {message}")]
     NoEncoder {
@@ -826,7 +829,24 @@ impl Default for LoadOptions {
     }
 }
 
-/// Loads encoder weights from a safetensors file holding MONAI-named tensors, bare
+/// The tensors of a weights file: safetensors, or a `torch.save` archive (`.pt`, `.pth`, `.bin`:
+/// MONAI's and SwinUNETR's checkpoints), told apart by the zip signature.
+pub fn read_weights_file(file: &Path) -> Result<Vec<(String, Tensor)>, SwinError> {
+    let mut magic = [0u8; 4];
+    let zip = std::fs::File::open(file)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+        .map(|_| magic == *b"PK\x03\x04")
+        .unwrap_or(false);
+    if zip {
+        return Ok(crate::torch_pickle::read_state_dict(file)?);
+    }
+    Tensor::read_safetensors(file).map_err(|source| SwinError::Torch {
+        path: file.to_path_buf(),
+        source,
+    })
+}
+
+/// Loads encoder weights from a safetensors or `torch.save` file holding MONAI-named tensors, bare
 /// (`patch_embed.proj.weight`, ...) or under a prefix (`swinViT.patch_embed.proj.weight` in a
 /// SwinUNETR checkpoint); the prefix is found from the file. Strict: any missing or unexpected name
 /// under the prefix, differing shape, or index buffer that differs from the computed one is an
@@ -841,10 +861,7 @@ pub fn load_encoder_with(
     file: &Path,
     opts: &LoadOptions,
 ) -> Result<LoadReport, SwinError> {
-    let mut tensors = Tensor::read_safetensors(file).map_err(|source| SwinError::Torch {
-        path: file.to_path_buf(),
-        source,
-    })?;
+    let mut tensors = read_weights_file(file)?;
     // The file's header order is arbitrary: by name, so reports and errors are reproducible.
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     let prefix = match &opts.prefix {

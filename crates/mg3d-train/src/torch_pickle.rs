@@ -81,6 +81,18 @@ pub fn read_state_dict(path: &Path) -> Result<Vec<(String, Tensor)>, PickleError
             describe(&dict)
         )));
     };
+    // Training checkpoints nest the weights: {"state_dict": {...}, "epoch": ...} (MONAI's
+    // self-supervised Swin weights, Lightning) or {"model": {...}}.
+    let nested = items.iter().position(|(k, v)| {
+        matches!((k, v), (Value::Str(k), Value::Dict(_)) if k == "state_dict" || k == "model")
+    });
+    let items = match nested {
+        Some(i) => match items.into_iter().nth(i) {
+            Some((_, Value::Dict(inner))) => inner,
+            _ => Vec::new(),
+        },
+        None => items,
+    };
     let mut storages: HashMap<String, Tensor> = HashMap::new();
     let mut out = Vec::with_capacity(items.len());
     for (k, v) in items {

@@ -4,6 +4,7 @@
 
 mod bert_reference;
 mod fusion;
+mod init_from;
 mod libtorch;
 mod losses;
 mod old_layout;
