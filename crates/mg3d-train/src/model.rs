@@ -182,8 +182,7 @@ impl Mg3d {
         let cv = cfg.swin.out_dim();
         let p = |s: &str| &root / s;
         let lin = |s: &str, a: i64, b: i64| nn::linear(p(s), a, b, Default::default());
-        let tokenizer = text_folder.join("tokenizer.json");
-        let (mask_id, special_ids) = special_tokens(&tokenizer);
+        let (mask_id, special_ids) = special_tokens(text_folder);
         Ok(Mg3d {
             text_proj: lin("multi_modal_text_proj", bh, h),
             vision_proj: lin("multi_modal_vision_proj", cv, h),
@@ -448,15 +447,16 @@ impl Mg3d {
     }
 }
 
-/// `[MASK]` id and the special token ids from a tokenizer.json (BERT defaults when absent).
-fn special_tokens(tokenizer: &Path) -> (i64, Vec<i64>) {
-    let mut mask = 103;
-    let mut special = vec![0, 100, 101, 102, 103];
-    if let Ok(text) = std::fs::read_to_string(tokenizer)
+/// The `[MASK]` id and the special token ids of the text folder's tokenizer: the special
+/// `added_tokens` of its `tokenizer.json`, or BERT's special tokens as its `vocab.txt` numbers
+/// them (the older layout), or else bert-base-uncased's ids.
+fn special_tokens(text_folder: &Path) -> (i64, Vec<i64>) {
+    if let Ok(text) = std::fs::read_to_string(text_folder.join("tokenizer.json"))
         && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
         && let Some(added) = v["added_tokens"].as_array()
     {
-        special.clear();
+        let mut mask = 103;
+        let mut special = Vec::new();
         for t in added {
             if let Some(id) = t["id"].as_i64() {
                 if t["special"].as_bool().unwrap_or(false) {
@@ -467,6 +467,36 @@ fn special_tokens(tokenizer: &Path) -> (i64, Vec<i64>) {
                 }
             }
         }
+        return (mask, special);
     }
-    (mask, special)
+    if let Ok(vocab) = std::fs::read_to_string(text_folder.join("vocab.txt")) {
+        let id = |tok: &str| vocab.lines().position(|l| l == tok).map(|i| i as i64);
+        let special: Vec<i64> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+            .iter()
+            .filter_map(|t| id(t))
+            .collect();
+        if let Some(mask) = id("[MASK]") {
+            return (mask, special);
+        }
+    }
+    (103, vec![0, 100, 101, 102, 103])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::special_tokens;
+
+    #[test]
+    fn special_tokens_come_from_vocab_txt_in_the_older_layout() {
+        let d = tempfile::tempdir().unwrap();
+        let vocab = ["[UNK]", "a", "[CLS]", "[SEP]", "b", "[MASK]", "[PAD]"];
+        std::fs::write(d.path().join("vocab.txt"), vocab.join("\n") + "\n").unwrap();
+        assert_eq!(special_tokens(d.path()), (5, vec![6, 0, 2, 3, 5]));
+        // No tokenizer file at all: bert-base-uncased's ids.
+        let empty = tempfile::tempdir().unwrap();
+        assert_eq!(
+            special_tokens(empty.path()),
+            (103, vec![0, 100, 101, 102, 103])
+        );
+    }
 }
