@@ -166,6 +166,30 @@ impl Mg3d {
         cfg: ModelConfig,
         text_folder: &Path,
     ) -> Result<Mg3d, TrainError> {
+        Self::build(vs, cfg, text_folder, |p, trainable| {
+            Ok(BertModel::load_into(p, text_folder, trainable)?.0)
+        })
+    }
+
+    /// Builds the model in `vs` with an untrained text encoder of `bert` (a saved model's weights
+    /// are loaded into `vs` next); `tokenizer_folder` holds the tokenizer (for the MLM ids).
+    pub fn with_text_config(
+        vs: &nn::VarStore,
+        cfg: ModelConfig,
+        bert: &crate::bert::BertConfig,
+        tokenizer_folder: &Path,
+    ) -> Result<Mg3d, TrainError> {
+        Self::build(vs, cfg, tokenizer_folder, |p, trainable| {
+            Ok(BertModel::new(p, bert, trainable)?)
+        })
+    }
+
+    fn build(
+        vs: &nn::VarStore,
+        cfg: ModelConfig,
+        text_folder: &Path,
+        text: impl FnOnce(&nn::Path, bool) -> Result<BertModel, TrainError>,
+    ) -> Result<Mg3d, TrainError> {
         let root = vs.root();
         for (&size, axis) in cfg.input.iter().zip(["D", "H", "W"]) {
             if size % 32 != 0 {
@@ -173,7 +197,7 @@ impl Mg3d {
             }
         }
         let swin = SwinViT::new(&(&root / "swinViT"), &cfg.swin);
-        let (bert, _) = BertModel::load_into(&(&root / "text"), text_folder, cfg.text_trainable)?;
+        let bert = text(&(&root / "text"), cfg.text_trainable)?;
         let bh = bert.config().hidden_size;
         let vocab = bert.config().vocab_size;
         let h = cfg.hidden;
@@ -236,6 +260,16 @@ impl Mg3d {
     /// The image encoder.
     pub fn encoder(&self) -> &SwinViT {
         &self.swin
+    }
+
+    /// The text encoder.
+    pub fn text_encoder(&self) -> &BertModel {
+        &self.bert
+    }
+
+    /// The settings the model was built with.
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
     }
 
     /// Learning-rate multiplier of a variable: ×5 for heads and `multi_modal` modules.

@@ -74,6 +74,14 @@ impl TrainParams {
         } else {
             SwinConfig::preset(&self.model)?
         };
+        self.configs_with(swin)
+    }
+
+    /// [`TrainParams::configs`] with the image encoder's config given (a model folder has it).
+    fn configs_with(
+        &self,
+        swin: SwinConfig,
+    ) -> Result<(ModelConfig, TrainConfig, Objectives), TrainError> {
         let input: [i64; 3] = self
             .input
             .clone()
@@ -184,6 +192,9 @@ pub struct TrainedModel {
 /// Loads the final checkpoint of a `train` stage output (`train.json` gives the settings) onto
 /// `device` (`cpu`, `cuda`, `auto`, ...).
 pub fn load_trained(train_dir: &Path, device: &str) -> Result<TrainedModel, TrainError> {
+    if train_dir.join(MODEL_CONFIG).is_file() {
+        return load_model_folder(train_dir, device);
+    }
     let record_path = train_dir.join("train.json");
     let path = || record_path.clone();
     let text = std::fs::read_to_string(&record_path).map_err(|source| TrainError::Io {
@@ -242,6 +253,97 @@ fn step_scalars(m: &StepMetrics) -> [(&'static str, f64); 11] {
         ("train/step_seconds", m.seconds),
         ("train/samples_per_s", m.samples_per_s),
     ]
+}
+
+/// The model folder's description (see [`write_model_folder`]).
+pub const MODEL_CONFIG: &str = "config.json";
+
+/// Makes a train output a model folder that loads without the text folder it was trained from:
+/// `config.json` (format, the train params, the image encoder's resolved config, the text
+/// encoder's BERT config and pooler, the shards' volume normalisation, where the weights are)
+/// and the text folder's tokenizer files (`tokenizer.json`, or `vocab.txt` +
+/// `tokenizer_config.json`). The weights are `final/model.safetensors`, text encoder included.
+pub fn write_model_folder(
+    out: &Path,
+    params: &serde_json::Map<String, Value>,
+    model: &Mg3d,
+    text_folder: &Path,
+    volume: &mg3d_shard::format::VolumeSpec,
+) -> Result<(), TrainError> {
+    let io = |path: std::path::PathBuf| move |source| TrainError::Io { path, source };
+    let bert_path = text_folder.join("config.json");
+    let bert: Value = std::fs::read_to_string(&bert_path)
+        .map_err(io(bert_path.clone()))
+        .and_then(|t| {
+            serde_json::from_str(&t).map_err(|source| TrainError::Json {
+                path: bert_path.clone(),
+                source,
+            })
+        })?;
+    let config = json!({
+        "format": "mg3d-model",
+        "version": 1,
+        "train_params": params,
+        "swin": model.config().swin,
+        "text_config": bert,
+        "text_pooler": model.text_encoder().config().add_pooling_layer,
+        "volume": volume,
+        "weights": "final/model.safetensors",
+    });
+    let path = out.join(MODEL_CONFIG);
+    std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&config).unwrap_or_default() + "\n",
+    )
+    .map_err(io(path.clone()))?;
+    let json = text_folder.join("tokenizer.json");
+    let files: &[&str] = if json.is_file() {
+        &["tokenizer.json"]
+    } else {
+        &["vocab.txt", "tokenizer_config.json"]
+    };
+    for f in files {
+        let from = text_folder.join(f);
+        if from.is_file() {
+            std::fs::copy(&from, out.join(f)).map_err(io(from.clone()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Loads a model folder written by [`write_model_folder`].
+fn load_model_folder(dir: &Path, device: &str) -> Result<TrainedModel, TrainError> {
+    let path = dir.join(MODEL_CONFIG);
+    let text = std::fs::read_to_string(&path).map_err(|source| TrainError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let json_err = |source| TrainError::Json {
+        path: path.clone(),
+        source,
+    };
+    let v: Value = serde_json::from_str(&text).map_err(json_err)?;
+    let p: TrainParams = serde_json::from_value(v["train_params"].clone()).map_err(json_err)?;
+    let swin: SwinConfig = serde_json::from_value(v["swin"].clone()).map_err(json_err)?;
+    let mut bert = crate::bert::BertConfig::from_json(&v["text_config"], &path)?;
+    bert.add_pooling_layer = v["text_pooler"].as_bool().unwrap_or(false);
+    let (mcfg, _, _) = p.configs_with(swin)?;
+    let device = crate::runtime::pick_device(device)?;
+    let mut vs = nn::VarStore::new(device);
+    let input = mcfg.input;
+    let model = Mg3d::with_text_config(&vs, mcfg, &bert, dir)?;
+    let weights = dir.join(v["weights"].as_str().unwrap_or("final/model.safetensors"));
+    vs.load(&weights).map_err(|source| TrainError::Torch {
+        path: weights.clone(),
+        source,
+    })?;
+    vs.freeze();
+    Ok(TrainedModel {
+        model,
+        vs,
+        input,
+        text_model: dir.to_path_buf(),
+    })
 }
 
 fn write_metrics(path: &Path, m: &[StepMetrics]) -> Result<(), StageError> {
@@ -413,6 +515,13 @@ impl Stage for TrainStage {
         std::fs::write(
             ctx.out_dir.join("train.json"),
             serde_json::to_string_pretty(&record).unwrap_or_default() + "\n",
+        )?;
+        write_model_folder(
+            &ctx.out_dir,
+            ctx.params.as_map(),
+            &model,
+            Path::new(&p.text_model),
+            &index.file.volume,
         )?;
         // Wall-clock numbers and the resume only in the run report (outputs and the lockfile stay
         // reproducible).

@@ -7,6 +7,7 @@ mod fusion;
 mod init_from;
 mod libtorch;
 mod losses;
+mod model_folder;
 mod old_layout;
 mod swin;
 mod train;
