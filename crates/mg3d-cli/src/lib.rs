@@ -22,10 +22,11 @@ use anyhow::{Context, Result};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod bench;
-mod describe;
-pub use bench::row as bench_row;
 mod bench_partition;
+mod describe;
 mod slurm;
+
+pub use bench::row as bench_row;
 use clap::{Args, Parser, Subcommand};
 use mg3d_core::engine::{EngineError, StageState};
 use mg3d_core::table::TableSchema;

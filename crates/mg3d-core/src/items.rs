@@ -370,7 +370,7 @@ impl ItemStore {
     }
 
     /// Like [`ItemStore::get_or_make`] for an item that is one value: kept as a bincode file
-    /// (`KEY.bin`), read back when found. For small items (a report's rows), where a directory
+    /// (`values/KEY.bin`), read back when found. For small items (a report's rows), where a directory
     /// per item would cost more than the work.
     pub fn get_or_make_value<T, E>(
         &self,
@@ -400,7 +400,8 @@ impl ItemStore {
         let file = values.join(format!("{key}.{VALUE_EXT}"));
         match fs::read(&file) {
             Ok(bytes) => {
-                let (v, _) = bincode::serde::decode_from_slice(&bytes, BINCODE).map_err(|e| {
+                let decode = BINCODE.with_limit::<VALUE_LIMIT>();
+                let (v, _) = bincode::serde::decode_from_slice(&bytes, decode).map_err(|e| {
                     io::Error::new(
                         io::ErrorKind::InvalidData,
                         format!("item {}: {e}", file.display()),
@@ -500,6 +501,9 @@ const VALUE_EXT: &str = "bin";
 /// folder for each cost as much as writing it.
 const VALUES_DIR: &str = "values";
 const BINCODE: bincode::config::Configuration = bincode::config::standard();
+/// The most memory a value item may claim while decoding (16 GiB): a damaged length prefix is an
+/// error, not an allocation of whatever it says.
+const VALUE_LIMIT: usize = 1 << 34;
 
 fn progress_dir(store: &Path, stage_key: &str) -> PathBuf {
     store
