@@ -1,8 +1,8 @@
 //! The older Hugging Face folder layout (`vocab.txt` + `tokenizer_config.json` +
 //! `pytorch_model.bin`, as RadBERT ships) gives the same token ids and the same
 //! `last_hidden_state` as the `tokenizer.json` + `model.safetensors` folder of the same model. The
-//! old-layout folder is made from the real all-MiniLM-L6-v2 checkpoint by `torch.save` in the
-//! project's Python (tests/python/save_old_layout.py).
+//! old-layout folder is made from the real all-MiniLM-L6-v2 checkpoint by transformers'
+//! `BertForMaskedLM` and `torch.save` in the project's Python (tests/python/save_old_layout.py).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -23,7 +23,7 @@ const TEXTS: [&str; 5] = [
 ];
 
 fn old_layout(minilm: &Path, out: &Path) {
-    let py = python_with(&["torch", "safetensors"]).expect("torch and safetensors in the venv");
+    let py = python_with(&["torch", "transformers"]).expect("torch and transformers in the venv");
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/save_old_layout.py");
     let o = Command::new(py)
         .arg(&script)
