@@ -172,6 +172,13 @@ fn eval_and_report_end_to_end() {
     assert_eq!(summary["samples"].as_f64().unwrap(), n);
 
     tensorboard_has_every_loss(dir.path());
+    // The train output is a model folder that names the preprocess preset of its volumes.
+    let config: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(dir.path().join("work/train/config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(config["volume"]["preset"], "demo-64", "{config}");
+    assert!(dir.path().join("work/train/tokenizer.json").is_file());
 
     // Forced reruns give the same bytes: the train stage's checkpoint and metrics, then eval.
     let train_dir = dir.path().join("work/train");

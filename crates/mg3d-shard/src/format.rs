@@ -102,6 +102,10 @@ pub struct VolumeSpec {
     pub window: [f64; 2],
     /// Tensor layout in words.
     pub layout: String,
+    /// The preprocess preset the volumes came from (a built-in name or a preset file), when the
+    /// shards stage knew it; index files written before it existed lack it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<String>,
 }
 
 /// One shard file of a split.

@@ -77,14 +77,19 @@ struct Pair {
     split: Option<usize>,
 }
 
-/// The preprocessed volumes: volume_id -> its file.
-fn read_volume_files(pre: &Path) -> Result<BTreeMap<String, PathBuf>, StageError> {
+/// The preprocessed volumes (volume_id -> its file) and their preprocess preset(s), joined by
+/// `+` in the unusual case of several.
+fn read_volume_files(pre: &Path) -> Result<(BTreeMap<String, PathBuf>, String), StageError> {
     let path = pre.join("preprocessed.parquet");
-    let volume_file = read::<PreprocessedRow>(&path)?
+    let rows = read::<PreprocessedRow>(&path)?;
+    let presets: std::collections::BTreeSet<&str> =
+        rows.iter().map(|r| r.preset.as_str()).collect();
+    let preset = presets.into_iter().collect::<Vec<_>>().join("+");
+    let volume_file = rows
         .into_iter()
         .map(|r| (r.volume_id, pre.join(r.file)))
         .collect();
-    Ok(volume_file)
+    Ok((volume_file, preset))
 }
 
 /// The volume–report pairs: curate's corpus, else every preprocessed volume whose
@@ -340,7 +345,8 @@ impl Stage for ShardsStage {
         "shards"
     }
     fn code_version(&self) -> &'static str {
-        "1"
+        // 2: index.json names the preprocess preset.
+        "2"
     }
     fn describe(&self) -> &'static str {
         "volume-report pairs -> patient splits + safetensors shards (fixed shapes) + index.json"
@@ -403,7 +409,7 @@ impl Stage for ShardsStage {
         let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
 
         // Preprocessed volumes.
-        let volume_file = read_volume_files(ctx.input("preprocess")?)?;
+        let (volume_file, preset) = read_volume_files(ctx.input("preprocess")?)?;
 
         // Pairs: from curate, else volumes.report_key = reports.report_key.
         let pairs = read_pairs(ctx, &volume_file, &mut counts)?;
@@ -444,6 +450,7 @@ impl Stage for ShardsStage {
             window: [p.window[0], p.window[1]],
             shape_ras,
             max_neighbors: p.max_neighbors as usize,
+            preset: Some(preset).filter(|p| !p.is_empty()),
         };
         let pb = ctx.progress_bar(records.len() as u64, "samples");
         let cancelled = || ctx.check_cancelled().is_err();

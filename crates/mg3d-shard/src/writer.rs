@@ -83,6 +83,9 @@ pub struct WriterConfig {
     pub shape_ras: Option<[usize; 3]>,
     /// Graph neighbours kept per sample.
     pub max_neighbors: usize,
+    /// The preprocess preset of the volumes, recorded in the index (a model trained on the shards
+    /// needs it to embed a new scan the same way).
+    pub preset: Option<String>,
 }
 
 impl Default for WriterConfig {
@@ -95,6 +98,7 @@ impl Default for WriterConfig {
             window: [-1000.0, 1000.0],
             shape_ras: None,
             max_neighbors: 8,
+            preset: None,
         }
     }
 }
@@ -759,6 +763,7 @@ pub fn write_shards(
         volume: VolumeSpec {
             shape_ras: shape,
             window: cfg.window,
+            preset: cfg.preset.clone(),
             layout: "volume[sample, C=1, D=S, H=A, W=R]: the preprocessed NIfTI's voxel order \
                      (k, j, i), values (clamp(HU, lo, hi) - lo) / (hi - lo)"
                 .into(),

@@ -49,9 +49,14 @@ fn a_train_output_loads_without_its_text_folder() {
         shape_ras: [64, 64, 32],
         window: [-1000.0, 1000.0],
         layout: "test".into(),
+        preset: Some("demo-64".into()),
     };
     write_model_folder(&out, params.as_object().unwrap(), &model, &text, &volume).unwrap();
     std::fs::remove_dir_all(&text).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["format"], "mg3d-model");
+    assert_eq!(config["volume"]["preset"], "demo-64");
 
     let tm = load_trained(&out, "cpu").unwrap();
     assert_eq!(tm.input, [32, 64, 64]);
