@@ -8,7 +8,6 @@ use std::time::Instant;
 
 use anyhow::Result;
 use mg3d_core::StageRegistry;
-use mg3d_train::swin::{LoadOptions, SwinConfig, SwinViT};
 
 struct WithTorch;
 
@@ -19,35 +18,11 @@ impl mg3d_cli::Torch for WithTorch {
     }
 
     fn export_encoder(&self, train_dir: &Path, out: &Path, prefix: &str) -> Result<String> {
-        let record_path = train_dir.join("train.json");
-        let record: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&record_path).map_err(|e| {
-                anyhow::anyhow!(
-                    "{}: {e}; point at a train stage's output directory",
-                    record_path.display()
-                )
-            })?)?;
-        let model = record["model"]["model"].as_str().unwrap_or("tiny");
-        let cfg = if model.ends_with(".toml") {
-            SwinConfig::from_file(Path::new(model))?
-        } else {
-            SwinConfig::preset(model)?
-        };
-        let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-        let enc = SwinViT::new(&(vs.root() / "swinViT"), &cfg);
-        let weights = train_dir.join("final/model.safetensors");
-        let report = mg3d_train::swin::load_encoder_with(
-            &enc,
-            &weights,
-            &LoadOptions {
-                prefix: Some("swinViT.".into()),
-                strict: false,
-            },
-        )?;
-        mg3d_train::swin::export_encoder(&enc, out, prefix)?;
+        let trained = mg3d_train::stage::load_trained(train_dir, "cpu")?;
+        mg3d_train::swin::export_encoder(trained.model.encoder(), out, prefix)?;
         Ok(format!(
-            "{} ({model}) -> {} with prefix {prefix:?}; {report:?}",
-            weights.display(),
+            "the image encoder of {} -> {} with prefix {prefix:?}",
+            train_dir.display(),
             out.display()
         ))
     }

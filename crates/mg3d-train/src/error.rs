@@ -110,6 +110,9 @@ pub enum TrainError {
     /// The text encoder's folder, config or weights.
     #[error(transparent)]
     Bert(#[from] BertError),
+    /// The text encoder's tokenizer files.
+    #[error(transparent)]
+    Tokenizer(#[from] mg3d_report::ReportError),
     /// The device spec.
     #[error(transparent)]
     Device(#[from] DeviceError),

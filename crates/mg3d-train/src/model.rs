@@ -5,6 +5,7 @@
 
 use std::path::Path;
 
+use mg3d_report::hf_tokenizer::TokenizerFiles;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -481,39 +482,20 @@ impl Mg3d {
     }
 }
 
-/// The `[MASK]` id and the special token ids of the text folder's tokenizer: the special
-/// `added_tokens` of its `tokenizer.json`, or BERT's special tokens as its `vocab.txt` numbers
-/// them (the older layout), or else bert-base-uncased's ids.
+/// The `[MASK]` id and the special token ids of the text folder's tokenizer (either Hugging Face
+/// layout, see `mg3d_report::hf_tokenizer`), or bert-base-uncased's when it has none.
 fn special_tokens(text_folder: &Path) -> (i64, Vec<i64>) {
-    if let Ok(text) = std::fs::read_to_string(text_folder.join("tokenizer.json"))
-        && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
-        && let Some(added) = v["added_tokens"].as_array()
-    {
-        let mut mask = 103;
-        let mut special = Vec::new();
-        for t in added {
-            if let Some(id) = t["id"].as_i64() {
-                if t["special"].as_bool().unwrap_or(false) {
-                    special.push(id);
-                }
-                if t["content"] == "[MASK]" {
-                    mask = id;
-                }
-            }
-        }
-        return (mask, special);
-    }
-    if let Ok(vocab) = std::fs::read_to_string(text_folder.join("vocab.txt")) {
-        let id = |tok: &str| vocab.lines().position(|l| l == tok).map(|i| i as i64);
-        let special: Vec<i64> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-            .iter()
-            .filter_map(|t| id(t))
-            .collect();
-        if let Some(mask) = id("[MASK]") {
-            return (mask, special);
-        }
-    }
-    (103, vec![0, 100, 101, 102, 103])
+    let Ok(tk) = TokenizerFiles::find(text_folder).and_then(|f| f.load()) else {
+        return (103, vec![0, 100, 101, 102, 103]);
+    };
+    let mut special: Vec<i64> = tk
+        .get_added_tokens_decoder()
+        .into_iter()
+        .filter(|(_, t)| t.special)
+        .map(|(id, _)| id as i64)
+        .collect();
+    special.sort_unstable();
+    (tk.token_to_id("[MASK]").map_or(103, i64::from), special)
 }
 
 #[cfg(test)]
@@ -525,7 +507,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let vocab = ["[UNK]", "a", "[CLS]", "[SEP]", "b", "[MASK]", "[PAD]"];
         std::fs::write(d.path().join("vocab.txt"), vocab.join("\n") + "\n").unwrap();
-        assert_eq!(special_tokens(d.path()), (5, vec![6, 0, 2, 3, 5]));
+        assert_eq!(special_tokens(d.path()), (5, vec![0, 2, 3, 5, 6]));
         // No tokenizer file at all: bert-base-uncased's ids.
         let empty = tempfile::tempdir().unwrap();
         assert_eq!(

@@ -11,6 +11,7 @@ use std::path::Path;
 use mg3d_core::rows::MetricsRow;
 use mg3d_core::stage::{InputDecl, ParamDef, Params, Stage, StageContext, StageError};
 use mg3d_core::table::write_rows;
+use mg3d_report::hf_tokenizer::TokenizerFiles;
 use mg3d_shard::ShardIndex;
 use serde_json::{Value, json};
 use tch::nn;
@@ -189,55 +190,6 @@ pub struct TrainedModel {
     pub text_model: std::path::PathBuf,
 }
 
-/// Loads the final checkpoint of a `train` stage output (`train.json` gives the settings) onto
-/// `device` (`cpu`, `cuda`, `auto`, ...).
-pub fn load_trained(train_dir: &Path, device: &str) -> Result<TrainedModel, TrainError> {
-    if train_dir.join(MODEL_CONFIG).is_file() {
-        return load_model_folder(train_dir, device);
-    }
-    let record_path = train_dir.join("train.json");
-    let path = || record_path.clone();
-    let text = std::fs::read_to_string(&record_path).map_err(|source| TrainError::Io {
-        path: path(),
-        source,
-    })?;
-    let record: Value = serde_json::from_str(&text).map_err(|source| TrainError::Json {
-        path: path(),
-        source,
-    })?;
-    let params = record
-        .get("model")
-        .and_then(|m| m.as_object())
-        .ok_or_else(|| TrainError::Checkpoint {
-            path: path(),
-            detail: "no \"model\" settings".into(),
-        })?;
-    let p: TrainParams =
-        serde_json::from_value(Value::Object(params.clone())).map_err(|source| {
-            TrainError::Json {
-                path: path(),
-                source,
-            }
-        })?;
-    let (mcfg, _, _) = p.configs()?;
-    let device = crate::runtime::pick_device(device)?;
-    let mut vs = nn::VarStore::new(device);
-    let input = mcfg.input;
-    let model = Mg3d::new(&vs, mcfg, Path::new(&p.text_model))?;
-    let weights = train_dir.join("final").join("model.safetensors");
-    vs.load(&weights).map_err(|source| TrainError::Torch {
-        path: weights.clone(),
-        source,
-    })?;
-    vs.freeze();
-    Ok(TrainedModel {
-        model,
-        vs,
-        input,
-        text_model: p.text_model.into(),
-    })
-}
-
 /// The TensorBoard scalars of a step: losses under `loss/`, then the optimiser and speed.
 fn step_scalars(m: &StepMetrics) -> [(&'static str, f64); 11] {
     [
@@ -296,23 +248,16 @@ pub fn write_model_folder(
         serde_json::to_string_pretty(&config).unwrap_or_default() + "\n",
     )
     .map_err(io(path.clone()))?;
-    let json = text_folder.join("tokenizer.json");
-    let files: &[&str] = if json.is_file() {
-        &["tokenizer.json"]
-    } else {
-        &["vocab.txt", "tokenizer_config.json"]
-    };
-    for f in files {
-        let from = text_folder.join(f);
-        if from.is_file() {
-            std::fs::copy(&from, out.join(f)).map_err(io(from.clone()))?;
-        }
+    for from in TokenizerFiles::find(text_folder)?.files() {
+        let to = out.join(from.file_name().unwrap_or_default());
+        std::fs::copy(from, to).map_err(io(from.to_path_buf()))?;
     }
     Ok(())
 }
 
-/// Loads a model folder written by [`write_model_folder`].
-fn load_model_folder(dir: &Path, device: &str) -> Result<TrainedModel, TrainError> {
+/// Loads a `train` stage output (a model folder: see [`write_model_folder`]) onto `device`
+/// (`cpu`, `cuda`, `auto`, ...), with every weight of its final checkpoint.
+pub fn load_trained(dir: &Path, device: &str) -> Result<TrainedModel, TrainError> {
     let path = dir.join(MODEL_CONFIG);
     let text = std::fs::read_to_string(&path).map_err(|source| TrainError::Io {
         path: path.clone(),

@@ -3,29 +3,15 @@
 //! (`{"state_dict": {"module.swinViT....": ...}, "epoch": ...}`, written by the project's Python).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use mg3d_testkit::{minilm, python_with};
-use mg3d_train::model::{Mg3d, ModelConfig};
 use mg3d_train::stage::init_weights;
-use mg3d_train::swin::{SwinConfig, export_encoder};
-use tch::{Device, Tensor, nn};
+use mg3d_train::swin::export_encoder;
+use tch::{Tensor, nn};
 
-fn model(text: &Path, seed: i64) -> (nn::VarStore, Mg3d) {
-    tch::manual_seed(seed);
-    let vs = nn::VarStore::new(Device::Cpu);
-    let cfg = ModelConfig {
-        swin: SwinConfig::tiny(),
-        hidden: 32,
-        fusion_layers: 2,
-        pool_heads: 4,
-        input: [32, 64, 64],
-        text_trainable: false,
-    };
-    let m = Mg3d::new(&vs, cfg, text).unwrap();
-    (vs, m)
-}
+use crate::train::model;
 
 /// Whether the variables of `a` and `b` whose names start with `prefix` are all equal.
 fn same(a: &nn::VarStore, b: &nn::VarStore, prefix: &str) -> bool {

@@ -38,8 +38,9 @@ fn shards(work: &Path, text: &Path) -> PathBuf {
     work.join("shards")
 }
 
-fn model(text: &Path) -> (nn::VarStore, Mg3d) {
-    tch::manual_seed(11);
+/// The tiny model on `text`, initialised from `seed`.
+pub(crate) fn model(text: &Path, seed: i64) -> (nn::VarStore, Mg3d) {
+    tch::manual_seed(seed);
     let vs = nn::VarStore::new(Device::Cpu);
     let cfg = ModelConfig {
         swin: SwinConfig::tiny(),
@@ -60,7 +61,7 @@ fn run(
     cfg: &TrainConfig,
     resume: Option<&Path>,
 ) -> Vec<StepMetrics> {
-    let (mut vs, m) = model(text);
+    let (mut vs, m) = model(text, 11);
     train(
         &m,
         &mut vs,
