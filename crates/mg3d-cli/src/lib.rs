@@ -24,6 +24,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod bench;
 mod bench_partition;
 mod describe;
+pub mod scans;
 mod slurm;
 
 pub use bench::row as bench_row;
@@ -83,6 +84,12 @@ enum Cmd {
     Query(QueryArgs),
     /// Write a trained image encoder in MONAI's SwinViT layout (SwinUNETR checkpoints' `swinViT.*`).
     ExportEncoder(ExportEncoderArgs),
+    /// Image features of scans (DICOM series folders, NIfTI files) from a trained model, through
+    /// the same ingest, preprocess and shard code as the pipeline (Parquet or safetensors).
+    Embed(scans::EmbedArgs),
+    /// Zero-shot label probabilities and the nearest training reports of scans, from an eval
+    /// stage's output.
+    Predict(scans::PredictArgs),
     /// List the stage kinds and their params.
     Stages,
     /// What a DICOM file, DICOM series folder or NIfTI file holds (JSON).
@@ -166,6 +173,10 @@ pub trait Torch {
     fn export_encoder(&self, train_dir: &Path, out: &Path, prefix: &str) -> Result<String>;
     /// libtorch's version, devices and threads (`mg3d doctor`).
     fn describe(&self) -> serde_json::Value;
+    /// `mg3d embed`: writes the features of the scans; says what it wrote. `salt` keys the ids.
+    fn embed(&self, a: &scans::EmbedArgs, salt: &str, quiet: bool) -> Result<String>;
+    /// `mg3d predict`: prints (and with `--out` writes) the predictions for the scans.
+    fn predict(&self, a: &scans::PredictArgs, salt: &str, json: bool) -> Result<()>;
     /// The train section of `mg3d bench` (rows through [`bench_row`]).
     fn bench_train(&self, json: bool) -> Result<()>;
 }
@@ -833,6 +844,17 @@ fn run(cli: Cli, app: &App) -> Result<(), Fail> {
             if !cli.quiet {
                 println!("{done}");
             }
+        }
+        Cmd::Embed(a) => {
+            let torch = app.torch("embed")?;
+            let done = torch.embed(&a, &scans::salt(&a.scans, reg)?, cli.quiet)?;
+            if !cli.quiet {
+                println!("{done}");
+            }
+        }
+        Cmd::Predict(a) => {
+            let torch = app.torch("predict")?;
+            torch.predict(&a, &scans::salt(&a.scans, reg)?, cli.json)?;
         }
         Cmd::Stages => {
             app.torch("listing every stage kind")?;

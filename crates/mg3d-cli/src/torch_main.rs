@@ -1,5 +1,5 @@
 //! `mg3d-torch`: the `mg3d` command with libtorch: the stage kinds and commands that run on it
-//! (train, eval, export-encoder, doctor, the train benchmark). `mg3d` hands them here.
+//! (train, eval, embed, predict, export-encoder, doctor, the train benchmark). `mg3d` hands them here.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -8,6 +8,8 @@ use std::time::Instant;
 
 use anyhow::Result;
 use mg3d_core::StageRegistry;
+
+mod apply;
 
 struct WithTorch;
 
@@ -25,6 +27,14 @@ impl mg3d_cli::Torch for WithTorch {
             train_dir.display(),
             out.display()
         ))
+    }
+
+    fn embed(&self, a: &mg3d_cli::scans::EmbedArgs, salt: &str, quiet: bool) -> Result<String> {
+        apply::embed(a, salt, quiet)
+    }
+
+    fn predict(&self, a: &mg3d_cli::scans::PredictArgs, salt: &str, json: bool) -> Result<()> {
+        apply::predict(a, salt, json)
     }
 
     fn describe(&self) -> serde_json::Value {

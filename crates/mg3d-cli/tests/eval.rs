@@ -172,6 +172,7 @@ fn eval_and_report_end_to_end() {
     assert_eq!(summary["samples"].as_f64().unwrap(), n);
 
     tensorboard_has_every_loss(dir.path());
+    embed_and_predict_match_eval(dir.path());
     // The train output is a model folder that names the preprocess preset of its volumes.
     let config: serde_json::Value = serde_json::from_str(
         &fs::read_to_string(dir.path().join("work/train/config.json")).unwrap(),
@@ -208,6 +209,105 @@ fn eval_and_report_end_to_end() {
     // The QC page carries the evaluation.
     let page = fs::read_to_string(dir.path().join("work/report/qc/index.html")).unwrap();
     assert!(page.contains("report_to_volume") && page.contains("zero_shot"));
+}
+
+/// `mg3d embed` on a DICOM series folder and a NIfTI file of the corpus (their original files,
+/// through ingest's and preprocess's code again) gives the frozen features the eval stage
+/// computed for those volumes, and `mg3d predict` its zero-shot probabilities (from the encoder
+/// the alignment fine-tuned: the pipeline has `align_encoder = true`).
+fn embed_and_predict_match_eval(dir: &Path) {
+    use mg3d_core::rows::{EmbeddingsRow, PredictionsRow};
+    use mg3d_core::table::read_rows;
+    let work = dir.join("work");
+    let series = fs::read_dir(work.join("synth/dicom"))
+        .unwrap()
+        .flat_map(|p| fs::read_dir(p.unwrap().path()).unwrap())
+        .flat_map(|s| fs::read_dir(s.unwrap().path()).unwrap())
+        .map(|d| d.unwrap().path())
+        .min()
+        .expect("a DICOM series folder");
+    let nifti = fs::read_dir(work.join("synth/nifti"))
+        .unwrap()
+        .map(|f| f.unwrap().path())
+        .filter(|f| f.to_string_lossy().ends_with(".nii.gz"))
+        .min()
+        .expect("a NIfTI file");
+    let name = nifti.file_name().unwrap().to_str().unwrap();
+    let inputs = [series.to_str().unwrap(), nifti.to_str().unwrap()];
+    let scan_args = [
+        "--pipeline",
+        "p.toml",
+        "--ctrate-metadata",
+        "work/synth/metadata/train_metadata.csv",
+    ];
+    let mut args = vec!["embed", "--model", "work/train", "--out", "emb.parquet"];
+    args.extend(scan_args);
+    args.extend(inputs);
+    mg3d_ok(dir, &args);
+    let embedded: Vec<EmbeddingsRow> = read_rows(&dir.join("emb.parquet")).unwrap();
+    let eval: Vec<EmbeddingsRow> = read_rows(&work.join("eval/features.parquet")).unwrap();
+    assert_eq!(embedded.len(), 2);
+    // A DICOM series gets ingest's volume_id; a lone NIfTI file is keyed from its name, where
+    // ingest keys it from its root and relative path.
+    let nifti_id = mg3d_core::ids::pseudonym(
+        "test-salt-0123456789",
+        "volume",
+        &format!("nifti_roots[0]/{name}"),
+    );
+    let ids = [embedded[0].volume_id.clone(), nifti_id];
+    for (e, id) in embedded.iter().zip(&ids) {
+        let want = eval
+            .iter()
+            .find(|r| &r.volume_id == id)
+            .unwrap_or_else(|| panic!("volume {id} (input {:?}) not in eval", e.input_index));
+        assert_eq!(e.features.len(), want.features.len());
+        let worst = e
+            .features
+            .iter()
+            .zip(&want.features)
+            .map(|(a, b)| (a - b).abs() / b.abs().max(1.0))
+            .fold(0f32, f32::max);
+        assert!(
+            worst < 1e-4,
+            "input {:?}: features differ by {worst}",
+            e.input_index
+        );
+        assert!(e.preprocess_hash.as_ref().is_some_and(|h| h.len() == 64));
+    }
+    assert_eq!(embedded[0].source, "dicom");
+    assert_eq!(embedded[1].source, "ct-rate");
+
+    let mut args = vec!["predict", "--model", "work/eval", "--out", "pred.parquet"];
+    args.extend(scan_args);
+    args.extend(inputs);
+    mg3d_ok(dir, &args);
+    let predicted: Vec<PredictionsRow> = read_rows(&dir.join("pred.parquet")).unwrap();
+    let eval: Vec<PredictionsRow> = read_rows(&work.join("eval/predictions.parquet")).unwrap();
+    let mut compared = 0;
+    for p in predicted.iter().filter(|p| p.task == "zero_shot") {
+        let id = &ids[p.input_index.unwrap() as usize];
+        let want = eval
+            .iter()
+            .find(|r| &r.volume_id == id && r.name == p.name)
+            .unwrap_or_else(|| panic!("no eval prediction for {id} {}", p.name));
+        assert!(
+            (p.value - want.value).abs() < 1e-4,
+            "{} {}: predict {} vs eval {}",
+            id,
+            p.name,
+            p.value,
+            want.value
+        );
+        compared += 1;
+    }
+    assert!(compared >= 2, "{predicted:?}");
+    // Nearest training reports: top 5 per scan, ranked, most similar first.
+    let nearest: Vec<_> = predicted
+        .iter()
+        .filter(|p| p.task == "nearest_report" && p.input_index == Some(0))
+        .collect();
+    assert_eq!(nearest.len(), 5);
+    assert!(nearest.windows(2).all(|w| w[0].value >= w[1].value));
 }
 
 /// TensorBoard's own reader finds, in the train run's event files, every loss, the learning rate

@@ -229,8 +229,12 @@ impl Aligner {
         )
     }
 
-    pub(crate) fn image(&self, x: &[Vec<f32>]) -> Tensor {
-        tch::no_grad(|| l2(&self.img.forward(&to_tensor(x, &self.img_norm))))
+    /// The image head (shares the fitted tensors).
+    pub(crate) fn image_head(&self) -> ImageHead {
+        ImageHead {
+            linear: shallow_linear(&self.img),
+            norm: self.img_norm.clone(),
+        }
     }
 
     pub(crate) fn text(&self, x: &[Vec<Vec<f32>>]) -> Tensor {
@@ -245,6 +249,30 @@ impl Aligner {
                 .exp()
                 .double_value(&[0])
         })
+    }
+}
+
+/// The image side of a fitted alignment: features standardised as on the train split, then a
+/// linear map, then unit length.
+pub struct ImageHead {
+    /// The linear map (K × F weight, K bias).
+    pub linear: nn::Linear,
+    /// Per feature mean and standard deviation of the train split.
+    pub norm: (Vec<f32>, Vec<f32>),
+}
+
+impl ImageHead {
+    /// Unit-norm aligned embeddings of frozen image features (N × K).
+    pub fn embed(&self, x: &[Vec<f32>]) -> Tensor {
+        tch::no_grad(|| l2(&self.linear.forward(&to_tensor(x, &self.norm))))
+    }
+}
+
+/// A linear layer sharing `l`'s tensors.
+pub(crate) fn shallow_linear(l: &nn::Linear) -> nn::Linear {
+    nn::Linear {
+        ws: l.ws.shallow_clone(),
+        bs: l.bs.as_ref().map(Tensor::shallow_clone),
     }
 }
 

@@ -24,6 +24,8 @@ use mg3d_core::table::read_rows;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tch::nn::{self, Module, OptimizerConfig};
+
+use crate::align::ImageHead;
 use tch::{Device, Kind, Tensor};
 
 use crate::align::{ClauseHead, sample_without_replacement, seeded_linear, standardiser};
@@ -246,8 +248,11 @@ impl EntityAligner {
             .clamp(-1.0, 1.0)
     }
 
-    /// Image embeddings (N × K).
-    pub fn images(&self, image: &[Vec<f32>]) -> Tensor {
-        tch::no_grad(|| self.image.forward(&to_tensor(image, &self.image_norm)))
+    /// The image head (shares the fitted tensors).
+    pub(crate) fn image_head(&self) -> ImageHead {
+        ImageHead {
+            linear: crate::align::shallow_linear(&self.image),
+            norm: self.image_norm.clone(),
+        }
     }
 }

@@ -34,6 +34,33 @@ pub enum EvalError {
     /// Reading the shards.
     #[error(transparent)]
     Shard(#[from] ShardError),
+    /// A preprocess preset that cannot be loaded.
+    #[error(transparent)]
+    Ingest(#[from] mg3d_ingest::IngestError),
+    /// Writing a table.
+    #[error(transparent)]
+    Table(#[from] mg3d_core::table::TableError),
+    /// Reading or writing a file.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// A predictor folder (the eval output's `predictor/`) that cannot be used.
+    #[error("{path}: {detail}; rerun the eval stage to write it again")]
+    Predictor {
+        /// The file at fault.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// A model folder that does not record how its training volumes were made.
+    #[error(
+        "{0}: config.json records no preprocess preset of its volumes (a model trained before shards recorded it); retrain it to embed scans"
+    )]
+    NoPreset(std::path::PathBuf),
     /// Tokenising the prompts.
     #[error(transparent)]
     Report(#[from] ReportError),

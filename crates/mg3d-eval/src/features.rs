@@ -22,6 +22,10 @@ pub(crate) struct Encoded {
     pub(crate) labels: Vec<Vec<Option<bool>>>,
     /// Report pseudonym per sample.
     pub(crate) report_ids: Vec<String>,
+    /// Volume pseudonym per sample.
+    pub(crate) volume_ids: Vec<String>,
+    /// Split per sample.
+    pub(crate) splits: Vec<String>,
     /// The model-sized volumes (batches of B×1×D×H×W, CPU), kept when the encoder is fine-tuned
     /// (train: its input; evaluated splits: re-encoded after it).
     pub(crate) volumes: Vec<Tensor>,
@@ -44,6 +48,8 @@ impl Encoded {
             clauses: vec![],
             labels: vec![],
             report_ids: vec![],
+            volume_ids: vec![],
+            splits: vec![],
             volumes: vec![],
         }
     }
@@ -184,6 +190,14 @@ pub(crate) fn encode_split(
                 .iter()
                 .map(|&s| entries[s as usize].report_id.clone()),
         );
+        out.volume_ids.extend(
+            batch
+                .samples
+                .iter()
+                .map(|&s| entries[s as usize].volume_id.clone()),
+        );
+        out.splits
+            .extend(std::iter::repeat_n(split.to_string(), batch.samples.len()));
         let inp = mg3d_train::trainer::to_inputs(&batch, tm.input, device)?;
         let img = tch::no_grad(|| tm.model.image_features(&inp.volume));
         out.image.extend(rows(&img));

@@ -27,9 +27,13 @@
 //! 5. **Linear probe.** Per label, L2 logistic regression on the frozen image features of the
 //!    train split, AUC on the evaluated splits (with bootstrap interval).
 //!
-//! Outputs: `eval.parquet` (schemas/eval.json) and `eval.json` (summary, settings).
+//! Outputs: `eval.parquet` (schemas/eval.json) and `eval.json` (summary, settings);
+//! `features.parquet` (schemas/embeddings.json: every encoded sample's frozen image features),
+//! `predictions.parquet` (schemas/predictions.json: the evaluated samples' zero-shot
+//! probabilities) and `predictor/` (see [`crate::predictor`]), which `mg3d predict` loads.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use mg3d_core::labels::CT_RATE_LABELS;
 use mg3d_core::stage::{InputDecl, ParamDef, Params, Stage, StageContext, StageError};
@@ -39,6 +43,7 @@ use serde_json::{Value, json};
 use tch::{Device, Tensor};
 
 use crate::EvalError;
+use crate::align::ImageHead;
 use crate::align::{Aligner, l2, matrix};
 use crate::entity_align::{
     ClauseTargets, EntityAlignConfig, EntityAligner, read_clause_targets, target_row,
@@ -46,9 +51,10 @@ use crate::entity_align::{
 use crate::features::{ClauseBank, Encoded, bank_prompts, encode_split, rows};
 use crate::metrics::{label_overlap, map_at_k, random_map_at_k, random_recall_at_k, recall_at_k};
 use crate::params::EvalParams;
+use crate::predictor::{Fitted as PredictorParts, present_probability, write_predictor};
 use crate::probe::fit_logistic;
 use crate::tasks::{label_task, read_report_labels};
-use mg3d_core::rows::EvalRow;
+use mg3d_core::rows::{EmbeddingsRow, EvalRow, PredictionsRow};
 use mg3d_core::table::write_rows;
 
 /// The `eval` stage.
@@ -62,6 +68,7 @@ fn evaluate(
     report_labels: Option<&BTreeMap<String, Vec<Option<bool>>>>,
     clause_targets: Option<&ClauseTargets>,
     p: &EvalParams,
+    dirs: (&Path, &Path),
 ) -> Result<(Vec<EvalRow>, Value), EvalError> {
     let clock = std::time::Instant::now();
     let label_set = p.label_set();
@@ -86,26 +93,23 @@ fn evaluate(
     let frozen_train_image = std::mem::take(&mut train.image);
     let frozen_test_image = test.image.clone();
     if p.align_encoder {
-        test.image = test
-            .volumes
-            .iter()
-            .flat_map(|v| {
-                let v = v.to_device(tm.model.device());
-                rows(&tch::no_grad(|| tm.model.image_features(&v)))
-            })
-            .collect();
+        test.image = features_of(tm, &test.volumes);
     }
     let mut rows_out = vec![];
 
-    // Zero-shot: softmax over the present/absent prompts per label.
+    // Zero-shot: per scored label, the softmax over its present/absent prompts.
     let prompt_z = aligner.text(&prompt_text);
-    let img_z = aligner.image(&test.image);
-    let scale = aligner.scale();
-    let present_probability =
-        |z: &Tensor, li: usize| present_probability(z, &prompt_z, scale, &label_set, li);
+    let img_z = aligner.image_head().embed(&test.image);
+    let probabilities = |z: &Tensor| -> Vec<Vec<f64>> {
+        (0..label_set.len())
+            .map(|j| present_probability(z, &prompt_z, aligner.scale(), j))
+            .collect()
+    };
+    let position = |li: usize| label_set.iter().position(|&x| x == li).expect("scored");
+    let img_p = probabilities(&img_z);
     let zero_shot = label_task(
         "zero_shot",
-        |li| present_probability(&img_z, li),
+        |li| img_p[position(li)].clone(),
         &test.labels,
         &label_set,
         p,
@@ -114,9 +118,10 @@ fn evaluate(
     // Diagnostic: the same prompts scoring the reports' own aligned embeddings, i.e. what the
     // zero-shot protocol reaches with an image embedding equal to its report's (text side only).
     let text_z = aligner.text(&test.text);
+    let text_p = probabilities(&text_z);
     let text_ceiling = label_task(
         "zero_shot",
-        |li| present_probability(&text_z, li),
+        |li| text_p[position(li)].clone(),
         &test.labels,
         &label_set,
         &EvalParams {
@@ -140,6 +145,14 @@ fn evaluate(
     );
 
     tracing::info!(seconds = clock.elapsed().as_secs_f64(), "probes scored");
+    write_volume_outputs(
+        dirs.0,
+        (&train, &frozen_train_image),
+        (&test, &frozen_test_image),
+        &img_p,
+        &label_set,
+    )?;
+    save_predictor(dirs, tm, p, &aligner, &prompt_z, &train)?;
     let summary = json!({
         "splits": p.splits,
         "label_source": if report_labels.is_some() { "entities labels.parquet" } else { "shard labels" },
@@ -165,27 +178,106 @@ fn evaluate(
     Ok((rows_out, summary))
 }
 
-/// The probability of the present prompt per sample for label `li` (softmax over its present and
-/// absent prompts at `scale`), from aligned embeddings `z` and the prompts' `prompt_z`.
-fn present_probability(
-    z: &Tensor,
-    prompt_z: &Tensor,
-    scale: f64,
-    label_set: &[usize],
-    li: usize,
-) -> Vec<f64> {
-    let sim = matrix(&z.matmul(&prompt_z.tr())); // N × 2L
-    let j = label_set
+/// The image features of kept volume batches (after the alignment fine-tuned the encoder).
+fn features_of(tm: &TrainedModel, volumes: &[Tensor]) -> Vec<Vec<f32>> {
+    volumes
         .iter()
-        .position(|&x| x == li)
-        .expect("scored label")
-        * 2;
-    sim.iter()
-        .map(|r| {
-            let (a, b) = (scale * r[j], scale * r[j + 1]);
-            1.0 / (1.0 + (b - a).exp())
+        .flat_map(|v| {
+            let v = v.to_device(tm.model.device());
+            rows(&tch::no_grad(|| tm.model.image_features(&v)))
         })
         .collect()
+}
+
+/// Writes `predictor/` (see [`crate::predictor`]) into `dirs.0` from the train output `dirs.1`:
+/// the fitted image head, the prompts' aligned embeddings `prompt_z` and the aligned embeddings
+/// of the train split's reports (each report once) for retrieval.
+fn save_predictor(
+    (out_dir, train_dir): (&Path, &Path),
+    tm: &TrainedModel,
+    p: &EvalParams,
+    aligner: &Fitted,
+    prompt_z: &Tensor,
+    train: &Encoded,
+) -> Result<(), EvalError> {
+    let mut report_ids = vec![];
+    let mut report_rows = vec![];
+    for (k, r) in train.report_ids.iter().enumerate() {
+        if !report_ids.contains(r) {
+            report_ids.push(r.clone());
+            report_rows.push(k as i64);
+        }
+    }
+    let reports = aligner
+        .text(&train.text)
+        .index_select(0, &Tensor::from_slice(&report_rows));
+    write_predictor(
+        out_dir,
+        train_dir,
+        p.align_encoder.then_some(&tm.vs),
+        &PredictorParts {
+            method: aligner.method(),
+            head: &aligner.image_head(),
+            labels: p
+                .label_set()
+                .iter()
+                .map(|&i| CT_RATE_LABELS[i].to_string())
+                .collect(),
+            templates: &p.templates,
+            scale: aligner.scale(),
+            prompts: prompt_z,
+            reports: &reports,
+            report_ids: &report_ids,
+        },
+    )
+}
+
+/// `features.parquet` (the frozen image features of every encoded sample, train split first) and
+/// `predictions.parquet` (the zero-shot probabilities of the evaluated samples; `probabilities`
+/// per scored label, per sample). `train`/`test`: the samples and their frozen features.
+fn write_volume_outputs(
+    out_dir: &Path,
+    train: (&Encoded, &[Vec<f32>]),
+    test: (&Encoded, &[Vec<f32>]),
+    probabilities: &[Vec<f64>],
+    label_set: &[usize],
+) -> Result<(), EvalError> {
+    let features: Vec<EmbeddingsRow> = [train, test]
+        .into_iter()
+        .flat_map(|(e, f)| {
+            e.volume_ids
+                .iter()
+                .zip(&e.splits)
+                .zip(f)
+                .map(|((v, s), x)| EmbeddingsRow {
+                    volume_id: v.clone(),
+                    source: s.clone(),
+                    features: x.clone(),
+                    ..EmbeddingsRow::default()
+                })
+        })
+        .collect();
+    let predictions: Vec<PredictionsRow> = test
+        .0
+        .volume_ids
+        .iter()
+        .enumerate()
+        .flat_map(|(k, v)| {
+            label_set
+                .iter()
+                .zip(probabilities)
+                .map(move |(&li, p)| PredictionsRow {
+                    volume_id: v.clone(),
+                    task: "zero_shot".into(),
+                    name: CT_RATE_LABELS[li].into(),
+                    value: p[k],
+                    ..PredictionsRow::default()
+                })
+        })
+        .collect();
+    write_rows(&out_dir.join("features.parquet"), &features)?;
+    write_rows(&out_dir.join("predictions.parquet"), &predictions)?;
+    Ok(())
 }
 
 /// Train samples, evaluated samples, the prompts' features, the number of distinct clauses.
@@ -478,11 +570,19 @@ enum Fitted {
 }
 
 impl Fitted {
-    /// Unit-norm image embeddings.
-    fn image(&self, x: &[Vec<f32>]) -> Tensor {
+    /// The image head (unit-norm image embeddings).
+    fn image_head(&self) -> ImageHead {
         match self {
-            Fitted::Clip(a) => a.image(x),
-            Fitted::Entity(a) => l2(&a.images(x)),
+            Fitted::Clip(a) => a.image_head(),
+            Fitted::Entity(a) => a.image_head(),
+        }
+    }
+
+    /// The alignment method's name.
+    fn method(&self) -> &'static str {
+        match self {
+            Fitted::Clip(_) => "clip",
+            Fitted::Entity(_) => "entity",
         }
     }
 
@@ -508,10 +608,10 @@ impl Stage for EvalStage {
         "eval"
     }
     fn code_version(&self) -> &'static str {
-        "3"
+        "4"
     }
     fn describe(&self) -> &'static str {
-        "zero-shot labels, report->volume and volume->volume retrieval, linear probe -> eval.parquet, eval.json"
+        "zero-shot labels, report->volume and volume->volume retrieval, linear probe -> eval.parquet, eval.json; features.parquet, predictions.parquet and predictor/ (for mg3d predict)"
     }
     fn params(&self) -> Vec<ParamDef> {
         EvalParams::defs()
@@ -552,7 +652,8 @@ impl Stage for EvalStage {
             )?),
             _ => return Err(EvalError::EntityInputs.into()),
         };
-        let mut tm = load_trained(ctx.input("train")?, &p.device)?;
+        let train_dir = ctx.input("train")?;
+        let mut tm = load_trained(train_dir, &p.device)?;
         let index = ShardIndex::open(ctx.input("shards")?)?;
         let report_labels = match ctx.input("entities") {
             Ok(dir) => Some(read_report_labels(
@@ -567,6 +668,7 @@ impl Stage for EvalStage {
             report_labels.as_ref(),
             clause_targets.as_ref(),
             &p,
+            (&ctx.out_dir, train_dir),
         )?;
         write_rows(&ctx.out_dir.join("eval.parquet"), &rows_out)?;
         std::fs::write(

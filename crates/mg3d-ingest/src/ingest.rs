@@ -24,6 +24,7 @@ use mg3d_volume::nifti_write::{EncodedI16, FileCompression};
 use mg3d_volume::{Reject, Volume};
 
 mod items;
+pub(crate) use items::nifti_hu;
 mod roots;
 mod sources;
 
@@ -90,6 +91,19 @@ impl ItemResult {
             }
         }
     }
+}
+
+/// Adds the rows of a CT-RATE metadata CSV to `metadata`, by `VolumeName`.
+pub(crate) fn read_metadata(
+    path: &Path,
+    metadata: &mut HashMap<String, BTreeMap<String, String>>,
+) -> Result<(), StageError> {
+    for row in read_csv(path)? {
+        if let Some(n) = row.get("VolumeName") {
+            metadata.insert(n.clone(), row.clone());
+        }
+    }
+    Ok(())
 }
 
 struct Ctx<'a> {
@@ -189,11 +203,7 @@ impl Stage for IngestStage {
         }
         let mut metadata = HashMap::new();
         for m in &p.ctrate_metadata {
-            for row in read_csv(&ctx.resolve(m)?)? {
-                if let Some(n) = row.get("VolumeName") {
-                    metadata.insert(n.clone(), row.clone());
-                }
-            }
+            read_metadata(&ctx.resolve(m)?, &mut metadata)?;
         }
         let mut accession = HashMap::new();
         if !p.accession_map.is_empty() {

@@ -6,6 +6,8 @@
 //!   identifiers scrubbed, ids keyed.
 //! - [`preprocess`]: the `preprocess` stage: RAS, resampling to the preset's spacing, HU window,
 //!   crop/pad to the preset's shape.
+//! - [`scan`]: one DICOM folder or NIfTI file read outside a pipeline exactly as ingest and
+//!   preprocess read it (`mg3d embed`, `mg3d predict`).
 //! - [`walk`]: following symlinks with cycle detection, every file accounted for once.
 //! - [`inspect`]: what mg3d reads from one DICOM or NIfTI file (`mg3d inspect`).
 
@@ -13,6 +15,7 @@ pub mod error;
 pub mod ingest;
 pub mod inspect;
 pub mod preprocess;
+pub mod scan;
 pub mod walk;
 
 pub use error::IngestError;

@@ -31,7 +31,8 @@ pub use reader::{
 };
 pub use stage::ShardsStage;
 pub use writer::{
-    SampleRecord, ShardCache, ShardMade, VolumeSource, WriteSummary, WriterConfig, write_shards,
+    SampleRecord, ShardCache, ShardMade, VolumeSource, WriteSummary, WriterConfig, volume_field,
+    write_shards,
 };
 
 /// Shard errors. Each names the file at fault and what to do about it.

@@ -199,6 +199,24 @@ fn encode_volume(
     resized
 }
 
+/// One preprocessed volume as a shard's `volume` field holds it (crop/pad to `spec`'s shape,
+/// its window to `[0, 1]`, stored as `dtype`), as a batch of one: what the loader would give for
+/// it. Used to feed a model a scan that is in no shard (`mg3d embed`).
+pub fn volume_field(
+    v: &Volume,
+    spec: &crate::format::VolumeSpec,
+    dtype: Dtype,
+) -> crate::reader::TensorBuf {
+    let [r, a, s] = spec.shape_ras;
+    let mut data = vec![0u8; r * a * s * dtype.size()];
+    encode_volume(v, spec.shape_ras, spec.window, dtype, &mut data);
+    crate::reader::TensorBuf {
+        dtype,
+        shape: vec![1, 1, s, a, r],
+        data,
+    }
+}
+
 fn le_bytes_i32(v: &[i32], out: &mut Vec<u8>) {
     for x in v {
         out.extend_from_slice(&x.to_le_bytes());

@@ -188,6 +188,8 @@ pub struct TrainedModel {
     pub input: [i64; 3],
     /// The text encoder folder the run used (tokenizer.json lives there).
     pub text_model: std::path::PathBuf,
+    /// The volumes it was trained on (`None` in a folder that does not say).
+    pub volume: Option<ModelVolume>,
 }
 
 /// The TensorBoard scalars of a step: losses under `loss/`, then the optimiser and speed.
@@ -207,6 +209,39 @@ fn step_scalars(m: &StepMetrics) -> [(&'static str, f64); 11] {
     ]
 }
 
+/// The volumes a model was trained on, as its folder records them: the shards' normalisation
+/// and preset, and the element type the shards stored them in (what a new scan must go through
+/// to be fed to the model as its training volumes were).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ModelVolume {
+    /// Shape, window, layout and preset of the shards' volumes.
+    #[serde(flatten)]
+    pub spec: mg3d_shard::format::VolumeSpec,
+    /// The shards' element type of the volume field (folders written before it existed: f16,
+    /// the shards' default).
+    #[serde(default = "f16")]
+    pub dtype: mg3d_shard::Dtype,
+}
+
+fn f16() -> mg3d_shard::Dtype {
+    mg3d_shard::Dtype::F16
+}
+
+impl ModelVolume {
+    /// The volumes of a shards index.
+    pub fn of(index: &mg3d_shard::IndexFile) -> ModelVolume {
+        let dtype = index
+            .fields
+            .iter()
+            .find(|f| f.name == "volume")
+            .map_or(mg3d_shard::Dtype::F16, |f| f.dtype);
+        ModelVolume {
+            spec: index.volume.clone(),
+            dtype,
+        }
+    }
+}
+
 /// The model folder's description (see [`write_model_folder`]).
 pub const MODEL_CONFIG: &str = "config.json";
 
@@ -220,7 +255,7 @@ pub fn write_model_folder(
     params: &serde_json::Map<String, Value>,
     model: &Mg3d,
     text_folder: &Path,
-    volume: &mg3d_shard::format::VolumeSpec,
+    volume: &ModelVolume,
 ) -> Result<(), TrainError> {
     let io = |path: std::path::PathBuf| move |source| TrainError::Io { path, source };
     let bert_path = text_folder.join("config.json");
@@ -251,6 +286,53 @@ pub fn write_model_folder(
     for from in TokenizerFiles::find(text_folder)?.files() {
         let to = out.join(from.file_name().unwrap_or_default());
         std::fs::copy(from, to).map_err(io(from.to_path_buf()))?;
+    }
+    Ok(())
+}
+
+/// Copies the model folder `from` (a train output) to `to`: `config.json`, the tokenizer files
+/// and the weights, hard-linked where the file system allows; with `weights`, those variables are
+/// saved as the weights instead (a model whose weights changed after training).
+pub fn copy_model_folder(
+    from: &Path,
+    to: &Path,
+    weights: Option<&nn::VarStore>,
+) -> Result<(), TrainError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| TrainError::Io { path, source }
+    };
+    let config_path = from.join(MODEL_CONFIG);
+    let text = std::fs::read_to_string(&config_path).map_err(io(&config_path))?;
+    let v: Value = serde_json::from_str(&text).map_err(|source| TrainError::Json {
+        path: config_path.clone(),
+        source,
+    })?;
+    let rel = v["weights"].as_str().unwrap_or("final/model.safetensors");
+    let dst_weights = to.join(rel);
+    if let Some(parent) = dst_weights.parent() {
+        std::fs::create_dir_all(parent).map_err(io(parent))?;
+    }
+    let mut files = vec![config_path.clone()];
+    files.extend(
+        TokenizerFiles::find(from)?
+            .files()
+            .into_iter()
+            .map(Path::to_path_buf),
+    );
+    for f in &files {
+        let dst = to.join(f.file_name().unwrap_or_default());
+        mg3d_core::fsutil::link_or_copy(f, &dst).map_err(io(f))?;
+    }
+    match weights {
+        Some(vs) => vs.save(&dst_weights).map_err(|source| TrainError::Torch {
+            path: dst_weights.clone(),
+            source,
+        })?,
+        None => {
+            let src = from.join(rel);
+            mg3d_core::fsutil::link_or_copy(&src, &dst_weights).map_err(io(&src))?
+        }
     }
     Ok(())
 }
@@ -288,6 +370,7 @@ pub fn load_trained(dir: &Path, device: &str) -> Result<TrainedModel, TrainError
         vs,
         input,
         text_model: dir.to_path_buf(),
+        volume: serde_json::from_value(v["volume"].clone()).ok(),
     })
 }
 
@@ -325,7 +408,7 @@ impl Stage for TrainStage {
         "train"
     }
     fn code_version(&self) -> &'static str {
-        "2"
+        "3"
     }
     fn describe(&self) -> &'static str {
         "MG-3D pre-training (Swin3D + BERT, five objectives) on the shards -> checkpoint, metrics.parquet"
@@ -466,7 +549,7 @@ impl Stage for TrainStage {
             ctx.params.as_map(),
             &model,
             Path::new(&p.text_model),
-            &index.file.volume,
+            &ModelVolume::of(&index.file),
         )?;
         // Wall-clock numbers and the resume only in the run report (outputs and the lockfile stay
         // reproducible).

@@ -8,7 +8,7 @@ use mg3d_report::tokens::load_tokenizer;
 use mg3d_shard::format::VolumeSpec;
 use mg3d_testkit::minilm;
 use mg3d_train::model::{Mg3d, ModelConfig};
-use mg3d_train::stage::{load_trained, write_model_folder};
+use mg3d_train::stage::{ModelVolume, load_trained, write_model_folder};
 use mg3d_train::swin::SwinConfig;
 use serde_json::json;
 use tch::{Device, Tensor, nn};
@@ -45,11 +45,14 @@ fn a_train_output_loads_without_its_text_folder() {
         "lr": 1e-4, "warmup": 0, "clip": 1.0, "checkpoint_every": 1, "seed": 0, "workers": 1,
         "objectives": {}, "init_from": "",
     });
-    let volume = VolumeSpec {
-        shape_ras: [64, 64, 32],
-        window: [-1000.0, 1000.0],
-        layout: "test".into(),
-        preset: Some("demo-64".into()),
+    let volume = ModelVolume {
+        spec: VolumeSpec {
+            shape_ras: [64, 64, 32],
+            window: [-1000.0, 1000.0],
+            layout: "test".into(),
+            preset: Some("demo-64".into()),
+        },
+        dtype: mg3d_shard::Dtype::BF16,
     };
     write_model_folder(&out, params.as_object().unwrap(), &model, &text, &volume).unwrap();
     std::fs::remove_dir_all(&text).unwrap();
@@ -57,9 +60,11 @@ fn a_train_output_loads_without_its_text_folder() {
         serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["format"], "mg3d-model");
     assert_eq!(config["volume"]["preset"], "demo-64");
+    assert_eq!(config["volume"]["dtype"], "BF16");
 
     let tm = load_trained(&out, "cpu").unwrap();
     assert_eq!(tm.input, [32, 64, 64]);
+    assert_eq!(tm.volume.as_ref(), Some(&volume));
     let (a, b): (HashMap<String, Tensor>, HashMap<String, Tensor>) =
         (vs.variables(), tm.vs.variables());
     assert_eq!(a.len(), b.len());

@@ -230,40 +230,20 @@ impl Ctx<'_> {
             first_of_4d: self.p.first_of_4d,
             max_voxels: self.p.max_volume_voxels.max(1) as u64,
         };
-        let (mut vol, info) = match reader.read(&opts) {
+        let meta = self.metadata.get(&name);
+        let (vol, hu) = match nifti_hu(reader, &opts, meta) {
             Ok(v) => v,
             Err(r) => return file_reject(r),
         };
-        let mut warnings = Vec::new();
-        if info.mm_per_unit != 1.0 {
-            for row in vol.affine.iter_mut().take(3) {
-                for x in row.iter_mut() {
-                    *x *= info.mm_per_unit;
-                }
-            }
-            warnings.push(format!(
-                "xyzt_units gives {} mm per unit; the affine was converted to mm",
-                info.mm_per_unit
-            ));
+        let mut warnings = hu.warnings;
+        if meta.is_none() && label.starts_with("nifti") && !self.metadata.is_empty() {
+            warnings.push("no metadata row for this file".into());
         }
-        let meta = self.metadata.get(&name);
         let num = |k: &str| {
             meta.and_then(|m| m.get(k))
                 .and_then(|v| v.trim().parse::<f64>().ok())
         };
-        let (slope, intercept) = (num("RescaleSlope"), num("RescaleIntercept"));
-        let (hu_applied, evidence, used) = apply_hu(&mut vol, &info, slope, intercept);
-        // Metadata spacing (CT-RATE): trust it over a header that disagrees, as the v2 repair does.
-        if let Some(m) = meta {
-            if let Err(r) = apply_metadata_spacing(&mut vol, m, &mut warnings) {
-                return file_reject(r);
-            }
-        } else if label.starts_with("nifti") && !self.metadata.is_empty() {
-            warnings.push("no metadata row for this file".into());
-        }
-        if let Err(r) = vol.check_geometry() {
-            return file_reject(r);
-        }
+        let (hu_applied, evidence, used) = (hu.applied, hu.evidence, hu.used);
         let c = self.ctx;
         let (patient, study) = ctrate_ids(&name).unwrap_or_else(|| (rp.clone(), rp.clone()));
         let row = VolumesRow {
@@ -301,6 +281,65 @@ impl Ctx<'_> {
         };
         self.finish_row(dir, vol, row)
     }
+}
+
+/// How a NIfTI file's values became HU (see [`nifti_hu`]).
+pub(crate) struct NiftiHu {
+    /// `hu_applied` of the volumes row.
+    pub(crate) applied: &'static str,
+    /// Its evidence, in words.
+    pub(crate) evidence: String,
+    /// The slope and intercept used, if any.
+    pub(crate) used: Option<(f64, f64)>,
+    /// What was repaired on the way (units, metadata spacing).
+    pub(crate) warnings: Vec<String>,
+}
+
+/// A NIfTI file's volume in HU and mm, as ingest keeps it: the affine in mm (`xyzt_units`), the
+/// HU decision of [`apply_hu`] with the CT-RATE metadata row `meta`, the metadata spacing
+/// trusted over the header, and the geometry checked.
+pub(crate) fn nifti_hu(
+    reader: NiftiReader,
+    opts: &ReadOptions,
+    meta: Option<&BTreeMap<String, String>>,
+) -> Result<(Volume, NiftiHu), Reject> {
+    let (mut vol, info) = reader.read(opts)?;
+    let mut warnings = Vec::new();
+    if info.mm_per_unit != 1.0 {
+        for row in vol.affine.iter_mut().take(3) {
+            for x in row.iter_mut() {
+                *x *= info.mm_per_unit;
+            }
+        }
+        warnings.push(format!(
+            "xyzt_units gives {} mm per unit; the affine was converted to mm",
+            info.mm_per_unit
+        ));
+    }
+    let num = |k: &str| {
+        meta.and_then(|m| m.get(k))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    let (applied, evidence, used) = apply_hu(
+        &mut vol,
+        &info,
+        num("RescaleSlope"),
+        num("RescaleIntercept"),
+    );
+    // Metadata spacing (CT-RATE): trust it over a header that disagrees, as the v2 repair does.
+    if let Some(m) = meta {
+        apply_metadata_spacing(&mut vol, m, &mut warnings)?;
+    }
+    vol.check_geometry()?;
+    Ok((
+        vol,
+        NiftiHu {
+            applied,
+            evidence,
+            used,
+            warnings,
+        },
+    ))
 }
 
 /// HU of a NIfTI volume, decided once: the header's scl (applied by the reader), else the
