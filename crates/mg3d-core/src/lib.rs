@@ -8,9 +8,11 @@
 //! - [`budget`]: a memory budget in bytes shared by a stage's in-flight items.
 //! - [`ids`]: keyed pseudonymous ids (no source identifier ever leaves ingest).
 //! - [`plan`]: the volume geometry preprocess plans and shards and train check.
+//! - [`ctrg`]: CTRG-Chest annotation files (read by ingest and reports).
 //! - [`phi`]: identifying values seen in the inputs and the scrubber for messages and paths.
 
 pub mod budget;
+pub mod ctrg;
 pub mod engine;
 pub mod fsutil;
 pub mod ids;

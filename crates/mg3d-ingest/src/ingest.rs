@@ -23,6 +23,7 @@ use mg3d_volume::nifti_io::{NiftiInfo, NiftiReader, ReadOptions};
 use mg3d_volume::nifti_write::{EncodedI16, FileCompression};
 use mg3d_volume::{Reject, Volume};
 
+mod ctrg;
 mod items;
 pub(crate) use items::nifti_hu;
 mod roots;
@@ -68,6 +69,13 @@ mg3d_core::stage_params! {
         memory_budget_mb: i64 = json!(8192),
         /// largest volume accepted, in voxels (volume_too_large above it)
         max_volume_voxels: i64 = json!(1i64 << 30),
+        /// CTRG-Chest annotation JSON files ({id, report, result, image_path, split}; slice folders
+        /// of 8-bit JPEGs relative to the file)
+        ctrg_annotations: Vec<String> = json!([]),
+        /// spacing assumed for CTRG slices (columns, rows, slices; mm): JPEGs carry none
+        ctrg_spacing_mm: [f64; 3] = json!([0.75, 0.75, 1.5]),
+        /// which end CTRG slice 1 is: superior or inferior
+        ctrg_first_slice: String = json!("superior"),
         /// succeed with 0 volumes when the roots hold no files (otherwise an error: an empty or
         /// unmounted root)
         allow_empty: bool = json!(false),
@@ -149,7 +157,24 @@ impl Stage for IngestStage {
         let mut any = false;
         let external = |r: &&String| !r.is_empty() && !r.starts_with('@');
         let mut walker = Walker::new();
-        for r in p.dicom_roots.iter().chain(&p.nifti_roots).filter(external) {
+        // A CTRG annotation file's folder holds its slice folders.
+        let ctrg_folders: Vec<String> = p
+            .ctrg_annotations
+            .iter()
+            .filter(external)
+            .map(|a| {
+                Path::new(a)
+                    .parent()
+                    .map_or(".".into(), |d| d.to_string_lossy().into_owned())
+            })
+            .collect();
+        for r in p
+            .dicom_roots
+            .iter()
+            .chain(&p.nifti_roots)
+            .filter(external)
+            .chain(&ctrg_folders)
+        {
             any = true;
             let root = PathBuf::from(r);
             h.update(r.as_bytes());
@@ -171,6 +196,7 @@ impl Stage for IngestStage {
         for r in p
             .ctrate_metadata
             .iter()
+            .chain(&p.ctrg_annotations)
             .chain(std::iter::once(&p.accession_map))
             .filter(external)
         {
@@ -198,6 +224,13 @@ impl Stage for IngestStage {
             return Err(IngestError::Params(format!(
                 "allowed_metadata: unknown field {bad:?}; allowed fields are {}",
                 KNOWN.join(", ")
+            ))
+            .into());
+        }
+        if !["superior", "inferior"].contains(&p.ctrg_first_slice.as_str()) {
+            return Err(IngestError::Params(format!(
+                "ctrg_first_slice = {:?}: use superior or inferior",
+                p.ctrg_first_slice
             ))
             .into());
         }
@@ -239,6 +272,7 @@ impl Stage for IngestStage {
             let files = c.walk_root(&mut walker, &root, &label, &mut out)?;
             c.nifti_root(&root, &label, files, &mut out)?;
         }
+        c.ctrg_annotations(&p.ctrg_annotations, &mut out)?;
         // Every file found becomes a result (a reject, or part of a volume) or an item of another
         // partition.
         if out.results.is_empty() && ctx.items().counts().seen == 0 && !p.allow_empty {
@@ -258,7 +292,7 @@ impl Stage for IngestStage {
 
 /// What the roots produced so far: item results, the volume files to place, identifying values.
 #[derive(Default)]
-struct Collected {
+pub(crate) struct Collected {
     /// Each result with its item directory (where a volume's file is).
     results: Vec<(ItemResult, Option<PathBuf>)>,
     /// Every identifying value seen: header values, input paths, the accession map's keys.

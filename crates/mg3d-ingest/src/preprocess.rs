@@ -154,6 +154,8 @@ struct Item {
     digest: String,
     /// Voxels of the input and of the resampled grid before cropping.
     work_voxels: f64,
+    /// Grey levels 0..255 (CTRG JPEG slices), not HU: mapped onto the preset's window first.
+    gray8: bool,
 }
 
 /// Voxels the preset's resampling makes of a volume (before the crop), plus the input's own.
@@ -219,8 +221,16 @@ impl Stage for PreprocessStage {
         for v in read_rows::<VolumesRow>(&ingest.join("volumes.parquet"))? {
             let dims = v.dims.map(f64::from);
             // "row2": items store a `preprocessed` row (the format of earlier items differs).
-            let digest = format!("row2|{}|{:?}|{:?}", v.content_hash, dims, v.affine_ras);
+            let gray8 = v.hu_applied == "gray8";
+            let digest = format!(
+                "row2|{}|{:?}|{:?}{}",
+                v.content_hash,
+                dims,
+                v.affine_ras,
+                if gray8 { "|gray8" } else { "" }
+            );
             items.push(Item {
+                gray8,
                 work_voxels: work_voxels(dims, v.spacing_mm, &preset),
                 id: v.volume_id,
                 file: v.volume_file,
@@ -252,7 +262,7 @@ impl Stage for PreprocessStage {
                     let key = ctx.items().key(&it.id, &it.digest);
                     let o = ctx.items().get_or_make::<StageError>(&key, |dir| {
                         let res = mg3d_volume::catch_panic(
-                            || preprocess_one(&ingest.join(&it.file), &it.id, (&p.preset, &preset, compression), dir),
+                            || preprocess_one(&ingest.join(&it.file), it, (&p.preset, &preset, compression), dir),
                             |r| Ok(Err(r)),
                         )?
                         .map_err(Failed::from);
@@ -302,14 +312,18 @@ impl Stage for PreprocessStage {
 /// reject, not a failure of the stage.
 fn preprocess_one(
     file: &Path,
-    id: &str,
+    it: &Item,
     (preset_name, preset, compression): (&str, &Preset, FileCompression),
     dir: &Path,
 ) -> Result<Result<PreprocessedRow, Reject>, StageError> {
-    let v = match read_nifti(file, false).and_then(|(v, _)| v.check_geometry().map(|_| v)) {
+    let id = it.id.as_str();
+    let mut v = match read_nifti(file, false).and_then(|(v, _)| v.check_geometry().map(|_| v)) {
         Ok(v) => v,
         Err(r) => return Ok(Err(r)),
     };
+    if it.gray8 {
+        grey_onto_window(&mut v, preset.window);
+    }
     let (out, center) = apply_preset(&v, preset);
     drop(v);
     let file = EncodedI16::new(&out);
@@ -332,6 +346,14 @@ fn preprocess_one(
         foreground_fraction,
         content_hash: file.content_hash(),
     }))
+}
+
+/// Grey levels 0..255 mapped linearly onto `window` (0 to its low end, 255 to its high end), so
+/// that the shards' window normalisation gives grey / 255, as MG-3D normalises CTRG slices.
+fn grey_onto_window(v: &mut Volume, [lo, hi]: [f64; 2]) {
+    for x in v.data.iter_mut() {
+        *x = (lo + (*x as f64).clamp(0.0, 255.0) / 255.0 * (hi - lo)) as f32;
+    }
 }
 
 /// Why a volume was not preprocessed, as its item stores it.

@@ -31,6 +31,10 @@ mg3d_core::stage_params! {
         section_columns: BTreeMap<String, String> = json!({"clinical": "ClinicalInformation_EN", "technique": "Technique_EN", "findings": "Findings_EN", "impression": "Impressions_EN"}),
         /// texts that mean an empty section
         empty_markers: Vec<String> = json!(["Not given.", "Not given", "N/A"]),
+        /// CTRG-Chest annotation JSON files: report = findings, result = impression, keyed as
+        /// ingest keys the volume; an id listed again (val = test in the released files) is
+        /// read once and reported
+        ctrg_annotations: Vec<String> = json!([]),
     }
 }
 
@@ -324,6 +328,57 @@ impl Stage for ReportsStage {
     }
 }
 
+/// The reports of a CTRG annotation file (`source` names it): each id once, its later listings
+/// and entries without text rejected.
+fn read_ctrg(
+    path: &Path,
+    source: &str,
+    p: &ReportsParams,
+) -> Result<(Vec<Report>, Vec<RowReject>), StageError> {
+    use mg3d_core::ctrg::{read_annotation, source_key};
+    let (entries, repeats) = read_annotation(path).map_err(StageError::wrap)?;
+    let mut bad: Vec<RowReject> = repeats
+        .iter()
+        .map(|r| {
+            let (reason, message) = r.reject();
+            RowReject {
+                source: source.to_string(),
+                row: r.entry.position as i64 + 1,
+                key: Some(source_key(&r.entry.id)),
+                reason,
+                message,
+            }
+        })
+        .collect();
+    let mut ok = Vec::new();
+    for e in entries {
+        let row = e.position as i64 + 1;
+        let sections: BTreeMap<&'static str, String> =
+            [("findings", e.report), ("impression", e.result)]
+                .into_iter()
+                .filter(|(_, t)| !is_empty(t, &p.empty_markers))
+                .collect();
+        let key = source_key(&e.id);
+        if sections.is_empty() {
+            bad.push(RowReject {
+                source: source.to_string(),
+                row,
+                key: Some(key),
+                reason: "report_empty",
+                message: format!("entry {row}: no report or result text"),
+            });
+        } else {
+            ok.push(Report {
+                key,
+                source: source.to_string(),
+                row,
+                sections,
+            });
+        }
+    }
+    Ok((ok, bad))
+}
+
 /// Every row of every file: the reports, and the rows rejected (unreadable, no id, empty, and
 /// every row of a duplicated id, since which text is right is unknowable), sorted by id.
 fn read_all(
@@ -341,6 +396,11 @@ fn read_all(
             &p.section_columns,
             &p.empty_markers,
         )?;
+        reports.extend(ok);
+        rejects.extend(bad);
+    }
+    for (i, f) in p.ctrg_annotations.iter().enumerate() {
+        let (ok, bad) = read_ctrg(&ctx.resolve(f)?, &format!("ctrg_annotations[{i}]"), p)?;
         reports.extend(ok);
         rejects.extend(bad);
     }

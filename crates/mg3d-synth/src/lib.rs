@@ -24,6 +24,7 @@
 #![allow(clippy::needless_range_loop)] // matrix and voxel code reads better with indices
 
 pub mod catalog;
+pub mod ctrg;
 pub mod dicom_out;
 pub mod error;
 mod faults;
@@ -79,6 +80,9 @@ pub struct SynthConfig {
     pub body_width_mm: [f64; 2],
     /// Scanned length range, mm.
     pub z_extent_mm: [f64; 2],
+    /// Volumes of the CTRG-Chest-shaped set (`ctrg/`, see [`ctrg`]); 0 writes none.
+    #[serde(default)]
+    pub ctrg_patients: u32,
 }
 
 fn default_enhanced() -> f64 {
@@ -100,6 +104,7 @@ impl Default for SynthConfig {
             slice_spacing_mm: [0.6, 5.0],
             body_width_mm: [280.0, 360.0],
             z_extent_mm: [250.0, 320.0],
+            ctrg_patients: 0,
         }
     }
 }
@@ -238,6 +243,7 @@ pub fn generate(
     if cfg.faults {
         faults::write_faults(cfg, templates, out, &mut w)?;
     }
+    ctrg::write_ctrg(cfg, templates, out)?;
     w.finish(cfg)
 }
 

@@ -38,6 +38,8 @@ mg3d_core::stage_params! {
         body_width_mm: [f64; 2] = json!(SynthConfig::default().body_width_mm),
         /// [min, max] scanned length
         z_extent_mm: [f64; 2] = json!(SynthConfig::default().z_extent_mm),
+        /// volumes of the CTRG-Chest-shaped set (ctrg/annotation.json + JPEG slice folders)
+        ctrg_patients: u32 = json!(0),
         /// report template file; empty = configs/synth/reports.toml (embedded)
         templates: String = json!(""),
     }
@@ -62,14 +64,14 @@ impl Stage for SynthStage {
         "synth"
     }
     fn code_version(&self) -> &'static str {
-        "3"
+        "4"
     }
     fn uses_seed(&self) -> bool {
         // The pipeline seed is the default of the `seed` param.
         true
     }
     fn describe(&self) -> &'static str {
-        "synthetic chest-CT corpus (DICOM, NIfTI, CT-RATE reports/labels/metadata) with ground truth"
+        "synthetic chest-CT corpus (DICOM, NIfTI, CT-RATE reports/labels/metadata, a CTRG-Chest-shaped set) with ground truth"
     }
     fn params(&self) -> Vec<ParamDef> {
         SynthParams::defs()
@@ -100,6 +102,7 @@ impl Stage for SynthStage {
             slice_spacing_mm: p.slice_spacing_mm,
             body_width_mm: p.body_width_mm,
             z_extent_mm: p.z_extent_mm,
+            ctrg_patients: p.ctrg_patients,
         };
         let templates =
             Templates::parse(&templates_text(&p.templates)?).map_err(SynthError::from)?;

@@ -425,7 +425,7 @@ pub(crate) fn field_of_view(ph: &Phantom) -> f64 {
 }
 
 /// Draws each rendered finding with its prevalence (15% of them subtle).
-fn draw_findings(cfg: &SynthConfig, ph: &mut Phantom, rng: &mut ChaCha8Rng) {
+pub(crate) fn draw_findings(cfg: &SynthConfig, ph: &mut Phantom, rng: &mut ChaCha8Rng) {
     for label in RENDERED {
         let p = cfg
             .prevalence_by_finding
