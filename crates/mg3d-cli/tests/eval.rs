@@ -277,6 +277,28 @@ fn embed_and_predict_match_eval(dir: &Path) {
     }
     assert_eq!(embedded[0].source, "dicom");
     assert_eq!(embedded[1].source, "ct-rate");
+    // The same as safetensors: tensor `features`, the ids in the header's metadata.
+    let mut args = vec!["embed", "--model", "work/train", "--out", "emb.safetensors"];
+    args.extend(scan_args);
+    args.extend(inputs);
+    mg3d_ok(dir, &args);
+    let bytes = fs::read(dir.join("emb.safetensors")).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let listed: Vec<String> =
+        serde_json::from_str(&meta.metadata().as_ref().unwrap()["volume_ids"]).unwrap();
+    assert_eq!(listed[0], embedded[0].volume_id);
+    let t = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let f = t.tensor("features").unwrap();
+    assert_eq!(f.shape(), [2, embedded[0].features.len()]);
+    let first: Vec<f32> = f.data()[..4 * f.shape()[1]]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    assert_eq!(first, embedded[0].features);
+    // The eval output's predictor holds a model folder of its own.
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        assert!(work.join("eval/predictor/model").join(f).is_file(), "{f}");
+    }
 
     let mut args = vec!["predict", "--model", "work/eval", "--out", "pred.parquet"];
     args.extend(scan_args);

@@ -242,6 +242,9 @@ impl ModelVolume {
     }
 }
 
+/// The weights file of a model folder.
+pub const MODEL_WEIGHTS: &str = "model.safetensors";
+
 /// The model folder's description (see [`write_model_folder`]).
 pub const MODEL_CONFIG: &str = "config.json";
 
@@ -249,7 +252,8 @@ pub const MODEL_CONFIG: &str = "config.json";
 /// `config.json` (format, the train params, the image encoder's resolved config, the text
 /// encoder's BERT config and pooler, the shards' volume normalisation, where the weights are)
 /// and the text folder's tokenizer files (`tokenizer.json`, or `vocab.txt` +
-/// `tokenizer_config.json`). The weights are `final/model.safetensors`, text encoder included.
+/// `tokenizer_config.json`). The weights, text encoder included, are `model.safetensors`: the
+/// final checkpoint's file (`final/model.safetensors`), hard-linked where the file system allows.
 pub fn write_model_folder(
     out: &Path,
     params: &serde_json::Map<String, Value>,
@@ -275,8 +279,11 @@ pub fn write_model_folder(
         "text_config": bert,
         "text_pooler": model.text_encoder().config().add_pooling_layer,
         "volume": volume,
-        "weights": "final/model.safetensors",
+        "weights": MODEL_WEIGHTS,
     });
+    let final_weights = out.join("final").join(MODEL_WEIGHTS);
+    mg3d_core::fsutil::link_or_copy(&final_weights, &out.join(MODEL_WEIGHTS))
+        .map_err(io(final_weights.clone()))?;
     let path = out.join(MODEL_CONFIG);
     std::fs::write(
         &path,
