@@ -4,7 +4,8 @@
 //! `ctrg_spacing_mm` param, rows run anterior to posterior and columns patient right to left
 //! (radiological display), and `ctrg_first_slice` says whether slice 1 is the most superior.
 //! The values stay grey levels (`hu_applied = "gray8"`): no HU is claimed; preprocess maps
-//! 0..255 onto its window.
+//! 0..255 onto its window. An `image_path` naming a `.nii`/`.nii.gz` file (CTRG also ships
+//! volumes that way) is read with its header's geometry; its values must be 0..255.
 
 use mg3d_core::ctrg::{Entry, read_annotation, source_key};
 
@@ -123,7 +124,13 @@ impl Ctx<'_> {
             return Ok(None);
         }
         let dir = root.join(&e.image_path);
-        let slices = match slice_files(&dir) {
+        let lower = e.image_path.to_ascii_lowercase();
+        let nifti = lower.ends_with(".nii") || lower.ends_with(".nii.gz");
+        let slices = match if nifti {
+            Ok(vec![dir])
+        } else {
+            slice_files(&dir)
+        } {
             Ok(s) => s,
             Err(r) => {
                 let row = self.reject(label, &e.image_path, "series", 0, &r);
@@ -153,8 +160,10 @@ impl Ctx<'_> {
                     &mg3d_volume::internal_error(),
                 )
             },
-            |item_dir| match self.ctrg_volume(&slices) {
-                Ok(vol) => self.finish_row(item_dir, vol, self.ctrg_row(label, e, n)),
+            |item_dir| match self.ctrg_volume(&slices, nifti) {
+                Ok((vol, geometry)) => {
+                    self.finish_row(item_dir, vol, self.ctrg_row(label, e, n, geometry))
+                }
                 Err(r) => {
                     let r = Reject::new(r.code, without_paths(&r.message, root, &paths));
                     Ok(ItemResult::Reject(self.reject(
@@ -170,8 +179,25 @@ impl Ctx<'_> {
         .map(Some)
     }
 
-    /// The slices stacked as grey levels, with the assumed geometry.
-    fn ctrg_volume(&self, slices: &[PathBuf]) -> Result<Volume, Reject> {
+    /// The volume as grey levels, and where its geometry comes from: the slices stacked with the
+    /// assumed geometry, or a NIfTI file (`nifti`) with its header's, whose values must be grey
+    /// levels already.
+    fn ctrg_volume(&self, slices: &[PathBuf], nifti: bool) -> Result<(Volume, String), Reject> {
+        if nifti {
+            let reader = NiftiReader::open(&slices[0])?;
+            let voxels = reader.shape().spatial.iter().map(|&d| d as u64).product();
+            let _held = self.reserve(voxels, 8)?;
+            let (vol, _) = reader.read(&ReadOptions::default())?;
+            let st = vol.stats();
+            if st.min < 0.0 || st.max > 255.0 {
+                return Err(Reject::new(
+                    "ctrg_not_8bit",
+                    format!("values {}..{}: not 8-bit grey levels", st.min, st.max),
+                ));
+            }
+            vol.check_geometry()?;
+            return Ok((vol, "geometry from the NIfTI header".into()));
+        }
         let (w, h, first) = decode_slice(&slices[0])?;
         let _held = self.reserve((w * h * slices.len()) as u64, 8)?;
         let mut data: Vec<f32> = Vec::with_capacity(w * h * slices.len());
@@ -203,10 +229,14 @@ impl Ctx<'_> {
             affine,
         };
         vol.check_geometry()?;
-        Ok(vol)
+        let geometry = format!(
+            "JPEG slices carry no geometry: spacing {:?} mm assumed (ctrg_spacing_mm), rows anterior to posterior, columns right to left, slice 1 {} (ctrg_first_slice)",
+            self.p.ctrg_spacing_mm, self.p.ctrg_first_slice
+        );
+        Ok((vol, geometry))
     }
 
-    fn ctrg_row(&self, label: &str, e: &Entry, n: i32) -> VolumesRow {
+    fn ctrg_row(&self, label: &str, e: &Entry, n: i32, geometry: String) -> VolumesRow {
         let c = self.ctx;
         let key = source_key(&e.id);
         VolumesRow {
@@ -220,10 +250,12 @@ impl Ctx<'_> {
             n_files: n,
             modality: "CT".into(),
             hu_applied: "gray8".into(),
-            hu_evidence: "8-bit JPEG grey levels (CTRG-Chest slices): not HU; preprocess maps 0..255 onto its window".into(),
+            hu_evidence:
+                "8-bit grey levels (CTRG-Chest): not HU; preprocess maps 0..255 onto its window"
+                    .into(),
             warnings: vec![format!(
-                "JPEG slices carry no geometry: spacing {:?} mm assumed (ctrg_spacing_mm), rows anterior to posterior, columns right to left, slice 1 {} (ctrg_first_slice); split {:?} in the annotation file",
-                self.p.ctrg_spacing_mm, self.p.ctrg_first_slice, e.split
+                "{geometry}; split {:?} in the annotation file",
+                e.split
             )],
             ..VolumesRow::default()
         }
