@@ -17,10 +17,9 @@ use serde_json::json;
 
 use crate::geometry::{Grid, PatientPosition, render};
 use crate::nifti_out::{header_for, write_i16};
-use crate::phantom::{Phantom, PhantomSpec};
 use crate::report::Templates;
-use crate::writer::{draw_findings, field_of_view, uni};
-use crate::{SynthConfig, SynthError, rng_for, statements_for};
+use crate::writer::{draw_patient, field_of_view, uni};
+use crate::{SynthConfig, SynthError, rng_for};
 
 /// The spacing the CTRG set is rendered at (columns, rows, slices; mm): ingest's default
 /// `ctrg_spacing_mm`, since the JPEG slices themselves carry no geometry.
@@ -41,14 +40,7 @@ fn write_volume(
 ) -> Result<serde_json::Value, SynthError> {
     let mut rng = rng_for(cfg.seed, "ctrg", k as u64);
     let pos = PatientPosition::HFS;
-    let spec = PhantomSpec {
-        body_width_mm: cfg.body_width_mm,
-        z_extent_mm: cfg.z_extent_mm,
-        posture: pos.posture(),
-    };
-    let mut ph = Phantom::new(&spec, &mut rng);
-    draw_findings(cfg, &mut ph, &mut rng);
-    let statements = statements_for(&ph.findings, &mut rng);
+    let (ph, statements) = draw_patient(cfg, pos, &mut rng);
     let [dx, _, dz] = CTRG_SPACING_MM;
     let fov = field_of_view(&ph);
     let shift = [uni(&mut rng, [-8.0, 8.0]), uni(&mut rng, [-8.0, 8.0]), 0.0];

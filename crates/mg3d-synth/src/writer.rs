@@ -424,8 +424,25 @@ pub(crate) fn field_of_view(ph: &Phantom) -> f64 {
     (2.0 * ph.a * 1.12).max(2.0 * (ph.b * 1.16 + 14.0))
 }
 
+/// A phantom in position `pos` with its findings drawn, and what its report says of each label.
+pub(crate) fn draw_patient(
+    cfg: &SynthConfig,
+    pos: PatientPosition,
+    rng: &mut ChaCha8Rng,
+) -> (Phantom, Vec<Statement>) {
+    let spec = PhantomSpec {
+        body_width_mm: cfg.body_width_mm,
+        z_extent_mm: cfg.z_extent_mm,
+        posture: pos.posture(),
+    };
+    let mut ph = Phantom::new(&spec, rng);
+    draw_findings(cfg, &mut ph, rng);
+    let statements = statements_for(&ph.findings, rng);
+    (ph, statements)
+}
+
 /// Draws each rendered finding with its prevalence (15% of them subtle).
-pub(crate) fn draw_findings(cfg: &SynthConfig, ph: &mut Phantom, rng: &mut ChaCha8Rng) {
+fn draw_findings(cfg: &SynthConfig, ph: &mut Phantom, rng: &mut ChaCha8Rng) {
     for label in RENDERED {
         let p = cfg
             .prevalence_by_finding
@@ -501,14 +518,7 @@ pub(crate) fn make_patient(
     let mut rng = rng_for(cfg.seed, "patient", pid as u64);
     let is_dicom = rng.random_bool(cfg.dicom_fraction);
     let pos = pick_position(&mut rng);
-    let spec = PhantomSpec {
-        body_width_mm: cfg.body_width_mm,
-        z_extent_mm: cfg.z_extent_mm,
-        posture: pos.posture(),
-    };
-    let mut ph = Phantom::new(&spec, &mut rng);
-    draw_findings(cfg, &mut ph, &mut rng);
-    let statements = statements_for(&ph.findings, &mut rng);
+    let (ph, statements) = draw_patient(cfg, pos, &mut rng);
     let n_recon = if rng.random_bool(cfg.second_recon_fraction) {
         2
     } else {
