@@ -9,15 +9,20 @@ TORCH_VERSION := 2.11.0
 MG3D  := target/debug/mg3d
 PIPELINE ?= pipelines/demo.toml
 
-.PHONY: setup cmake chromium dcm2niix slurm medspacy pipeline test fuzz bench bench-peers build stage status fmt lint clippy clean-work
+.PHONY: setup cmake gloo chromium dcm2niix slurm medspacy pipeline test fuzz bench bench-peers build stage status fmt lint clippy clean-work
 
 ## setup: project-local Python venv with torch (libtorch for tch) and the reference packages.
-setup: cmake chromium slurm $(VENV)/.torch-$(TORCH_VERSION) $(VENV)/.requirements $(VENV)/libtorch $(VENV)/minilm
+setup: cmake gloo chromium slurm $(VENV)/.torch-$(TORCH_VERSION) $(VENV)/.requirements $(VENV)/libtorch $(VENV)/minilm
 
 # cmake builds CharLS (JPEG-LS decoding in dicom-rs); installed from Debian when missing.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 cmake:
 	@command -v cmake >/dev/null || { echo "installing cmake (Debian)"; $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq cmake >/dev/null; }
+
+# The gloo headers that libtorch's c10d headers include (the torch wheel omits them): mg3d-dist's
+# C++ shim compiles against them (Debian's libgloo-dev).
+gloo:
+	@[ -f /usr/include/gloo/algorithm.h ] || { echo "installing libgloo-dev (Debian)"; $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq libgloo-dev >/dev/null; }
 
 # Headless Chromium opens the QC page in the qc stage's browser test (Debian's package).
 chromium:
